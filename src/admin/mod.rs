@@ -1,0 +1,71 @@
+//! Admin HTTP server: `/healthz` (the process runs), `/readyz` (replication streaming and
+//! the state database reachable), `/metrics` (Prometheus text).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State as AxumState;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::lanes::{Lane, Mode};
+use crate::metrics::{self, LaneSample, Metrics};
+use crate::pipeline::Progress;
+use crate::state::State;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub lanes: Vec<Arc<Lane>>,
+    pub state: Arc<State>,
+    pub progress: Arc<Progress>,
+}
+
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(admin)
+}
+
+async fn readyz(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
+    let streaming = a.progress.streaming.load(Ordering::Relaxed);
+    let state = a.state.ping().await;
+    let body = format!("replication_streaming={streaming}\nstate_reachable={state}\n");
+    let code = if streaming && state {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+async fn metrics_text(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
+    let samples: Vec<LaneSample<'_>> = a
+        .lanes
+        .iter()
+        .map(|l| LaneSample {
+            name: &l.name,
+            metrics: &l.metrics,
+            spilling: l.mode() == Mode::Spill,
+            backlog: l.backlog(),
+        })
+        .collect();
+    let text = metrics::render(&a.metrics, &samples);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Serves until cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, admin: Admin, cancel: CancellationToken) {
+    let app = router(admin);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "admin server stopped");
+    }
+}

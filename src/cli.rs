@@ -1,0 +1,59 @@
+//! Command line: `walhook run`, `walhook check`, `walhook receive`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walhook",
+    version,
+    about = "PostgreSQL logical replication in, signed webhooks out"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "WALHOOK_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture changes and deliver webhooks until SIGTERM or SIGINT.
+    Run {
+        /// Config file (TOML).
+        #[arg(
+            long,
+            short,
+            env = "WALHOOK_CONFIG",
+            default_value = "/etc/walhook/walhook.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Parse and validate a config file, print every problem, and exit.
+    Check {
+        #[arg(
+            long,
+            short,
+            env = "WALHOOK_CONFIG",
+            default_value = "/etc/walhook/walhook.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Run a receiver that verifies signatures and prints every webhook (for trying walhook out).
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Signing secret(s), `whsec_...`.
+        #[arg(long = "secret", env = "WALHOOK_RECEIVER_SECRET", required = true)]
+        secrets: Vec<String>,
+    },
+}

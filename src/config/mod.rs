@@ -1,0 +1,494 @@
+//! Configuration: a TOML file, `WALHOOK_`-prefixed environment overrides and `${VAR}`
+//! expansion in string values, deserialized into typed structs with unknown keys refused.
+//!
+//! Loading never stops at the first problem: [`Config::validate`] returns every problem
+//! with its key path (`subscribers[1].url`), so an operator fixes a file in one pass.
+//! Every default is a named constant below and documented in `config/walhook.toml`.
+
+mod expand;
+mod table;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use expand::expand_vars;
+pub use table::{quote_ident, TableName};
+
+pub const DEFAULT_SLOT: &str = "walhook";
+pub const DEFAULT_PUBLICATION: &str = "walhook";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
+pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One problem in a configuration, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML or an override is malformed: {source}")]
+    Syntax {
+        path: String,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("invalid config {path}: {}", fmt_problems(.problems))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+fn fmt_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub events: Vec<EventRule>,
+    #[serde(default)]
+    pub subscribers: Vec<Subscriber>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// libpq-style URL or key=value string of the database to capture.
+    pub url: String,
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Create the publication and slot when they are missing.
+    #[serde(default = "default_true")]
+    pub create: bool,
+    /// How often a standby status update is sent even when nothing changed.
+    #[serde(default = "default_status_interval", with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Database holding the `walhook` schema; defaults to the source database.
+    pub url: Option<String>,
+    /// How often lane watermarks are persisted.
+    #[serde(default = "default_watermark_interval", with = "humantime_serde")]
+    pub watermark_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`); "" disables it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+
+    /// Suffix of the default event name (`products.updated`).
+    pub fn default_suffix(self) -> &'static str {
+        match self {
+            Op::Insert => "created",
+            Op::Update => "updated",
+            Op::Delete => "deleted",
+            Op::Truncate => "truncated",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRule {
+    /// `schema.table`, exact and case-sensitive; schema defaults to `public`.
+    pub table: String,
+    /// Event type; default `<table>.created|updated|deleted|truncated`.
+    pub name: Option<String>,
+    /// Operations that fire this rule; default insert, update, delete.
+    #[serde(default = "default_ops")]
+    pub on: Vec<Op>,
+    /// Ordering key columns; default the primary key.
+    pub key: Option<Vec<String>>,
+    /// Columns the payload carries; default all.
+    pub columns: Option<Vec<String>>,
+    /// Updates fire only when one of these columns changed (needs REPLICA IDENTITY FULL).
+    pub changed: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscriber {
+    pub name: String,
+    pub url: String,
+    /// Event type patterns: exact names, `price.*`, `*`.
+    pub events: Vec<String>,
+    /// One or more `whsec_<base64>` secrets; every one signs each request.
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub allow_private_targets: bool,
+    /// A lane whose oldest undelivered event is older than this spills to the state database.
+    #[serde(default = "default_spill_after", with = "humantime_serde")]
+    pub spill_after: Duration,
+    /// A lane holding more undelivered events than this in memory spills.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered: usize,
+    /// First retry delay; doubles per attempt (with jitter) up to `retry_max`.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+fn default_slot() -> String {
+    DEFAULT_SLOT.into()
+}
+fn default_publication() -> String {
+    DEFAULT_PUBLICATION.into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_status_interval() -> Duration {
+    DEFAULT_STATUS_INTERVAL
+}
+fn default_watermark_interval() -> Duration {
+    DEFAULT_WATERMARK_INTERVAL
+}
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
+}
+fn default_ops() -> Vec<Op> {
+    vec![Op::Insert, Op::Update, Op::Delete]
+}
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+fn default_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+fn default_spill_after() -> Duration {
+    DEFAULT_SPILL_AFTER
+}
+fn default_max_buffered() -> usize {
+    DEFAULT_MAX_BUFFERED
+}
+fn default_retry_initial() -> Duration {
+    DEFAULT_RETRY_INITIAL
+}
+fn default_retry_max() -> Duration {
+    DEFAULT_RETRY_MAX
+}
+
+impl Config {
+    /// Reads, expands, overrides from the environment, deserializes and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &display, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text. `env` resolves `${VAR}` references and `WALHOOK_` overrides
+    /// are read from the process environment.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let syntax = |source| ConfigError::Syntax {
+            path: origin.to_string(),
+            source,
+        };
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("WALHOOK")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(syntax)?;
+        let mut tree: serde_json::Value = raw.try_deserialize().map_err(syntax)?;
+        let mut problems = Vec::new();
+        expand::expand_tree(&mut tree, "", env, &mut problems);
+        let invalid = |problems| ConfigError::Invalid {
+            path: origin.to_string(),
+            problems,
+        };
+        let config: Config = match serde_path_to_error::deserialize(tree) {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
+                problems.push(Problem {
+                    path: if path == "." { "(top)".into() } else { path },
+                    message: e.into_inner().to_string(),
+                });
+                return Err(invalid(problems));
+            }
+        };
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid(problems))
+        }
+    }
+
+    /// The state database URL (the source when not set).
+    pub fn state_url(&self) -> &str {
+        self.state.url.as_deref().unwrap_or(&self.source.url)
+    }
+
+    /// Every problem in the config, with its key path.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: String, message: String| out.push(Problem { path, message });
+        if let Err(e) = self.source.url.parse::<tokio_postgres::Config>() {
+            bad(
+                "source.url".into(),
+                format!("not a PostgreSQL connection URL: {e}"),
+            );
+        }
+        if let Some(url) = &self.state.url {
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                bad(
+                    "state.url".into(),
+                    format!("not a PostgreSQL connection URL: {e}"),
+                );
+            }
+        }
+        for (key, value) in [
+            ("source.slot", &self.source.slot),
+            ("source.publication", &self.source.publication),
+        ] {
+            if !valid_identifier(value) {
+                bad(
+                    key.into(),
+                    format!("{value:?} must be 1-63 characters of a-z, 0-9 and _"),
+                );
+            }
+        }
+        if self.source.status_interval.is_zero() {
+            bad("source.status_interval".into(), "must be above 0".into());
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "admin.listen".into(),
+                format!(
+                    "{:?} is not an address such as \"127.0.0.1:9187\" (\"\" disables the admin server)",
+                    self.admin.listen
+                ),
+            );
+        }
+        if self.events.is_empty() {
+            bad(
+                "events".into(),
+                "no [[events]] rules: add at least one, e.g. [[events]] table = \"public.products\"".into(),
+            );
+        }
+        for (i, rule) in self.events.iter().enumerate() {
+            let p = |k: &str| format!("events[{i}].{k}");
+            if let Err(e) = TableName::parse(&rule.table) {
+                bad(p("table"), e);
+            }
+            if let Some(name) = &rule.name {
+                if !valid_event_name(name) {
+                    bad(
+                        p("name"),
+                        format!("{name:?} must be letters, digits, '.', '_' or '-'"),
+                    );
+                }
+            }
+            if rule.on.is_empty() {
+                bad(
+                    p("on"),
+                    "empty: list one or more of insert, update, delete, truncate".into(),
+                );
+            }
+            for (k, list) in [("key", &rule.key), ("columns", &rule.columns)] {
+                if list.as_ref().is_some_and(|l| l.is_empty()) {
+                    bad(p(k), "empty list: leave the key out to use the default".into());
+                }
+            }
+            if rule.changed.as_ref().is_some_and(|l| l.is_empty()) {
+                bad(
+                    p("changed"),
+                    "empty list: leave the key out to fire on every update".into(),
+                );
+            }
+            if rule.changed.is_some() && !rule.on.contains(&Op::Update) {
+                bad(
+                    p("changed"),
+                    "only applies to updates, but `on` has no \"update\"".into(),
+                );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        if self.subscribers.is_empty() {
+            bad(
+                "subscribers".into(),
+                "no [[subscribers]]: add at least one with name, url, events and secrets".into(),
+            );
+        }
+        for (i, sub) in self.subscribers.iter().enumerate() {
+            let p = |k: &str| format!("subscribers[{i}].{k}");
+            if !valid_event_name(&sub.name) {
+                bad(
+                    p("name"),
+                    format!("{:?} must be letters, digits, '.', '_' or '-'", sub.name),
+                );
+            } else if !names.insert(sub.name.as_str()) {
+                bad(p("name"), format!("{:?} is used by two subscribers", sub.name));
+            }
+            match url::Url::parse(&sub.url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                    if u.host().is_none() {
+                        bad(p("url"), format!("{:?} has no host", sub.url));
+                    }
+                }
+                Ok(u) => bad(
+                    p("url"),
+                    format!("scheme {:?} is not supported: use http or https", u.scheme()),
+                ),
+                Err(e) => bad(p("url"), format!("{:?} is not a URL: {e}", sub.url)),
+            }
+            if sub.events.is_empty() {
+                bad(
+                    p("events"),
+                    "empty: list event patterns such as \"price.*\" or \"*\"".into(),
+                );
+            }
+            if sub.secrets.is_empty() {
+                bad(
+                    p("secrets"),
+                    "empty: give at least one \"whsec_<base64>\" secret, e.g. \"${WEBSHOP_SECRET}\"".into(),
+                );
+            }
+            for (j, secret) in sub.secrets.iter().enumerate() {
+                if let Err(e) = crate::lanes::sign::Secret::parse(secret) {
+                    bad(format!("subscribers[{i}].secrets[{j}]"), e.to_string());
+                }
+            }
+            for (name, value) in &sub.headers {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(value).is_err()
+                {
+                    bad(p(&format!("headers.{name}")), "not a valid HTTP header".into());
+                }
+            }
+            for (k, d) in [
+                ("timeout", sub.timeout),
+                ("spill_after", sub.spill_after),
+                ("retry_initial", sub.retry_initial),
+            ] {
+                if d.is_zero() {
+                    bad(p(k), "must be above 0".into());
+                }
+            }
+            if sub.retry_max < sub.retry_initial {
+                bad(p("retry_max"), "must not be below retry_initial".into());
+            }
+            for (k, v) in [
+                ("max_in_flight", sub.max_in_flight),
+                ("max_attempts", sub.max_attempts as usize),
+                ("max_buffered", sub.max_buffered),
+            ] {
+                if v == 0 {
+                    bad(p(k), "must be at least 1".into());
+                }
+            }
+        }
+        out
+    }
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn valid_event_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests;

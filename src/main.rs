@@ -1,0 +1,70 @@
+//! walhook binary: cli -> config -> telemetry -> run -> exit code.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use walhook::cli::{Cli, Command, LogFormat};
+use walhook::config::Config;
+
+fn main() {
+    let cli = Cli::parse();
+    walhook::telemetry::init(cli.log_format == LogFormat::Json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("walhook: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Check { config } => match Config::load(&config) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("walhook: {e}");
+                    2
+                }
+            },
+            Command::Run { config } => {
+                let config = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("walhook: {e}");
+                        return 2;
+                    }
+                };
+                let cancel = CancellationToken::new();
+                walhook::shutdown::on_signals(cancel.clone());
+                match walhook::run::run(config, cancel).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("walhook: {e}");
+                        e.exit_code()
+                    }
+                }
+            }
+            Command::Receive { listen, secrets } => {
+                let parsed: Result<Vec<_>, _> = secrets
+                    .iter()
+                    .map(|s| walhook::lanes::sign::Secret::parse(s))
+                    .collect();
+                match parsed {
+                    Ok(s) => match walhook::receiver::serve(listen, s).await {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("walhook receive: {e}");
+                            1
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("walhook receive: --secret: {e}");
+                        2
+                    }
+                }
+            }
+        }
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,211 @@
+//! Prometheus metrics: names as constants in one place, counters as atomics, rendered as
+//! text exposition on `/metrics`. Per-lane figures are read from the lanes at scrape time.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const CHANGES_DECODED: &str = "walhook_changes_decoded_total";
+pub const EVENTS_EMITTED: &str = "walhook_events_emitted_total";
+pub const DELIVERIES: &str = "walhook_deliveries_total";
+pub const DELIVERY_SECONDS: &str = "walhook_delivery_duration_seconds";
+pub const LANE_SPILLING: &str = "walhook_lane_spilling";
+pub const LANE_BACKLOG: &str = "walhook_lane_backlog_events";
+pub const SPILL_ROWS: &str = "walhook_spill_rows_written_total";
+pub const REPLICATION_LAG: &str = "walhook_replication_lag_bytes";
+pub const CONFIRMED_LSN: &str = "walhook_confirmed_flush_lsn";
+pub const STREAMING: &str = "walhook_replication_streaming";
+
+/// Upper bounds (seconds) of the delivery latency histogram.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Delivery outcomes and latency of one lane.
+#[derive(Default)]
+pub struct LaneMetrics {
+    pub delivered: Counter,
+    pub retried: Counter,
+    pub dead: Counter,
+    pub spill_rows: Counter,
+    buckets: [Counter; LATENCY_BUCKETS.len()],
+    count: Counter,
+    sum_micros: Counter,
+}
+
+impl LaneMetrics {
+    pub fn observe(&self, seconds: f64) {
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.buckets[i].add(1);
+            }
+        }
+        self.count.add(1);
+        self.sum_micros.add((seconds * 1e6) as u64);
+    }
+}
+
+/// Pipeline-wide figures.
+#[derive(Default)]
+pub struct Metrics {
+    pub changes_decoded: Counter,
+    pub events_emitted: Counter,
+    pub lag_bytes: Counter,
+    pub confirmed_lsn: Counter,
+    pub streaming: Counter,
+}
+
+/// One lane's figures as rendered.
+pub struct LaneSample<'a> {
+    pub name: &'a str,
+    pub metrics: &'a LaneMetrics,
+    pub spilling: bool,
+    pub backlog: usize,
+}
+
+pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
+    let mut out = String::new();
+    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    head(
+        &mut out,
+        CHANGES_DECODED,
+        "counter",
+        "Row changes decoded from the replication stream.",
+    );
+    let _ = writeln!(out, "{CHANGES_DECODED} {}", m.changes_decoded.get());
+    head(
+        &mut out,
+        EVENTS_EMITTED,
+        "counter",
+        "Events produced by mapping rules.",
+    );
+    let _ = writeln!(out, "{EVENTS_EMITTED} {}", m.events_emitted.get());
+    head(
+        &mut out,
+        REPLICATION_LAG,
+        "gauge",
+        "Bytes between the server's WAL end and the confirmed flush LSN.",
+    );
+    let _ = writeln!(out, "{REPLICATION_LAG} {}", m.lag_bytes.get());
+    head(
+        &mut out,
+        CONFIRMED_LSN,
+        "gauge",
+        "Flush LSN last confirmed to the slot.",
+    );
+    let _ = writeln!(out, "{CONFIRMED_LSN} {}", m.confirmed_lsn.get());
+    head(
+        &mut out,
+        STREAMING,
+        "gauge",
+        "1 while the replication stream is up.",
+    );
+    let _ = writeln!(out, "{STREAMING} {}", m.streaming.get());
+    head(
+        &mut out,
+        DELIVERIES,
+        "counter",
+        "Delivery attempts by subscriber and outcome.",
+    );
+    for l in lanes {
+        for (outcome, c) in [
+            ("delivered", &l.metrics.delivered),
+            ("retry", &l.metrics.retried),
+            ("dead", &l.metrics.dead),
+        ] {
+            let _ = writeln!(
+                out,
+                "{DELIVERIES}{{subscriber=\"{}\",outcome=\"{outcome}\"}} {}",
+                l.name,
+                c.get()
+            );
+        }
+    }
+    head(
+        &mut out,
+        DELIVERY_SECONDS,
+        "histogram",
+        "Duration of delivery requests.",
+    );
+    for l in lanes {
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{DELIVERY_SECONDS}_bucket{{subscriber=\"{}\",le=\"{bound}\"}} {}",
+                l.name,
+                l.metrics.buckets[i].get()
+            );
+        }
+        let count = l.metrics.count.get();
+        let _ = writeln!(
+            out,
+            "{DELIVERY_SECONDS}_bucket{{subscriber=\"{}\",le=\"+Inf\"}} {count}",
+            l.name
+        );
+        let _ = writeln!(
+            out,
+            "{DELIVERY_SECONDS}_count{{subscriber=\"{}\"}} {count}",
+            l.name
+        );
+        let _ = writeln!(
+            out,
+            "{DELIVERY_SECONDS}_sum{{subscriber=\"{}\"}} {}",
+            l.name,
+            l.metrics.sum_micros.get() as f64 / 1e6
+        );
+    }
+    head(
+        &mut out,
+        LANE_SPILLING,
+        "gauge",
+        "1 while the lane serves from the spill log.",
+    );
+    for l in lanes {
+        let _ = writeln!(
+            out,
+            "{LANE_SPILLING}{{subscriber=\"{}\"}} {}",
+            l.name,
+            u8::from(l.spilling)
+        );
+    }
+    head(
+        &mut out,
+        LANE_BACKLOG,
+        "gauge",
+        "Events of the lane held in memory, not yet delivered or spilled.",
+    );
+    for l in lanes {
+        let _ = writeln!(out, "{LANE_BACKLOG}{{subscriber=\"{}\"}} {}", l.name, l.backlog);
+    }
+    head(
+        &mut out,
+        SPILL_ROWS,
+        "counter",
+        "Events written to the spill log.",
+    );
+    for l in lanes {
+        let _ = writeln!(
+            out,
+            "{SPILL_ROWS}{{subscriber=\"{}\"}} {}",
+            l.name,
+            l.metrics.spill_rows.get()
+        );
+    }
+    out
+}

@@ -1,0 +1,394 @@
+//! The pipeline: reads the replication stream, decodes, maps, hands events to the lanes,
+//! and confirms progress to the slot.
+//!
+//! **What is confirmed.** pgoutput (protocol 1) sends each transaction whole, at commit,
+//! opened by a Begin that carries its commit LSN `C`. After a restart the server skips a
+//! transaction only when `C` is below the slot's confirmed flush LSN. So the LSN
+//! confirmed here is the minimum of:
+//! - the lowest commit LSN of any event some lane still holds pending (not delivered,
+//!   dead, or durably spilled), so that transaction is sent again;
+//! - the commit LSN of the transaction being received, if one is open;
+//! - the *frontier*: the end LSN of the last fully handled transaction, or the LSN of a
+//!   keepalive received while no transaction was open (PG15 sends it only after every
+//!   earlier transaction). Keepalives are what move an idle or filtered slot forward.
+//!
+//! Events are handed to the lanes synchronously, in stream order, so when a message is
+//! processed every earlier one is accounted for in some lane.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{quote_ident, Config, Op, TableName};
+use crate::decode::{self, Cell, LogicalMessage, TypeRegistry};
+use crate::event::{format_lsn, Pos};
+use crate::lanes::Lane;
+use crate::mapping::{Change, ColValue, Mapper, Row, TxMeta};
+use crate::metrics::Metrics;
+use crate::source::{setup, ReplConn, ReplMessage, SourceError};
+
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How often the confirmed LSN is recomputed and sent when it moved.
+const CONFIRM_TICK: Duration = Duration::from_millis(250);
+
+/// Progress shared with the watermark writer and the admin server.
+#[derive(Default)]
+pub struct Progress {
+    /// Every transaction before this LSN is fully handed to the lanes.
+    pub frontier: AtomicU64,
+    pub streaming: AtomicBool,
+}
+
+struct Rel {
+    table: TableName,
+    columns: Vec<(Arc<str>, u32)>,
+    watched: bool,
+}
+
+pub struct Pipeline {
+    config: Arc<Config>,
+    repl_config: tokio_postgres::Config,
+    catalog: Client,
+    mapper: Mapper,
+    lanes: Vec<Arc<Lane>>,
+    types: TypeRegistry,
+    metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
+    rels: HashMap<u32, Rel>,
+    tx: Option<(TxMeta, u32)>,
+    frontier: u64,
+    received: u64,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        catalog: Client,
+        mapper: Mapper,
+        lanes: Vec<Arc<Lane>>,
+        types: TypeRegistry,
+        metrics: Arc<Metrics>,
+        progress: Arc<Progress>,
+    ) -> Result<Pipeline, SourceError> {
+        let repl_config = config
+            .source
+            .url
+            .parse()
+            .map_err(|e| SourceError::Protocol(format!("source.url: {e}")))?;
+        Ok(Pipeline {
+            config,
+            repl_config,
+            catalog,
+            mapper,
+            lanes,
+            types,
+            metrics,
+            progress,
+            rels: HashMap::new(),
+            tx: None,
+            frontier: 0,
+            received: 0,
+        })
+    }
+
+    /// Streams until cancelled, reconnecting with capped backoff. Returns an error only
+    /// for problems reconnecting cannot fix.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), SourceError> {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            let started = Instant::now();
+            let result = self.stream(&cancel).await;
+            self.progress.streaming.store(false, Ordering::Relaxed);
+            self.metrics.streaming.set(0);
+            self.tx = None;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = RECONNECT_MIN;
+                    }
+                    if e.code() == Some("55006") {
+                        tracing::warn!(slot = %self.config.source.slot, retry_in = ?backoff,
+                            "replication slot is in use by another process (another walhook?); waiting for it to be released");
+                    } else {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "replication stream lost; reconnecting");
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+    }
+
+    async fn stream(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
+        let mut conn = ReplConn::connect(&self.repl_config).await?;
+        let ident = conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let slot = &self.config.source.slot;
+        let rows = conn
+            .simple_query(&format!(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
+                slot.replace('\'', "''")
+            ))
+            .await?;
+        let confirmed = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|s| crate::event::parse_lsn(&s))
+            .ok_or_else(|| {
+                SourceError::Protocol(format!(
+                    "replication slot {slot:?} is gone; restart walhook to create it again (source.create = true)"
+                ))
+            })?;
+        self.frontier = self.frontier.max(confirmed);
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names '{}', messages 'true')",
+            quote_ident(slot),
+            quote_ident(&self.config.source.publication).replace('\'', "''")
+        );
+        conn.start_replication(&sql).await?;
+        let system = ident
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default();
+        tracing::info!(slot = %slot, from = %format_lsn(confirmed), system = %system, "replication streaming");
+        self.progress.streaming.store(true, Ordering::Relaxed);
+        self.metrics.streaming.set(1);
+        self.publish_frontier();
+
+        let mut tick = tokio::time::interval(CONFIRM_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent = (0u64, Instant::now());
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    let flush = self.confirm_lsn();
+                    let _ = conn.send_status(self.received.max(flush), flush, false).await;
+                    conn.close().await;
+                    return Ok(());
+                }
+                msg = conn.recv() => match msg? {
+                    ReplMessage::XLogData { wal_start, wal_end, data } => {
+                        self.received = self.received.max(wal_end);
+                        self.handle(wal_start, &data).await?;
+                    }
+                    ReplMessage::Keepalive { wal_end, reply_requested } => {
+                        self.received = self.received.max(wal_end);
+                        if self.tx.is_none() && wal_end > self.frontier {
+                            self.frontier = wal_end;
+                            self.publish_frontier();
+                        }
+                        self.metrics.lag_bytes.set(wal_end.saturating_sub(self.confirm_lsn()));
+                        if reply_requested {
+                            let flush = self.confirm_lsn();
+                            conn.send_status(self.received.max(flush), flush, false).await?;
+                            last_sent = (flush, Instant::now());
+                        }
+                    }
+                },
+                _ = tick.tick() => {
+                    let flush = self.confirm_lsn();
+                    if flush != last_sent.0 || last_sent.1.elapsed() >= self.config.source.status_interval {
+                        conn.send_status(self.received.max(flush), flush, false).await?;
+                        last_sent = (flush, Instant::now());
+                        self.metrics.confirmed_lsn.set(flush);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_frontier(&self) {
+        self.progress.frontier.store(self.frontier, Ordering::Relaxed);
+    }
+
+    /// The LSN it is safe to confirm now (see the module doc).
+    fn confirm_lsn(&self) -> u64 {
+        let mut lsn = self.frontier;
+        if let Some((tx, _)) = &self.tx {
+            lsn = lsn.min(tx.commit_lsn);
+        }
+        for lane in &self.lanes {
+            if let Some(low) = lane.low() {
+                lsn = lsn.min(low.lsn);
+            }
+        }
+        lsn
+    }
+
+    async fn handle(&mut self, wal_start: u64, data: &[u8]) -> Result<(), SourceError> {
+        let msg = decode::parse(data).map_err(|source| SourceError::Decode {
+            lsn: format_lsn(wal_start),
+            source,
+        })?;
+        match msg {
+            LogicalMessage::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
+                let meta = TxMeta {
+                    commit_lsn: final_lsn,
+                    xid,
+                    commit_time: decode::time::pg_micros_to_rfc3339(commit_time),
+                };
+                self.tx = Some((meta, 0));
+            }
+            LogicalMessage::Commit { end_lsn, .. } => {
+                self.tx = None;
+                if end_lsn > self.frontier {
+                    self.frontier = end_lsn;
+                    self.publish_frontier();
+                }
+            }
+            LogicalMessage::Relation(r) => {
+                let unknown: Vec<u32> = r
+                    .columns
+                    .iter()
+                    .map(|c| c.type_oid)
+                    .filter(|oid| !self.types.contains(*oid))
+                    .collect();
+                if !unknown.is_empty() {
+                    self.resolve_types(&unknown).await;
+                }
+                let table = TableName {
+                    schema: r.namespace,
+                    name: r.name,
+                };
+                let watched = self.mapper.watches(&table);
+                let columns = r
+                    .columns
+                    .into_iter()
+                    .map(|c| (Arc::from(c.name.as_str()), c.type_oid))
+                    .collect();
+                self.rels.insert(
+                    r.id,
+                    Rel {
+                        table,
+                        columns,
+                        watched,
+                    },
+                );
+            }
+            LogicalMessage::Type { oid, .. } => {
+                if !self.types.contains(oid) {
+                    self.resolve_types(&[oid]).await;
+                }
+            }
+            LogicalMessage::Insert { rel_id, new } => {
+                self.change(rel_id, Op::Insert, Some(new), None, false).await?;
+            }
+            LogicalMessage::Update {
+                rel_id,
+                old,
+                old_is_key_only,
+                new,
+            } => {
+                self.change(rel_id, Op::Update, Some(new), old, old_is_key_only)
+                    .await?;
+            }
+            LogicalMessage::Delete {
+                rel_id,
+                old,
+                old_is_key_only,
+            } => {
+                self.change(rel_id, Op::Delete, None, Some(old), old_is_key_only)
+                    .await?;
+            }
+            LogicalMessage::Truncate { rel_ids, .. } => {
+                for rel_id in rel_ids {
+                    self.change(rel_id, Op::Truncate, None, None, false).await?;
+                }
+            }
+            LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn change(
+        &mut self,
+        rel_id: u32,
+        op: Op,
+        new: Option<Vec<Cell>>,
+        old: Option<Vec<Cell>>,
+        old_is_key_only: bool,
+    ) -> Result<(), SourceError> {
+        let Some((tx, index)) = self.tx.as_mut() else {
+            return Err(SourceError::Protocol("row change outside a transaction".into()));
+        };
+        let this = *index;
+        *index += 1;
+        let rel = self
+            .rels
+            .get(&rel_id)
+            .ok_or_else(|| SourceError::Protocol(format!("change for unknown relation {rel_id}")))?;
+        if !rel.watched {
+            return Ok(());
+        }
+        self.metrics.changes_decoded.add(1);
+        let row = |cells: Vec<Cell>| -> Result<Row, SourceError> {
+            if cells.len() != rel.columns.len() {
+                return Err(SourceError::Protocol(format!(
+                    "{} has {} columns but a change carried {}",
+                    rel.table,
+                    rel.columns.len(),
+                    cells.len()
+                )));
+            }
+            Ok(rel
+                .columns
+                .iter()
+                .zip(cells)
+                .map(|((name, oid), cell)| {
+                    let v = match cell {
+                        Cell::Null => ColValue::Value(serde_json::Value::Null),
+                        Cell::Unchanged => ColValue::Unchanged,
+                        Cell::Text(t) => ColValue::Value(self.types.to_json(*oid, &t)),
+                    };
+                    (name.clone(), v)
+                })
+                .collect())
+        };
+        let change = Change {
+            table: &rel.table,
+            op,
+            new: new.map(row).transpose()?,
+            old: old.map(row).transpose()?,
+            old_is_key_only,
+            index: this,
+        };
+        let tx = tx.clone();
+        let events = self.mapper.map(&tx, &change);
+        for (event, routes) in events {
+            self.metrics.events_emitted.add(1);
+            for &lane in routes.iter() {
+                self.lanes[lane].push(event.clone()).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn resolve_types(&mut self, oids: &[u32]) {
+        if let Err(e) = setup::load_types(&self.catalog, &mut self.types, Some(oids)).await {
+            tracing::warn!(error = %e, ?oids, "cannot look up column types; their values are sent as text");
+        }
+    }
+}
+
+/// The current frontier as a position: every event before it was handed over.
+pub fn frontier_pos(progress: &Progress) -> Pos {
+    Pos {
+        lsn: progress.frontier.load(Ordering::Relaxed),
+        seq: 0,
+    }
+}

@@ -1,0 +1,209 @@
+//! Wiring: checks, state, lanes, admin server and pipeline, started in order and shut
+//! down in reverse on cancellation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::lanes::{target, Lane};
+use crate::mapping::Mapper;
+use crate::metrics::Metrics;
+use crate::pipeline::{frontier_pos, Pipeline, Progress};
+use crate::state::State;
+
+/// How long in-flight deliveries may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why walhook stopped; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Prerequisite(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Config(_) => 2,
+            RunError::Prerequisite(_) => 3,
+            RunError::Runtime(_) => 1,
+        }
+    }
+}
+
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let problems = target::check_targets(&config).await;
+    if !problems.is_empty() {
+        return Err(RunError::Config(problems.join("; ")));
+    }
+
+    let (catalog, conn) = config
+        .source
+        .url
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| RunError::Config(format!("source.url: {e}")))?
+        .connect(NoTls)
+        .await
+        .map_err(|e| RunError::Prerequisite(connect_message("source.url", &e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "catalog connection ended");
+        }
+    });
+    let info = crate::source::setup::prepare(&catalog, &config)
+        .await
+        .map_err(|e| RunError::Prerequisite(e.to_string()))?;
+    let mapper = Mapper::new(&config, &info.tables).map_err(RunError::Config)?;
+
+    let state = Arc::new(
+        State::connect(config.state_url(), &config.source.slot)
+            .await
+            .map_err(|e| RunError::Prerequisite(format!("state database: {e}")))?,
+    );
+    let marks = state
+        .load_watermarks()
+        .await
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let tracker = TaskTracker::new();
+    let lanes_cancel = CancellationToken::new();
+    let mut lanes = Vec::new();
+    for sub in &config.subscribers {
+        let (backlog, _) = state
+            .backlog(&sub.name)
+            .await
+            .map_err(|e| RunError::Runtime(e.to_string()))?;
+        let mark = marks.get(&sub.name).copied().unwrap_or_default();
+        let lane = Lane::new(sub, state.clone(), mark, backlog > 0).map_err(RunError::Config)?;
+        if backlog > 0 {
+            tracing::info!(subscriber = %sub.name, backlog, "lane resumes in spill mode");
+        }
+        lane.spawn(&tracker, &lanes_cancel);
+        lanes.push(lane);
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let progress = Arc::new(Progress::default());
+    if !config.admin.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+            .await
+            .map_err(|e| {
+                RunError::Config(format!(
+                    "admin.listen: cannot listen on {}: {e}",
+                    config.admin.listen
+                ))
+            })?;
+        tracing::info!(listen = %config.admin.listen, "admin server up");
+        let admin = Admin {
+            metrics: metrics.clone(),
+            lanes: lanes.clone(),
+            state: state.clone(),
+            progress: progress.clone(),
+        };
+        tracker.spawn(admin::serve(listener, admin, lanes_cancel.clone()));
+    }
+    tracker.spawn(watermarks(
+        lanes.clone(),
+        state.clone(),
+        progress.clone(),
+        config.state.watermark_interval,
+        lanes_cancel.clone(),
+    ));
+
+    let pipeline = Pipeline::new(
+        config.clone(),
+        catalog,
+        mapper,
+        lanes.clone(),
+        info.types,
+        metrics,
+        progress.clone(),
+    )
+    .map_err(|e| RunError::Config(e.to_string()))?;
+    let result = pipeline.run(cancel.clone()).await;
+
+    tracing::info!("shutting down: letting in-flight deliveries finish");
+    tracker.close();
+    tokio::select! {
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+        _ = wait_idle(&lanes) => {}
+    }
+    lanes_cancel.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop in time");
+    }
+    save_marks(&lanes, &state, &progress).await;
+    result.map_err(|e| RunError::Prerequisite(e.to_string()))
+}
+
+async fn wait_idle(lanes: &[Arc<Lane>]) {
+    while lanes.iter().any(|l| l.backlog() > 0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn save_marks(lanes: &[Arc<Lane>], state: &State, progress: &Progress) {
+    let frontier = frontier_pos(progress);
+    let marks: Vec<_> = lanes
+        .iter()
+        .map(|l| (l.name.clone(), l.watermark(frontier)))
+        .collect();
+    if let Err(e) = state.save_watermarks(&marks).await {
+        tracing::warn!(error = %e, "cannot save lane watermarks");
+    }
+}
+
+/// Persists every lane's watermark when it moved, at most every `interval`.
+async fn watermarks(
+    lanes: Vec<Arc<Lane>>,
+    state: Arc<State>,
+    progress: Arc<Progress>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut last = Vec::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let frontier = frontier_pos(&progress);
+        let marks: Vec<_> = lanes
+            .iter()
+            .map(|l| (l.name.clone(), l.watermark(frontier)))
+            .collect();
+        if marks == last {
+            continue;
+        }
+        match state.save_watermarks(&marks).await {
+            Ok(()) => last = marks,
+            Err(e) => tracing::warn!(error = %e, "cannot save lane watermarks; will retry"),
+        }
+    }
+}
+
+fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
+    let detail = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut cur: &dyn std::error::Error = e;
+            while let Some(next) = cur.source() {
+                cur = next;
+            }
+            cur.to_string()
+        }
+    };
+    format!("cannot connect to the database in {key}: {detail} (check host, port, user, password and pg_hba.conf)")
+}

@@ -1,0 +1,427 @@
+//! A replication-mode connection spoken directly over the wire protocol: startup with
+//! `replication=database` and pinned session settings, authentication (trust, cleartext,
+//! MD5, SCRAM-SHA-256), simple queries, and the CopyBoth stream of `START_REPLICATION`.
+//!
+//! Every read is cancel-safe (partial frames stay buffered), so callers may race
+//! [`ReplConn::recv`] against timers in `tokio::select!`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::Host;
+
+use super::SourceError;
+
+/// Session settings pinned at startup so values render the same on every server.
+pub const PINNED_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "iso_8601"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("client_encoding", "UTF8"),
+];
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+const MAX_FRAME: usize = 1 << 30;
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One message of the replication stream.
+#[derive(Debug)]
+pub enum ReplMessage {
+    XLogData {
+        wal_start: u64,
+        wal_end: u64,
+        data: bytes::Bytes,
+    },
+    Keepalive {
+        wal_end: u64,
+        reply_requested: bool,
+    },
+}
+
+pub struct ReplConn {
+    stream: Box<dyn Stream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+/// A server error with its SQLSTATE.
+#[derive(Debug, Clone)]
+pub struct ServerError {
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(d) = &self.detail {
+            write!(f, "; {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+enum Frame {
+    Message(backend::Message),
+    CopyBothResponse,
+}
+
+impl ReplConn {
+    /// Connects to the first reachable host of `config` in replication mode.
+    pub async fn connect(config: &tokio_postgres::Config) -> Result<ReplConn, SourceError> {
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let ports = config.get_ports();
+        let mut last_err = None;
+        for (i, host) in config.get_hosts().iter().enumerate() {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let attempt = tokio::time::timeout(timeout, open(host, port)).await;
+            let stream = match attempt {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    last_err = Some(SourceError::Connect {
+                        target: describe(host, port),
+                        source: e,
+                    });
+                    continue;
+                }
+                Err(_) => {
+                    last_err = Some(SourceError::Connect {
+                        target: describe(host, port),
+                        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                    });
+                    continue;
+                }
+            };
+            let mut conn = ReplConn {
+                stream,
+                rbuf: BytesMut::with_capacity(64 * 1024),
+                wbuf: BytesMut::with_capacity(1024),
+            };
+            conn.startup(config).await?;
+            return Ok(conn);
+        }
+        Err(last_err.unwrap_or(SourceError::Protocol("source.url names no host".into())))
+    }
+
+    async fn startup(&mut self, config: &tokio_postgres::Config) -> Result<(), SourceError> {
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(SourceError::TlsUnsupported);
+        }
+        let user = config
+            .get_user()
+            .map(str::to_string)
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "postgres".into());
+        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+        let app = config.get_application_name().unwrap_or("walhook").to_string();
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", &user),
+            ("database", &dbname),
+            ("replication", "database"),
+            ("application_name", &app),
+        ];
+        params.extend_from_slice(PINNED_SETTINGS);
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(SourceError::Io)?;
+        self.flush().await?;
+        let password = config.get_password().map(<[u8]>::to_vec);
+        let need_password = || {
+            password.clone().ok_or_else(|| {
+                SourceError::Auth(format!(
+                    "the server asks a password for role {user:?}; put it in source.url (postgres://{user}:PASSWORD@host/db) or use ${{VAR}} expansion"
+                ))
+            })
+        };
+        loop {
+            match self.read_message().await? {
+                backend::Message::AuthenticationOk => break,
+                backend::Message::AuthenticationCleartextPassword => {
+                    let pw = need_password()?;
+                    frontend::password_message(&pw, &mut self.wbuf).map_err(SourceError::Io)?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let pw = need_password()?;
+                    let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), &pw, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(SourceError::Io)?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mut mechs = body.mechanisms();
+                    let mut scram = false;
+                    while let Some(m) = mechs.next().map_err(SourceError::Io)? {
+                        scram |= m == SCRAM_SHA_256;
+                    }
+                    if !scram {
+                        return Err(SourceError::Auth("the server offers no SASL mechanism walhook supports (SCRAM-SHA-256)".into()));
+                    }
+                    let pw = need_password()?;
+                    let mut sasl = ScramSha256::new(&pw, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, sasl.message(), &mut self.wbuf).map_err(SourceError::Io)?;
+                    self.flush().await?;
+                    match self.read_message().await? {
+                        backend::Message::AuthenticationSaslContinue(b) => {
+                            sasl.update(b.data()).map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?
+                        }
+                        _ => return Err(SourceError::Protocol("expected SASL continue".into())),
+                    }
+                    frontend::sasl_response(sasl.message(), &mut self.wbuf).map_err(SourceError::Io)?;
+                    self.flush().await?;
+                    match self.read_message().await? {
+                        backend::Message::AuthenticationSaslFinal(b) => {
+                            sasl.finish(b.data()).map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?
+                        }
+                        _ => return Err(SourceError::Protocol("expected SASL final".into())),
+                    }
+                }
+                _ => {
+                    return Err(SourceError::Auth(
+                        "the server asks for an authentication method walhook does not support (use trust, password, md5 or scram-sha-256 in pg_hba.conf)".into(),
+                    ))
+                }
+            }
+        }
+        loop {
+            match self.read_message().await? {
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ParameterStatus(_)
+                | backend::Message::BackendKeyData(_)
+                | backend::Message::NoticeResponse(_) => {}
+                _ => return Err(SourceError::Protocol("unexpected message during startup".into())),
+            }
+        }
+    }
+
+    /// Runs one simple query and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        frontend::query(sql, &mut self.wbuf).map_err(SourceError::Io)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.read_message().await {
+                Ok(backend::Message::DataRow(body)) => {
+                    let buf = body.buffer();
+                    let mut row = Vec::new();
+                    let mut ranges = body.ranges();
+                    while let Some(r) = ranges.next().map_err(SourceError::Io)? {
+                        row.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+                    }
+                    rows.push(row);
+                }
+                Ok(backend::Message::ReadyForQuery(_)) => break,
+                Ok(_) => {}
+                Err(SourceError::Server(e)) => error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        match error {
+            Some(e) => Err(SourceError::Server(e)),
+            None => Ok(rows),
+        }
+    }
+
+    /// Sends `START_REPLICATION` and waits for the CopyBoth response.
+    pub async fn start_replication(&mut self, sql: &str) -> Result<(), SourceError> {
+        frontend::query(sql, &mut self.wbuf).map_err(SourceError::Io)?;
+        self.flush().await?;
+        loop {
+            match self.read_frame().await? {
+                Frame::CopyBothResponse => return Ok(()),
+                Frame::Message(backend::Message::ErrorResponse(body)) => {
+                    let err = server_error(&body)?;
+                    // drain to ReadyForQuery so the error is complete
+                    return Err(SourceError::Server(err));
+                }
+                Frame::Message(backend::Message::NoticeResponse(_)) => {}
+                Frame::Message(_) => {
+                    return Err(SourceError::Protocol(
+                        "unexpected reply to START_REPLICATION".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Next replication message. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<ReplMessage, SourceError> {
+        loop {
+            match self.read_frame().await? {
+                Frame::Message(backend::Message::CopyData(body)) => {
+                    let data = body.data();
+                    match data.first() {
+                        Some(b'w') if data.len() >= 25 => {
+                            let mut d = &data[1..];
+                            let wal_start = d.get_u64();
+                            let wal_end = d.get_u64();
+                            let _send_time = d.get_i64();
+                            return Ok(ReplMessage::XLogData {
+                                wal_start,
+                                wal_end,
+                                data: bytes::Bytes::copy_from_slice(d),
+                            });
+                        }
+                        Some(b'k') if data.len() >= 18 => {
+                            let mut d = &data[1..];
+                            let wal_end = d.get_u64();
+                            let _send_time = d.get_i64();
+                            let reply_requested = d.get_u8() == 1;
+                            return Ok(ReplMessage::Keepalive {
+                                wal_end,
+                                reply_requested,
+                            });
+                        }
+                        _ => {
+                            return Err(SourceError::Protocol(
+                                "malformed CopyData in replication stream".into(),
+                            ))
+                        }
+                    }
+                }
+                Frame::Message(backend::Message::CopyDone) => return Err(SourceError::StreamEnded),
+                Frame::Message(backend::Message::NoticeResponse(_)) => {}
+                Frame::Message(_) | Frame::CopyBothResponse => {
+                    return Err(SourceError::Protocol(
+                        "unexpected message in replication stream".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Standby status update: written, flushed (the LSN confirmed to the slot) and applied.
+    pub async fn send_status(&mut self, write: u64, flush: u64, reply: bool) -> Result<(), SourceError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as i64;
+        let mut payload = BytesMut::with_capacity(34);
+        payload.put_u8(b'r');
+        payload.put_u64(write);
+        payload.put_u64(flush);
+        payload.put_u64(flush);
+        payload.put_i64(now - PG_EPOCH_OFFSET_US);
+        payload.put_u8(u8::from(reply));
+        frontend::CopyData::new(payload.freeze())
+            .map_err(SourceError::Io)?
+            .write(&mut self.wbuf);
+        self.flush().await
+    }
+
+    /// Ends the copy stream and the session politely.
+    pub async fn close(mut self) {
+        frontend::copy_done(&mut self.wbuf);
+        frontend::terminate(&mut self.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
+    }
+
+    async fn flush(&mut self) -> Result<(), SourceError> {
+        self.stream.write_all(&self.wbuf).await.map_err(SourceError::Io)?;
+        self.wbuf.clear();
+        self.stream.flush().await.map_err(SourceError::Io)
+    }
+
+    async fn read_message(&mut self) -> Result<backend::Message, SourceError> {
+        match self.read_frame().await? {
+            Frame::Message(backend::Message::ErrorResponse(body)) => {
+                Err(SourceError::Server(server_error(&body)?))
+            }
+            Frame::Message(m) => Ok(m),
+            Frame::CopyBothResponse => Err(SourceError::Protocol("unexpected CopyBothResponse".into())),
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            if let Some(header) = backend::Header::parse(&self.rbuf).map_err(SourceError::Io)? {
+                let total = header.len() as usize + 1;
+                if total > MAX_FRAME {
+                    return Err(SourceError::Protocol(format!(
+                        "server sent a {total}-byte message"
+                    )));
+                }
+                if header.tag() == b'W' {
+                    if self.rbuf.len() >= total {
+                        self.rbuf.advance(total);
+                        return Ok(Frame::CopyBothResponse);
+                    }
+                } else if let Some(m) = backend::Message::parse(&mut self.rbuf).map_err(SourceError::Io)? {
+                    return Ok(Frame::Message(m));
+                }
+                self.rbuf.reserve(total.saturating_sub(self.rbuf.len()));
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(SourceError::Io)?;
+            if n == 0 {
+                return Err(SourceError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                )));
+            }
+        }
+    }
+}
+
+async fn open(host: &Host, port: u16) -> std::io::Result<Box<dyn Stream>> {
+    match host {
+        Host::Tcp(name) => {
+            let s = tokio::net::TcpStream::connect((name.as_str(), port)).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s))
+        }
+        #[cfg(unix)]
+        Host::Unix(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            Ok(Box::new(tokio::net::UnixStream::connect(path).await?))
+        }
+    }
+}
+
+fn describe(host: &Host, port: u16) -> String {
+    match host {
+        Host::Tcp(name) => format!("{name}:{port}"),
+        #[cfg(unix)]
+        Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+    }
+}
+
+fn server_error(body: &backend::ErrorResponseBody) -> Result<ServerError, SourceError> {
+    let mut err = ServerError {
+        code: String::new(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    let mut fields = body.fields();
+    while let Some(f) = fields.next().map_err(SourceError::Io)? {
+        let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'C' => err.code = v,
+            b'M' => err.message = v,
+            b'D' => err.detail = Some(v),
+            b'H' => err.hint = Some(v),
+            _ => {}
+        }
+    }
+    Ok(err)
+}

@@ -1,0 +1,61 @@
+//! Source: the replication connection (spoken on `postgres-protocol` over tokio), and the
+//! checks and setup that run before streaming starts (wal_level, privileges, tables,
+//! replica identity, publication, slot), each failing with one message naming the fix.
+
+pub mod conn;
+pub mod setup;
+
+pub use conn::{ReplConn, ReplMessage, ServerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connection error: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("server error: {0}")]
+    Server(ServerError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("malformed replication message at {lsn}: {source}")]
+    Decode {
+        lsn: String,
+        #[source]
+        source: crate::decode::DecodeError,
+    },
+    #[error("the server ended the replication stream")]
+    StreamEnded,
+    #[error("source.url asks for sslmode=require, but walhook's replication connection does not speak TLS yet; use sslmode=disable or prefer on a trusted network")]
+    TlsUnsupported,
+    #[error("catalog query failed: {0}")]
+    Catalog(#[from] tokio_postgres::Error),
+}
+
+impl SourceError {
+    /// SQLSTATE of a server error, if this is one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SourceError::Server(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+
+    /// Errors that reconnecting cannot fix.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            SourceError::Auth(_) | SourceError::TlsUnsupported => true,
+            SourceError::Server(e) => {
+                // 28xxx: authorization; 42704: undefined object (slot or publication gone);
+                // 55000: object not in prerequisite state (e.g. invalidated slot).
+                e.code.starts_with("28") || e.code == "42704" || e.code == "55000"
+            }
+            _ => false,
+        }
+    }
+}

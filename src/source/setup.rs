@@ -1,0 +1,334 @@
+//! Checks and setup before streaming. Every failure is one [`SetupError`] whose message
+//! says what is wrong and the statement or setting that fixes it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio_postgres::Client;
+
+use crate::config::{quote_ident, Config, Op, TableName};
+use crate::decode::{TypeKind, TypeRegistry};
+use crate::mapping::TableMeta;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Prerequisite(String),
+    #[error("catalog query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+fn need(msg: String) -> SetupError {
+    SetupError::Prerequisite(msg)
+}
+
+/// What streaming needs to know about the source.
+pub struct SourceInfo {
+    pub tables: HashMap<TableName, TableMeta>,
+    pub types: TypeRegistry,
+}
+
+/// Runs every check and creates the publication and slot when allowed.
+pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, SetupError> {
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level != "logical" {
+        return Err(need(format!(
+            "wal_level is '{wal_level}', but logical replication needs 'logical'. Fix: run \
+             ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+        )));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
+    if !can_replicate {
+        return Err(need(format!(
+            "role {user} may not start replication. Fix: ALTER ROLE {} WITH REPLICATION;",
+            quote_ident(&user)
+        )));
+    }
+
+    // Tables named by rules, with the paths that name them.
+    let mut wanted: BTreeMap<TableName, Vec<usize>> = BTreeMap::new();
+    for (i, rule) in config.events.iter().enumerate() {
+        let t = TableName::parse(&rule.table).map_err(need)?;
+        wanted.entry(t).or_default().push(i);
+    }
+    let mut tables = HashMap::new();
+    for (table, rules) in &wanted {
+        let first = rules[0];
+        let row = client
+            .query_opt(
+                "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await?
+            .ok_or_else(|| {
+                need(format!(
+                    "table {} named in events[{first}].table does not exist in this database \
+                     (names are exact and case-sensitive: \"schema.table\")",
+                    table.quoted()
+                ))
+            })?;
+        let oid: u32 = row.get(0);
+        let replident: String = row.get(1);
+        let relkind: String = row.get(2);
+        if relkind != "r" && relkind != "p" {
+            return Err(need(format!(
+                "{} named in events[{first}].table is not a table (relkind '{relkind}'); only tables can be published",
+                table.quoted()
+            )));
+        }
+        let pk: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+                 WHERE i.indrelid = $1 AND i.indisprimary
+                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let columns: Vec<String> = client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for &i in rules {
+            let rule = &config.events[i];
+            for (key, list) in [
+                ("key", &rule.key),
+                ("columns", &rule.columns),
+                ("changed", &rule.changed),
+            ] {
+                for col in list.iter().flatten() {
+                    if !columns.contains(col) {
+                        return Err(need(format!(
+                            "events[{i}].{key}: table {} has no column {col:?} (it has: {})",
+                            table.quoted(),
+                            columns.join(", ")
+                        )));
+                    }
+                }
+            }
+            let writes = rule.on.iter().any(|op| matches!(op, Op::Update | Op::Delete));
+            let no_identity = replident == "n" || (replident == "d" && pk.is_empty());
+            if writes && no_identity {
+                return Err(need(format!(
+                    "table {t} has no replica identity, so PostgreSQL cannot publish its updates and deletes \
+                     (events[{i}].on). Fix: ALTER TABLE {t} REPLICA IDENTITY FULL; (or add a primary key)",
+                    t = table.quoted()
+                )));
+            }
+            if rule.changed.is_some() && replident != "f" {
+                return Err(need(format!(
+                    "events[{i}].changed needs the old values of every column, but table {t} only logs its key. \
+                     Fix: ALTER TABLE {t} REPLICA IDENTITY FULL;",
+                    t = table.quoted()
+                )));
+            }
+        }
+        tables.insert(table.clone(), TableMeta { primary_key: pk });
+    }
+
+    ensure_publication(client, config, wanted.keys()).await?;
+    ensure_slot(client, config).await?;
+    let mut types = TypeRegistry::with_builtins();
+    load_types(client, &mut types, None).await?;
+    Ok(SourceInfo { tables, types })
+}
+
+async fn ensure_publication<'a>(
+    client: &Client,
+    config: &Config,
+    tables: impl Iterator<Item = &'a TableName>,
+) -> Result<(), SetupError> {
+    let publication = &config.source.publication;
+    let tables: Vec<&TableName> = tables.collect();
+    let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let exists = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
+        .await?;
+    let Some(row) = exists else {
+        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(publication));
+        if !config.source.create {
+            return Err(need(format!(
+                "publication {publication:?} does not exist. Fix: {sql}; (or set source.create = true)"
+            )));
+        }
+        client.batch_execute(&sql).await.map_err(|e| {
+            need(format!(
+                "cannot create publication {publication:?} ({sql}): {}",
+                db_message(&e)
+            ))
+        })?;
+        tracing::info!(publication = %publication, tables = %list, "created publication");
+        return Ok(());
+    };
+    if row.get::<_, bool>(0) {
+        return Ok(());
+    }
+    let published: Vec<(String, String)> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[publication],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let missing: Vec<&&TableName> = tables
+        .iter()
+        .filter(|t| !published.iter().any(|(s, n)| *s == t.schema && *n == t.name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let add = missing.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let sql = format!("ALTER PUBLICATION {} ADD TABLE {add}", quote_ident(publication));
+    if !config.source.create {
+        return Err(need(format!(
+            "publication {publication:?} does not include {add}. Fix: {sql}; (or set source.create = true)"
+        )));
+    }
+    client.batch_execute(&sql).await.map_err(|e| {
+        need(format!(
+            "cannot extend publication {publication:?} ({sql}): {}",
+            db_message(&e)
+        ))
+    })?;
+    tracing::info!(publication = %publication, tables = %add, "added tables to publication");
+    Ok(())
+}
+
+async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SetupError> {
+    let slot = &config.source.slot;
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, slot_type, d.datname::text, coalesce(wal_status, ''), current_database()::text
+             FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid
+             WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    match row {
+        None => {
+            if !config.source.create {
+                return Err(need(format!(
+                    "replication slot {slot:?} does not exist. Fix: SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput'); (or set source.create = true)"
+                )));
+            }
+            client
+                .execute(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[slot],
+                )
+                .await
+                .map_err(|e| {
+                    need(format!(
+                        "cannot create replication slot {slot:?}: {}",
+                        db_message(&e)
+                    ))
+                })?;
+            tracing::info!(slot = %slot, "created logical replication slot");
+            Ok(())
+        }
+        Some(r) => {
+            let plugin: Option<String> = r.get(0);
+            let kind: String = r.get(1);
+            let db: Option<String> = r.get(2);
+            let wal_status: String = r.get(3);
+            let here: String = r.get(4);
+            if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+                return Err(need(format!(
+                    "replication slot {slot:?} exists but is a {kind} slot with plugin {plugin:?}, not pgoutput. \
+                     Fix: set source.slot to another name, or drop it: SELECT pg_drop_replication_slot('{slot}');"
+                )));
+            }
+            if db.as_deref() != Some(here.as_str()) {
+                return Err(need(format!(
+                    "replication slot {slot:?} belongs to database {db:?}, not {here:?}. Fix: set source.slot to another name"
+                )));
+            }
+            if wal_status == "lost" {
+                return Err(need(format!(
+                    "replication slot {slot:?} was invalidated: PostgreSQL removed WAL it still needed \
+                     (max_slot_wal_keep_size). Changes since are lost to this slot. Fix: SELECT pg_drop_replication_slot('{slot}'); \
+                     then restart walhook to create a fresh slot (and resynchronise subscribers)"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Loads enums, domains and arrays of non-built-in types; only `oids` when given.
+pub async fn load_types(
+    client: &Client,
+    types: &mut TypeRegistry,
+    oids: Option<&[u32]>,
+) -> Result<(), SetupError> {
+    let rows =
+        match oids {
+            None => client
+                .query(
+                    "SELECT t.oid, t.typtype::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
+                     FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem
+                     WHERE t.typtype IN ('e', 'd') OR (t.typelem <> 0 AND t.typlen = -1)",
+                    &[],
+                )
+                .await?,
+            Some(oids) => client
+                .query(
+                    "SELECT t.oid, t.typtype::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
+                     FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem
+                     WHERE t.oid = ANY($1)",
+                    &[&oids],
+                )
+                .await?,
+        };
+    for r in rows {
+        let oid: u32 = r.get(0);
+        if types.contains(oid) {
+            continue;
+        }
+        let typtype: String = r.get(1);
+        let base: u32 = r.get(2);
+        let elem: u32 = r.get(3);
+        let delim: String = r.get(4);
+        let kind = match typtype.as_str() {
+            "e" => TypeKind::Enum,
+            "d" => TypeKind::Domain { base },
+            _ if elem != 0 => TypeKind::Array {
+                elem,
+                delim: delim.bytes().next().unwrap_or(b','),
+            },
+            _ => TypeKind::Other,
+        };
+        types.insert(oid, kind);
+    }
+    Ok(())
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(h) => format!("{} (hint: {h})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}

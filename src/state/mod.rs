@@ -1,0 +1,374 @@
+//! State: the spill log, dead letters and per-lane watermarks, in PostgreSQL (schema
+//! `walhook`, in the source database unless `state.url` names another).
+//!
+//! The healthy path writes almost nothing here: one small upsert of every lane's
+//! watermark every `state.watermark_interval`. Spill writes are batched (one `unnest`
+//! insert per batch), and every multi-row change is one statement, so it is atomic even
+//! though all callers share one pipelined connection. A dropped connection is reopened on
+//! the next call; callers retry with backoff and never treat a failed write as done.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::RwLock;
+use tokio_postgres::{Client, NoTls};
+
+use crate::event::{Event, Pos};
+
+/// Migrations, applied in order at start; the version is the index + 1.
+const MIGRATIONS: &[&str] = &[include_str!("../../sql/001_init.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot reach the state database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("state database query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("state.url: {0}")]
+    Url(String),
+}
+
+/// A spilled event read back for delivery.
+#[derive(Debug, Clone)]
+pub struct Spilled {
+    pub pos: Pos,
+    pub id: String,
+    pub event_type: String,
+    pub key: String,
+    pub body: bytes::Bytes,
+    pub attempts: i32,
+}
+
+/// The result of one delivery attempt of a spilled event.
+#[derive(Debug, Clone)]
+pub enum SpillOutcome {
+    Delivered,
+    Retry {
+        attempts: i32,
+        after: Duration,
+        error: String,
+    },
+    Dead {
+        attempts: i32,
+        reason: String,
+    },
+}
+
+pub struct State {
+    url: String,
+    slot: String,
+    client: RwLock<Arc<Client>>,
+}
+
+impl State {
+    /// Connects, creates the schema and runs migrations.
+    pub async fn connect(url: &str, slot: &str) -> Result<State, StateError> {
+        let client = Arc::new(open(url).await?);
+        migrate(&client).await?;
+        Ok(State {
+            url: url.to_string(),
+            slot: slot.to_string(),
+            client: RwLock::new(client),
+        })
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, StateError> {
+        let c = self.client.read().await.clone();
+        if !c.is_closed() {
+            return Ok(c);
+        }
+        let mut w = self.client.write().await;
+        if w.is_closed() {
+            *w = Arc::new(open(&self.url).await?);
+            tracing::info!("reconnected to the state database");
+        }
+        Ok(w.clone())
+    }
+
+    /// True when the state database answers.
+    pub async fn ping(&self) -> bool {
+        match self.client().await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    pub async fn load_watermarks(&self) -> Result<HashMap<String, Pos>, StateError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT subscriber, watermark_lsn, watermark_seq FROM walhook.lanes WHERE slot = $1",
+                &[&self.slot],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let lsn: i64 = r.get(1);
+                let seq: i64 = r.get(2);
+                (
+                    r.get::<_, String>(0),
+                    Pos {
+                        lsn: lsn as u64,
+                        seq: seq as u64,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Upserts every lane's watermark in one statement.
+    pub async fn save_watermarks(&self, marks: &[(String, Pos)]) -> Result<(), StateError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let subs: Vec<&str> = marks.iter().map(|(s, _)| s.as_str()).collect();
+        let lsns: Vec<i64> = marks.iter().map(|(_, p)| p.lsn as i64).collect();
+        let seqs: Vec<i64> = marks.iter().map(|(_, p)| p.seq as i64).collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO walhook.lanes (slot, subscriber, watermark_lsn, watermark_seq)
+                 SELECT $1, s, l, q FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS u(s, l, q)
+                 ON CONFLICT (slot, subscriber) DO UPDATE
+                 SET watermark_lsn = EXCLUDED.watermark_lsn, watermark_seq = EXCLUDED.watermark_seq,
+                     updated_at = now()
+                 WHERE (walhook.lanes.watermark_lsn, walhook.lanes.watermark_seq)
+                     < (EXCLUDED.watermark_lsn, EXCLUDED.watermark_seq)",
+                &[&self.slot, &subs, &lsns, &seqs],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Appends events to a lane's spill log in one statement. Rows already there (a replay
+    /// after a crash) are left as they are.
+    pub async fn spill(&self, subscriber: &str, events: &[SpillRow<'_>]) -> Result<(), StateError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let lsns: Vec<i64> = events.iter().map(|e| e.event.pos.lsn as i64).collect();
+        let seqs: Vec<i64> = events.iter().map(|e| e.event.pos.seq as i64).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event.event_type.as_str()).collect();
+        let keys: Vec<&str> = events.iter().map(|e| e.event.key.as_str()).collect();
+        let bodies: Vec<&[u8]> = events.iter().map(|e| &e.event.body[..]).collect();
+        let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
+        let delays: Vec<i64> = events.iter().map(|e| e.retry_after.as_millis() as i64).collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO walhook.spill
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, next_attempt_at)
+                 SELECT $1, $2, l, q, i, t, k, b, a, now() + d * interval '1 millisecond'
+                 FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::bytea[],
+                             $9::int[], $10::bigint[]) AS u(l, q, i, t, k, b, a, d)
+                 ON CONFLICT DO NOTHING",
+                &[&self.slot, &subscriber, &lsns, &seqs, &ids, &types, &keys, &bodies, &attempts, &delays],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` spilled events that are due now and are the oldest of their key, in
+    /// position order.
+    pub async fn due_heads(&self, subscriber: &str, limit: i64) -> Result<Vec<Spilled>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts
+                 FROM walhook.spill s
+                 WHERE s.slot = $1 AND s.subscriber = $2 AND s.next_attempt_at <= now()
+                   AND NOT EXISTS (
+                     SELECT 1 FROM walhook.spill p
+                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber
+                       AND p.ordering_key = s.ordering_key AND (p.lsn, p.seq) < (s.lsn, s.seq))
+                 ORDER BY s.lsn, s.seq
+                 LIMIT $3",
+                &[&self.slot, &subscriber, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Spilled {
+                pos: Pos {
+                    lsn: r.get::<_, i64>(0) as u64,
+                    seq: r.get::<_, i64>(1) as u64,
+                },
+                id: r.get(2),
+                event_type: r.get(3),
+                key: r.get(4),
+                body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)),
+                attempts: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Rows in a lane's spill log and the time until the earliest is due.
+    pub async fn backlog(&self, subscriber: &str) -> Result<(i64, Option<Duration>), StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(*), EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8
+                 FROM walhook.spill WHERE slot = $1 AND subscriber = $2",
+                &[&self.slot, &subscriber],
+            )
+            .await?;
+        let count: i64 = row.get(0);
+        let wait: Option<f64> = row.get(1);
+        Ok((count, wait.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+    }
+
+    /// Applies the outcomes of a round of spilled deliveries in one statement: delivered
+    /// rows are deleted, retried rows rescheduled, dead rows moved to `dead_letters`.
+    pub async fn complete(
+        &self,
+        subscriber: &str,
+        outcomes: &[(Pos, SpillOutcome)],
+    ) -> Result<(), StateError> {
+        let mut done = (Vec::new(), Vec::new());
+        let mut retry = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut dead = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (pos, outcome) in outcomes {
+            let (l, q) = (pos.lsn as i64, pos.seq as i64);
+            match outcome {
+                SpillOutcome::Delivered => {
+                    done.0.push(l);
+                    done.1.push(q);
+                }
+                SpillOutcome::Retry {
+                    attempts,
+                    after,
+                    error,
+                } => {
+                    retry.0.push(l);
+                    retry.1.push(q);
+                    retry.2.push(*attempts);
+                    retry.3.push(after.as_millis() as i64);
+                    retry.4.push(error.as_str());
+                }
+                SpillOutcome::Dead { attempts, reason } => {
+                    dead.0.push(l);
+                    dead.1.push(q);
+                    dead.2.push(*attempts);
+                    dead.3.push(reason.as_str());
+                }
+            }
+        }
+        self.client()
+            .await?
+            .execute(
+                "WITH done AS (
+                   DELETE FROM walhook.spill s USING unnest($3::bigint[], $4::bigint[]) AS u(l, q)
+                   WHERE s.slot = $1 AND s.subscriber = $2 AND s.lsn = u.l AND s.seq = u.q),
+                 retry AS (
+                   UPDATE walhook.spill s
+                   SET attempts = u.a, next_attempt_at = now() + u.d * interval '1 millisecond', last_error = u.e
+                   FROM unnest($5::bigint[], $6::bigint[], $7::int[], $8::bigint[], $9::text[]) AS u(l, q, a, d, e)
+                   WHERE s.slot = $1 AND s.subscriber = $2 AND s.lsn = u.l AND s.seq = u.q),
+                 gone AS (
+                   DELETE FROM walhook.spill s USING unnest($10::bigint[], $11::bigint[]) AS u(l, q)
+                   WHERE s.slot = $1 AND s.subscriber = $2 AND s.lsn = u.l AND s.seq = u.q
+                   RETURNING s.*)
+                 INSERT INTO walhook.dead_letters
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason)
+                 SELECT g.slot, g.subscriber, g.lsn, g.seq, g.event_id, g.event_type, g.ordering_key, g.body, u.a, u.r
+                 FROM gone g JOIN unnest($10::bigint[], $11::bigint[], $12::int[], $13::text[]) AS u(l, q, a, r)
+                   ON g.lsn = u.l AND g.seq = u.q
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &self.slot, &subscriber, &done.0, &done.1, &retry.0, &retry.1, &retry.2, &retry.3, &retry.4,
+                    &dead.0, &dead.1, &dead.2, &dead.3,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records an event that died in hot mode.
+    pub async fn dead_letter(
+        &self,
+        subscriber: &str,
+        event: &Event,
+        attempts: i32,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO walhook.dead_letters
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                &[
+                    &self.slot,
+                    &subscriber,
+                    &(event.pos.lsn as i64),
+                    &(event.pos.seq as i64),
+                    &event.id,
+                    &event.event_type,
+                    &event.key,
+                    &&event.body[..],
+                    &attempts,
+                    &reason,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// One event to append to a spill log, with what is known of its attempts so far.
+pub struct SpillRow<'a> {
+    pub event: &'a Event,
+    pub attempts: i32,
+    pub retry_after: Duration,
+}
+
+async fn open(url: &str) -> Result<Client, StateError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| StateError::Url(format!("{e}")))?;
+    let (client, conn) = config.connect(NoTls).await.map_err(StateError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "state database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn migrate(client: &Client) -> Result<(), StateError> {
+    client
+        .batch_execute(
+            "SELECT pg_advisory_lock(7262917370);
+             CREATE SCHEMA IF NOT EXISTS walhook;
+             CREATE TABLE IF NOT EXISTS walhook.schema_migrations (
+               version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
+        )
+        .await?;
+    let result = async {
+        let row = client
+            .query_one("SELECT coalesce(max(version), 0) FROM walhook.schema_migrations", &[])
+            .await?;
+        let current: i32 = row.get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i32 + 1;
+            if version <= current {
+                continue;
+            }
+            client
+                .batch_execute(&format!(
+                    "BEGIN; {sql}; INSERT INTO walhook.schema_migrations (version) VALUES ({version}); COMMIT;"
+                ))
+                .await?;
+            tracing::info!(version, "applied state migration");
+        }
+        Ok::<_, StateError>(())
+    }
+    .await;
+    let _ = client
+        .batch_execute("SELECT pg_advisory_unlock(7262917370)")
+        .await;
+    result
+}

@@ -1,0 +1,198 @@
+//! Test harness: a real PostgreSQL cluster, a real HTTP receiver, and the real walhook
+//! binary run as a child process (so tests can SIGKILL it).
+
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod receiver;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub use pg::PgCluster;
+pub use receiver::{Received, Receiver};
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const PIM_SQL: &str = include_str!("../../sql/examples/pim.sql");
+
+/// The walhook binary running with a config file.
+pub struct Walhook {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub admin: String,
+}
+
+impl Walhook {
+    /// Starts `walhook run` with this config text (an `[admin]` section is added).
+    pub fn start(config: &str) -> Walhook {
+        let dir = tempfile::Builder::new()
+            .prefix("walhook-run-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin = format!("127.0.0.1:{port}");
+        let text = format!("{config}\n[admin]\nlisten = \"{admin}\"\n");
+        std::fs::write(dir.join("walhook.toml"), text).unwrap();
+        let mut w = Walhook {
+            child: None,
+            dir,
+            admin,
+        };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("walhook.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .args(["run", "--config"])
+            .arg(self.dir.join("walhook.toml"))
+            .env("RUST_LOG", "info,walhook=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start walhook");
+        self.child = Some(child);
+    }
+
+    /// Starts it again after a kill or stop, with the same config.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("walhook.log")).unwrap_or_default()
+    }
+
+    /// GETs an admin path and returns the body.
+    pub async fn admin_get(&self, path: &str) -> Option<String> {
+        let resp = reqwest::get(format!("http://{}{path}", self.admin)).await.ok()?;
+        resp.text().await.ok()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.admin)).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("walhook did not become ready; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A metric value (first sample whose line starts with `prefix`).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.admin_get("/metrics").await?;
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Walhook {
+    fn drop(&mut self) {
+        self.sigkill();
+        if std::thread::panicking() {
+            eprintln!("---- walhook log ----\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `walhook` with arguments to completion: (exit code, stderr).
+pub fn walhook_cmd(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(args)
+        .output()
+        .expect("run walhook");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A subscriber section for a receiver on loopback.
+pub fn subscriber(name: &str, url: &str, events: &str, extra: &str) -> String {
+    format!(
+        "[[subscribers]]\nname = \"{name}\"\nurl = \"{url}\"\nevents = [{events}]\nsecrets = [\"{SECRET}\"]\n\
+         allow_private_targets = true\n{extra}\n"
+    )
+}
+
+/// The slot's confirmed_flush_lsn as a number.
+pub async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> u64 {
+    let row = client
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    row.get::<_, String>(0).parse().unwrap()
+}
+
+/// Waits until `cond` holds, polling every 50 ms, or panics after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,147 @@
+//! A webhook receiver on loopback that records every request and answers a scripted
+//! status (204 by default), optionally after a delay.
+
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use walhook::lanes::sign::{verify_header, Secret};
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub id: String,
+    pub timestamp: i64,
+    pub signature: String,
+    pub body: Bytes,
+    /// What the receiver answered.
+    pub status: u16,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+
+    pub fn verifies(&self, secret: &str) -> bool {
+        let s = Secret::parse(secret).unwrap();
+        verify_header(&[s], &self.id, self.timestamp, &self.body, &self.signature)
+    }
+}
+
+struct Inner {
+    log: Mutex<Vec<Received>>,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+}
+
+pub struct Receiver {
+    inner: Arc<Inner>,
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner = Arc::new(Inner {
+            log: Mutex::new(Vec::new()),
+            status: AtomicU16::new(204),
+            delay_ms: AtomicU64::new(0),
+        });
+        let app = Router::new()
+            .route("/", post(handle))
+            .route("/*path", post(handle))
+            .with_state(inner.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver { inner, addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.inner.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn all(&self) -> Vec<Received> {
+        self.inner.log.lock().unwrap().clone()
+    }
+
+    /// Requests answered with 2xx.
+    pub fn delivered(&self) -> Vec<Received> {
+        self.all()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+
+    /// Waits until `cond` holds on the delivered requests, or panics after `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.delivered();
+            if cond(&got) {
+                return got;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; {} delivered so far",
+                    got.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let delay = inner.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = inner.status.load(Ordering::SeqCst);
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    inner.log.lock().unwrap().push(Received {
+        at: Instant::now(),
+        id: get("webhook-id"),
+        timestamp: get("webhook-timestamp").parse().unwrap_or(0),
+        signature: get("webhook-signature"),
+        body,
+        status,
+    });
+    StatusCode::from_u16(status).unwrap()
+}
