@@ -260,7 +260,8 @@ async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SetupError>
             }
             if db.as_deref() != Some(here.as_str()) {
                 return Err(need(format!(
-                    "replication slot {slot:?} belongs to database {db:?}, not {here:?}. Fix: set source.slot to another name"
+                    "replication slot {slot:?} belongs to database {:?}, not {here:?}. Fix: set source.slot to another name",
+                    db.unwrap_or_default()
                 )));
             }
             if wal_status == "lost" {
