@@ -23,6 +23,7 @@ pub async fn serve(listen: SocketAddr, secrets: Vec<Secret>) -> std::io::Result<
     let app = Router::new()
         .route("/", post(handle))
         .route("/*path", post(handle))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(Arc::new(Receiver { secrets }));
     axum::serve(listener, app).await
 }

@@ -58,6 +58,7 @@ impl Receiver {
         let app = Router::new()
             .route("/", post(handle))
             .route("/*path", post(handle))
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(inner.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();

@@ -1,0 +1,206 @@
+//! Clear failure: each misconfiguration or missing prerequisite ends in one message that
+//! names the fix, with a distinct exit code (2: config, 3: prerequisite). And the
+//! authentication methods and transports that must work do.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn run_with(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, format!("{config}\n[admin]\nlisten = \"\"\n")).unwrap();
+    walhook_cmd(&["run", "--config", path.to_str().unwrap()])
+}
+
+/// The one `walhook:` error line.
+fn error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("walhook:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    lines[0].to_string()
+}
+
+fn cfg(url: &str, table: &str, extra_rule: &str, sub_extra: &str) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"{table}\"\n{extra_rule}\n\
+         [[subscribers]]\nname = \"s\"\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"*\"]\n\
+         secrets = [\"{SECRET}\"]\n{sub_extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_names_the_fix() {
+    let pg = PgCluster::start_with(&[("wal_level", "replica")]).await;
+    let url = pg
+        .create_db("shop", "CREATE TABLE products (id int PRIMARY KEY)")
+        .await;
+    let (code, err) = run_with(&cfg(&url, "products", "", "allow_private_targets = true"));
+    let line = error_line(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(line.contains("wal_level is 'replica'"), "{line}");
+    assert!(line.contains("ALTER SYSTEM SET wal_level = logical"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_prerequisites_name_their_fixes() {
+    let pg = PgCluster::start().await;
+    pg.create_db(
+        "shop",
+        "CREATE TABLE products (id int PRIMARY KEY, title text);
+         CREATE TABLE logs (line text);
+         CREATE ROLE app LOGIN;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO app;",
+    )
+    .await;
+    let url = pg.url("shop");
+    let private = "allow_private_targets = true";
+
+    // A role without REPLICATION.
+    let app_url = url.replace("postgres@", "app@");
+    let (code, err) = run_with(&cfg(&app_url, "products", "", private));
+    let line = error_line(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(line.contains("ALTER ROLE \"app\" WITH REPLICATION"), "{line}");
+
+    // A table that does not exist.
+    let (code, err) = run_with(&cfg(&url, "catalog.Product", "", private));
+    let line = error_line(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        line.contains("\"catalog\".\"Product\"") && line.contains("does not exist"),
+        "{line}"
+    );
+
+    // A table without replica identity, for updates.
+    let (code, err) = run_with(&cfg(&url, "logs", "", private));
+    let line = error_line(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        line.contains("ALTER TABLE \"public\".\"logs\" REPLICA IDENTITY FULL"),
+        "{line}"
+    );
+
+    // `changed` without old values.
+    let (code, err) = run_with(&cfg(
+        &url,
+        "products",
+        "changed = [\"title\"]\non = [\"update\"]",
+        private,
+    ));
+    let line = error_line(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        line.contains("events[0].changed") && line.contains("REPLICA IDENTITY FULL"),
+        "{line}"
+    );
+
+    // A publication that is missing while source.create = false.
+    let no_create = cfg(&url, "products", "", private).replace("[source]\n", "[source]\ncreate = false\n");
+    let (code, err) = run_with(&no_create);
+    let line = error_line(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        line.contains("CREATE PUBLICATION \"walhook\" FOR TABLE \"public\".\"products\""),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_target_is_refused_unless_allowed() {
+    // No database is needed: the target is checked before connecting.
+    let (code, err) = run_with(&cfg("postgres://postgres@127.0.0.1:1/x", "products", "", ""));
+    let line = error_line(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        line.contains("127.0.0.1") && line.contains("subscribers[0].allow_private_targets = true"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_config_with_an_unknown_key_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let text = cfg("postgres://localhost/x", "products", "", "retries = 5");
+    std::fs::write(&path, text).unwrap();
+    let (code, err) = walhook_cmd(&["check", "--config", path.to_str().unwrap()]);
+    let line = error_line(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        line.contains("subscribers[0].retries") && line.contains("unknown field"),
+        "{line}"
+    );
+}
+
+/// SCRAM-SHA-256, MD5 and cleartext password over TCP, and trust over a Unix socket: each
+/// streams and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_methods_and_unix_sockets_work() {
+    let pg = PgCluster::start().await;
+    let admin = pg.client("postgres").await;
+    admin
+        .batch_execute(
+            "SET password_encryption = 'scram-sha-256';
+             CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 's3cret';
+             SET password_encryption = 'md5';
+             CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'm5pw';
+             CREATE ROLE password_user LOGIN REPLICATION PASSWORD 'plain';",
+        )
+        .await
+        .unwrap();
+    let socket = pg.socket_dir().display().to_string();
+    let cases = [
+        (
+            "scram",
+            format!("postgres://scram_user:s3cret@127.0.0.1:{}/scram", pg.port()),
+        ),
+        (
+            "md5",
+            format!("postgres://md5_user:m5pw@127.0.0.1:{}/md5", pg.port()),
+        ),
+        (
+            "plain",
+            format!("postgres://password_user:plain@127.0.0.1:{}/plain", pg.port()),
+        ),
+        (
+            "unix",
+            format!("host={socket} port={} user=postgres dbname=unix", pg.port()),
+        ),
+    ];
+    for (name, url) in cases {
+        let owner = url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .filter(|u| !u.contains(' '))
+            .unwrap_or("postgres")
+            .to_string();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
+            .await
+            .unwrap();
+        let db = pg.client(name).await;
+        db.batch_execute(&format!(
+            "SET ROLE {owner}; CREATE TABLE products (id int PRIMARY KEY, title text);"
+        ))
+        .await
+        .unwrap();
+        let rx = Receiver::start().await;
+        let config = format!(
+            "[source]\nurl = \"{url}\"\nslot = \"{name}\"\n[[events]]\ntable = \"products\"\n{}",
+            subscriber("s", &rx.url(), "\"*\"", "")
+        );
+        let mut w = Walhook::start(&config);
+        w.wait_ready().await;
+        db.batch_execute("INSERT INTO products VALUES (1, 'x')")
+            .await
+            .unwrap();
+        rx.wait_for(Duration::from_secs(20), &format!("an event over {name}"), |g| {
+            !g.is_empty()
+        })
+        .await;
+        assert_eq!(w.stop(), Some(0));
+    }
+}
