@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS walhook.spill (
 );
 CREATE INDEX IF NOT EXISTS spill_key_order
     ON walhook.spill (slot, subscriber, ordering_key, lsn, seq);
+CREATE INDEX IF NOT EXISTS spill_due
+    ON walhook.spill (slot, subscriber, next_attempt_at);
 
 -- Events that exhausted their attempts, kept for inspection and replay.
 CREATE TABLE IF NOT EXISTS walhook.dead_letters (

@@ -42,6 +42,8 @@ pub struct Progress {
     /// Every transaction before this LSN is fully handed to the lanes.
     pub frontier: AtomicU64,
     pub streaming: AtomicBool,
+    /// Set once this process has started streaming the slot (so it owns the lanes' logs).
+    pub leading: AtomicBool,
 }
 
 struct Rel {
@@ -162,6 +164,7 @@ impl Pipeline {
             .unwrap_or_default();
         tracing::info!(slot = %slot, from = %format_lsn(confirmed), system = %system, "replication streaming");
         self.progress.streaming.store(true, Ordering::Relaxed);
+        self.progress.leading.store(true, Ordering::Relaxed);
         self.metrics.streaming.set(1);
         self.publish_frontier();
 
@@ -180,7 +183,10 @@ impl Pipeline {
                 msg = conn.recv() => match msg? {
                     ReplMessage::XLogData { wal_start, wal_end, data } => {
                         self.received = self.received.max(wal_end);
-                        self.handle(wal_start, &data).await?;
+                        if !self.handle(wal_start, &data, cancel).await? {
+                            conn.close().await;
+                            return Ok(());
+                        }
                     }
                     ReplMessage::Keepalive { wal_end, reply_requested } => {
                         self.received = self.received.max(wal_end);
@@ -226,7 +232,13 @@ impl Pipeline {
         lsn
     }
 
-    async fn handle(&mut self, wal_start: u64, data: &[u8]) -> Result<(), SourceError> {
+    /// Handles one message. Returns false when cancelled while handing over events.
+    async fn handle(
+        &mut self,
+        wal_start: u64,
+        data: &[u8],
+        cancel: &CancellationToken,
+    ) -> Result<bool, SourceError> {
         let msg = decode::parse(data).map_err(|source| SourceError::Decode {
             lsn: format_lsn(wal_start),
             source,
@@ -286,7 +298,9 @@ impl Pipeline {
                 }
             }
             LogicalMessage::Insert { rel_id, new } => {
-                self.change(rel_id, Op::Insert, Some(new), None, false).await?;
+                return self
+                    .change(rel_id, Op::Insert, Some(new), None, false, cancel)
+                    .await;
             }
             LogicalMessage::Update {
                 rel_id,
@@ -294,25 +308,32 @@ impl Pipeline {
                 old_is_key_only,
                 new,
             } => {
-                self.change(rel_id, Op::Update, Some(new), old, old_is_key_only)
-                    .await?;
+                return self
+                    .change(rel_id, Op::Update, Some(new), old, old_is_key_only, cancel)
+                    .await;
             }
             LogicalMessage::Delete {
                 rel_id,
                 old,
                 old_is_key_only,
             } => {
-                self.change(rel_id, Op::Delete, None, Some(old), old_is_key_only)
-                    .await?;
+                return self
+                    .change(rel_id, Op::Delete, None, Some(old), old_is_key_only, cancel)
+                    .await;
             }
             LogicalMessage::Truncate { rel_ids, .. } => {
                 for rel_id in rel_ids {
-                    self.change(rel_id, Op::Truncate, None, None, false).await?;
+                    if !self
+                        .change(rel_id, Op::Truncate, None, None, false, cancel)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
                 }
             }
             LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn change(
@@ -322,7 +343,8 @@ impl Pipeline {
         new: Option<Vec<Cell>>,
         old: Option<Vec<Cell>>,
         old_is_key_only: bool,
-    ) -> Result<(), SourceError> {
+        cancel: &CancellationToken,
+    ) -> Result<bool, SourceError> {
         let Some((tx, index)) = self.tx.as_mut() else {
             return Err(SourceError::Protocol("row change outside a transaction".into()));
         };
@@ -333,7 +355,7 @@ impl Pipeline {
             .get(&rel_id)
             .ok_or_else(|| SourceError::Protocol(format!("change for unknown relation {rel_id}")))?;
         if !rel.watched {
-            return Ok(());
+            return Ok(true);
         }
         self.metrics.changes_decoded.add(1);
         let row = |cells: Vec<Cell>| -> Result<Row, SourceError> {
@@ -372,10 +394,12 @@ impl Pipeline {
         for (event, routes) in events {
             self.metrics.events_emitted.add(1);
             for &lane in routes.iter() {
-                self.lanes[lane].push(event.clone()).await;
+                if !self.lanes[lane].push(event.clone(), cancel).await {
+                    return Ok(false);
+                }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn resolve_types(&mut self, oids: &[u32]) {

@@ -74,6 +74,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunErr
         .load_watermarks()
         .await
         .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let metrics = Arc::new(Metrics::default());
+    let progress = Arc::new(Progress::default());
     let tracker = TaskTracker::new();
     let lanes_cancel = CancellationToken::new();
     let mut lanes = Vec::new();
@@ -83,16 +85,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunErr
             .await
             .map_err(|e| RunError::Runtime(e.to_string()))?;
         let mark = marks.get(&sub.name).copied().unwrap_or_default();
-        let lane = Lane::new(sub, state.clone(), mark, backlog > 0).map_err(RunError::Config)?;
-        if backlog > 0 {
-            tracing::info!(subscriber = %sub.name, backlog, "lane resumes in spill mode");
+        let lane =
+            Lane::new(sub, state.clone(), progress.clone(), mark, backlog).map_err(RunError::Config)?;
+        if backlog {
+            tracing::info!(subscriber = %sub.name, "spill log has events: lane resumes in spill mode");
         }
         lane.spawn(&tracker, &lanes_cancel);
         lanes.push(lane);
     }
 
-    let metrics = Arc::new(Metrics::default());
-    let progress = Arc::new(Progress::default());
     if !config.admin.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
             .await

@@ -1,1 +1,150 @@
+use super::*;
 
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Plausible values for the variables the example configs use.
+fn env(name: &str) -> Option<String> {
+    Some(if name.contains("SECRET") {
+        SECRET.into()
+    } else if name.contains("DB") || name.contains("DATABASE") {
+        "postgres://walhook@db.example.com/shop".into()
+    } else {
+        "https://hooks.example.com/walhook".into()
+    })
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml", &env)
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+const MINIMAL: &str = r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "products"
+[[subscribers]]
+name = "shop"
+url = "https://shop.example.com/hook"
+events = ["*"]
+secrets = ["${SECRET}"]
+"#;
+
+#[test]
+fn every_example_config_parses() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = parse(&text) {
+                panic!("{}: {e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "found {n} example configs");
+}
+
+#[test]
+fn defaults_apply() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.source.slot, DEFAULT_SLOT);
+    assert_eq!(c.source.publication, DEFAULT_PUBLICATION);
+    assert!(c.source.create);
+    assert_eq!(c.state_url(), "postgres://localhost/shop");
+    assert_eq!(c.admin.listen, DEFAULT_ADMIN_LISTEN);
+    let s = &c.subscribers[0];
+    assert_eq!(s.secrets, vec![SECRET.to_string()]);
+    assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+    assert_eq!(s.spill_after, DEFAULT_SPILL_AFTER);
+    assert_eq!(s.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    assert!(!s.allow_private_targets);
+    assert_eq!(c.events[0].on, vec![Op::Insert, Op::Update, Op::Delete]);
+}
+
+#[test]
+fn durations_parse_and_bad_ones_name_the_key() {
+    let c = parse(&MINIMAL.replace("events = [\"*\"]", "events = [\"*\"]\nspill_after = \"250ms\"")).unwrap();
+    assert_eq!(c.subscribers[0].spill_after, Duration::from_millis(250));
+    let p = problems(&MINIMAL.replace("events = [\"*\"]", "events = [\"*\"]\ntimeout = \"soon\""));
+    assert_eq!(p[0].path, "subscribers[0].timeout", "{p:?}");
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let p = problems(&MINIMAL.replace("[source]", "[source]\nslots = \"x\""));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].path, "source.slots");
+    assert!(p[0].message.contains("unknown field"), "{p:?}");
+    let p = problems(&format!("{MINIMAL}\n[extra]\nx = 1\n"));
+    assert_eq!(p[0].path, "extra");
+}
+
+#[test]
+fn missing_variables_are_named() {
+    let p = match Config::from_toml(MINIMAL, "t", &|_| None) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(p[0].path, "subscribers[0].secrets[0]");
+    assert!(p[0].message.contains("SECRET is not set"), "{p:?}");
+}
+
+#[test]
+fn validation_reports_every_problem() {
+    let text = r#"
+[source]
+url = "postgres://localhost/shop"
+slot = "Bad-Slot"
+[[events]]
+table = "a.b.c"
+on = []
+[[subscribers]]
+name = "x"
+url = "ftp://example.com"
+events = []
+secrets = ["nope"]
+max_in_flight = 0
+[[subscribers]]
+name = "x"
+url = "https://example.com"
+events = ["*"]
+secrets = ["whsec_YWJj"]
+"#;
+    let p = problems(text);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "source.slot",
+        "events[0].table",
+        "events[0].on",
+        "subscribers[0].url",
+        "subscribers[0].events",
+        "subscribers[0].secrets[0]",
+        "subscribers[0].max_in_flight",
+        "subscribers[1].name",
+        "subscribers[1].secrets[0]",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+    assert!(
+        p.iter().any(|p| p.message.contains("whsec_")),
+        "the secret problem names the format"
+    );
+}
+
+#[test]
+fn env_overrides_apply() {
+    // WALHOOK_ variables are read from the process environment; use a name no other test sets.
+    std::env::set_var("WALHOOK_STATE__WATERMARK_INTERVAL", "1s");
+    let c = parse(MINIMAL).unwrap();
+    std::env::remove_var("WALHOOK_STATE__WATERMARK_INTERVAL");
+    assert_eq!(c.state.watermark_interval, Duration::from_secs(1));
+}

@@ -9,8 +9,16 @@
 //! log in the state database and appends every new event there (batched). A server task
 //! delivers the oldest due event of each key, one attempt at a time on the full retry
 //! schedule, and after `max_attempts` moves it to the dead letters so its key goes on.
-//! When the spill log is empty and nothing waits to be written, the lane returns to hot
-//! mode; at that moment every earlier event is done, so no key is reordered.
+//!
+//! **Draining**: once the log is empty, new events wait in memory (not yet sent) while
+//! the last buffered ones are written and served; when both are done the lane is hot
+//! again. At that moment every earlier event is done, so no key is reordered.
+//!
+//! **Per-key order in the log.** For every key, the log only ever holds the oldest
+//! pending events of that key: while a key has a hot delivery in flight at the switch to
+//! spill mode, its later events are parked behind it in memory and follow it into the
+//! write buffer when it returns. So serving the oldest row of each key is always right,
+//! also after a crash.
 //!
 //! **Progress**: an event is *pending* from the moment the pipeline hands it over until
 //! it is delivered, dead-lettered, or durably written to the spill log. The lowest
@@ -22,6 +30,8 @@ pub mod sign;
 pub mod target;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,12 +42,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::Subscriber;
 use crate::event::{EventRef, Pos};
 use crate::metrics::LaneMetrics;
+use crate::pipeline::Progress;
 use crate::state::{SpillOutcome, SpillRow, State};
 use deliver::{Attempt, Target};
 
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
-/// How often a hot lane checks the age of its oldest event.
+/// How often a lane checks the age of its oldest event, and the longest a task sleeps
+/// when a wakeup was missed.
 const TICK: Duration = Duration::from_millis(100);
 /// Longest sleep of an idle spill server before it looks at the log again.
 const SPILL_POLL: Duration = Duration::from_secs(1);
@@ -48,6 +60,7 @@ const STATE_RETRY: Duration = Duration::from_millis(500);
 pub enum Mode {
     Hot,
     Spill,
+    Draining,
 }
 
 struct Buffered {
@@ -59,6 +72,7 @@ struct Buffered {
 #[derive(Default)]
 struct KeyQueue {
     events: VecDeque<EventRef>,
+    /// A hot delivery of this key is in flight.
     busy: bool,
 }
 
@@ -68,17 +82,23 @@ struct Inner {
     next_expected: Pos,
     /// Accepted events not yet delivered, dead or durably spilled, with arrival time.
     pending: BTreeMap<Pos, Instant>,
+    /// Per-key FIFOs: the hot queues, and in spill mode the events parked behind a key's
+    /// in-flight hot delivery.
     queues: HashMap<String, KeyQueue>,
     ready: VecDeque<String>,
     hot_in_flight: usize,
-    /// Events waiting to be written to the spill log, oldest first.
+    /// Events waiting to be written to the spill log; per key in position order.
     spill_buf: VecDeque<Buffered>,
     writing: bool,
-    buffered_total: u64,
-    flushed_total: u64,
-    /// The spill server starts only once this many buffered events are written (so events
-    /// handed back by hot deliveries are in the log before their keys are served).
-    serve_after: u64,
+    /// Counts completed spill writes, so a drained-log check can tell it is stale.
+    writes: u64,
+}
+
+/// What a finished hot delivery hands back.
+enum HotOutcome {
+    Done,
+    /// Not delivered yet: attempts made and the delay before the next.
+    Again(u32, Duration),
 }
 
 pub struct Lane {
@@ -86,10 +106,12 @@ pub struct Lane {
     cfg: Subscriber,
     target: Target,
     state: Arc<State>,
+    progress: Arc<Progress>,
     inner: Mutex<Inner>,
-    /// Wakes the dispatcher, the spill writer and the spill server.
-    wake: Notify,
-    /// Wakes a pipeline waiting for room in a full spill buffer.
+    wake_dispatch: Notify,
+    wake_writer: Notify,
+    wake_server: Notify,
+    /// Wakes a pipeline waiting for room in a full spilling lane.
     room: Notify,
     pub metrics: LaneMetrics,
 }
@@ -99,6 +121,7 @@ impl Lane {
     pub fn new(
         cfg: &Subscriber,
         state: Arc<State>,
+        progress: Arc<Progress>,
         watermark: Pos,
         spilled: bool,
     ) -> Result<Arc<Lane>, String> {
@@ -108,6 +131,7 @@ impl Lane {
             cfg: cfg.clone(),
             target,
             state,
+            progress,
             inner: Mutex::new(Inner {
                 mode: if spilled { Mode::Spill } else { Mode::Hot },
                 next_expected: watermark,
@@ -117,11 +141,11 @@ impl Lane {
                 hot_in_flight: 0,
                 spill_buf: VecDeque::new(),
                 writing: false,
-                buffered_total: 0,
-                flushed_total: 0,
-                serve_after: 0,
+                writes: 0,
             }),
-            wake: Notify::new(),
+            wake_dispatch: Notify::new(),
+            wake_writer: Notify::new(),
+            wake_server: Notify::new(),
             room: Notify::new(),
             metrics: LaneMetrics::default(),
         }))
@@ -138,25 +162,42 @@ impl Lane {
         tracker.spawn(self.clone().spill_server(cancel.clone()));
     }
 
-    /// Hands an event to the lane. Events at or below what the lane already accepted (a
-    /// replay after reconnect or restart) are skipped. Waits only while the lane is in
-    /// spill mode and its write buffer is full, i.e. while a spill write is in flight.
-    pub async fn push(&self, event: EventRef) {
+    /// Hands an event to the lane. Events below what the lane already accepted (a replay
+    /// after reconnect or restart) are skipped. Waits only while the lane is spilling and
+    /// holds `max_buffered` events, i.e. while a spill write is in flight. Returns false
+    /// when cancelled before the event was taken.
+    pub async fn push(&self, event: EventRef, cancel: &CancellationToken) -> bool {
         loop {
-            let notified = self.room.notified();
+            let mut room = pin!(self.room.notified());
+            room.as_mut().enable();
             {
                 let mut inner = self.lock();
                 if event.pos < inner.next_expected {
-                    return;
+                    return true;
                 }
-                if inner.mode == Mode::Hot && inner.pending.len() >= self.cfg.max_buffered {
+                let full = inner.pending.len() >= self.cfg.max_buffered;
+                if full && inner.mode != Mode::Spill {
                     self.enter_spill(&mut inner, "more than max_buffered events wait in memory");
                 }
-                if inner.mode == Mode::Hot || inner.spill_buf.len() < self.cfg.max_buffered {
+                if !full || inner.mode != Mode::Spill {
                     inner.next_expected = event.pos.next();
                     inner.pending.insert(event.pos, Instant::now());
-                    match inner.mode {
-                        Mode::Hot => {
+                    let mode = inner.mode;
+                    let parked = inner.queues.get_mut(&event.key);
+                    match (mode, parked) {
+                        // Behind a key's in-flight delivery, or a hot/draining queue.
+                        (Mode::Spill, Some(q)) => q.events.push_back(event),
+                        (Mode::Spill, None) => {
+                            inner.spill_buf.push_back(Buffered {
+                                event,
+                                attempts: 0,
+                                retry_after: Duration::ZERO,
+                            });
+                            drop(inner);
+                            self.wake_writer.notify_one();
+                            return true;
+                        }
+                        (Mode::Hot | Mode::Draining, _) => {
                             let key = event.key.clone();
                             let q = inner.queues.entry(key.clone()).or_default();
                             q.events.push_back(event);
@@ -164,22 +205,17 @@ impl Lane {
                                 inner.ready.push_back(key);
                             }
                         }
-                        Mode::Spill => {
-                            inner.spill_buf.push_back(Buffered {
-                                event,
-                                attempts: 0,
-                                retry_after: Duration::ZERO,
-                            });
-                            inner.buffered_total += 1;
-                        }
                     }
                     drop(inner);
-                    self.wake.notify_waiters();
-                    return;
+                    self.wake_dispatch.notify_one();
+                    return true;
                 }
             }
-            self.wake.notify_waiters();
-            notified.await;
+            self.wake_writer.notify_one();
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = room => {}
+            }
         }
     }
 
@@ -209,63 +245,64 @@ impl Lane {
 
     fn enter_spill(&self, inner: &mut Inner, why: &str) {
         inner.mode = Mode::Spill;
-        let mut moved = 0usize;
-        // Queued (not in-flight) events, in position order.
-        let mut queued: Vec<EventRef> = inner
-            .queues
-            .values_mut()
-            .flat_map(|q| q.events.drain(..))
-            .collect();
-        queued.sort_by_key(|e| e.pos);
-        for event in queued {
-            inner.spill_buf.push_back(Buffered {
-                event,
-                attempts: 0,
-                retry_after: Duration::ZERO,
-            });
-            inner.buffered_total += 1;
-            moved += 1;
-        }
-        inner.queues.retain(|_, q| q.busy);
+        // Queued events of idle keys go to the write buffer in position order; those of
+        // keys with a delivery in flight stay parked behind it.
+        let mut moved: Vec<EventRef> = Vec::new();
+        inner.queues.retain(|_, q| {
+            if q.busy {
+                true
+            } else {
+                moved.extend(q.events.drain(..));
+                false
+            }
+        });
+        moved.sort_by_key(|e| e.pos);
+        let count = moved.len();
+        inner.spill_buf.extend(moved.into_iter().map(|event| Buffered {
+            event,
+            attempts: 0,
+            retry_after: Duration::ZERO,
+        }));
         inner.ready.clear();
-        inner.serve_after = inner.buffered_total;
-        tracing::warn!(subscriber = %self.name, reason = why, moved, in_flight = inner.hot_in_flight, "lane switches to spill mode");
+        tracing::warn!(subscriber = %self.name, reason = why, moved = count, in_flight = inner.hot_in_flight,
+            "lane switches to spill mode");
+        self.wake_writer.notify_one();
     }
 
-    /// Hot mode: starts deliveries of ready keys and spills a lane that lags.
+    /// Hot mode: starts deliveries of ready keys. Hot and draining: spills a lane that lags.
     async fn dispatcher(self: Arc<Self>, tracker: TaskTracker, cancel: CancellationToken) {
         loop {
+            let mut woken = pin!(self.wake_dispatch.notified());
+            woken.as_mut().enable();
             {
                 let mut inner = self.lock();
-                if inner.mode == Mode::Hot {
+                if inner.mode != Mode::Spill {
                     if let Some(arrived) = inner.pending.values().next() {
                         if arrived.elapsed() > self.cfg.spill_after {
                             self.enter_spill(
                                 &mut inner,
                                 "oldest undelivered event is older than spill_after",
                             );
-                            drop(inner);
-                            self.wake.notify_waiters();
                             continue;
                         }
                     }
-                    while inner.hot_in_flight < self.cfg.max_in_flight {
-                        let Some(key) = inner.ready.pop_front() else { break };
-                        let Some(q) = inner.queues.get_mut(&key) else {
-                            continue;
-                        };
-                        let Some(event) = q.events.pop_front() else {
-                            continue;
-                        };
-                        q.busy = true;
-                        inner.hot_in_flight += 1;
-                        tracker.spawn(self.clone().deliver_hot(event, cancel.clone()));
-                    }
+                }
+                while inner.mode == Mode::Hot && inner.hot_in_flight < self.cfg.max_in_flight {
+                    let Some(key) = inner.ready.pop_front() else { break };
+                    let Some(q) = inner.queues.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(event) = q.events.pop_front() else {
+                        continue;
+                    };
+                    q.busy = true;
+                    inner.hot_in_flight += 1;
+                    tracker.spawn(self.clone().deliver_hot(event, cancel.clone()));
                 }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.wake.notified() => {}
+                _ = woken => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
@@ -278,69 +315,82 @@ impl Lane {
             attempts += 1;
             let (result, took) = self.target.send(&event.id, &event.body).await;
             self.metrics.observe(took.as_secs_f64());
-            match result {
+            let error = match result {
                 Attempt::Delivered => {
                     self.metrics.delivered.add(1);
-                    break None;
+                    break HotOutcome::Done;
                 }
-                Attempt::Failed(error) => {
-                    self.metrics.retried.add(1);
-                    tracing::debug!(subscriber = %self.name, id = %event.id, attempts, %error, "delivery failed");
-                    if attempts >= self.cfg.max_attempts {
-                        self.record_dead(&event, attempts, &error, &cancel).await;
-                        break None;
-                    }
-                    let delay = self.target.backoff(attempts);
-                    if self.mode() == Mode::Spill || cancel.is_cancelled() {
-                        break Some((attempts, delay));
-                    }
-                    // Sleep, but hand the event to the spill log as soon as the lane spills.
-                    let until = Instant::now() + delay;
-                    while Instant::now() < until {
-                        if self.mode() == Mode::Spill || cancel.is_cancelled() {
-                            break;
-                        }
-                        tokio::time::sleep(TICK.min(until.saturating_duration_since(Instant::now()))).await;
-                    }
-                    if self.mode() == Mode::Spill || cancel.is_cancelled() {
-                        break Some((attempts, until.saturating_duration_since(Instant::now())));
-                    }
+                Attempt::Failed(error) => error,
+            };
+            self.metrics.retried.add(1);
+            tracing::debug!(subscriber = %self.name, id = %event.id, attempts, %error, "delivery failed");
+            if attempts >= self.cfg.max_attempts {
+                if self.record_dead(&event, attempts, &error, &cancel).await {
+                    break HotOutcome::Done;
                 }
+                break HotOutcome::Again(attempts, Duration::ZERO);
+            }
+            // Sleep before the next attempt, but hand the event to the spill log as soon
+            // as the lane spills.
+            let until = Instant::now() + self.target.backoff(attempts);
+            loop {
+                if self.mode() == Mode::Spill || cancel.is_cancelled() {
+                    break;
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(TICK.min(left)).await;
+            }
+            if self.mode() == Mode::Spill || cancel.is_cancelled() {
+                break HotOutcome::Again(attempts, until.saturating_duration_since(Instant::now()));
             }
         };
         let mut inner = self.lock();
         inner.hot_in_flight -= 1;
+        let mode = inner.mode;
+        let mut queue = inner.queues.remove(&event.key).unwrap_or_default();
+        queue.busy = false;
         match outcome {
-            None => {
+            HotOutcome::Done => {
                 inner.pending.remove(&event.pos);
             }
-            Some((attempts, retry_after)) if inner.mode == Mode::Spill => {
-                inner.spill_buf.push_back(Buffered {
-                    event: event.clone(),
-                    attempts: attempts as i32,
-                    retry_after,
-                });
-                inner.buffered_total += 1;
-                inner.serve_after = inner.buffered_total;
-            }
-            Some(_) => {
-                // Cancelled while hot: stays pending, so it is replayed after restart.
-            }
+            // Cancelled while hot: it stays pending, so it is replayed after a restart.
+            HotOutcome::Again(..) if mode != Mode::Spill => queue.events.push_front(event.clone()),
+            HotOutcome::Again(attempts, retry_after) => inner.spill_buf.push_back(Buffered {
+                event: event.clone(),
+                attempts: attempts as i32,
+                retry_after,
+            }),
         }
-        let mode = inner.mode;
-        if let Some(q) = inner.queues.get_mut(&event.key) {
-            q.busy = false;
-            if q.events.is_empty() {
-                inner.queues.remove(&event.key);
-            } else if mode == Mode::Hot {
-                inner.ready.push_back(event.key.clone());
-            }
+        if mode == Mode::Spill {
+            // The events parked behind this one follow it, in order.
+            inner
+                .spill_buf
+                .extend(queue.events.drain(..).map(|event| Buffered {
+                    event,
+                    attempts: 0,
+                    retry_after: Duration::ZERO,
+                }));
+        } else if !queue.events.is_empty() {
+            inner.ready.push_back(event.key.clone());
+            inner.queues.insert(event.key.clone(), queue);
         }
         drop(inner);
-        self.wake.notify_waiters();
+        self.wake_dispatch.notify_one();
+        self.wake_writer.notify_one();
+        self.wake_server.notify_one();
     }
 
-    async fn record_dead(&self, event: &EventRef, attempts: u32, error: &str, cancel: &CancellationToken) {
+    /// Writes a dead letter, retrying until it is written. False when cancelled first.
+    async fn record_dead(
+        &self,
+        event: &EventRef,
+        attempts: u32,
+        error: &str,
+        cancel: &CancellationToken,
+    ) -> bool {
         tracing::warn!(subscriber = %self.name, id = %event.id, attempts, %error, "event is dead after max_attempts");
         loop {
             match self
@@ -350,12 +400,12 @@ impl Lane {
             {
                 Ok(()) => {
                     self.metrics.dead.add(1);
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::warn!(subscriber = %self.name, error = %e, "cannot record a dead letter; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => return false,
                         _ = tokio::time::sleep(STATE_RETRY) => {}
                     }
                 }
@@ -363,30 +413,25 @@ impl Lane {
         }
     }
 
-    /// Spill mode: writes buffered events to the spill log in batches, oldest first.
+    /// Writes buffered events to the spill log in batches, oldest first.
     async fn spill_writer(self: Arc<Self>, cancel: CancellationToken) {
         loop {
+            let mut woken = pin!(self.wake_writer.notified());
+            woken.as_mut().enable();
             let batch: Vec<(EventRef, i32, Duration)> = {
                 let mut inner = self.lock();
-                if inner.spill_buf.is_empty() {
-                    None
-                } else {
-                    inner.writing = true;
-                    Some(
-                        inner
-                            .spill_buf
-                            .iter()
-                            .take(SPILL_BATCH)
-                            .map(|b| (b.event.clone(), b.attempts, b.retry_after))
-                            .collect(),
-                    )
-                }
-            }
-            .unwrap_or_default();
+                inner.writing = !inner.spill_buf.is_empty();
+                inner
+                    .spill_buf
+                    .iter()
+                    .take(SPILL_BATCH)
+                    .map(|b| (b.event.clone(), b.attempts, b.retry_after))
+                    .collect()
+            };
             if batch.is_empty() {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = self.wake.notified() => {}
+                    _ = woken => {}
                     _ = tokio::time::sleep(TICK) => {}
                 }
                 continue;
@@ -407,11 +452,11 @@ impl Lane {
                         inner.pending.remove(&event.pos);
                     }
                     inner.spill_buf.drain(..batch.len());
-                    inner.flushed_total += batch.len() as u64;
                     inner.writing = false;
+                    inner.writes += 1;
                     drop(inner);
                     self.room.notify_waiters();
-                    self.wake.notify_waiters();
+                    self.wake_server.notify_one();
                 }
                 Err(e) => {
                     self.lock().writing = false;
@@ -425,63 +470,76 @@ impl Lane {
         }
     }
 
-    /// Spill mode: delivers the oldest due event of each key from the spill log, and
-    /// returns the lane to hot mode once the log is empty.
+    /// Delivers the oldest due event of each key from the spill log, and returns the lane
+    /// to hot mode once the log is empty.
     async fn spill_server(self: Arc<Self>, cancel: CancellationToken) {
-        loop {
-            let (ready, flushed) = {
-                let inner = self.lock();
-                let ready = inner.mode == Mode::Spill
-                    && inner.hot_in_flight == 0
-                    && inner.flushed_total >= inner.serve_after;
-                (ready, inner.flushed_total)
-            };
-            if !ready {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(TICK) => {}
-                }
-                continue;
-            }
-            match self.serve_round(&cancel).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(subscriber = %self.name, error = %e, "spill log unreachable; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(STATE_RETRY) => {}
-                    }
-                    continue;
-                }
-            }
-            // Nothing due: is the log empty?
-            let wait = match self.state.backlog(&self.name).await {
-                Ok((0, _)) => {
-                    let mut inner = self.lock();
-                    if inner.spill_buf.is_empty()
-                        && !inner.writing
-                        && inner.flushed_total == flushed
-                        && inner.hot_in_flight == 0
-                        && inner.mode == Mode::Spill
-                    {
-                        inner.mode = Mode::Hot;
-                        tracing::info!(subscriber = %self.name, "spill log drained; lane back in hot mode");
-                        continue;
-                    }
-                    Duration::ZERO
-                }
-                Ok((_, due)) => due.unwrap_or(SPILL_POLL).min(SPILL_POLL),
-                Err(e) => {
-                    tracing::warn!(subscriber = %self.name, error = %e, "spill log unreachable; retrying");
-                    STATE_RETRY
-                }
-            };
+        // Serve only once this process streams the slot: a second instance waiting for
+        // the slot must not serve the same log.
+        while !self.progress.leading.load(Ordering::Relaxed) {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+        loop {
+            let mut woken = pin!(self.wake_server.notified());
+            woken.as_mut().enable();
+            let (mode, writes) = {
+                let inner = self.lock();
+                (inner.mode, inner.writes)
+            };
+            let wait = if mode == Mode::Hot {
+                SPILL_POLL
+            } else {
+                match self.serve_round(&cancel).await {
+                    Ok(true) => continue,
+                    Ok(false) => self.after_idle_round(writes).await,
+                    Err(e) => {
+                        tracing::warn!(subscriber = %self.name, error = %e, "spill log unreachable; retrying");
+                        STATE_RETRY
+                    }
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = woken => {}
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Nothing was due: moves towards hot mode when the log is empty. Returns how long to
+    /// wait before looking again.
+    async fn after_idle_round(&self, writes_before: u64) -> Duration {
+        match self.state.backlog(&self.name).await {
+            Ok((false, _)) => {
+                let mut inner = self.lock();
+                let settled = inner.writes == writes_before && !inner.writing && inner.hot_in_flight == 0;
+                match inner.mode {
+                    Mode::Spill if settled && inner.queues.is_empty() => {
+                        // New events now wait in memory while the buffer is written out.
+                        inner.mode = Mode::Draining;
+                        Duration::ZERO
+                    }
+                    Mode::Draining if settled && inner.spill_buf.is_empty() => {
+                        inner.mode = Mode::Hot;
+                        drop(inner);
+                        tracing::info!(subscriber = %self.name, "spill log drained; lane back in hot mode");
+                        self.wake_dispatch.notify_one();
+                        Duration::ZERO
+                    }
+                    _ => TICK,
+                }
+            }
+            Ok((true, due)) => due
+                .unwrap_or(SPILL_POLL)
+                .clamp(Duration::from_millis(10), SPILL_POLL),
+            Err(e) => {
+                tracing::warn!(subscriber = %self.name, error = %e, "spill log unreachable; retrying");
+                STATE_RETRY
             }
         }
     }

@@ -102,7 +102,12 @@ impl Mapper {
                     .filter(|(_, s)| s.events.iter().any(|p| pattern::matches(p, &name)))
                     .map(|(j, _)| j)
                     .collect();
-                let tag = fnv1a(format!("{table}\u{0}{name}\u{0}{}", op.as_str()).as_bytes());
+                // Rules with the same table, name and op get distinct ids by occurrence.
+                let twins = rules
+                    .iter()
+                    .filter(|r| r.names.get(&op).is_some_and(|(n, _, _)| *n == name))
+                    .count();
+                let tag = fnv1a(format!("{table}\u{0}{name}\u{0}{}\u{0}{twins}", op.as_str()).as_bytes());
                 names.insert(op, (name, routes, tag));
             }
             rules.push(Rule {

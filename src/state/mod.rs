@@ -206,20 +206,20 @@ impl State {
             .collect())
     }
 
-    /// Rows in a lane's spill log and the time until the earliest is due.
-    pub async fn backlog(&self, subscriber: &str) -> Result<(i64, Option<Duration>), StateError> {
+    /// Whether a lane's spill log has rows, and the time until the earliest is due.
+    /// Both are index lookups (`spill_due`), however long the log.
+    pub async fn backlog(&self, subscriber: &str) -> Result<(bool, Option<Duration>), StateError> {
         let row = self
             .client()
             .await?
             .query_one(
-                "SELECT count(*), EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8
+                "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8
                  FROM walhook.spill WHERE slot = $1 AND subscriber = $2",
                 &[&self.slot, &subscriber],
             )
             .await?;
-        let count: i64 = row.get(0);
-        let wait: Option<f64> = row.get(1);
-        Ok((count, wait.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+        let wait: Option<f64> = row.get(0);
+        Ok((wait.is_some(), wait.map(|s| Duration::from_secs_f64(s.max(0.0)))))
     }
 
     /// Applies the outcomes of a round of spilled deliveries in one statement: delivered
