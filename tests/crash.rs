@@ -118,11 +118,27 @@ async fn write_workload(db: tokio_postgres::Client, seed: u64) -> Written {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
+    crash_run(0.0, "").await;
+}
+
+/// The same with a flaky receiver (25% of requests fail) and a short spill_after, so the
+/// lane keeps moving between hot, spill and draining while it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_spilling_and_recovering_loses_nothing() {
+    crash_run(
+        0.25,
+        "spill_after = \"300ms\"\nmax_attempts = 1000\nretry_initial = \"20ms\"\nretry_max = \"100ms\"\nmax_in_flight = 32",
+    )
+    .await;
+}
+
+async fn crash_run(failure_rate: f64, extra: &str) {
     let schema = PIM_SQL.split("INSERT INTO").next().unwrap();
     let pg = PgCluster::start().await;
     let url = pg.create_db("shop", schema).await;
     let rx = Receiver::start().await;
-    let mut walhook = Walhook::start(&config(&url, &rx.url(), ""));
+    rx.set_failure_rate(failure_rate);
+    let mut walhook = Walhook::start(&config(&url, &rx.url(), extra));
     walhook.wait_ready().await;
 
     let done = Arc::new(AtomicBool::new(false));
@@ -150,6 +166,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let total: usize = written.values().map(Vec::len).sum();
     assert!(total >= 10_000, "{total} changes");
 
+    rx.set_failure_rate(0.0);
     let started = Instant::now();
     let delivered = rx
         .wait_for(Duration::from_secs(180), "every change delivered", |got| {
@@ -192,8 +209,14 @@ async fn sigkill_at_random_moments_loses_nothing() {
     }
     assert_eq!(seen.len(), written.len());
     println!(
-        "changes: {total}, deliveries: {}, duplicates: {duplicates}, kills: {kills}",
-        delivered.len()
+        "changes: {total}, deliveries: {}, duplicates: {duplicates}, kills: {kills}, spill rows written before the last kill or after: {}",
+        delivered.len(),
+        walhook.metric("walhook_spill_rows_written_total").await.unwrap_or(0.0)
     );
+    let spilled = walhook.log().matches("lane switches to spill mode").count();
+    println!("spill switches logged: {spilled}");
+    if failure_rate > 0.0 {
+        assert!(spilled > 0, "the flaky receiver should have made the lane spill");
+    }
     walhook.stop();
 }

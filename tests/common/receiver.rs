@@ -38,6 +38,8 @@ struct Inner {
     log: Mutex<Vec<Received>>,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// Out of 1000 requests, how many get a 500 (on top of `status`).
+    fail_per_mille: AtomicU64,
 }
 
 pub struct Receiver {
@@ -54,6 +56,7 @@ impl Receiver {
             log: Mutex::new(Vec::new()),
             status: AtomicU16::new(204),
             delay_ms: AtomicU64::new(0),
+            fail_per_mille: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/", post(handle))
@@ -72,6 +75,13 @@ impl Receiver {
 
     pub fn set_status(&self, status: u16) {
         self.inner.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers 500 to this fraction of requests, at random.
+    pub fn set_failure_rate(&self, rate: f64) {
+        self.inner
+            .fail_per_mille
+            .store((rate * 1000.0) as u64, Ordering::SeqCst);
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -128,7 +138,11 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let status = inner.status.load(Ordering::SeqCst);
+    let mut status = inner.status.load(Ordering::SeqCst);
+    let fail = inner.fail_per_mille.load(Ordering::SeqCst);
+    if fail > 0 && rand::Rng::gen_range(&mut rand::thread_rng(), 0..1000) < fail {
+        status = 500;
+    }
     let get = |n: &str| {
         headers
             .get(n)
