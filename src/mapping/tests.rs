@@ -1,1 +1,247 @@
+use super::*;
+use serde_json::json;
 
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn config(rules: &str) -> Config {
+    let text = format!(
+        r#"
+[source]
+url = "postgres://localhost/shop"
+{rules}
+[[subscribers]]
+name = "all"
+url = "https://a.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+[[subscribers]]
+name = "prices"
+url = "https://b.example.com/"
+events = ["price.*"]
+secrets = ["{SECRET}"]
+"#
+    );
+    Config::from_toml(&text, "t", &|_| None).unwrap()
+}
+
+fn mapper(rules: &str) -> Mapper {
+    let mut tables = HashMap::new();
+    for t in ["public.prices", "public.products"] {
+        let pk = if t == "public.prices" {
+            vec!["product_id", "currency"]
+        } else {
+            vec!["id"]
+        };
+        tables.insert(
+            TableName::parse(t).unwrap(),
+            TableMeta {
+                primary_key: pk.into_iter().map(String::from).collect(),
+            },
+        );
+    }
+    Mapper::new(&config(rules), &tables).unwrap()
+}
+
+fn row(cols: &[(&str, ColValue)]) -> Row {
+    cols.iter().map(|(c, v)| (Arc::from(*c), v.clone())).collect()
+}
+
+fn v(x: serde_json::Value) -> ColValue {
+    ColValue::Value(x)
+}
+
+fn tx() -> TxMeta {
+    TxMeta {
+        commit_lsn: 0x16B3748,
+        xid: 731,
+        commit_time: "2026-11-22T10:00:00.123456Z".into(),
+    }
+}
+
+const PRICE_RULE: &str = r#"
+[[events]]
+table = "prices"
+name = "price.changed"
+on = ["update"]
+changed = ["amount"]
+"#;
+
+#[test]
+fn a_price_update_renders_the_documented_body_and_routes_by_pattern() {
+    let m = mapper(PRICE_RULE);
+    let table = TableName::parse("prices").unwrap();
+    let old = row(&[
+        ("product_id", v(json!(42))),
+        ("currency", v(json!("EUR"))),
+        ("amount", v(json!(10))),
+        ("note", v(json!("x"))),
+    ]);
+    let new = row(&[
+        ("product_id", v(json!(42))),
+        ("currency", v(json!("EUR"))),
+        ("amount", v(json!(12))),
+        ("note", v(json!("x"))),
+    ]);
+    let change = Change {
+        table: &table,
+        op: Op::Update,
+        new: Some(new),
+        old: Some(old),
+        old_is_key_only: false,
+        index: 3,
+    };
+    let out = m.map(&tx(), &change);
+    assert_eq!(out.len(), 1);
+    let (event, routes) = &out[0];
+    assert_eq!(&routes[..], &[0, 1], "both `*` and `price.*` match");
+    assert_eq!(event.event_type, "price.changed");
+    assert_eq!(event.pos, crate::event::Pos::new(0x16B3748, 3, 0));
+    assert_eq!(event.key, r#"public.prices|{"product_id":42,"currency":"EUR"}"#);
+    assert_eq!(
+        std::str::from_utf8(&event.body).unwrap(),
+        r#"{"type":"price.changed","timestamp":"2026-11-22T10:00:00.123456Z","data":{"table":"public.prices","op":"update","key":{"product_id":42,"currency":"EUR"},"new":{"product_id":42,"currency":"EUR","amount":12,"note":"x"},"old":{"product_id":42,"currency":"EUR","amount":10,"note":"x"},"changed":["amount"],"source":{"lsn":"0/16B3748","xid":731,"commit_time":"2026-11-22T10:00:00.123456Z","seq":3}}}"#
+    );
+    // Stable: mapping the same change again gives the same id and bytes.
+    let again = m.map(&tx(), &change);
+    assert_eq!(again[0].0.id, event.id);
+    assert_eq!(again[0].0.body, event.body);
+}
+
+#[test]
+fn changed_filter_skips_updates_of_other_columns() {
+    let m = mapper(PRICE_RULE);
+    let table = TableName::parse("prices").unwrap();
+    let old = row(&[
+        ("product_id", v(json!(1))),
+        ("currency", v(json!("EUR"))),
+        ("amount", v(json!(10))),
+        ("note", v(json!("a"))),
+    ]);
+    let new = row(&[
+        ("product_id", v(json!(1))),
+        ("currency", v(json!("EUR"))),
+        ("amount", v(json!(10))),
+        ("note", v(json!("b"))),
+    ]);
+    let change = Change {
+        table: &table,
+        op: Op::Update,
+        new: Some(new),
+        old: Some(old),
+        old_is_key_only: false,
+        index: 0,
+    };
+    assert!(m.map(&tx(), &change).is_empty());
+    let insert = Change {
+        table: &table,
+        op: Op::Insert,
+        new: Some(row(&[])),
+        old: None,
+        old_is_key_only: false,
+        index: 0,
+    };
+    assert!(m.map(&tx(), &insert).is_empty(), "the rule is for updates only");
+}
+
+#[test]
+fn default_names_columns_and_unchanged_toast() {
+    let m = mapper("[[events]]\ntable = \"products\"\ncolumns = [\"id\", \"title\", \"body\"]\n");
+    let table = TableName::parse("products").unwrap();
+    let new = row(&[
+        ("id", v(json!(7))),
+        ("title", v(json!("t"))),
+        ("body", ColValue::Unchanged),
+        ("secret", v(json!("s"))),
+    ]);
+    let change = Change {
+        table: &table,
+        op: Op::Update,
+        new: Some(new.clone()),
+        old: None,
+        old_is_key_only: false,
+        index: 0,
+    };
+    let out = m.map(&tx(), &change);
+    let body: serde_json::Value = serde_json::from_slice(&out[0].0.body).unwrap();
+    assert_eq!(out[0].0.event_type, "products.updated");
+    assert_eq!(&out[0].1[..], &[0], "price.* does not match products.updated");
+    assert_eq!(
+        body["data"]["new"],
+        json!({"id": 7, "title": "t"}),
+        "projection; no null for the TOAST value"
+    );
+    assert_eq!(body["data"]["unchanged"], json!(["body"]));
+    assert_eq!(body["data"]["old"], serde_json::Value::Null);
+    assert_eq!(
+        body["data"]["changed"],
+        serde_json::Value::Null,
+        "unknown without old values"
+    );
+
+    // With a full old row the unchanged value is taken from it.
+    let old = row(&[
+        ("id", v(json!(7))),
+        ("title", v(json!("s"))),
+        ("body", v(json!("long"))),
+        ("secret", v(json!("s"))),
+    ]);
+    let change = Change {
+        table: &table,
+        op: Op::Update,
+        new: Some(new),
+        old: Some(old),
+        old_is_key_only: false,
+        index: 0,
+    };
+    let body: serde_json::Value = serde_json::from_slice(&m.map(&tx(), &change)[0].0.body).unwrap();
+    assert_eq!(body["data"]["new"]["body"], "long");
+    assert_eq!(body["data"]["changed"], json!(["title"]));
+    assert!(body["data"].get("unchanged").is_none());
+
+    // A delete takes its key from the old (key-only) row.
+    let old = row(&[
+        ("id", v(json!(7))),
+        ("title", v(json!(null))),
+        ("body", v(json!(null))),
+        ("secret", v(json!(null))),
+    ]);
+    let del = Change {
+        table: &table,
+        op: Op::Delete,
+        new: None,
+        old: Some(old),
+        old_is_key_only: true,
+        index: 1,
+    };
+    let out = m.map(&tx(), &del);
+    assert_eq!(out[0].0.event_type, "products.deleted");
+    assert_eq!(out[0].0.key, r#"public.products|{"id":7}"#);
+}
+
+#[test]
+fn twin_rules_get_distinct_ids() {
+    let m = mapper(
+        "[[events]]\ntable = \"products\"\nname = \"p\"\n[[events]]\ntable = \"products\"\nname = \"p\"\n",
+    );
+    let table = TableName::parse("products").unwrap();
+    let change = Change {
+        table: &table,
+        op: Op::Insert,
+        new: Some(row(&[("id", v(json!(1)))])),
+        old: None,
+        old_is_key_only: false,
+        index: 0,
+    };
+    let out = m.map(&tx(), &change);
+    assert_eq!(out.len(), 2);
+    assert_ne!(out[0].0.id, out[1].0.id);
+    assert!(out[0].0.pos < out[1].0.pos);
+}
+
+#[test]
+fn a_table_without_primary_key_needs_a_key() {
+    let err = Mapper::new(&config("[[events]]\ntable = \"logs\"\n"), &HashMap::new())
+        .err()
+        .unwrap();
+    assert!(err.contains("events[0].key"), "{err}");
+}
