@@ -148,3 +148,13 @@ fn env_overrides_apply() {
     std::env::remove_var("WALHOOK_STATE__WATERMARK_INTERVAL");
     assert_eq!(c.state.watermark_interval, Duration::from_secs(1));
 }
+
+#[test]
+fn tls_urls_are_refused_with_the_reason() {
+    let p = problems(&MINIMAL.replace(
+        "postgres://localhost/shop",
+        "postgres://localhost/shop?sslmode=verify-full",
+    ));
+    assert_eq!(p[0].path, "source.url");
+    assert!(p[0].message.contains("not supported yet"), "{p:?}");
+}
