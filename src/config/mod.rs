@@ -317,18 +317,25 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |path: String, message: String| out.push(Problem { path, message });
-        if let Err(e) = self.source.url.parse::<tokio_postgres::Config>() {
-            bad(
-                "source.url".into(),
-                format!("not a PostgreSQL connection URL: {e}"),
-            );
-        }
-        if let Some(url) = &self.state.url {
-            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+        let urls = [
+            ("source.url", Some(&self.source.url)),
+            ("state.url", self.state.url.as_ref()),
+        ];
+        for (key, url) in urls {
+            let Some(url) = url else { continue };
+            let tls = ["require", "verify-ca", "verify-full"]
+                .into_iter()
+                .find(|m| url.contains(&format!("sslmode={m}")));
+            if let Some(mode) = tls {
                 bad(
-                    "state.url".into(),
-                    format!("not a PostgreSQL connection URL: {e}"),
+                    key.into(),
+                    format!(
+                        "sslmode={mode}: TLS to PostgreSQL is not supported yet; use sslmode=disable or \
+                         prefer on a trusted network, or a Unix socket"
+                    ),
                 );
+            } else if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                bad(key.into(), format!("not a PostgreSQL connection URL: {e}"));
             }
         }
         for (key, value) in [
