@@ -1,0 +1,167 @@
+//! Reconnects: the walsender terminated mid-workload (57P01), the server restarted
+//! mid-workload, and the slot held by another process (55006). Nothing is lost, and
+//! the admin server shows the stream and metrics.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+
+const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
+const KEYS: i64 = 20;
+
+fn config(url: &str, rx: &str) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber("s", rx, "\"*\"", "")
+    )
+}
+
+/// Per key, qty values in order of first receipt.
+fn sequences(got: &[Received]) -> BTreeMap<i64, Vec<i64>> {
+    let mut seen = HashSet::new();
+    let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for r in got {
+        if seen.insert(r.id.clone()) {
+            let b = r.json();
+            let k = b["data"]["key"]["product_id"].as_i64().unwrap();
+            out.entry(k)
+                .or_default()
+                .push(b["data"]["new"]["qty"].as_i64().unwrap());
+        }
+    }
+    out
+}
+
+/// Runs `rounds` updates of every key, one transaction each, retrying a round whose
+/// connection broke (a server restart). Returns the values written per key.
+async fn workload(pg: &PgCluster, rounds: std::ops::Range<i64>, written: &mut BTreeMap<i64, Vec<i64>>) {
+    let mut db = pg.client("shop").await;
+    for round in rounds {
+        loop {
+            match db.batch_execute(&format!("UPDATE stock SET qty = {round}")).await {
+                Ok(()) => break,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok((c, conn)) =
+                        tokio_postgres::connect(&pg.url("shop"), tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        db = c;
+                    }
+                }
+            }
+        }
+        for k in 1..=KEYS {
+            written.entry(k).or_default().push(round);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn setup() -> (PgCluster, Receiver, Walhook, BTreeMap<i64, Vec<i64>>) {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let rx = Receiver::start().await;
+    let w = Walhook::start(&config(&url, &rx.url()));
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute(&format!(
+        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {KEYS}) g"
+    ))
+    .await
+    .unwrap();
+    let written = (1..=KEYS).map(|k| (k, vec![0])).collect();
+    (pg, rx, w, written)
+}
+
+async fn all_arrive(rx: &Receiver, written: &BTreeMap<i64, Vec<i64>>) {
+    let total: usize = written.values().map(Vec::len).sum();
+    let got = rx
+        .wait_for(Duration::from_secs(90), "every change", |g| {
+            g.iter().map(|r| &r.id).collect::<HashSet<_>>().len() >= total
+        })
+        .await;
+    assert_eq!(&sequences(&got), written, "per-key order and content");
+    println!("{total} changes, {} deliveries", got.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walsender_terminated_mid_workload_loses_nothing() {
+    let (pg, rx, w, mut written) = setup().await;
+    let admin = pg.client("postgres").await;
+    let killer = tokio::spawn(async move {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            admin
+                .batch_execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active_pid IS NOT NULL",
+                )
+                .await
+                .unwrap();
+        }
+    });
+    workload(&pg, 1..200, &mut written).await;
+    killer.await.unwrap();
+    all_arrive(&rx, &written).await;
+    let log = w.log();
+    assert!(
+        log.contains("replication stream lost; reconnecting"),
+        "the reconnect is logged"
+    );
+    assert!(log.matches("replication streaming").count() >= 2, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_workload_loses_nothing() {
+    let (pg, rx, w, mut written) = setup().await;
+    workload(&pg, 1..50, &mut written).await;
+    pg.restart().await;
+    workload(&pg, 50..100, &mut written).await;
+    all_arrive(&rx, &written).await;
+    w.wait_ready().await;
+    assert!(w.log().contains("reconnecting"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_waits_for_the_slot_and_takes_over() {
+    let (pg, rx, mut first, mut written) = setup().await;
+    let url = pg.url("shop");
+    let second = Walhook::start(&config(&url, &rx.url()));
+    eventually(
+        Duration::from_secs(20),
+        "the second instance to report the slot in use",
+        || async { second.log().contains("replication slot is in use") },
+    )
+    .await;
+    workload(&pg, 1..20, &mut written).await;
+    first.sigkill();
+    workload(&pg, 20..40, &mut written).await;
+    all_arrive(&rx, &written).await;
+    second.wait_ready().await;
+
+    // The admin server tells what happened.
+    assert_eq!(second.admin_get("/healthz").await.as_deref(), Some("ok\n"));
+    let metrics = second.admin_get("/metrics").await.unwrap();
+    for name in [
+        "walhook_changes_decoded_total",
+        "walhook_events_emitted_total",
+        "walhook_deliveries_total{subscriber=\"s\",outcome=\"delivered\"}",
+        "walhook_delivery_duration_seconds_bucket{subscriber=\"s\",le=\"+Inf\"}",
+        "walhook_lane_spilling{subscriber=\"s\"} 0",
+        "walhook_lane_backlog_events{subscriber=\"s\"}",
+        "walhook_replication_lag_bytes",
+        "walhook_replication_streaming 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    }
+    assert!(
+        second
+            .metric("walhook_deliveries_total{subscriber=\"s\",outcome=\"delivered\"}")
+            .await
+            .unwrap()
+            > 0.0
+    );
+}
