@@ -29,6 +29,7 @@ pub mod event;
 pub mod lanes;
 pub mod mapping;
 pub mod metrics;
+pub mod pg;
 pub mod pipeline;
 pub mod receiver;
 pub mod run;

@@ -29,6 +29,7 @@ use crate::event::{format_lsn, Pos};
 use crate::lanes::Lane;
 use crate::mapping::{Change, ColValue, Mapper, Row, TxMeta};
 use crate::metrics::Metrics;
+use crate::pg::PgTarget;
 use crate::source::{setup, ReplConn, ReplMessage, SourceError};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -54,7 +55,7 @@ struct Rel {
 
 pub struct Pipeline {
     config: Arc<Config>,
-    repl_config: tokio_postgres::Config,
+    source: PgTarget,
     catalog: Client,
     mapper: Mapper,
     lanes: Vec<Arc<Lane>>,
@@ -71,6 +72,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
+        source: PgTarget,
         catalog: Client,
         mapper: Mapper,
         lanes: Vec<Arc<Lane>>,
@@ -78,14 +80,9 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         progress: Arc<Progress>,
     ) -> Result<Pipeline, SourceError> {
-        let repl_config = config
-            .source
-            .url
-            .parse()
-            .map_err(|e| SourceError::Protocol(format!("source.url: {e}")))?;
         Ok(Pipeline {
             config,
-            repl_config,
+            source,
             catalog,
             mapper,
             lanes,
@@ -133,7 +130,7 @@ impl Pipeline {
     }
 
     async fn stream(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
-        let mut conn = ReplConn::connect(&self.repl_config).await?;
+        let mut conn = ReplConn::connect(&self.source).await?;
         let ident = conn.simple_query("IDENTIFY_SYSTEM").await?;
         let slot = &self.config.source.slot;
         let rows = conn

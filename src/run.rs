@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -13,6 +12,7 @@ use crate::config::Config;
 use crate::lanes::{target, Lane};
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
+use crate::pg::PgTarget;
 use crate::pipeline::{frontier_pos, Pipeline, Progress};
 use crate::state::State;
 
@@ -47,19 +47,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunErr
         return Err(RunError::Config(problems.join("; ")));
     }
 
-    let (catalog, conn) = config
-        .source
-        .url
-        .parse::<tokio_postgres::Config>()
-        .map_err(|e| RunError::Config(format!("source.url: {e}")))?
-        .connect(NoTls)
+    let source =
+        PgTarget::parse(&config.source.url).map_err(|e| RunError::Config(format!("source.url: {e}")))?;
+    let catalog = source
+        .connect("catalog")
         .await
         .map_err(|e| RunError::Prerequisite(connect_message("source.url", &e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "catalog connection ended");
-        }
-    });
     let info = crate::source::setup::prepare(&catalog, &config)
         .await
         .map_err(|e| RunError::Prerequisite(e.to_string()))?;
@@ -122,6 +115,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunErr
 
     let pipeline = Pipeline::new(
         config.clone(),
+        source,
         catalog,
         mapper,
         lanes.clone(),
@@ -206,5 +200,11 @@ fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
             cur.to_string()
         }
     };
-    format!("cannot connect to the database in {key}: {detail} (check host, port, user, password and pg_hba.conf)")
+    let hint = if detail.contains("certificate") {
+        "the server's TLS certificate was not accepted: set sslrootcert to the CA that signed it \
+         (verify-full also checks that the host name matches the certificate)"
+    } else {
+        "check host, port, user, password and pg_hba.conf"
+    };
+    format!("cannot connect to the database in {key}: {detail} ({hint})")
 }

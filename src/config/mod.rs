@@ -322,20 +322,8 @@ impl Config {
             ("state.url", self.state.url.as_ref()),
         ];
         for (key, url) in urls {
-            let Some(url) = url else { continue };
-            let tls = ["require", "verify-ca", "verify-full"]
-                .into_iter()
-                .find(|m| url.contains(&format!("sslmode={m}")));
-            if let Some(mode) = tls {
-                bad(
-                    key.into(),
-                    format!(
-                        "sslmode={mode}: TLS to PostgreSQL is not supported yet; use sslmode=disable or \
-                         prefer on a trusted network, or a Unix socket"
-                    ),
-                );
-            } else if let Err(e) = url.parse::<tokio_postgres::Config>() {
-                bad(key.into(), format!("not a PostgreSQL connection URL: {e}"));
+            if let Some(Err(e)) = url.map(|u| crate::pg::PgTarget::parse(u)) {
+                bad(key.into(), e);
             }
         }
         for (key, value) in [

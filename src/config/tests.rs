@@ -150,11 +150,17 @@ fn env_overrides_apply() {
 }
 
 #[test]
-fn tls_urls_are_refused_with_the_reason() {
+fn bad_urls_and_ssl_settings_are_named() {
     let p = problems(&MINIMAL.replace(
         "postgres://localhost/shop",
-        "postgres://localhost/shop?sslmode=verify-full",
+        "postgres://localhost/shop?sslmode=sometimes",
     ));
     assert_eq!(p[0].path, "source.url");
-    assert!(p[0].message.contains("not supported yet"), "{p:?}");
+    assert!(p[0].message.contains("sslmode=sometimes"), "{p:?}");
+    let c = parse(&MINIMAL.replace(
+        "postgres://localhost/shop",
+        "postgres://localhost/shop?sslmode=verify-full",
+    ))
+    .unwrap();
+    assert!(c.source.url.contains("verify-full"));
 }

@@ -14,7 +14,12 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+
 use super::SourceError;
+use crate::pg::{PgTarget, SslMode};
 
 /// Session settings pinned at startup so values render the same on every server.
 pub const PINNED_SETTINGS: &[(&str, &str)] = &[
@@ -83,7 +88,8 @@ enum Frame {
 
 impl ReplConn {
     /// Connects to the first reachable host of `config` in replication mode.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<ReplConn, SourceError> {
+    pub async fn connect(target: &PgTarget) -> Result<ReplConn, SourceError> {
+        let config = &target.config;
         let timeout = config
             .get_connect_timeout()
             .copied()
@@ -94,7 +100,10 @@ impl ReplConn {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             let attempt = tokio::time::timeout(timeout, open(host, port)).await;
             let stream = match attempt {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => match (host, &target.tls) {
+                    (Host::Tcp(name), Some(tls)) => negotiate_tls(s, name, tls.clone(), target.ssl).await?,
+                    _ => s,
+                },
                 Ok(Err(e)) => {
                     last_err = Some(SourceError::Connect {
                         target: describe(host, port),
@@ -122,9 +131,6 @@ impl ReplConn {
     }
 
     async fn startup(&mut self, config: &tokio_postgres::Config) -> Result<(), SourceError> {
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(SourceError::TlsUnsupported);
-        }
         let user = config
             .get_user()
             .map(str::to_string)
@@ -379,6 +385,37 @@ impl ReplConn {
                 )));
             }
         }
+    }
+}
+
+/// SSLRequest, then a rustls handshake when the server agrees. A server that refuses
+/// TLS is fine only for `sslmode=prefer`.
+async fn negotiate_tls(
+    mut stream: Box<dyn Stream>,
+    host: &str,
+    tls: Arc<rustls::ClientConfig>,
+    mode: SslMode,
+) -> Result<Box<dyn Stream>, SourceError> {
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    stream.write_all(&buf).await.map_err(SourceError::Io)?;
+    stream.flush().await.map_err(SourceError::Io)?;
+    let answer = stream.read_u8().await.map_err(SourceError::Io)?;
+    match answer {
+        b'S' => {
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| SourceError::Tls(format!("{host} is not a valid TLS server name: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, stream)
+                .await
+                .map_err(|e| SourceError::Tls(format!("TLS handshake with {host} failed: {e}")))?;
+            Ok(Box::new(tls))
+        }
+        b'N' if mode == SslMode::Prefer => Ok(stream),
+        b'N' => Err(SourceError::Tls(format!(
+            "the server at {host} does not accept TLS but sslmode asks for it; enable ssl on the server or use sslmode=prefer"
+        ))),
+        other => Err(SourceError::Protocol(format!("unexpected answer {other:#x} to SSLRequest"))),
     }
 }
 

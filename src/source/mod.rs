@@ -31,8 +31,8 @@ pub enum SourceError {
     },
     #[error("the server ended the replication stream")]
     StreamEnded,
-    #[error("source.url asks for sslmode=require, but walhook's replication connection does not speak TLS yet; use sslmode=disable or prefer on a trusted network")]
-    TlsUnsupported,
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("catalog query failed: {0}")]
     Catalog(#[from] tokio_postgres::Error),
 }
@@ -49,7 +49,7 @@ impl SourceError {
     /// Errors that reconnecting cannot fix.
     pub fn is_fatal(&self) -> bool {
         match self {
-            SourceError::Auth(_) | SourceError::TlsUnsupported => true,
+            SourceError::Auth(_) => true,
             SourceError::Server(e) => {
                 // 28xxx: authorization; 42704: undefined object (slot or publication gone);
                 // 55000: object not in prerequisite state (e.g. invalidated slot).

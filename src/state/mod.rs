@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::RwLock;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::event::{Event, Pos};
 
@@ -328,14 +328,11 @@ pub struct SpillRow<'a> {
 }
 
 async fn open(url: &str) -> Result<Client, StateError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| StateError::Url(format!("{e}")))?;
-    let (client, conn) = config.connect(NoTls).await.map_err(StateError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "state database connection ended");
-        }
-    });
-    Ok(client)
+    let target = crate::pg::PgTarget::parse(url).map_err(StateError::Url)?;
+    target
+        .connect("state database")
+        .await
+        .map_err(StateError::Connect)
 }
 
 async fn migrate(client: &Client) -> Result<(), StateError> {

@@ -61,6 +61,12 @@ fn free_port() -> u16 {
 impl PgCluster {
     /// A fresh cluster with wal_level=logical and any extra `name = value` settings.
     pub async fn start_with(settings: &[(&str, &str)]) -> PgCluster {
+        Self::start_full(settings, &[]).await
+    }
+
+    /// Like `start_with`, also writing `files` (name, contents) into the data directory,
+    /// owned by the server's user with mode 0600 (e.g. TLS keys).
+    pub async fn start_full(settings: &[(&str, &str)], files: &[(&str, &str)]) -> PgCluster {
         let bin = find_bin();
         let as_postgres = nix::unistd::Uid::effective().is_root();
         let dir = tempfile::Builder::new()
@@ -127,6 +133,16 @@ impl PgCluster {
              host replication all 127.0.0.1/32 trust\n",
         )
         .unwrap();
+        for (name, contents) in files {
+            let path = data.join(name);
+            fs::write(&path, contents).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            if cluster.as_postgres {
+                let pw = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+                nix::unistd::chown(&path, Some(pw.uid), Some(pw.gid)).unwrap();
+            }
+        }
         cluster.launch().await;
         cluster
     }

@@ -1,0 +1,344 @@
+//! PostgreSQL connection settings shared by the source and the state database: URL
+//! parsing with libpq's `sslmode` and `sslrootcert`, and TLS (rustls) for both the
+//! replication connection and ordinary `tokio-postgres` connections.
+//!
+//! `sslmode` follows libpq: `disable`; `prefer` (default: TLS when the server offers it,
+//! unverified); `require` (TLS, unverified); `verify-ca` (TLS, chain checked against the
+//! root certificates); `verify-full` (chain and host name checked). Root certificates come
+//! from `sslrootcert` (a PEM file, or `system` for the public web roots), else
+//! `~/.postgresql/root.crt` when it exists, else the public web roots.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::{Client, NoTls};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// A parsed connection target.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// Everything but TLS, for `tokio-postgres` and the replication connection.
+    pub config: tokio_postgres::Config,
+    pub ssl: SslMode,
+    /// Present unless `sslmode=disable`.
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("ssl", &self.ssl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgTarget {
+    pub fn parse(url: &str) -> Result<PgTarget, String> {
+        let (rest, sslmode, rootcert) = take_tls_params(url);
+        let ssl = match sslmode.as_deref().unwrap_or("prefer") {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                ))
+            }
+        };
+        let mut config: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
+        config.ssl_mode(match ssl {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = match ssl {
+            SslMode::Disable => None,
+            _ => Some(client_config(ssl, rootcert.as_deref())?),
+        };
+        Ok(PgTarget { config, ssl, tls })
+    }
+
+    /// An ordinary SQL connection; its driver task is spawned.
+    pub async fn connect(&self, what: &'static str) -> Result<Client, tokio_postgres::Error> {
+        match &self.tls {
+            None => {
+                let (client, conn) = self.config.connect(NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "{what} connection ended");
+                    }
+                });
+                Ok(client)
+            }
+            Some(tls) => {
+                let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                let (client, conn) = self.config.connect(make).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "{what} connection ended");
+                    }
+                });
+                Ok(client)
+            }
+        }
+    }
+}
+
+/// Removes `sslmode` and `sslrootcert` from a URL or key=value string (tokio-postgres
+/// knows neither `verify-*` nor `sslrootcert`) and returns them.
+fn take_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
+    let mut sslmode = None;
+    let mut rootcert = None;
+    let mut keep = |k: &str, v: &str| match k {
+        "sslmode" => {
+            sslmode = Some(v.to_string());
+            false
+        }
+        "sslrootcert" => {
+            rootcert = Some(v.to_string());
+            false
+        }
+        _ => true,
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_string(),
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|p| {
+                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                        keep(k, &percent_decode(v))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                keep(k.trim(), v.trim_matches('\''))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rest, sslmode, rootcert)
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(ssl: SslMode, rootcert: Option<&str>) -> Result<Arc<ClientConfig>, String> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match ssl {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(NoVerify(provider)),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let roots = Arc::new(roots(rootcert)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| format!("TLS setup: {e}"))?;
+            if ssl == SslMode::VerifyCa {
+                Arc::new(ChainOnly(webpki))
+            } else {
+                webpki
+            }
+        }
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn roots(rootcert: Option<&str>) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    let path = match rootcert {
+        Some("system") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".postgresql/root.crt"))
+            .filter(|p| p.exists()),
+    };
+    match path {
+        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(&path)
+                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+            if store.is_empty() {
+                return Err(format!("sslrootcert {} holds no certificate", path.display()));
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// `require` and `prefer`: encrypt, but do not check who answers (libpq's behaviour).
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_params_are_taken_out_of_both_url_forms() {
+        let (rest, mode, root) = take_tls_params(
+            "postgres://u@h/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca.pem",
+        );
+        assert_eq!(rest, "postgres://u@h/db?application_name=x");
+        assert_eq!(mode.as_deref(), Some("verify-full"));
+        assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
+        let (rest, mode, root) = take_tls_params("host=h dbname=db sslmode=require");
+        assert_eq!(rest, "host=h dbname=db");
+        assert_eq!(mode.as_deref(), Some("require"));
+        assert_eq!(root, None);
+        assert_eq!(
+            take_tls_params("postgres://h/db?sslmode=disable").0,
+            "postgres://h/db"
+        );
+    }
+
+    #[test]
+    fn modes_parse_and_bad_ones_are_named() {
+        assert_eq!(PgTarget::parse("postgres://h/db").unwrap().ssl, SslMode::Prefer);
+        assert!(PgTarget::parse("postgres://h/db?sslmode=disable")
+            .unwrap()
+            .tls
+            .is_none());
+        assert_eq!(
+            PgTarget::parse("host=h sslmode=verify-ca sslrootcert=system")
+                .unwrap()
+                .ssl,
+            SslMode::VerifyCa
+        );
+        let err = PgTarget::parse("postgres://h/db?sslmode=always").unwrap_err();
+        assert!(err.contains("sslmode=always"), "{err}");
+        let err =
+            PgTarget::parse("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem").unwrap_err();
+        assert!(err.contains("/nonexistent.pem"), "{err}");
+    }
+}
