@@ -78,16 +78,15 @@ impl PgTarget {
 
     /// An ordinary SQL connection; its driver task is spawned.
     pub async fn connect(&self, what: &'static str) -> Result<Client, tokio_postgres::Error> {
+        // Like libpq, no TLS over Unix sockets.
+        let unix_only = self
+            .config
+            .get_hosts()
+            .iter()
+            .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
         match &self.tls {
-            None => {
-                let (client, conn) = self.config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::warn!(error = %e, "{what} connection ended");
-                    }
-                });
-                Ok(client)
-            }
+            Some(_) if unix_only && self.ssl == SslMode::Prefer => self.plain(what).await,
+            None => self.plain(what).await,
             Some(tls) => {
                 let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
                 let (client, conn) = self.config.connect(make).await?;
@@ -99,6 +98,18 @@ impl PgTarget {
                 Ok(client)
             }
         }
+    }
+
+    async fn plain(&self, what: &'static str) -> Result<Client, tokio_postgres::Error> {
+        let mut config = self.config.clone();
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        let (client, conn) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "{what} connection ended");
+            }
+        });
+        Ok(client)
     }
 }
 

@@ -124,8 +124,9 @@ impl Walhook {
                     return;
                 }
             }
-            if Instant::now() > deadline {
-                panic!("walhook did not become ready; log:\n{}", self.log());
+            let log = self.log();
+            if Instant::now() > deadline || log.lines().any(|l| l.starts_with("walhook:")) {
+                panic!("walhook did not become ready; log:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
