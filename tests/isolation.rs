@@ -49,22 +49,6 @@ async fn workload(
     written
 }
 
-/// Per key, the qty values in order of first receipt.
-fn sequences(got: &[Received]) -> BTreeMap<i64, Vec<i64>> {
-    let mut seen = HashSet::new();
-    let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for r in got {
-        if seen.insert(r.id.clone()) {
-            let b = r.json();
-            let k = b["data"]["key"]["product_id"].as_i64().unwrap();
-            out.entry(k)
-                .or_default()
-                .push(b["data"]["new"]["qty"].as_i64().unwrap());
-        }
-    }
-    out
-}
-
 async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -122,7 +106,7 @@ async fn failing_subscriber_does_not_delay_a_healthy_one() {
         "healthy lane slowed down: alone {alone:?}, beside a failing one {beside:?}"
     );
     assert_eq!(
-        sequences(&rx_ok.delivered()),
+        qty_sequences(&rx_ok.delivered()),
         written,
         "healthy subscriber: per-key order and content"
     );
@@ -220,7 +204,7 @@ async fn receiver_down_for_a_while_gets_everything_in_order_even_across_sigkill(
         )
         .await;
     assert_eq!(
-        sequences(&got),
+        qty_sequences(&got),
         written,
         "per-key order and content after spill + SIGKILL"
     );

@@ -19,22 +19,6 @@ fn config(url: &str, rx: &str) -> String {
     )
 }
 
-/// Per key, qty values in order of first receipt.
-fn sequences(got: &[Received]) -> BTreeMap<i64, Vec<i64>> {
-    let mut seen = HashSet::new();
-    let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for r in got {
-        if seen.insert(r.id.clone()) {
-            let b = r.json();
-            let k = b["data"]["key"]["product_id"].as_i64().unwrap();
-            out.entry(k)
-                .or_default()
-                .push(b["data"]["new"]["qty"].as_i64().unwrap());
-        }
-    }
-    out
-}
-
 /// Runs `rounds` updates of every key, one transaction each, retrying a round whose
 /// connection broke (a server restart). Returns the values written per key.
 async fn workload(pg: &PgCluster, rounds: std::ops::Range<i64>, written: &mut BTreeMap<i64, Vec<i64>>) {
@@ -84,7 +68,7 @@ async fn all_arrive(rx: &Receiver, written: &BTreeMap<i64, Vec<i64>>) {
             g.iter().map(|r| &r.id).collect::<HashSet<_>>().len() >= total
         })
         .await;
-    assert_eq!(&sequences(&got), written, "per-key order and content");
+    assert_eq!(&qty_sequences(&got), written, "per-key order and content");
     println!("{total} changes, {} deliveries", got.len());
 }
 

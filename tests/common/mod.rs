@@ -198,3 +198,20 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// For a table keyed by `product_id` with a `qty` column: per key, the qty values in
+/// order of first receipt (duplicates after the first are ignored).
+pub fn qty_sequences(got: &[Received]) -> std::collections::BTreeMap<i64, Vec<i64>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: std::collections::BTreeMap<i64, Vec<i64>> = std::collections::BTreeMap::new();
+    for r in got {
+        if seen.insert(r.id.clone()) {
+            let b = r.json();
+            let k = b["data"]["key"]["product_id"].as_i64().unwrap();
+            out.entry(k)
+                .or_default()
+                .push(b["data"]["new"]["qty"].as_i64().unwrap());
+        }
+    }
+    out
+}
