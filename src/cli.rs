@@ -37,6 +37,10 @@ pub enum Command {
             default_value = "/etc/walhook/walhook.toml"
         )]
         config: PathBuf,
+        /// Decode and map, but deliver nothing (for benchmarks and diagnosis): events are
+        /// dropped after mapping and the slot advances as if they were delivered.
+        #[arg(long)]
+        no_delivery: bool,
     },
     /// Parse and validate a config file, print every problem, and exit.
     Check {

@@ -27,7 +27,7 @@ fn main() {
                     2
                 }
             },
-            Command::Run { config } => {
+            Command::Run { config, no_delivery } => {
                 let config = match Config::load(&config) {
                     Ok(c) => c,
                     Err(e) => {
@@ -37,7 +37,7 @@ fn main() {
                 };
                 let cancel = CancellationToken::new();
                 walhook::shutdown::on_signals(cancel.clone());
-                match walhook::run::run(config, cancel).await {
+                match walhook::run::run(config, no_delivery, cancel).await {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("walhook: {e}");

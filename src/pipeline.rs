@@ -390,8 +390,9 @@ impl Pipeline {
         let events = self.mapper.map(&tx, &change);
         for (event, routes) in events {
             self.metrics.events_emitted.add(1);
-            for &lane in routes.iter() {
-                if !self.lanes[lane].push(event.clone(), cancel).await {
+            // No lanes at all with --no-delivery.
+            for lane in routes.iter().filter_map(|&i| self.lanes.get(i)) {
+                if !lane.push(event.clone(), cancel).await {
                     return Ok(false);
                 }
             }

@@ -40,7 +40,8 @@ impl RunError {
     }
 }
 
-pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunError> {
+/// Runs until `cancel`. With `no_delivery`, events are mapped and dropped (no lanes).
+pub async fn run(config: Config, no_delivery: bool, cancel: CancellationToken) -> Result<(), RunError> {
     let config = Arc::new(config);
     let problems = target::check_targets(&config).await;
     if !problems.is_empty() {
@@ -72,7 +73,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunErr
     let tracker = TaskTracker::new();
     let lanes_cancel = CancellationToken::new();
     let mut lanes = Vec::new();
-    for sub in &config.subscribers {
+    if no_delivery {
+        tracing::warn!("--no-delivery: events are decoded and mapped, then dropped; nothing is sent");
+    }
+    for sub in config.subscribers.iter().filter(|_| !no_delivery) {
         let (backlog, _) = state
             .backlog(&sub.name)
             .await
