@@ -50,3 +50,9 @@ CREATE TABLE IF NOT EXISTS walhook.dead_letters (
     PRIMARY KEY (slot, subscriber, lsn, seq)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_died_at ON walhook.dead_letters (slot, subscriber, died_at);
+
+-- The spill log is a queue: rows come and go in bursts. Keep it vacuumed and its
+-- statistics fresh however small or large it is.
+ALTER TABLE walhook.spill SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+    autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 5000);

@@ -35,6 +35,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +49,8 @@ use deliver::{Attempt, Target};
 
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
+/// Spilled events fetched and attempted per round (each the oldest of its key).
+const SPILL_ROUND: usize = 1_000;
 /// How often a lane checks the age of its oldest event, and the longest a task sleeps
 /// when a wakeup was missed.
 const TICK: Duration = Duration::from_millis(100);
@@ -447,6 +450,7 @@ impl Lane {
             match self.state.spill(&self.name, &rows).await {
                 Ok(()) => {
                     self.metrics.spill_rows.add(batch.len() as u64);
+                    self.state.note_spilled(batch.len());
                     let mut inner = self.lock();
                     for (event, _, _) in &batch {
                         inner.pending.remove(&event.pos);
@@ -544,42 +548,21 @@ impl Lane {
         }
     }
 
-    /// One round: fetch due heads, attempt each once in parallel, record the outcomes in
-    /// one statement. Returns whether anything was attempted.
+    /// One round: fetch up to `SPILL_ROUND` due heads, attempt each once (at most
+    /// `max_in_flight` at a time), record the outcomes in one statement. Returns whether
+    /// anything was attempted.
     async fn serve_round(&self, cancel: &CancellationToken) -> Result<bool, crate::state::StateError> {
-        let heads = self
-            .state
-            .due_heads(&self.name, self.cfg.max_in_flight as i64)
-            .await?;
+        let limit = SPILL_ROUND.max(self.cfg.max_in_flight) as i64;
+        let heads = self.state.due_heads(&self.name, limit).await?;
         if heads.is_empty() {
             return Ok(false);
         }
-        let attempts = heads.iter().map(|h| async move {
-            let (result, took) = self.target.send(&h.id, &h.body).await;
-            self.metrics.observe(took.as_secs_f64());
-            let attempts = h.attempts + 1;
-            let outcome = match result {
-                Attempt::Delivered => {
-                    self.metrics.delivered.add(1);
-                    SpillOutcome::Delivered
-                }
-                Attempt::Failed(error) if attempts as u32 >= self.cfg.max_attempts => {
-                    self.metrics.dead.add(1);
-                    tracing::warn!(subscriber = %self.name, id = %h.id, attempts, %error, "event is dead after max_attempts");
-                    SpillOutcome::Dead { attempts, reason: error }
-                }
-                Attempt::Failed(error) => {
-                    self.metrics.retried.add(1);
-                    SpillOutcome::Retry {
-                        attempts,
-                        after: self.target.backoff(attempts as u32),
-                        error,
-                    }
-                }
-            };
-            (h.pos, outcome)
-        });
-        let outcomes: Vec<(Pos, SpillOutcome)> = futures_util::future::join_all(attempts).await;
+        let attempts = heads.into_iter().map(|h| self.attempt_spilled(h));
+        // At most max_in_flight requests at once; one statement records the whole round.
+        let outcomes: Vec<(Pos, SpillOutcome)> = futures_util::stream::iter(attempts)
+            .buffer_unordered(self.cfg.max_in_flight)
+            .collect()
+            .await;
         loop {
             match self.state.complete(&self.name, &outcomes).await {
                 Ok(()) => return Ok(true),
@@ -592,5 +575,35 @@ impl Lane {
                 }
             }
         }
+    }
+
+    /// One attempt of a spilled event, and what it means for its row.
+    async fn attempt_spilled(&self, h: crate::state::Spilled) -> (Pos, SpillOutcome) {
+        let (result, took) = self.target.send(&h.id, &h.body).await;
+        self.metrics.observe(took.as_secs_f64());
+        let attempts = h.attempts + 1;
+        let outcome = match result {
+            Attempt::Delivered => {
+                self.metrics.delivered.add(1);
+                SpillOutcome::Delivered
+            }
+            Attempt::Failed(error) if attempts as u32 >= self.cfg.max_attempts => {
+                self.metrics.dead.add(1);
+                tracing::warn!(subscriber = %self.name, id = %h.id, attempts, %error, "event is dead after max_attempts");
+                SpillOutcome::Dead {
+                    attempts,
+                    reason: error,
+                }
+            }
+            Attempt::Failed(error) => {
+                self.metrics.retried.add(1);
+                SpillOutcome::Retry {
+                    attempts,
+                    after: self.target.backoff(attempts as u32),
+                    error,
+                }
+            }
+        };
+        (h.pos, outcome)
     }
 }

@@ -8,6 +8,7 @@
 //! the next call; callers retry with backoff and never treat a failed write as done.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +60,14 @@ pub struct State {
     url: String,
     slot: String,
     client: RwLock<Arc<Client>>,
+    /// Rows spilled since the spill log's statistics were last refreshed.
+    unanalyzed: AtomicU64,
+    analyzing: AtomicBool,
 }
+
+/// Refresh the spill log's planner statistics after this many new rows: a log that grows
+/// from empty within seconds would otherwise be planned as if it were empty.
+const ANALYZE_AFTER_ROWS: u64 = 5_000;
 
 impl State {
     /// Connects, creates the schema and runs migrations.
@@ -70,6 +78,8 @@ impl State {
             url: url.to_string(),
             slot: slot.to_string(),
             client: RwLock::new(client),
+            unanalyzed: AtomicU64::new(0),
+            analyzing: AtomicBool::new(false),
         })
     }
 
@@ -171,6 +181,25 @@ impl State {
         Ok(())
     }
 
+    /// Counts newly spilled rows and refreshes the log's statistics (in the background)
+    /// once enough arrived.
+    pub fn note_spilled(self: &Arc<Self>, rows: usize) {
+        let total = self.unanalyzed.fetch_add(rows as u64, Ordering::Relaxed) + rows as u64;
+        if total < ANALYZE_AFTER_ROWS || self.analyzing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.unanalyzed.store(0, Ordering::Relaxed);
+        let state = self.clone();
+        tokio::spawn(async move {
+            if let Ok(c) = state.client().await {
+                if let Err(e) = c.batch_execute("ANALYZE walhook.spill").await {
+                    tracing::debug!(error = %e, "ANALYZE walhook.spill failed");
+                }
+            }
+            state.analyzing.store(false, Ordering::Release);
+        });
+    }
+
     /// Up to `limit` spilled events that are due now and are the oldest of their key, in
     /// position order.
     pub async fn due_heads(&self, subscriber: &str, limit: i64) -> Result<Vec<Spilled>, StateError> {
@@ -181,10 +210,10 @@ impl State {
                 "SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts
                  FROM walhook.spill s
                  WHERE s.slot = $1 AND s.subscriber = $2 AND s.next_attempt_at <= now()
-                   AND NOT EXISTS (
-                     SELECT 1 FROM walhook.spill p
-                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber
-                       AND p.ordering_key = s.ordering_key AND (p.lsn, p.seq) < (s.lsn, s.seq))
+                   AND (s.lsn, s.seq) = (
+                     SELECT p.lsn, p.seq FROM walhook.spill p
+                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.ordering_key
+                     ORDER BY p.lsn, p.seq LIMIT 1)
                  ORDER BY s.lsn, s.seq
                  LIMIT $3",
                 &[&self.slot, &subscriber, &limit],

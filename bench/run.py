@@ -1,0 +1,636 @@
+#!/usr/bin/env python3
+"""walhook benchmarks: throughput, latency, memory and cost to the source, measured side
+by side in one run against pg_recvlogical (the decode ceiling) and a trigger outbox.
+
+Starts its own throwaway PostgreSQL cluster (wal_level=logical), loads a PIM-sized
+dataset, runs the scenarios, prints a table and writes it as markdown and JSON under
+bench/results/. Standard library only; PostgreSQL's own tools (initdb, psql, pgbench,
+pg_recvlogical) do the rest. See bench/README.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+T0 = time.monotonic()
+
+TARGETS = {
+    "decode_ratio": ("walhook / pg_recvlogical changes/s", ">=", 0.8),
+    "e2e_one": ("end to end, one subscriber, events/s", ">=", 25000),
+    "isolation_ratio": ("healthy subscriber beside a failing one / alone", ">=", 0.8),
+    "latency_p50_ms": ("latency p50 at 1,000 changes/s (ms)", "<=", 10),
+    "latency_p99_ms": ("latency p99 at 1,000 changes/s (ms)", "<=", 50),
+    "cost_vs_slot": ("pgbench TPS with walhook / with a bare slot", ">=", 0.95),
+    "peak_rss_mb": ("peak RSS in every memory scenario (MB)", "<=", 150),
+}
+
+
+def log(msg):
+    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def pg_bindir():
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / "initdb").exists():
+            return d
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    sys.exit("PostgreSQL server binaries not found: apt-get install -y postgresql")
+
+
+class Cluster:
+    """A throwaway cluster, run as `postgres` when we are root."""
+
+    def __init__(self, work):
+        self.bin = pg_bindir()
+        self.dir = Path(work) / "pg"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.as_pg = os.geteuid() == 0
+        if self.as_pg:
+            pw = pwd.getpwnam("postgres")
+            os.chown(work, pw.pw_uid, pw.pw_gid)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "-A", "trust",
+                 "-E", "UTF8", "--locale=C")
+        with open(self.dir / "data" / "postgresql.conf", "a") as f:
+            f.write(f"""
+listen_addresses = '127.0.0.1'
+port = {self.port}
+unix_socket_directories = '{self.dir}'
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+shared_buffers = 512MB
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+max_connections = 100
+log_min_messages = warning
+log_min_duration_statement = 50
+""")
+        self.run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w", "start")
+
+    def cmd(self, tool, *args):
+        exe = [str(self.bin / tool), *args]
+        return (["runuser", "-u", "postgres", "--"] + exe) if self.as_pg else exe
+
+    def run(self, tool, *args):
+        subprocess.run(self.cmd(tool, *args), check=True, stdout=subprocess.DEVNULL)
+
+    def url(self, db):
+        return f"postgres://postgres@127.0.0.1:{self.port}/{db}"
+
+    def sql(self, sql, db="bench"):
+        """Runs statements one by one (as a script, not one transaction); returns the output."""
+        out = subprocess.run(
+            [str(self.bin / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+             "-p", str(self.port), "-U", "postgres", "-d", db, "-f", "-"],
+            input=sql, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"SQL failed: {out.stderr.strip()}\n{sql[:300]}")
+        return out.stdout.strip()
+
+    def lsn(self):
+        return int(self.sql("SELECT (pg_current_wal_lsn() - '0/0')::bigint"))
+
+    def confirmed(self, slot):
+        v = self.sql(f"SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = '{slot}'")
+        return int(v) if v else 0
+
+    def drop_slot(self, slot):
+        self.sql(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'")
+
+    def stop(self):
+        subprocess.run(self.cmd("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "stop"),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+SCHEMA = """
+CREATE TABLE products (
+    id bigint PRIMARY KEY, sku text NOT NULL, title text NOT NULL, description text,
+    brand text, status text NOT NULL DEFAULT 'approved', attributes jsonb NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE prices (
+    product_id bigint NOT NULL, currency char(3) NOT NULL, amount numeric(12,2) NOT NULL,
+    PRIMARY KEY (product_id, currency));
+ALTER TABLE prices REPLICA IDENTITY FULL;
+CREATE TABLE stock (
+    product_id bigint NOT NULL, warehouse text NOT NULL, qty integer NOT NULL,
+    PRIMARY KEY (product_id, warehouse));
+ALTER TABLE stock REPLICA IDENTITY FULL;
+INSERT INTO products (id, sku, title, description, brand, attributes)
+SELECT i, 'SKU-' || i, 'Product ' || i, repeat(md5(i::text), 16), 'Brand ' || (i % 97),
+       jsonb_build_object('color', 'c' || (i % 12), 'weight_kg', (i % 50) + 0.5, 'tags', jsonb_build_array('a', 'b'))
+FROM generate_series(1, 100000) i;
+INSERT INTO prices SELECT i, c, 10 + (i % 1000) FROM generate_series(1, 100000) i, unnest(ARRAY['EUR', 'USD']) c;
+INSERT INTO stock SELECT i, w, i % 100 FROM generate_series(1, 100000) i, unnest(ARRAY['w1', 'w2', 'w3']) w;
+VACUUM ANALYZE;
+CREATE PUBLICATION bench FOR TABLE products, prices, stock;
+
+-- n_tx transactions of 100 row changes: 60 stock, 30 price, 10 product updates.
+CREATE PROCEDURE burst(n_tx int, seed int) LANGUAGE plpgsql AS $$
+DECLARE p bigint;
+BEGIN
+  FOR i IN 0 .. n_tx - 1 LOOP
+    p := ((i::bigint * 20 + seed * 7919) % 99980) + 1;
+    UPDATE stock SET qty = qty + 1 WHERE product_id BETWEEN p AND p + 19;
+    UPDATE prices SET amount = amount + 0.01 WHERE product_id BETWEEN p AND p + 14;
+    UPDATE products SET updated_at = clock_timestamp() WHERE id BETWEEN p AND p + 9;
+    COMMIT;
+  END LOOP;
+END $$;
+
+-- `seconds` of 100 transactions a second of 10 stock updates each: 1,000 changes/s.
+CREATE PROCEDURE steady(seconds int) LANGUAGE plpgsql AS $$
+DECLARE start timestamptz := clock_timestamp(); p bigint;
+BEGIN
+  FOR i IN 0 .. seconds * 100 - 1 LOOP
+    p := ((i::bigint * 4) % 99990) + 1;
+    UPDATE stock SET qty = qty + 1 WHERE product_id BETWEEN p AND p + 3 AND warehouse <> 'w3'
+      OR product_id BETWEEN p AND p + 1 AND warehouse = 'w3';
+    COMMIT;
+    PERFORM pg_sleep(greatest(0, extract(epoch FROM (start + (i + 1) * interval '10 ms' - clock_timestamp()))));
+  END LOOP;
+END $$;
+
+-- The trigger outbox (what Hasura event triggers and Supabase database webhooks do).
+CREATE TABLE outbox (id bigserial PRIMARY KEY, tbl text, op text, payload json, created_at timestamptz DEFAULT now());
+CREATE FUNCTION outbox_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO outbox (tbl, op, payload) VALUES (TG_TABLE_NAME, TG_OP, row_to_json(NEW));
+  RETURN NEW;
+END $$;
+"""
+
+PGBENCH_SCRIPT = """\\set pid random(1, 100000)
+\\set wh random(1, 3)
+UPDATE stock SET qty = qty + 1 WHERE product_id = :pid AND warehouse = 'w' || :wh;
+UPDATE prices SET amount = amount + 0.01 WHERE product_id = :pid AND currency = 'EUR';
+"""
+
+
+class Proc:
+    """A child process with its peak RSS (VmHWM) readable while it runs."""
+
+    def __init__(self, args, log_path, env=None):
+        self.log_path = log_path
+        self.f = open(log_path, "ab")
+        self.p = subprocess.Popen(args, stdout=self.f, stderr=subprocess.STDOUT, env=env)
+
+    def peak_rss_mb(self):
+        try:
+            for line in open(f"/proc/{self.p.pid}/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.f.close()
+
+
+def http_json(url, method="GET"):
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read().decode()
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
+
+
+def metric(admin, name):
+    try:
+        text = http_json(f"http://{admin}/metrics")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="walhook-bench-"))
+        os.chmod(self.work, 0o755)
+        self.walhook = str(ROOT / "target" / "release" / "walhook")
+        self.receiver = str(BENCH / "receiver" / "target" / "release" / "walhook-bench-receiver")
+        self.results = {}
+        self.raw = {}
+        self.pg = None
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def start_receiver(self, fail=False):
+        port = free_port()
+        args = [self.receiver, "--listen", f"127.0.0.1:{port}", "--secret", SECRET]
+        if fail:
+            args.append("--fail")
+        proc = Proc(args, self.work / f"receiver-{port}.log")
+        for _ in range(100):
+            try:
+                http_json(f"http://127.0.0.1:{port}/stats")
+                break
+            except OSError:
+                time.sleep(0.05)
+        return proc, f"http://127.0.0.1:{port}"
+
+    def start_walhook(self, slot, subscribers, state_url=None, no_delivery=False, extra_sub=""):
+        admin = f"127.0.0.1:{free_port()}"
+        subs = ""
+        for name, url, events in subscribers:
+            ev = ", ".join(f'"{e}"' for e in events)
+            subs += (f'[[subscribers]]\nname = "{name}"\nurl = "{url}/hook"\nevents = [{ev}]\n'
+                     f'secrets = ["{SECRET}"]\nallow_private_targets = true\nmax_in_flight = 64\n{extra_sub}\n')
+        state = f'[state]\nurl = "{state_url}"\n' if state_url else ""
+        cfg = (f'[source]\nurl = "{self.pg.url("bench")}"\nslot = "{slot}"\npublication = "bench"\n{state}'
+               f'[admin]\nlisten = "{admin}"\n'
+               '[[events]]\ntable = "products"\n'
+               '[[events]]\ntable = "prices"\nname = "price.changed"\n'
+               '[[events]]\ntable = "stock"\nname = "stock.changed"\n' + subs)
+        path = self.work / f"walhook-{slot}.toml"
+        path.write_text(cfg)
+        args = [self.walhook, "run", "--config", str(path)] + (["--no-delivery"] if no_delivery else [])
+        proc = Proc(args, self.work / f"walhook-{slot}.log", env={**os.environ, "RUST_LOG": self.args.log})
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://{admin}/readyz", timeout=2)
+                return proc, admin
+            except OSError:
+                if proc.p.poll() is not None:
+                    break
+                time.sleep(0.05)
+        sys.exit(f"walhook did not start; see {proc.log_path}:\n{Path(proc.log_path).read_text()[-2000:]}")
+
+    def reset_walhook(self, slot, state_db="bench"):
+        self.pg.drop_slot(slot)
+        self.pg.sql("DROP SCHEMA IF EXISTS walhook CASCADE", db=state_db)
+
+    def wait(self, what, cond, timeout):
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while not cond():
+            if time.monotonic() > deadline:
+                raise TimeoutError(what)
+            if time.monotonic() - last > 10:
+                log(f"  ... still waiting for {what}")
+                last = time.monotonic()
+            time.sleep(0.02)
+
+    def burst_async(self, n_tx, seed):
+        return subprocess.Popen(
+            [str(self.pg.bin / "psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
+             "-d", "bench", "-c", f"CALL burst({n_tx}, {seed})"], stdout=subprocess.DEVNULL)
+
+    def record(self, key, values, unit):
+        vals = sorted(values)
+        self.raw[key] = {"runs": values, "median": statistics.median(vals), "min": vals[0], "max": vals[-1],
+                         "unit": unit}
+        return self.raw[key]["median"]
+
+    # ---- scenarios -----------------------------------------------------------------
+
+    def decode_ceiling(self):
+        n_tx = self.args.changes // 100
+        rl, wh = [], []
+        for run in range(self.args.runs):
+            slot = "bench_r"
+            self.pg.sql(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+            self.pg.sql(f"CALL burst({n_tx}, {run})")
+            end = self.pg.lsn()
+            t = time.monotonic()
+            subprocess.run(self.pg.cmd("pg_recvlogical", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
+                                       "-d", "bench", "--slot", slot, "--start", "-o", "proto_version=1",
+                                       "-o", "publication_names=bench", "-E", f"{end >> 32:X}/{end & 0xFFFFFFFF:X}",
+                                       "-f", "/dev/null", "--no-loop"), check=True)
+            rl.append(self.args.changes / (time.monotonic() - t))
+            self.pg.drop_slot(slot)
+
+            slot = "bench_w"
+            self.pg.sql(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+            self.pg.sql(f"CALL burst({n_tx}, {run + 100})")
+            end = self.pg.lsn()
+            t = time.monotonic()
+            proc, admin = self.start_walhook(slot, [("sink", "http://127.0.0.1:9", ["*"])], no_delivery=True)
+            self.wait("walhook to drain the burst", lambda: self.pg.confirmed(slot) >= end, 600)
+            wh.append(self.args.changes / (time.monotonic() - t))
+            decoded = metric(admin, "walhook_changes_decoded_total")
+            proc.stop()
+            self.reset_walhook(slot)
+            log(f"  run {run + 1}: pg_recvlogical {rl[-1]:,.0f}/s, walhook (no delivery) {wh[-1]:,.0f}/s, decoded {decoded:,.0f}")
+        a = self.record("decode_pg_recvlogical", rl, "changes/s")
+        b = self.record("decode_walhook", wh, "changes/s")
+        self.results["decode_ratio"] = b / a
+
+    def end_to_end(self, subscribers, key, memory_key=None, factor=1):
+        n_tx = self.args.changes // 100
+        rates, rss = [], []
+        for run in range(self.args.runs):
+            receivers = [self.start_receiver() for _ in subscribers]
+            subs = [(f"s{i}", url, events) for i, ((_, url), events) in enumerate(zip(receivers, subscribers))]
+            proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra)
+            expected = self.args.changes * factor
+            start = time.time()
+            burst = self.burst_async(n_tx, run + 200)
+
+            def received():
+                return sum(http_json(url + "/stats")["count"] for _, url in receivers)
+
+            self.wait("every event delivered", lambda: received() >= expected, 900)
+            burst.wait()
+            stats = [http_json(url + "/stats") for _, url in receivers]
+            last = max(s["last_us"] for s in stats) / 1e6
+            rate = expected / (last - start)
+            rates.append(rate)
+            rss.append(proc.peak_rss_mb())
+            bad = sum(s["bad_signatures"] for s in stats)
+            sampled = sum(s["sampled"] for s in stats)
+            assert bad == 0, f"{bad} bad signatures"
+            log(f"  run {run + 1}: {expected:,.0f} events in {last - start:.1f}s = {rate:,.0f} events/s, "
+                f"peak RSS {rss[-1]:.0f} MB, {sampled} signatures verified")
+            proc.stop()
+            for r, _ in receivers:
+                r.stop()
+            self.reset_walhook("bench_e")
+        self.results[key] = self.record(key, rates, "events/s")
+        if memory_key:
+            self.record(memory_key, rss, "MB")
+        return self.results[key]
+
+    def isolation(self, alone):
+        n_tx = self.args.changes // 100
+        rates, spilled, lag, rss = [], [], [], []
+        for run in range(self.args.runs):
+            ok_rx, ok_url = self.start_receiver()
+            bad_rx, bad_url = self.start_receiver(fail=True)
+            proc, admin = self.start_walhook("bench_i", [("healthy", ok_url, ["*"]), ("broken", bad_url, ["*"])])
+            start = time.time()
+            burst = self.burst_async(n_tx, run + 300)
+            self.wait("the healthy subscriber's events",
+                      lambda: http_json(ok_url + "/stats")["count"] >= self.args.changes, 900)
+            burst.wait()
+            st = http_json(ok_url + "/stats")
+            rate = self.args.changes / (st["last_us"] / 1e6 - start)
+            rates.append(rate)
+            time.sleep(2)
+            spilled.append(metric(admin, 'walhook_spill_rows_written_total{subscriber="broken"}') or 0)
+            lag.append(self.pg.lsn() - self.pg.confirmed("bench_i"))
+            rss.append(proc.peak_rss_mb())
+            log(f"  run {run + 1}: healthy {rate:,.0f} events/s ({rate / alone:.2f}x alone), "
+                f"spilled {spilled[-1]:,.0f} rows, slot lag {lag[-1]:,} bytes, peak RSS {rss[-1]:.0f} MB")
+            proc.stop()
+            ok_rx.stop()
+            bad_rx.stop()
+            self.reset_walhook("bench_i")
+        healthy = self.record("isolation_healthy", rates, "events/s")
+        self.results["isolation_ratio"] = healthy / alone
+        self.record("isolation_spill_rows", spilled, "rows")
+        self.record("isolation_slot_lag", lag, "bytes")
+        self.record("memory_isolation", rss, "MB")
+
+    def latency(self):
+        p50, p99, mx = [], [], []
+        for run in range(self.args.runs):
+            rx, url = self.start_receiver()
+            proc, admin = self.start_walhook("bench_l", [("s", url, ["*"])])
+            self.pg.sql(f"CALL steady({self.args.steady_seconds})")
+            self.wait("the steady stream", lambda: http_json(url + "/stats")["count"] >= self.args.steady_seconds * 1000, 60)
+            lat = http_json(url + "/stats")["latency_us"]
+            p50.append(lat["p50"] / 1000)
+            p99.append(lat["p99"] / 1000)
+            mx.append(lat["max"] / 1000)
+            log(f"  run {run + 1}: p50 {p50[-1]:.1f} ms, p99 {p99[-1]:.1f} ms, max {mx[-1]:.1f} ms over {lat['n']:,} events")
+            proc.stop()
+            rx.stop()
+            self.reset_walhook("bench_l")
+        self.results["latency_p50_ms"] = self.record("latency_p50_ms", p50, "ms")
+        self.results["latency_p99_ms"] = self.record("latency_p99_ms", p99, "ms")
+        self.record("latency_max_ms", mx, "ms")
+
+    def pgbench(self, tag):
+        script = self.work / "pgbench.sql"
+        script.write_text(PGBENCH_SCRIPT)
+        os.chmod(script, 0o644)
+        logdir = self.work / f"pgbench-{tag}"
+        logdir.mkdir(exist_ok=True)
+        os.chmod(logdir, 0o777)
+        out = subprocess.run(
+            [str(self.pg.bin / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
+             "-c", "4", "-j", "2", "-T", str(self.args.pgbench_seconds), "-f", str(script), "-l",
+             "--log-prefix", str(logdir / "tx"), "bench"],
+            check=True, capture_output=True, text=True, cwd=logdir)
+        tps = next(float(l.split("=")[1].split()[0]) for l in out.stdout.splitlines() if l.startswith("tps ="))
+        lats = []
+        for f in logdir.glob("tx*"):
+            for line in open(f):
+                parts = line.split()
+                if len(parts) >= 3:
+                    lats.append(int(parts[2]))
+            f.unlink()
+        lats.sort()
+        p99 = lats[int(len(lats) * 0.99)] / 1000 if lats else 0
+        return tps, p99
+
+    def cost(self):
+        configs = ["none", "slot", "walhook_source_state", "walhook_separate_state", "trigger_outbox"]
+        tps = {c: [] for c in configs}
+        p99 = {c: [] for c in configs}
+        self.pg.sql("CREATE DATABASE walhook_state", db="postgres")
+        for run in range(self.args.runs):
+            for c in configs:
+                procs = []
+                if c == "slot":
+                    self.pg.sql("SELECT pg_create_logical_replication_slot('bench_c', 'pgoutput')")
+                    procs.append(Proc(self.pg.cmd("pg_recvlogical", "-h", "127.0.0.1", "-p", str(self.pg.port),
+                                                  "-U", "postgres", "-d", "bench", "--slot", "bench_c", "--start",
+                                                  "-o", "proto_version=1", "-o", "publication_names=bench",
+                                                  "-f", "/dev/null"), self.work / "recvlogical.log"))
+                elif c.startswith("walhook"):
+                    rx, url = self.start_receiver()
+                    state = self.pg.url("walhook_state") if c == "walhook_separate_state" else None
+                    proc, _ = self.start_walhook("bench_c", [("s", url, ["*"])], state_url=state)
+                    procs += [proc, rx]
+                elif c == "trigger_outbox":
+                    for t in ["stock", "prices"]:
+                        self.pg.sql(f"CREATE TRIGGER outbox AFTER INSERT OR UPDATE ON {t} "
+                                    "FOR EACH ROW EXECUTE FUNCTION outbox_capture()")
+                t, p = self.pgbench(c)
+                tps[c].append(t)
+                p99[c].append(p)
+                for proc in procs:
+                    proc.stop(signal.SIGINT if "recvlogical" in str(proc.log_path) else signal.SIGTERM)
+                if c == "slot":
+                    self.wait("pg_recvlogical to let go of the slot", lambda: self.pg.sql(
+                        "SELECT active FROM pg_replication_slots WHERE slot_name = 'bench_c'") != "t", 30)
+                    self.pg.drop_slot("bench_c")
+                elif c.startswith("walhook"):
+                    self.reset_walhook("bench_c", "walhook_state" if "separate" in c else "bench")
+                elif c == "trigger_outbox":
+                    for tbl in ["stock", "prices"]:
+                        self.pg.sql(f"DROP TRIGGER outbox ON {tbl}")
+                    self.pg.sql("TRUNCATE outbox")
+                log(f"  run {run + 1} {c}: {t:,.0f} TPS, p99 {p:.2f} ms")
+        for c in configs:
+            self.record(f"cost_tps_{c}", tps[c], "TPS")
+            self.record(f"cost_p99_{c}", p99[c], "ms")
+        base = self.raw["cost_tps_none"]["median"]
+        slot = self.raw["cost_tps_slot"]["median"]
+        self.results["cost_vs_slot"] = self.raw["cost_tps_walhook_source_state"]["median"] / slot
+        self.results["cost_separate_vs_slot"] = self.raw["cost_tps_walhook_separate_state"]["median"] / slot
+        self.results["cost_trigger_vs_slot"] = self.raw["cost_tps_trigger_outbox"]["median"] / slot
+        for c in configs:
+            self.results[f"cost_ratio_{c}"] = self.raw[f"cost_tps_{c}"]["median"] / base
+
+    def big_transaction(self):
+        rss = []
+        for run in range(self.args.runs):
+            rx, url = self.start_receiver()
+            proc, admin = self.start_walhook("bench_m", [("s", url, ["*"])])
+            self.pg.sql("BEGIN; UPDATE stock SET qty = qty + 1; UPDATE prices SET amount = amount + 0.01; "
+                        "UPDATE products SET updated_at = now(); UPDATE stock SET qty = qty + 1; "
+                        "UPDATE prices SET amount = amount + 0.01; UPDATE products SET updated_at = now(); COMMIT;")
+            n = 2 * (300000 + 200000 + 100000)
+            self.wait("the 1.2M-row transaction delivered", lambda: http_json(url + "/stats")["count"] >= n,
+                      self.args.big_tx_timeout)
+            rss.append(proc.peak_rss_mb())
+            log(f"  run {run + 1}: {n:,} rows in one transaction delivered, peak RSS {rss[-1]:.0f} MB")
+            proc.stop()
+            rx.stop()
+            self.reset_walhook("bench_m")
+        self.record("memory_big_transaction", rss, "MB")
+
+    # ---- driver --------------------------------------------------------------------
+
+    def run(self):
+        log("building walhook and the receiver (release)")
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=BENCH / "receiver", check=True)
+        log("starting a throwaway PostgreSQL cluster")
+        self.pg = Cluster(self.work)
+        try:
+            self.pg.sql("CREATE DATABASE bench", db="postgres")
+            log("loading the dataset: 100k products, 200k prices, 300k stock rows")
+            self.pg.sql(SCHEMA)
+            scen = self.args.scenarios
+            if "decode" in scen:
+                log(f"scenario 1: decode ceiling, {self.args.changes:,} changes already in the WAL")
+                self.decode_ceiling()
+            alone = None
+            if "e2e" in scen or "isolation" in scen:
+                log("scenario 2: end to end, one subscriber")
+                alone = self.end_to_end([["*"]], "e2e_one", "memory_e2e")
+            if "e2e" in scen:
+                log("scenario 2: end to end, 3 subscribers with a third of the types each + 1 with all")
+                self.end_to_end([["price.*"], ["stock.*"], ["products.*"], ["*"]], "e2e_four", factor=2)
+            if "isolation" in scen:
+                log("scenario 3: isolation, one subscriber answering 500 forever")
+                self.isolation(alone)
+            if "latency" in scen:
+                log(f"scenario 4: latency at 1,000 changes/s for {self.args.steady_seconds}s")
+                self.latency()
+            if "cost" in scen:
+                log(f"scenario 5: cost to the source, pgbench {self.args.pgbench_seconds}s per configuration and run")
+                self.cost()
+            if "memory" in scen:
+                log("scenario 6: memory through one 1.2M-row transaction")
+                self.big_transaction()
+        finally:
+            self.pg.stop()
+            if self.args.keep:
+                log(f"kept {self.work}")
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
+        mem = [self.raw[k]["max"] for k in ("memory_e2e", "memory_isolation", "memory_big_transaction") if k in self.raw]
+        if mem:
+            self.results["peak_rss_mb"] = max(mem)
+        self.report()
+
+    def report(self):
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        machine = f"{os.cpu_count()} cores, {mem_gb:.0f} GiB, {platform.machine()}, PostgreSQL {self.pg_version()}"
+        lines = [f"# walhook benchmark results", "", f"{now}; {machine}; {self.args.runs} runs each "
+                 f"(median, min-max); {self.args.changes:,} changes per burst.", "",
+                 "| figure | median | min | max | unit |", "|---|---:|---:|---:|---|"]
+        for k, v in self.raw.items():
+            lines.append(f"| {k} | {v['median']:,.2f} | {v['min']:,.2f} | {v['max']:,.2f} | {v['unit']} |")
+        lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
+        for k, (desc, op, goal) in TARGETS.items():
+            if k in self.results:
+                val = self.results[k]
+                met = val >= goal if op == ">=" else val <= goal
+                lines.append(f"| {desc} | {val:,.2f} | {op} {goal:,} | {'yes' if met else 'NO'} |")
+        extra = {k: v for k, v in self.results.items() if k not in TARGETS}
+        if extra:
+            lines += ["", "| ratio | value |", "|---|---:|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in extra.items()]
+        text = "\n".join(lines) + "\n"
+        print("\n" + text)
+        out = BENCH / "results"
+        out.mkdir(exist_ok=True)
+        (out / "latest.md").write_text(text)
+        (out / "latest.json").write_text(json.dumps(
+            {"date": now, "machine": machine, "runs": self.args.runs, "changes": self.args.changes,
+             "figures": self.raw, "results": self.results}, indent=2) + "\n")
+        log(f"wrote {out / 'latest.md'} and {out / 'latest.json'}")
+
+    def pg_version(self):
+        try:
+            return self.pg.sql("SHOW server_version", db="postgres")
+        except Exception:
+            return "?"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--changes", type=int, default=1_000_000, help="row changes per burst")
+    ap.add_argument("--steady-seconds", type=int, default=60)
+    ap.add_argument("--pgbench-seconds", type=int, default=20)
+    ap.add_argument("--big-tx-timeout", type=int, default=600)
+    ap.add_argument("--scenarios", default="decode,e2e,isolation,latency,cost,memory")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
+    ap.add_argument("--log", default="warn", help="RUST_LOG for walhook")
+    ap.add_argument("--sub-extra", default="", help="extra TOML lines for every subscriber (experiments)")
+    args = ap.parse_args()
+    args.scenarios = set(args.scenarios.split(","))
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    main()
