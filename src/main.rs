@@ -5,6 +5,9 @@ use tokio_util::sync::CancellationToken;
 use walhook::cli::{Cli, Command, LogFormat};
 use walhook::config::Config;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     walhook::telemetry::init(cli.log_format == LogFormat::Json);

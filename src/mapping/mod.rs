@@ -6,14 +6,15 @@
 //! rule only (its `timestamp` is the commit time), so a replay renders identical bytes.
 
 mod pattern;
+mod render;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::config::{Config, Op, TableName};
-use crate::event::{format_lsn, Event, EventRef, Pos};
+use crate::event::EventRef;
 
 pub use pattern::matches as pattern_matches;
 
@@ -62,6 +63,8 @@ struct Rule {
     key: Vec<String>,
     columns: Option<HashSet<String>>,
     changed: Option<Vec<String>>,
+    /// `schema.table` as written in bodies.
+    table: String,
     /// Per op: event name, routes and id tag.
     names: HashMap<Op, (String, Arc<[usize]>, u32)>,
 }
@@ -111,6 +114,7 @@ impl Mapper {
                 names.insert(op, (name, routes, tag));
             }
             rules.push(Rule {
+                table: table.to_string(),
                 index,
                 ops: r.on.clone(),
                 key,
@@ -141,117 +145,12 @@ impl Mapper {
             let Some((name, routes, tag)) = rule.names.get(&change.op) else {
                 continue;
             };
-            if let Some(event) = render(rule, name, *tag, tx, change) {
+            if let Some(event) = render::render(rule, name, *tag, tx, change) {
                 out.push((Arc::new(event), routes.clone()));
             }
         }
         out
     }
-}
-
-fn render(rule: &Rule, name: &str, tag: u32, tx: &TxMeta, c: &Change<'_>) -> Option<Event> {
-    let full_old = if c.old_is_key_only { None } else { c.old.as_ref() };
-    let mut unchanged = Vec::new();
-    let new = c.new.as_ref().map(|row| {
-        let mut m = Map::new();
-        for (col, v) in row {
-            match v {
-                ColValue::Value(v) => {
-                    m.insert(col.to_string(), v.clone());
-                }
-                ColValue::Unchanged => match lookup(full_old, col) {
-                    Some(v) => {
-                        m.insert(col.to_string(), v.clone());
-                    }
-                    None => unchanged.push(col.to_string()),
-                },
-            }
-        }
-        m
-    });
-    let old = c.old.as_ref().map(|row| {
-        row.iter()
-            .filter_map(|(col, v)| match v {
-                ColValue::Value(v) => Some((col.to_string(), v.clone())),
-                ColValue::Unchanged => None,
-            })
-            .collect::<Map<String, Value>>()
-    });
-    let changed: Option<Vec<String>> = match (c.op, &new, full_old.and(old.as_ref())) {
-        (Op::Update, Some(new), Some(old)) => Some(
-            new.iter()
-                .filter(|(k, v)| old.get(k.as_str()) != Some(v))
-                .map(|(k, _)| k.clone())
-                .collect(),
-        ),
-        _ => None,
-    };
-    if let (Op::Update, Some(wanted)) = (c.op, &rule.changed) {
-        match &changed {
-            Some(ch) if ch.iter().any(|col| wanted.contains(col)) => {}
-            _ => return None,
-        }
-    }
-    let key_source = new.as_ref().or(old.as_ref());
-    let mut key = Map::new();
-    for col in &rule.key {
-        let v = key_source
-            .and_then(|m| m.get(col))
-            .cloned()
-            .unwrap_or(Value::Null);
-        key.insert(col.clone(), v);
-    }
-    let project = |m: Map<String, Value>| -> Value {
-        match &rule.columns {
-            None => Value::Object(m),
-            Some(cols) => Value::Object(m.into_iter().filter(|(k, _)| cols.contains(k)).collect()),
-        }
-    };
-    let key_value = Value::Object(key);
-    let ordering_key = format!("{}|{}", c.table, key_value);
-    let mut data = Map::new();
-    data.insert("table".into(), Value::String(c.table.to_string()));
-    data.insert("op".into(), Value::String(c.op.as_str().into()));
-    data.insert("key".into(), key_value);
-    data.insert("new".into(), new.map(project).unwrap_or(Value::Null));
-    data.insert("old".into(), old.map(project).unwrap_or(Value::Null));
-    data.insert(
-        "changed".into(),
-        changed
-            .map(|v| Value::Array(v.into_iter().map(Value::String).collect()))
-            .unwrap_or(Value::Null),
-    );
-    if !unchanged.is_empty() {
-        data.insert(
-            "unchanged".into(),
-            Value::Array(unchanged.into_iter().map(Value::String).collect()),
-        );
-    }
-    let mut source = Map::new();
-    source.insert("lsn".into(), Value::String(format_lsn(tx.commit_lsn)));
-    source.insert("xid".into(), Value::from(tx.xid));
-    source.insert("commit_time".into(), Value::String(tx.commit_time.clone()));
-    source.insert("seq".into(), Value::from(c.index));
-    data.insert("source".into(), Value::Object(source));
-    let mut body = Map::new();
-    body.insert("type".into(), Value::String(name.to_string()));
-    body.insert("timestamp".into(), Value::String(tx.commit_time.clone()));
-    body.insert("data".into(), Value::Object(data));
-    let body = serde_json::to_vec(&Value::Object(body)).ok()?;
-    Some(Event {
-        pos: Pos::new(tx.commit_lsn, c.index, rule.index),
-        id: format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, tag),
-        event_type: name.to_string(),
-        key: ordering_key,
-        body: body.into(),
-    })
-}
-
-fn lookup<'a>(row: Option<&'a Row>, col: &str) -> Option<&'a Value> {
-    row?.iter().find(|(c, _)| &**c == col).and_then(|(_, v)| match v {
-        ColValue::Value(v) => Some(v),
-        ColValue::Unchanged => None,
-    })
 }
 
 /// A stable 32-bit hash (FNV-1a): event ids must not depend on the process.
