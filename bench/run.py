@@ -334,10 +334,10 @@ class Bench:
             self.pg.sql(f"CALL burst({n_tx}, {run})")
             end = self.pg.lsn()
             t = time.monotonic()
-            subprocess.run(self.pg.cmd("pg_recvlogical", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
+            subprocess.run([str(self.pg.bin / "pg_recvlogical"), "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
                                        "-d", "bench", "--slot", slot, "--start", "-o", "proto_version=1",
                                        "-o", "publication_names=bench", "-E", f"{end >> 32:X}/{end & 0xFFFFFFFF:X}",
-                                       "-f", "/dev/null", "--no-loop"), check=True)
+                                       "-f", "/dev/null", "--no-loop"], check=True)
             rl.append(self.args.changes / (time.monotonic() - t))
             self.pg.drop_slot(slot)
 
@@ -476,10 +476,10 @@ class Bench:
                 procs = []
                 if c == "slot":
                     self.pg.sql("SELECT pg_create_logical_replication_slot('bench_c', 'pgoutput')")
-                    procs.append(Proc(self.pg.cmd("pg_recvlogical", "-h", "127.0.0.1", "-p", str(self.pg.port),
+                    procs.append(Proc([str(self.pg.bin / "pg_recvlogical"), "-h", "127.0.0.1", "-p", str(self.pg.port),
                                                   "-U", "postgres", "-d", "bench", "--slot", "bench_c", "--start",
                                                   "-o", "proto_version=1", "-o", "publication_names=bench",
-                                                  "-f", "/dev/null"), self.work / "recvlogical.log"))
+                                                  "-f", "/dev/null"], self.work / "recvlogical.log"))
                 elif c.startswith("walhook"):
                     rx, url = self.start_receiver()
                     state = self.pg.url("walhook_state") if c == "walhook_separate_state" else None
@@ -521,11 +521,13 @@ class Bench:
         for run in range(self.args.runs):
             rx, url = self.start_receiver()
             proc, admin = self.start_walhook("bench_m", [("s", url, ["*"])])
-            self.pg.sql("BEGIN; UPDATE stock SET qty = qty + 1; UPDATE prices SET amount = amount + 0.01; "
-                        "UPDATE products SET updated_at = now(); UPDATE stock SET qty = qty + 1; "
-                        "UPDATE prices SET amount = amount + 0.01; UPDATE products SET updated_at = now(); COMMIT;")
-            n = 2 * (300000 + 200000 + 100000)
-            self.wait("the 1.2M-row transaction delivered", lambda: http_json(url + "/stats")["count"] >= n,
+            k = self.args.big_tx_products
+            one = f"UPDATE stock SET qty = qty + 1 WHERE product_id <= {k}; " \
+                  f"UPDATE prices SET amount = amount + 0.01 WHERE product_id <= {k}; " \
+                  f"UPDATE products SET updated_at = now() WHERE id <= {k}; "
+            self.pg.sql("BEGIN; " + one + one + "COMMIT;")
+            n = 2 * 6 * k
+            self.wait(f"the {n:,}-row transaction delivered", lambda: http_json(url + "/stats")["count"] >= n,
                       self.args.big_tx_timeout)
             rss.append(proc.peak_rss_mb())
             log(f"  run {run + 1}: {n:,} rows in one transaction delivered, peak RSS {rss[-1]:.0f} MB")
@@ -543,6 +545,7 @@ class Bench:
         log("starting a throwaway PostgreSQL cluster")
         self.pg = Cluster(self.work)
         try:
+            self.version = self.pg.sql("SHOW server_version", db="postgres")
             self.pg.sql("CREATE DATABASE bench", db="postgres")
             log("loading the dataset: 100k products, 200k prices, 300k stock rows")
             self.pg.sql(SCHEMA)
@@ -567,7 +570,7 @@ class Bench:
                 log(f"scenario 5: cost to the source, pgbench {self.args.pgbench_seconds}s per configuration and run")
                 self.cost()
             if "memory" in scen:
-                log("scenario 6: memory through one 1.2M-row transaction")
+                log(f"scenario 6: memory through one {12 * self.args.big_tx_products:,}-row transaction")
                 self.big_transaction()
         finally:
             self.pg.stop()
@@ -584,8 +587,11 @@ class Bench:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         machine = f"{os.cpu_count()} cores, {mem_gb:.0f} GiB, {platform.machine()}, PostgreSQL {self.pg_version()}"
-        lines = [f"# walhook benchmark results", "", f"{now}; {machine}; {self.args.runs} runs each "
-                 f"(median, min-max); {self.args.changes:,} changes per burst.", "",
+        lines = ["# walhook benchmark results", "", f"{now}; {machine}; {self.args.runs} runs each "
+                 f"(median, min-max); {self.args.changes:,} changes per burst; latency over "
+                 f"{self.args.steady_seconds}s; pgbench {self.args.pgbench_seconds}s per configuration and run; "
+                 f"big transaction of {12 * self.args.big_tx_products:,} rows.", "",
+                 f"Command: `python3 bench/run.py {' '.join(sys.argv[1:])}`", "",
                  "| figure | median | min | max | unit |", "|---|---:|---:|---:|---|"]
         for k, v in self.raw.items():
             lines.append(f"| {k} | {v['median']:,.2f} | {v['min']:,.2f} | {v['max']:,.2f} | {v['unit']} |")
@@ -597,12 +603,12 @@ class Bench:
                 lines.append(f"| {desc} | {val:,.2f} | {op} {goal:,} | {'yes' if met else 'NO'} |")
         extra = {k: v for k, v in self.results.items() if k not in TARGETS}
         if extra:
-            lines += ["", "| ratio | value |", "|---|---:|"]
+            lines += ["", "| other result | value |", "|---|---:|"]
             lines += [f"| {k} | {v:.3f} |" for k, v in extra.items()]
         text = "\n".join(lines) + "\n"
         print("\n" + text)
-        out = BENCH / "results"
-        out.mkdir(exist_ok=True)
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "latest.md").write_text(text)
         (out / "latest.json").write_text(json.dumps(
             {"date": now, "machine": machine, "runs": self.args.runs, "changes": self.args.changes,
@@ -610,10 +616,7 @@ class Bench:
         log(f"wrote {out / 'latest.md'} and {out / 'latest.json'}")
 
     def pg_version(self):
-        try:
-            return self.pg.sql("SHOW server_version", db="postgres")
-        except Exception:
-            return "?"
+        return getattr(self, "version", "?")
 
 
 def main():
@@ -622,8 +625,11 @@ def main():
     ap.add_argument("--changes", type=int, default=1_000_000, help="row changes per burst")
     ap.add_argument("--steady-seconds", type=int, default=60)
     ap.add_argument("--pgbench-seconds", type=int, default=20)
-    ap.add_argument("--big-tx-timeout", type=int, default=600)
+    ap.add_argument("--big-tx-timeout", type=int, default=900)
+    ap.add_argument("--big-tx-products", type=int, default=100000,
+                    help="products touched by the big transaction (12 row changes each)")
     ap.add_argument("--scenarios", default="decode,e2e,isolation,latency,cost,memory")
+    ap.add_argument("--out", default=str(BENCH / "results"), help="where latest.md and latest.json go")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--log", default="warn", help="RUST_LOG for walhook")
     ap.add_argument("--sub-extra", default="", help="extra TOML lines for every subscriber (experiments)")

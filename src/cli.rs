@@ -38,7 +38,8 @@ pub enum Command {
         )]
         config: PathBuf,
         /// Decode and map, but deliver nothing (for benchmarks and diagnosis): events are
-        /// dropped after mapping and the slot advances as if they were delivered.
+        /// dropped after mapping and the slot advances as if they were delivered, so use a
+        /// slot of its own (source.slot), never the one your subscribers depend on.
         #[arg(long)]
         no_delivery: bool,
     },

@@ -38,7 +38,10 @@ struct App {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// The body's `"timestamp":"..."` (the commit time) in Unix microseconds.
@@ -52,21 +55,27 @@ fn commit_time_us(body: &[u8]) -> Option<u64> {
 
 fn verify(key: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return false;
+    };
     mac.update(get("webhook-id").as_bytes());
     mac.update(b".");
     mac.update(get("webhook-timestamp").as_bytes());
     mac.update(b".");
     mac.update(body);
     let expected = STANDARD.encode(mac.finalize().into_bytes());
-    get("webhook-signature").split(' ').any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+    get("webhook-signature")
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
 async fn hook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let now = now_us();
     let s = &app.stats;
     let n = s.count.fetch_add(1, Ordering::Relaxed);
-    let _ = s.first_us.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = s
+        .first_us
+        .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
     s.last_us.fetch_max(now, Ordering::Relaxed);
     if let Some(commit) = commit_time_us(&body) {
         s.latencies_us.lock().unwrap().push(now.saturating_sub(commit));
@@ -123,13 +132,25 @@ async fn reset(State(app): State<Arc<App>>) -> &'static str {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:18080".into());
     let secret = arg("--secret").expect("--secret whsec_... is required");
     let key = STANDARD
-        .decode(secret.strip_prefix("whsec_").expect("secret must start with whsec_"))
+        .decode(
+            secret
+                .strip_prefix("whsec_")
+                .expect("secret must start with whsec_"),
+        )
         .expect("secret must be base64");
-    let sample = arg("--sample").and_then(|s| s.parse().ok()).unwrap_or(100u64).max(1);
+    let sample = arg("--sample")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100u64)
+        .max(1);
     let app = Arc::new(App {
         key,
         fail: AtomicBool::new(args.iter().any(|a| a == "--fail")),
@@ -141,7 +162,10 @@ fn main() {
         .route("/reset", post(reset))
         .route("/*path", post(hook))
         .with_state(app);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
         axum::serve(listener, router).await.expect("serve");
