@@ -78,14 +78,14 @@ impl PgTarget {
 
     /// An ordinary SQL connection; its driver task is spawned.
     pub async fn connect(&self, what: &'static str) -> Result<Client, tokio_postgres::Error> {
-        // Like libpq, no TLS over Unix sockets.
+        // Like libpq, no TLS over Unix sockets, whatever sslmode says.
         let unix_only = self
             .config
             .get_hosts()
             .iter()
             .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
         match &self.tls {
-            Some(_) if unix_only && self.ssl == SslMode::Prefer => self.plain(what).await,
+            Some(_) if unix_only => self.plain(what).await,
             None => self.plain(what).await,
             Some(tls) => {
                 let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
@@ -159,11 +159,11 @@ fn take_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
     (rest, sslmode, rootcert)
 }
 
+/// URI percent-decoding (a `+` stays a `+`, unlike form encoding).
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -318,11 +318,11 @@ mod tests {
     #[test]
     fn tls_params_are_taken_out_of_both_url_forms() {
         let (rest, mode, root) = take_tls_params(
-            "postgres://u@h/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca.pem",
+            "postgres://u@h/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca+pg.pem",
         );
         assert_eq!(rest, "postgres://u@h/db?application_name=x");
         assert_eq!(mode.as_deref(), Some("verify-full"));
-        assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
+        assert_eq!(root.as_deref(), Some("/tmp/ca+pg.pem"));
         let (rest, mode, root) = take_tls_params("host=h dbname=db sslmode=require");
         assert_eq!(rest, "host=h dbname=db");
         assert_eq!(mode.as_deref(), Some("require"));

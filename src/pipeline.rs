@@ -49,7 +49,8 @@ pub struct Progress {
 
 struct Rel {
     table: TableName,
-    columns: Vec<(Arc<str>, u32)>,
+    /// Name, type OID, and whether the column is part of the replica identity.
+    columns: Vec<(Arc<str>, u32, bool)>,
     watched: bool,
 }
 
@@ -278,7 +279,7 @@ impl Pipeline {
                 let columns = r
                     .columns
                     .into_iter()
-                    .map(|c| (Arc::from(c.name.as_str()), c.type_oid))
+                    .map(|c| (Arc::from(c.name.as_str()), c.type_oid, c.flags & 1 == 1))
                     .collect();
                 self.rels.insert(
                     r.id,
@@ -355,7 +356,9 @@ impl Pipeline {
             return Ok(true);
         }
         self.metrics.changes_decoded.add(1);
-        let row = |cells: Vec<Cell>| -> Result<Row, SourceError> {
+        // A key-only old image carries every column, the non-key ones as nulls that
+        // mean "not sent": keep only the identity columns.
+        let row = |cells: Vec<Cell>, key_only: bool| -> Result<Row, SourceError> {
             if cells.len() != rel.columns.len() {
                 return Err(SourceError::Protocol(format!(
                     "{} has {} columns but a change carried {}",
@@ -368,7 +371,8 @@ impl Pipeline {
                 .columns
                 .iter()
                 .zip(cells)
-                .map(|((name, oid), cell)| {
+                .filter(|((_, _, is_key), _)| !key_only || *is_key)
+                .map(|((name, oid, _), cell)| {
                     let v = match cell {
                         Cell::Null => ColValue::Value(serde_json::Value::Null),
                         Cell::Unchanged => ColValue::Unchanged,
@@ -381,8 +385,8 @@ impl Pipeline {
         let change = Change {
             table: &rel.table,
             op,
-            new: new.map(row).transpose()?,
-            old: old.map(row).transpose()?,
+            new: new.map(|c| row(c, false)).transpose()?,
+            old: old.map(|c| row(c, old_is_key_only)).transpose()?,
             old_is_key_only,
             index: this,
         };

@@ -47,7 +47,9 @@ async fn changes_arrive_signed_with_the_right_payload() {
          UPDATE prices SET valid_from = '2030-01-01' WHERE product_id = 2;
          UPDATE stock SET qty = 0 WHERE product_id = 3 AND warehouse = 'lyon';
          DELETE FROM stock WHERE product_id = 2 AND warehouse = 'berlin';
-         UPDATE products SET title = 'Desk lamp II' WHERE id = 2;",
+         UPDATE products SET title = 'Desk lamp II' WHERE id = 2;
+         INSERT INTO products (id, sku, title) VALUES (11, 'SKU-11', 'Stool');
+         DELETE FROM products WHERE id = 11;",
     )
     .await
     .unwrap();
@@ -59,7 +61,7 @@ async fn changes_arrive_signed_with_the_right_payload() {
     let got_all = rx.delivered();
     assert_eq!(
         got_all.len(),
-        5,
+        7,
         "the valid_from-only price update must not fire; got {:?}",
         got_all
             .iter()
@@ -144,8 +146,14 @@ async fn changes_arrive_signed_with_the_right_payload() {
     seqs.sort();
     assert_eq!(
         seqs,
-        vec![0, 1, 3, 4, 5],
+        vec![0, 1, 3, 4, 5, 6, 7],
         "index 2 is the price update that did not fire"
     );
+
+    // A delete on a table with the default identity: `old` holds the key columns only,
+    // never made-up nulls for the columns the server did not send.
+    let gone = find("products.deleted", json!({"id": 11}));
+    assert_eq!(gone["data"]["old"], json!({"id": 11}));
+    assert_eq!(gone["data"]["new"], serde_json::Value::Null);
     let _ = walhook;
 }

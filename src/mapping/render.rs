@@ -128,6 +128,8 @@ pub(super) fn render(rule: &Rule, name: &str, tag: u32, tx: &TxMeta, c: &Change<
             _ => return None,
         }
     }
+    // The body names only columns the rule carries.
+    let changed = changed.map(|cols| cols.into_iter().filter(|col| in_columns(col)).collect::<Vec<_>>());
     let unchanged: Vec<&str> = c
         .new
         .iter()

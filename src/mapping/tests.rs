@@ -198,6 +198,30 @@ fn default_names_columns_and_unchanged_toast() {
     assert_eq!(body["data"]["changed"], json!(["title"]));
     assert!(body["data"].get("unchanged").is_none());
 
+    // A changed column the rule does not carry is not named in the body.
+    let old = row(&[
+        ("id", v(json!(7))),
+        ("title", v(json!("t"))),
+        ("body", v(json!("long"))),
+        ("secret", v(json!("old"))),
+    ]);
+    let new = row(&[
+        ("id", v(json!(7))),
+        ("title", v(json!("t"))),
+        ("body", ColValue::Unchanged),
+        ("secret", v(json!("new"))),
+    ]);
+    let change = Change {
+        table: &table,
+        op: Op::Update,
+        new: Some(new),
+        old: Some(old),
+        old_is_key_only: false,
+        index: 0,
+    };
+    let body: serde_json::Value = serde_json::from_slice(&m.map(&tx(), &change)[0].0.body).unwrap();
+    assert_eq!(body["data"]["changed"], json!([]));
+
     // A delete takes its key from the old (key-only) row.
     let old = row(&[
         ("id", v(json!(7))),

@@ -96,38 +96,40 @@ impl ReplConn {
             .unwrap_or(Duration::from_secs(10));
         let ports = config.get_ports();
         let mut last_err = None;
+        // Like libpq: each host in turn, the whole exchange (TCP, TLS, startup and
+        // authentication) within the connect timeout, the next host on any failure.
         for (i, host) in config.get_hosts().iter().enumerate() {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            let attempt = tokio::time::timeout(timeout, open(host, port)).await;
-            let stream = match attempt {
-                Ok(Ok(s)) => match (host, &target.tls) {
-                    (Host::Tcp(name), Some(tls)) => negotiate_tls(s, name, tls.clone(), target.ssl).await?,
-                    _ => s,
-                },
-                Ok(Err(e)) => {
-                    last_err = Some(SourceError::Connect {
-                        target: describe(host, port),
-                        source: e,
-                    });
-                    continue;
-                }
+            match tokio::time::timeout(timeout, Self::connect_one(target, host, port)).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last_err = Some(e),
                 Err(_) => {
                     last_err = Some(SourceError::Connect {
                         target: describe(host, port),
                         source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-                    });
-                    continue;
+                    })
                 }
-            };
-            let mut conn = ReplConn {
-                stream,
-                rbuf: BytesMut::with_capacity(64 * 1024),
-                wbuf: BytesMut::with_capacity(1024),
-            };
-            conn.startup(config).await?;
-            return Ok(conn);
+            }
         }
         Err(last_err.unwrap_or(SourceError::Protocol("source.url names no host".into())))
+    }
+
+    async fn connect_one(target: &PgTarget, host: &Host, port: u16) -> Result<ReplConn, SourceError> {
+        let stream = open(host, port).await.map_err(|source| SourceError::Connect {
+            target: describe(host, port),
+            source,
+        })?;
+        let stream = match (host, &target.tls) {
+            (Host::Tcp(name), Some(tls)) => negotiate_tls(stream, name, tls.clone(), target.ssl).await?,
+            _ => stream,
+        };
+        let mut conn = ReplConn {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::with_capacity(1024),
+        };
+        conn.startup(&target.config).await?;
+        Ok(conn)
     }
 
     async fn startup(&mut self, config: &tokio_postgres::Config) -> Result<(), SourceError> {
