@@ -96,6 +96,15 @@ async fn missing_prerequisites_name_their_fixes() {
         "{line}"
     );
 
+    // A key outside the replica identity, on a rule that sees deletes.
+    let (code, err) = run_with(&cfg(&url, "products", "key = [\"title\"]", private));
+    let line = error_line(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        line.contains("events[0].key") && line.contains("replica identity"),
+        "{line}"
+    );
+
     // A publication that is missing while source.create = false.
     let no_create = cfg(&url, "products", "", private).replace("[source]\n", "[source]\ncreate = false\n");
     let (code, err) = run_with(&no_create);

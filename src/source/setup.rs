@@ -95,6 +95,17 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let index_identity: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+                 WHERE i.indrelid = $1 AND i.indisreplident",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         let columns: Vec<String> = client
             .query(
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
@@ -136,6 +147,18 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
                      Fix: ALTER TABLE {t} REPLICA IDENTITY FULL;",
                     t = table.quoted()
                 )));
+            }
+            // A delete carries only the identity columns: a key outside them would be null.
+            if rule.on.contains(&Op::Delete) && replident != "f" {
+                let identity = if replident == "i" { &index_identity } else { &pk };
+                if let Some(col) = rule.key.iter().flatten().find(|c| !identity.contains(c)) {
+                    return Err(need(format!(
+                        "events[{i}].key: column {col:?} is not part of table {t}'s replica identity, so deletes \
+                         cannot carry it. Fix: ALTER TABLE {t} REPLICA IDENTITY FULL; or key on identity columns ({})",
+                        identity.join(", "),
+                        t = table.quoted()
+                    )));
+                }
             }
         }
         tables.insert(table.clone(), TableMeta { primary_key: pk });
