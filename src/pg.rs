@@ -148,15 +148,66 @@ fn take_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
             }
         }
     } else {
-        url.split_whitespace()
-            .filter(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                keep(k.trim(), v.trim_matches('\''))
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        // Cut the taken pairs out of the original text; every other pair stays verbatim.
+        let mut rest = String::with_capacity(url.len());
+        let mut from = 0;
+        for (key, value, range) in conninfo_pairs(url) {
+            if !keep(&key, &value) {
+                rest.push_str(&url[from..range.start]);
+                from = range.end;
+            }
+        }
+        rest.push_str(&url[from..]);
+        rest.trim().to_string()
     };
     (rest, sslmode, rootcert)
+}
+
+/// The `key = value` pairs of a libpq key=value connection string, with the byte range
+/// of each pair: spaces around `=` allowed, values single-quoted or bare, `\` escaping
+/// the next character. Stops at the first malformed pair (the full parser reports it).
+fn conninfo_pairs(s: &str) -> Vec<(String, String, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let mut chars = s.char_indices().peekable();
+    let skip_space = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
+    loop {
+        skip_space(&mut chars);
+        let Some(&(start, _)) = chars.peek() else { break };
+        let mut key = String::new();
+        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        skip_space(&mut chars);
+        if chars.next_if(|(_, c)| *c == '=').is_none() {
+            break;
+        }
+        skip_space(&mut chars);
+        let mut value = String::new();
+        let quoted = chars.next_if(|(_, c)| *c == '\'').is_some();
+        let mut end = s.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, next)) = chars.next() {
+                        value.push(next);
+                    }
+                }
+                '\'' if quoted => {
+                    end = i + 1;
+                    break;
+                }
+                c if !quoted && c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key, value, start..end));
+    }
+    out
 }
 
 /// URI percent-decoding (a `+` stays a `+`, unlike form encoding).

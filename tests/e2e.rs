@@ -55,7 +55,7 @@ async fn changes_arrive_signed_with_the_right_payload() {
     .unwrap();
 
     let got = rx
-        .wait_for(Duration::from_secs(30), "5 webhooks", |r| r.len() >= 5)
+        .wait_for(Duration::from_secs(30), "7 webhooks", |r| r.len() >= 7)
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got_all = rx.delivered();
