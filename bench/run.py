@@ -479,7 +479,7 @@ class Bench:
                     procs.append(Proc([str(self.pg.bin / "pg_recvlogical"), "-h", "127.0.0.1", "-p", str(self.pg.port),
                                                   "-U", "postgres", "-d", "bench", "--slot", "bench_c", "--start",
                                                   "-o", "proto_version=1", "-o", "publication_names=bench",
-                                                  "-f", "/dev/null"], self.work / "recvlogical.log"))
+                                                  "-f", "/dev/null", "--no-loop"], self.work / "recvlogical.log"))
                 elif c.startswith("walhook"):
                     rx, url = self.start_receiver()
                     state = self.pg.url("walhook_state") if c == "walhook_separate_state" else None
