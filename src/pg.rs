@@ -85,32 +85,32 @@ impl PgTarget {
             .iter()
             .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
         match &self.tls {
-            Some(_) if unix_only => self.plain(what).await,
-            None => self.plain(what).await,
-            Some(tls) => {
+            Some(tls) if !unix_only => {
                 let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
                 let (client, conn) = self.config.connect(make).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::warn!(error = %e, "{what} connection ended");
-                    }
-                });
-                Ok(client)
+                Ok(drive(client, conn, what))
+            }
+            _ => {
+                let mut config = self.config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, conn) = config.connect(NoTls).await?;
+                Ok(drive(client, conn, what))
             }
         }
     }
+}
 
-    async fn plain(&self, what: &'static str) -> Result<Client, tokio_postgres::Error> {
-        let mut config = self.config.clone();
-        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        let (client, conn) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "{what} connection ended");
-            }
-        });
-        Ok(client)
-    }
+/// Spawns a connection's driver task, logging how it ended.
+fn drive<C>(client: Client, conn: C, what: &'static str) -> Client
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "{what} connection ended");
+        }
+    });
+    client
 }
 
 /// Removes `sslmode` and `sslrootcert` from a URL or key=value string (tokio-postgres

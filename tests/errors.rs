@@ -8,13 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn run_with(config: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("walhook.toml");
-    std::fs::write(&path, format!("{config}\n[admin]\nlisten = \"\"\n")).unwrap();
-    walhook_cmd(&["run", "--config", path.to_str().unwrap()])
-}
-
 /// The one `walhook:` error line.
 fn error_line(stderr: &str) -> String {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("walhook:")).collect();
@@ -36,7 +29,7 @@ async fn wal_level_replica_names_the_fix() {
     let url = pg
         .create_db("shop", "CREATE TABLE products (id int PRIMARY KEY)")
         .await;
-    let (code, err) = run_with(&cfg(&url, "products", "", "allow_private_targets = true"));
+    let (code, err) = run_config(&cfg(&url, "products", "", "allow_private_targets = true"));
     let line = error_line(&err);
     assert_eq!(code, 3, "{err}");
     assert!(line.contains("wal_level is 'replica'"), "{line}");
@@ -59,13 +52,13 @@ async fn missing_prerequisites_name_their_fixes() {
 
     // A role without REPLICATION.
     let app_url = url.replace("postgres@", "app@");
-    let (code, err) = run_with(&cfg(&app_url, "products", "", private));
+    let (code, err) = run_config(&cfg(&app_url, "products", "", private));
     let line = error_line(&err);
     assert_eq!(code, 3, "{err}");
     assert!(line.contains("ALTER ROLE \"app\" WITH REPLICATION"), "{line}");
 
     // A table that does not exist.
-    let (code, err) = run_with(&cfg(&url, "catalog.Product", "", private));
+    let (code, err) = run_config(&cfg(&url, "catalog.Product", "", private));
     let line = error_line(&err);
     assert_eq!(code, 3, "{err}");
     assert!(
@@ -74,7 +67,7 @@ async fn missing_prerequisites_name_their_fixes() {
     );
 
     // A table without replica identity, for updates.
-    let (code, err) = run_with(&cfg(&url, "logs", "", private));
+    let (code, err) = run_config(&cfg(&url, "logs", "", private));
     let line = error_line(&err);
     assert_eq!(code, 3, "{err}");
     assert!(
@@ -83,7 +76,7 @@ async fn missing_prerequisites_name_their_fixes() {
     );
 
     // `changed` without old values.
-    let (code, err) = run_with(&cfg(
+    let (code, err) = run_config(&cfg(
         &url,
         "products",
         "changed = [\"title\"]\non = [\"update\"]",
@@ -97,7 +90,7 @@ async fn missing_prerequisites_name_their_fixes() {
     );
 
     // A key outside the replica identity, on a rule that sees deletes.
-    let (code, err) = run_with(&cfg(&url, "products", "key = [\"title\"]", private));
+    let (code, err) = run_config(&cfg(&url, "products", "key = [\"title\"]", private));
     let line = error_line(&err);
     assert_eq!(code, 3, "{err}");
     assert!(
@@ -107,7 +100,7 @@ async fn missing_prerequisites_name_their_fixes() {
 
     // A publication that is missing while source.create = false.
     let no_create = cfg(&url, "products", "", private).replace("[source]\n", "[source]\ncreate = false\n");
-    let (code, err) = run_with(&no_create);
+    let (code, err) = run_config(&no_create);
     let line = error_line(&err);
     assert_eq!(code, 3, "{err}");
     assert!(
@@ -119,7 +112,7 @@ async fn missing_prerequisites_name_their_fixes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_target_is_refused_unless_allowed() {
     // No database is needed: the target is checked before connecting.
-    let (code, err) = run_with(&cfg("postgres://postgres@127.0.0.1:1/x", "products", "", ""));
+    let (code, err) = run_config(&cfg("postgres://postgres@127.0.0.1:1/x", "products", "", ""));
     let line = error_line(&err);
     assert_eq!(code, 2, "{err}");
     assert!(

@@ -164,6 +164,14 @@ pub fn walhook_cmd(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Runs `walhook run` with this config (admin server off) to completion: (exit code, stderr).
+pub fn run_config(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, format!("{config}\n[admin]\nlisten = \"\"\n")).unwrap();
+    walhook_cmd(&["run", "--config", path.to_str().unwrap()])
+}
+
 /// A subscriber section for a receiver on loopback.
 pub fn subscriber(name: &str, url: &str, events: &str, extra: &str) -> String {
     format!(
