@@ -92,6 +92,7 @@ checkpoint_timeout = 30min
 max_connections = 100
 log_min_messages = warning
 log_min_duration_statement = 50
+log_parameter_max_length = 0
 """)
         self.run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w", "start")
 

@@ -11,6 +11,7 @@ pub const DELIVERY_SECONDS: &str = "walhook_delivery_duration_seconds";
 pub const LANE_SPILLING: &str = "walhook_lane_spilling";
 pub const LANE_BACKLOG: &str = "walhook_lane_backlog_events";
 pub const SPILL_ROWS: &str = "walhook_spill_rows_written_total";
+pub const LANE_HELD: &str = "walhook_lane_held_seconds_total";
 pub const REPLICATION_LAG: &str = "walhook_replication_lag_bytes";
 pub const CONFIRMED_LSN: &str = "walhook_confirmed_flush_lsn";
 pub const STREAMING: &str = "walhook_replication_streaming";
@@ -42,6 +43,8 @@ pub struct LaneMetrics {
     pub retried: Counter,
     pub dead: Counter,
     pub spill_rows: Counter,
+    /// Time the reader waited for room in this (full, healthy) lane.
+    pub held_micros: Counter,
     buckets: [Counter; LATENCY_BUCKETS.len()],
     count: Counter,
     sum_micros: Counter,
@@ -205,6 +208,20 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
             "{SPILL_ROWS}{{subscriber=\"{}\"}} {}",
             l.name,
             l.metrics.spill_rows.get()
+        );
+    }
+    head(
+        &mut out,
+        LANE_HELD,
+        "counter",
+        "Time the reader waited for room in the lane while it was full but keeping up.",
+    );
+    for l in lanes {
+        let _ = writeln!(
+            out,
+            "{LANE_HELD}{{subscriber=\"{}\"}} {:.6}",
+            l.name,
+            l.metrics.held_micros.get() as f64 / 1e6
         );
     }
     out

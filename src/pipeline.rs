@@ -16,7 +16,7 @@
 //! processed every earlier one is accounted for in some lane.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,30 @@ pub struct Progress {
     pub streaming: AtomicBool,
     /// Set once this process has started streaming the slot (so it owns the lanes' logs).
     pub leading: AtomicBool,
+    /// Commit time of the transaction being handed over, on this host's clock (unix
+    /// microseconds; 0 between transactions).
+    pub reading_commit_us: AtomicI64,
+}
+
+impl Progress {
+    /// How far the reader is behind its source: the age of the transaction it hands over.
+    pub fn reader_lag(&self) -> Duration {
+        let commit = self.reading_commit_us.load(Ordering::Relaxed);
+        if commit == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(unix_micros().saturating_sub(commit).max(0) as u64)
+    }
+}
+
+/// Microseconds between 1970-01-01 and PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 struct Rel {
@@ -67,6 +91,9 @@ pub struct Pipeline {
     tx: Option<(TxMeta, u32)>,
     frontier: u64,
     received: u64,
+    /// This host's clock minus the server's, from the send times of its messages
+    /// (network delay included), so lags are measured on one clock.
+    clock_offset_us: i64,
 }
 
 impl Pipeline {
@@ -94,6 +121,7 @@ impl Pipeline {
             tx: None,
             frontier: 0,
             received: 0,
+            clock_offset_us: 0,
         })
     }
 
@@ -179,15 +207,17 @@ impl Pipeline {
                     return Ok(());
                 }
                 msg = conn.recv() => match msg? {
-                    ReplMessage::XLogData { wal_start, wal_end, data } => {
+                    ReplMessage::XLogData { wal_start, wal_end, send_time, data } => {
                         self.received = self.received.max(wal_end);
+                        self.clock_offset_us = unix_micros() - (send_time + PG_EPOCH_UNIX_MICROS);
                         if !self.handle(wal_start, &data, cancel).await? {
                             conn.close().await;
                             return Ok(());
                         }
                     }
-                    ReplMessage::Keepalive { wal_end, reply_requested } => {
+                    ReplMessage::Keepalive { wal_end, send_time, reply_requested } => {
                         self.received = self.received.max(wal_end);
+                        self.clock_offset_us = unix_micros() - (send_time + PG_EPOCH_UNIX_MICROS);
                         if self.tx.is_none() && wal_end > self.frontier {
                             self.frontier = wal_end;
                             self.publish_frontier();
@@ -253,9 +283,14 @@ impl Pipeline {
                     commit_time: decode::time::pg_micros_to_rfc3339(commit_time),
                 };
                 self.tx = Some((meta, 0));
+                self.progress.reading_commit_us.store(
+                    (commit_time + PG_EPOCH_UNIX_MICROS + self.clock_offset_us).max(1),
+                    Ordering::Relaxed,
+                );
             }
             LogicalMessage::Commit { end_lsn, .. } => {
                 self.tx = None;
+                self.progress.reading_commit_us.store(0, Ordering::Relaxed);
                 if end_lsn > self.frontier {
                     self.frontier = end_lsn;
                     self.publish_frontier();
@@ -395,8 +430,10 @@ impl Pipeline {
         for (event, routes) in events {
             self.metrics.events_emitted.add(1);
             // No lanes at all with --no-delivery.
-            for lane in routes.iter().filter_map(|&i| self.lanes.get(i)) {
-                if !lane.push(event.clone(), cancel).await {
+            for (i, lane) in routes.iter().filter_map(|&i| Some((i, self.lanes.get(i)?))) {
+                let lanes = &self.lanes;
+                let others_busy = || lanes.iter().enumerate().all(|(j, l)| j == i || l.busy());
+                if !lane.push(event.clone(), cancel, &others_busy).await {
                     return Ok(false);
                 }
             }

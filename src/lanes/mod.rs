@@ -31,7 +31,7 @@ pub mod target;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,8 +114,10 @@ pub struct Lane {
     wake_dispatch: Notify,
     wake_writer: Notify,
     wake_server: Notify,
-    /// Wakes a pipeline waiting for room in a full spilling lane.
+    /// Wakes a pipeline waiting for room in a full lane.
     room: Notify,
+    /// The last hot delivery attempt failed.
+    failing: AtomicBool,
     pub metrics: LaneMetrics,
 }
 
@@ -150,6 +152,7 @@ impl Lane {
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
             room: Notify::new(),
+            failing: AtomicBool::new(false),
             metrics: LaneMetrics::default(),
         }))
     }
@@ -166,60 +169,121 @@ impl Lane {
     }
 
     /// Hands an event to the lane. Events below what the lane already accepted (a replay
-    /// after reconnect or restart) are skipped. Waits only while the lane is spilling and
-    /// holds `max_buffered` events, i.e. while a spill write is in flight. Returns false
-    /// when cancelled before the event was taken.
-    pub async fn push(&self, event: EventRef, cancel: &CancellationToken) -> bool {
+    /// after reconnect or restart) are skipped. Returns false when cancelled before the
+    /// event was taken.
+    ///
+    /// When `max_buffered` events already wait in memory, the reader waits for room
+    /// (backpressure) only while the lane is healthy, the reader lags its source by less
+    /// than `spill_after`, and `others_busy` says no other lane would be kept waiting for
+    /// events; otherwise the lane spills. A spilling lane makes the reader wait only while
+    /// its spill write is in flight.
+    pub async fn push(
+        &self,
+        event: EventRef,
+        cancel: &CancellationToken,
+        others_busy: &dyn Fn() -> bool,
+    ) -> bool {
+        let mut held: Option<Instant> = None;
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
-            {
-                let mut inner = self.lock();
+            let hold = {
+                let inner = self.lock();
                 if event.pos < inner.next_expected {
                     return true;
                 }
                 let full = inner.pending.len() >= self.cfg.max_buffered;
-                if full && inner.mode != Mode::Spill {
-                    self.enter_spill(&mut inner, "more than max_buffered events wait in memory");
-                }
-                if !full || inner.mode != Mode::Spill {
-                    inner.next_expected = event.pos.next();
-                    inner.pending.insert(event.pos, Instant::now());
-                    let mode = inner.mode;
-                    let parked = inner.queues.get_mut(&event.key);
-                    match (mode, parked) {
-                        // Behind a key's in-flight delivery, or a hot/draining queue.
-                        (Mode::Spill, Some(q)) => q.events.push_back(event),
-                        (Mode::Spill, None) => {
-                            inner.spill_buf.push_back(Buffered {
-                                event,
-                                attempts: 0,
-                                retry_after: Duration::ZERO,
-                            });
-                            drop(inner);
-                            self.wake_writer.notify_one();
-                            return true;
-                        }
-                        (Mode::Hot | Mode::Draining, _) => {
-                            let key = event.key.clone();
-                            let q = inner.queues.entry(key.clone()).or_default();
-                            q.events.push_back(event);
-                            if !q.busy && q.events.len() == 1 {
-                                inner.ready.push_back(key);
-                            }
-                        }
+                if !full {
+                    self.accept(inner, event);
+                    if let Some(since) = held {
+                        self.metrics.held_micros.add(since.elapsed().as_micros() as u64);
                     }
-                    drop(inner);
-                    self.wake_dispatch.notify_one();
                     return true;
                 }
+                inner.mode == Mode::Hot
+            };
+            if hold {
+                match self.spill_reason(others_busy) {
+                    None => {
+                        held.get_or_insert_with(Instant::now);
+                    }
+                    Some(why) => {
+                        let mut inner = self.lock();
+                        if inner.mode != Mode::Spill {
+                            self.enter_spill(&mut inner, why);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                let mut inner = self.lock();
+                if inner.mode == Mode::Draining {
+                    self.enter_spill(&mut inner, "more than max_buffered events wait in memory");
+                    continue;
+                }
+                drop(inner);
+                self.wake_writer.notify_one();
             }
-            self.wake_writer.notify_one();
             tokio::select! {
                 _ = cancel.cancelled() => return false,
                 _ = room => {}
+                _ = tokio::time::sleep(TICK) => {}
             }
         }
+    }
+
+    /// Why a full hot lane must spill rather than hold the reader back, if it must.
+    fn spill_reason(&self, others_busy: &dyn Fn() -> bool) -> Option<&'static str> {
+        if self.failing.load(Ordering::Relaxed) {
+            Some("more than max_buffered events wait in memory and deliveries fail")
+        } else if self.progress.reader_lag() >= self.cfg.spill_after {
+            Some("more than max_buffered events wait in memory and the source is spill_after ahead")
+        } else if !others_busy() {
+            Some("more than max_buffered events wait in memory and other lanes wait for events")
+        } else {
+            None
+        }
+    }
+
+    /// Takes an event in: to the write buffer, behind a key's in-flight delivery, or into
+    /// the hot queues.
+    fn accept(&self, mut inner: MutexGuard<'_, Inner>, event: EventRef) {
+        inner.next_expected = event.pos.next();
+        inner.pending.insert(event.pos, Instant::now());
+        let mode = inner.mode;
+        let parked = inner.queues.get_mut(&event.key);
+        match (mode, parked) {
+            // Behind a key's in-flight delivery, or a hot/draining queue.
+            (Mode::Spill, Some(q)) => q.events.push_back(event),
+            (Mode::Spill, None) => {
+                inner.spill_buf.push_back(Buffered {
+                    event,
+                    attempts: 0,
+                    retry_after: Duration::ZERO,
+                });
+                drop(inner);
+                self.wake_writer.notify_one();
+                return;
+            }
+            (Mode::Hot | Mode::Draining, _) => {
+                let key = event.key.clone();
+                let q = inner.queues.entry(key.clone()).or_default();
+                q.events.push_back(event);
+                if !q.busy && q.events.len() == 1 {
+                    inner.ready.push_back(key);
+                }
+            }
+        }
+        drop(inner);
+        self.wake_dispatch.notify_one();
+    }
+
+    /// Whether this lane has work enough that a reader waiting for another lane does not
+    /// keep it idle: it spills (it is behind anyway) or holds at least `max_in_flight`
+    /// events.
+    pub fn busy(&self) -> bool {
+        let inner = self.lock();
+        inner.mode != Mode::Hot || inner.pending.len() >= self.cfg.max_in_flight
     }
 
     /// The lowest pending position, if any: nothing at or after it may be confirmed.
@@ -320,11 +384,13 @@ impl Lane {
             self.metrics.observe(took.as_secs_f64());
             let error = match result {
                 Attempt::Delivered => {
+                    self.failing.store(false, Ordering::Relaxed);
                     self.metrics.delivered.add(1);
                     break HotOutcome::Done;
                 }
                 Attempt::Failed(error) => error,
             };
+            self.failing.store(true, Ordering::Relaxed);
             self.metrics.retried.add(1);
             tracing::debug!(subscriber = %self.name, id = %event.id, attempts, %error, "delivery failed");
             if attempts >= self.cfg.max_attempts {
@@ -358,6 +424,7 @@ impl Lane {
         match outcome {
             HotOutcome::Done => {
                 inner.pending.remove(&event.pos);
+                self.room.notify_waiters();
             }
             // Cancelled while hot: it stays pending, so it is replayed after a restart.
             HotOutcome::Again(..) if mode != Mode::Spill => queue.events.push_front(event.clone()),
@@ -531,6 +598,7 @@ impl Lane {
                     Mode::Draining if settled && inner.spill_buf.is_empty() => {
                         inner.mode = Mode::Hot;
                         drop(inner);
+                        self.state.note_drained();
                         tracing::info!(subscriber = %self.name, "spill log drained; lane back in hot mode");
                         self.wake_dispatch.notify_one();
                         Duration::ZERO

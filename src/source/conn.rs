@@ -45,10 +45,13 @@ pub enum ReplMessage {
     XLogData {
         wal_start: u64,
         wal_end: u64,
+        /// The server's clock when it sent this, in microseconds since 2000-01-01.
+        send_time: i64,
         data: bytes::Bytes,
     },
     Keepalive {
         wal_end: u64,
+        send_time: i64,
         reply_requested: bool,
     },
 }
@@ -279,20 +282,22 @@ impl ReplConn {
                             let mut d = &data[1..];
                             let wal_start = d.get_u64();
                             let wal_end = d.get_u64();
-                            let _send_time = d.get_i64();
+                            let send_time = d.get_i64();
                             return Ok(ReplMessage::XLogData {
                                 wal_start,
                                 wal_end,
+                                send_time,
                                 data: bytes::Bytes::copy_from_slice(d),
                             });
                         }
                         Some(b'k') if data.len() >= 18 => {
                             let mut d = &data[1..];
                             let wal_end = d.get_u64();
-                            let _send_time = d.get_i64();
+                            let send_time = d.get_i64();
                             let reply_requested = d.get_u8() == 1;
                             return Ok(ReplMessage::Keepalive {
                                 wal_end,
+                                send_time,
                                 reply_requested,
                             });
                         }

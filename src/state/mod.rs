@@ -62,12 +62,17 @@ pub struct State {
     client: RwLock<Arc<Client>>,
     /// Rows spilled since the spill log's statistics were last refreshed.
     unanalyzed: AtomicU64,
+    /// Refresh them once this many new rows arrived; doubles after every refresh.
+    analyze_after: AtomicU64,
     analyzing: AtomicBool,
 }
 
-/// Refresh the spill log's planner statistics after this many new rows: a log that grows
-/// from empty within seconds would otherwise be planned as if it were empty.
+/// Refresh the spill log's planner statistics after this many new rows, so a log that
+/// grows from empty within seconds is not planned as if it were empty. The threshold
+/// doubles after each refresh (a growing log needs fewer of them) up to the maximum, and
+/// starts over when a lane's log drains.
 const ANALYZE_AFTER_ROWS: u64 = 5_000;
+const ANALYZE_AFTER_ROWS_MAX: u64 = 1_000_000;
 
 impl State {
     /// Connects, creates the schema and runs migrations.
@@ -79,6 +84,7 @@ impl State {
             slot: slot.to_string(),
             client: RwLock::new(client),
             unanalyzed: AtomicU64::new(0),
+            analyze_after: AtomicU64::new(ANALYZE_AFTER_ROWS),
             analyzing: AtomicBool::new(false),
         })
     }
@@ -181,23 +187,35 @@ impl State {
         Ok(())
     }
 
-    /// Counts newly spilled rows and refreshes the log's statistics (in the background)
-    /// once enough arrived.
+    /// Counts newly spilled rows and refreshes the log's statistics once enough arrived,
+    /// in the background and on a connection of its own, so spill traffic never queues
+    /// behind an ANALYZE.
     pub fn note_spilled(self: &Arc<Self>, rows: usize) {
         let total = self.unanalyzed.fetch_add(rows as u64, Ordering::Relaxed) + rows as u64;
-        if total < ANALYZE_AFTER_ROWS || self.analyzing.swap(true, Ordering::AcqRel) {
+        let after = self.analyze_after.load(Ordering::Relaxed);
+        if total < after || self.analyzing.swap(true, Ordering::AcqRel) {
             return;
         }
         self.unanalyzed.store(0, Ordering::Relaxed);
+        self.analyze_after
+            .store((after * 2).min(ANALYZE_AFTER_ROWS_MAX), Ordering::Relaxed);
         let state = self.clone();
         tokio::spawn(async move {
-            if let Ok(c) = state.client().await {
-                if let Err(e) = c.batch_execute("ANALYZE walhook.spill").await {
-                    tracing::debug!(error = %e, "ANALYZE walhook.spill failed");
+            match open(&state.url).await {
+                Ok(c) => {
+                    if let Err(e) = c.batch_execute("ANALYZE walhook.spill").await {
+                        tracing::debug!(error = %e, "ANALYZE walhook.spill failed");
+                    }
                 }
+                Err(e) => tracing::debug!(error = %e, "cannot connect to ANALYZE walhook.spill"),
             }
             state.analyzing.store(false, Ordering::Release);
         });
+    }
+
+    /// A lane's log drained: the next spill starts from an empty log again.
+    pub fn note_drained(&self) {
+        self.analyze_after.store(ANALYZE_AFTER_ROWS, Ordering::Relaxed);
     }
 
     /// Up to `limit` spilled events that are due now and are the oldest of their key, in

@@ -1,0 +1,170 @@
+//! A full lane: while its subscriber keeps up, the reader waits for room instead of
+//! writing the burst to the spill log; it spills once the reader lags its source by
+//! `spill_after`, or when waiting would keep another lane idle.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);
+    ALTER TABLE stock REPLICA IDENTITY FULL;";
+
+fn config(url: &str, subscribers: &str) -> String {
+    let slot = url.rsplit('/').next().unwrap();
+    format!("[source]\nurl = \"{url}\"\nslot = \"{slot}\"\n[[events]]\ntable = \"stock\"\n{subscribers}")
+}
+
+/// `keys` inserts, then `rounds` updates of every key, each statement its own
+/// transaction. Returns the value sequence per key.
+async fn burst(db: &tokio_postgres::Client, keys: i64, rounds: i64) -> BTreeMap<i64, Vec<i64>> {
+    db.batch_execute(&format!(
+        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {keys}) g"
+    ))
+    .await
+    .unwrap();
+    for round in 1..=rounds {
+        db.batch_execute(&format!("UPDATE stock SET qty = {round}"))
+            .await
+            .unwrap();
+    }
+    (1..=keys).map(|k| (k, (0..=rounds).collect())).collect()
+}
+
+async fn spill_rows(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("SELECT count(*) FROM walhook.spill", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_that_keeps_up_holds_the_reader_instead_of_spilling() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("held", SCHEMA).await;
+    let rx = Receiver::start().await;
+    // About 1,000 events/s: far slower than the burst is read.
+    rx.set_delay(Duration::from_millis(4));
+    let extra = "max_buffered = 50\nmax_in_flight = 4";
+    let w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
+    w.wait_ready().await;
+    let db = pg.client("held").await;
+
+    let written = burst(&db, 1000, 2).await;
+    let got = rx
+        .wait_for(Duration::from_secs(60), "every event", |g| g.len() >= 3000)
+        .await;
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+
+    let held = w
+        .metric("walhook_lane_held_seconds_total{subscriber=\"shop\"}")
+        .await
+        .expect("held metric");
+    println!("3,000 events through a 50-event lane; the reader waited {held:.2}s for room");
+    assert!(held > 0.5, "the reader waited for room: {held}s");
+    assert_eq!(
+        w.metric("walhook_spill_rows_written_total{subscriber=\"shop\"}")
+            .await,
+        Some(0.0),
+        "nothing spilled"
+    );
+    assert_eq!(spill_rows(&db).await, 0);
+    assert!(!w.log().contains("switches to spill mode"), "{}", w.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_lane_spills_once_the_reader_lags_spill_after() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("lagging", SCHEMA).await;
+    let rx = Receiver::start().await;
+    // About 200 events/s: 2,000 events take ten times spill_after.
+    rx.set_delay(Duration::from_millis(10));
+    let extra = "max_buffered = 50\nmax_in_flight = 2\nspill_after = \"1s\"";
+    let w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
+    w.wait_ready().await;
+    let db = pg.client("lagging").await;
+
+    let written = burst(&db, 1000, 1).await;
+    // The slot passes the burst long before the subscriber has it: it is spilled.
+    let end: i64 = db
+        .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let t = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "the slot confirmed past the burst",
+        || async { confirmed_flush(&db, "lagging").await >= end as u64 },
+    )
+    .await;
+    let delivered = rx.delivered().len();
+    println!(
+        "slot past the burst after {:?}, with {delivered} of 2,000 delivered",
+        t.elapsed()
+    );
+    assert!(
+        delivered < 2000,
+        "the slot moved before the subscriber had everything"
+    );
+    assert!(
+        w.log().contains("the source is spill_after ahead"),
+        "spill reason logged: {}",
+        w.log()
+    );
+
+    let got = rx
+        .wait_for(Duration::from_secs(60), "every event", |g| g.len() >= 2000)
+        .await;
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    eventually(Duration::from_secs(10), "spill log drained", || async {
+        spill_rows(&db).await == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_lane_spills_rather_than_keep_a_fast_one_waiting() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("pair", SCHEMA).await;
+    let slow = Receiver::start().await;
+    slow.set_delay(Duration::from_millis(10));
+    let fast = Receiver::start().await;
+    let subs = subscriber(
+        "slow",
+        &slow.url(),
+        "\"*\"",
+        "max_buffered = 50\nmax_in_flight = 2",
+    ) + &subscriber("fast", &fast.url(), "\"*\"", "");
+    let w = Walhook::start(&config(&url, &subs));
+    w.wait_ready().await;
+    let db = pg.client("pair").await;
+
+    let t = Instant::now();
+    let written = burst(&db, 1000, 2).await;
+    let got = fast
+        .wait_for(Duration::from_secs(20), "the fast subscriber's events", |g| {
+            g.len() >= 3000
+        })
+        .await;
+    let took = t.elapsed();
+    let slow_had = slow.delivered().len();
+    println!("fast subscriber had 3,000 events after {took:?}; the slow one had {slow_had}");
+    assert_eq!(qty_sequences(&got), written, "fast: per-key order and content");
+    // The slow one needs 15 s for 3,000 events; holding the reader for it would have
+    // paced the fast one the same way.
+    assert!(slow_had < 2000, "the slow subscriber had {slow_had} already");
+    assert!(
+        w.log().contains("other lanes wait for events"),
+        "spill reason logged: {}",
+        w.log()
+    );
+    let got = slow
+        .wait_for(Duration::from_secs(60), "the slow subscriber's events", |g| {
+            g.len() >= 3000
+        })
+        .await;
+    assert_eq!(qty_sequences(&got), written, "slow: per-key order and content");
+}
