@@ -4,8 +4,12 @@
 //! are delivered in parallel up to `max_in_flight`, one event per key at a time, with
 //! quick retries in memory. Nothing is written per event.
 //!
-//! **Spill mode**: when the oldest undelivered event is older than `spill_after`, or more
-//! than `max_buffered` events wait in memory, the lane moves what it holds to the spill
+//! **Full**: when `max_buffered` events wait in memory and the subscriber keeps up, the
+//! reader waits for room (a burst stays in the WAL) as long as it reads transactions
+//! committed less than `spill_after` ago and no other lane would sit idle meanwhile.
+//!
+//! **Spill mode**: when the oldest undelivered event is older than `spill_after`, or the
+//! lane is full and may not hold the reader, the lane moves what it holds to the spill
 //! log in the state database and appends every new event there (batched). A server task
 //! delivers the oldest due event of each key, one attempt at a time on the full retry
 //! schedule, and after `max_attempts` moves it to the dead letters so its key goes on.
