@@ -168,3 +168,108 @@ async fn a_slow_lane_spills_rather_than_keep_a_fast_one_waiting() {
         .await;
     assert_eq!(qty_sequences(&got), written, "slow: per-key order and content");
 }
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A lane that keeps up but lags spills in chunks; SIGKILLs while chunks are being
+/// served lose nothing, and per key the first receipts follow commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_lose_nothing_across_sigkill() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("chunks", SCHEMA).await;
+    let rx = Receiver::start().await;
+    rx.set_delay(Duration::from_millis(4));
+    let extra = "max_buffered = 100\nmax_in_flight = 4\nspill_after = \"300ms\"";
+    let mut w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
+    w.wait_ready().await;
+    let db = pg.client("chunks").await;
+
+    let written = burst(&db, 1000, 3).await;
+    eventually(Duration::from_secs(20), "chunks in the spill log", || async {
+        count(&db, "SELECT count(*) FROM walhook.spill_chunks").await > 0
+    })
+    .await;
+    let mut kills = 0;
+    for _ in 0..3 {
+        let have = rx.delivered().len();
+        tokio::time::sleep(Duration::from_millis(300 + 400 * kills)).await;
+        if rx.delivered().len() >= 4000 || rx.delivered().len() == have {
+            continue;
+        }
+        w.sigkill();
+        kills += 1;
+        w.restart();
+        w.wait_ready().await;
+    }
+    let got = rx
+        .wait_for(Duration::from_secs(90), "every event", |g| {
+            g.iter()
+                .map(|r| &r.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= 4000
+        })
+        .await;
+    let dupes = got.len() - 4000;
+    println!("{kills} SIGKILLs while serving chunks; {dupes} duplicates");
+    assert!(kills > 0, "walhook was killed while delivering");
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    let log = w.log();
+    assert!(log.contains("chunked=true"), "the lane spilled in chunks: {log}");
+    eventually(Duration::from_secs(20), "spill log drained", || async {
+        count(&db, "SELECT count(*) FROM walhook.spill").await == 0
+            && count(&db, "SELECT count(*) FROM walhook.spill_chunks").await == 0
+    })
+    .await;
+}
+
+/// Chunks become rows, served with retries, when the subscriber starts failing; it gets
+/// everything, in per-key order, once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_become_rows_when_deliveries_fail() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("failing", SCHEMA).await;
+    let rx = Receiver::start().await;
+    rx.set_delay(Duration::from_millis(4));
+    let extra = "max_buffered = 100\nmax_in_flight = 4\nspill_after = \"300ms\"\n\
+                 max_attempts = 1000\nretry_initial = \"100ms\"\nretry_max = \"300ms\"";
+    let w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
+    w.wait_ready().await;
+    let db = pg.client("failing").await;
+
+    let written = burst(&db, 1000, 2).await;
+    eventually(Duration::from_secs(20), "chunks in the spill log", || async {
+        count(&db, "SELECT count(*) FROM walhook.spill_chunks").await > 0
+    })
+    .await;
+    rx.set_status(500);
+    eventually(Duration::from_secs(20), "chunks turned into rows", || async {
+        count(&db, "SELECT count(*) FROM walhook.spill").await > 0
+            && count(&db, "SELECT count(*) FROM walhook.spill_chunks").await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rx.set_status(204);
+    let got = rx
+        .wait_for(Duration::from_secs(90), "every event", |g| {
+            g.iter()
+                .map(|r| &r.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= 3000
+        })
+        .await;
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    assert!(w.log().contains("spilled chunks turned into rows"), "{}", w.log());
+    eventually(Duration::from_secs(20), "spill log drained", || async {
+        count(&db, "SELECT count(*) FROM walhook.spill").await == 0
+    })
+    .await;
+    assert_eq!(count(&db, "SELECT count(*) FROM walhook.dead_letters").await, 0);
+    eventually(Duration::from_secs(10), "lane back in hot mode", || async {
+        w.metric("walhook_lane_spilling{subscriber=\"shop\"}").await == Some(0.0)
+    })
+    .await;
+}

@@ -99,6 +99,67 @@ struct Inner {
     writing: bool,
     /// Counts completed spill writes, so a drained-log check can tell it is stale.
     writes: u64,
+    /// This spill episode writes chunks and serves them from memory (it began while the
+    /// subscriber kept up); otherwise it writes rows, served with retries.
+    chunked: bool,
+    mirror: Mirror,
+}
+
+/// Chunk mode: spilled events held in memory for delivery, per key in write order, each
+/// with its chunk. Every chunk up to `loaded` is in memory or deleted (all delivered).
+#[derive(Default)]
+struct Mirror {
+    keys: HashMap<String, VecDeque<(EventRef, i64)>>,
+    /// Keys whose first event waits for an attempt (none in flight).
+    ready: VecDeque<String>,
+    /// Per chunk in memory: events not yet delivered, and the positions delivered.
+    open: BTreeMap<i64, (usize, Vec<Pos>)>,
+    loaded: i64,
+    /// A chunk was written that is not in memory yet.
+    behind: bool,
+    events: usize,
+}
+
+impl Mirror {
+    fn add(&mut self, chunk: i64, events: Vec<EventRef>) {
+        self.open.insert(chunk, (events.len(), Vec::new()));
+        self.loaded = chunk;
+        self.events += events.len();
+        for event in events {
+            let key = event.key.clone();
+            let q = self.keys.entry(key.clone()).or_default();
+            q.push_back((event, chunk));
+            if q.len() == 1 {
+                self.ready.push_back(key);
+            }
+        }
+    }
+
+    /// Marks the first event of `key` delivered; returns its chunk when that chunk is now
+    /// all delivered.
+    fn delivered(&mut self, key: &str) -> Option<i64> {
+        let q = self.keys.get_mut(key)?;
+        let (event, chunk) = q.pop_front()?;
+        if q.is_empty() {
+            self.keys.remove(key);
+        } else {
+            self.ready.push_back(key.to_string());
+        }
+        self.events -= 1;
+        let open = self.open.get_mut(&chunk)?;
+        open.0 -= 1;
+        open.1.push(event.pos);
+        if open.0 == 0 {
+            self.open.remove(&chunk);
+            return Some(chunk);
+        }
+        None
+    }
+
+    /// Positions delivered from chunks that still exist.
+    fn delivered_positions(&self) -> Vec<Pos> {
+        self.open.values().flat_map(|(_, d)| d.iter().copied()).collect()
+    }
 }
 
 /// What a finished hot delivery hands back.
@@ -122,6 +183,9 @@ pub struct Lane {
     room: Notify,
     /// The last hot delivery attempt failed.
     failing: AtomicBool,
+    /// Held across a spill write and the bookkeeping after it, a chunk load, and a switch
+    /// from chunks to rows, so each sees the log and the mirror agree.
+    log_io: tokio::sync::Mutex<()>,
     pub metrics: LaneMetrics,
 }
 
@@ -151,12 +215,15 @@ impl Lane {
                 spill_buf: VecDeque::new(),
                 writing: false,
                 writes: 0,
+                chunked: false,
+                mirror: Mirror::default(),
             }),
             wake_dispatch: Notify::new(),
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
             room: Notify::new(),
             failing: AtomicBool::new(false),
+            log_io: tokio::sync::Mutex::new(()),
             metrics: LaneMetrics::default(),
         }))
     }
@@ -315,6 +382,11 @@ impl Lane {
     }
 
     fn enter_spill(&self, inner: &mut Inner, why: &str) {
+        if inner.mode == Mode::Hot {
+            // The log is empty in hot mode: a subscriber that keeps up gets chunks.
+            inner.chunked = !self.failing.load(Ordering::Relaxed);
+            inner.mirror = Mirror::default();
+        }
         inner.mode = Mode::Spill;
         // Queued events of idle keys go to the write buffer in position order; those of
         // keys with a delivery in flight stay parked behind it.
@@ -336,7 +408,7 @@ impl Lane {
         }));
         inner.ready.clear();
         tracing::warn!(subscriber = %self.name, reason = why, moved = count, in_flight = inner.hot_in_flight,
-            "lane switches to spill mode");
+            chunked = inner.chunked, "lane switches to spill mode");
         self.wake_writer.notify_one();
     }
 
@@ -510,18 +582,35 @@ impl Lane {
                 }
                 continue;
             }
-            let rows: Vec<SpillRow<'_>> = batch
-                .iter()
-                .map(|(e, a, r)| SpillRow {
-                    event: e,
-                    attempts: *a,
-                    retry_after: *r,
-                })
-                .collect();
-            match self.state.spill(&self.name, &rows).await {
-                Ok(()) => {
+            let io = self.log_io.lock().await;
+            let mut chunked = self.lock().chunked;
+            if chunked && batch.iter().any(|(_, attempts, _)| *attempts > 0) {
+                // A hot delivery failed: this episode goes on in rows, with retries.
+                if self.leave_chunks(&cancel, "a delivery failed").await.is_err() {
+                    return;
+                }
+                chunked = false;
+            }
+            let written = if chunked {
+                let events: Vec<&crate::event::Event> = batch.iter().map(|(e, _, _)| &**e).collect();
+                self.state.spill_chunk(&self.name, &events).await.map(Some)
+            } else {
+                let rows: Vec<SpillRow<'_>> = batch
+                    .iter()
+                    .map(|(e, a, r)| SpillRow {
+                        event: e,
+                        attempts: *a,
+                        retry_after: *r,
+                    })
+                    .collect();
+                self.state.spill(&self.name, &rows).await.map(|()| None)
+            };
+            match written {
+                Ok(chunk) => {
                     self.metrics.spill_rows.add(batch.len() as u64);
-                    self.state.note_spilled(batch.len());
+                    if chunk.is_none() {
+                        self.state.note_spilled(batch.len());
+                    }
                     let mut inner = self.lock();
                     for (event, _, _) in &batch {
                         inner.pending.remove(&event.pos);
@@ -529,15 +618,55 @@ impl Lane {
                     inner.spill_buf.drain(..batch.len());
                     inner.writing = false;
                     inner.writes += 1;
+                    if let Some(chunk) = chunk {
+                        // Served from memory while there is room and no older chunk
+                        // waits in the log; loaded from the log later otherwise.
+                        let m = &mut inner.mirror;
+                        if !m.behind && m.events < self.cfg.max_buffered {
+                            m.add(chunk, batch.into_iter().map(|(e, _, _)| e).collect());
+                        } else {
+                            m.behind = true;
+                        }
+                    }
                     drop(inner);
+                    drop(io);
                     self.room.notify_waiters();
                     self.wake_server.notify_one();
                 }
                 Err(e) => {
+                    drop(io);
                     self.lock().writing = false;
                     tracing::warn!(subscriber = %self.name, error = %e, "spill write failed; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(STATE_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns this episode's chunks into rows of the spill log (leaving out what was
+    /// delivered from them) and goes on in rows. The caller holds `log_io`. Retries until
+    /// done; Err when cancelled first.
+    async fn leave_chunks(&self, cancel: &CancellationToken, why: &str) -> Result<(), ()> {
+        let delivered = self.lock().mirror.delivered_positions();
+        loop {
+            match self.state.explode_chunks(&self.name, &delivered).await {
+                Ok(rows) => {
+                    let mut inner = self.lock();
+                    let was = std::mem::replace(&mut inner.chunked, false);
+                    inner.mirror = Mirror::default();
+                    if was || rows > 0 {
+                        tracing::warn!(subscriber = %self.name, reason = why, rows,
+                            "spilled chunks turned into rows, served with retries");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(subscriber = %self.name, error = %e, "cannot turn spilled chunks into rows; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(()),
                         _ = tokio::time::sleep(STATE_RETRY) => {}
                     }
                 }
@@ -556,17 +685,35 @@ impl Lane {
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
+        // Chunks left by an earlier process are served as rows: which of their events were
+        // delivered is not known.
+        {
+            let _io = self.log_io.lock().await;
+            if !self.lock().chunked
+                && self
+                    .leave_chunks(&cancel, "left by an earlier process")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
         loop {
             let mut woken = pin!(self.wake_server.notified());
             woken.as_mut().enable();
-            let (mode, writes) = {
+            let (mode, writes, chunked) = {
                 let inner = self.lock();
-                (inner.mode, inner.writes)
+                (inner.mode, inner.writes, inner.chunked)
             };
             let wait = if mode == Mode::Hot {
                 SPILL_POLL
             } else {
-                match self.serve_round(&cancel).await {
+                let served = if chunked {
+                    self.serve_chunks(&cancel).await
+                } else {
+                    self.serve_round(&cancel).await
+                };
+                match served {
                     Ok(true) => continue,
                     Ok(false) => self.after_idle_round(writes).await,
                     Err(e) => {
@@ -601,6 +748,8 @@ impl Lane {
                     }
                     Mode::Draining if settled && inner.spill_buf.is_empty() => {
                         inner.mode = Mode::Hot;
+                        inner.chunked = false;
+                        inner.mirror = Mirror::default();
                         drop(inner);
                         self.state.note_drained();
                         tracing::info!(subscriber = %self.name, "spill log drained; lane back in hot mode");
@@ -635,13 +784,162 @@ impl Lane {
             .buffer_unordered(self.cfg.max_in_flight)
             .collect()
             .await;
+        self.record_outcomes(&outcomes, cancel).await;
+        Ok(true)
+    }
+
+    /// One round in chunk mode: load written chunks into memory while there is room, attempt
+    /// the first event of up to `SPILL_ROUND` keys (at most `max_in_flight` at a time), then
+    /// delete the chunks now all delivered. When an attempt failed, the chunks become rows
+    /// and the round's outcomes are recorded on them. Returns whether anything was
+    /// attempted.
+    async fn serve_chunks(&self, cancel: &CancellationToken) -> Result<bool, crate::state::StateError> {
+        {
+            let _io = self.log_io.lock().await;
+            loop {
+                let (chunked, behind, loaded, events) = {
+                    let inner = self.lock();
+                    let m = &inner.mirror;
+                    (inner.chunked, m.behind, m.loaded, m.events)
+                };
+                if !chunked || !behind || events >= self.cfg.max_buffered {
+                    break;
+                }
+                let next = self.state.chunk_after(&self.name, loaded).await?;
+                let mut inner = self.lock();
+                match next {
+                    Some((chunk, events)) => inner
+                        .mirror
+                        .add(chunk, events.into_iter().map(Arc::new).collect()),
+                    None => inner.mirror.behind = false,
+                }
+            }
+        }
+        let heads: Vec<EventRef> = {
+            let mut inner = self.lock();
+            let m = &mut inner.mirror;
+            let mut heads = Vec::new();
+            while heads.len() < SPILL_ROUND {
+                let Some(key) = m.ready.pop_front() else { break };
+                if let Some((event, _)) = m.keys.get(&key).and_then(|q| q.front()) {
+                    heads.push(event.clone());
+                }
+            }
+            heads
+        };
+        if heads.is_empty() {
+            return Ok(false);
+        }
+        let attempts = heads.into_iter().map(|event| async move {
+            let (result, took) = self.target.send(&event.id, &event.body).await;
+            self.metrics.observe(took.as_secs_f64());
+            (event, result)
+        });
+        let results: Vec<(EventRef, Attempt)> = futures_util::stream::iter(attempts)
+            .buffer_unordered(self.cfg.max_in_flight)
+            .collect()
+            .await;
+
+        let io = self.log_io.lock().await;
+        let chunked = self.lock().chunked;
+        if chunked && results.iter().all(|(_, r)| *r == Attempt::Delivered) {
+            self.failing.store(false, Ordering::Relaxed);
+            let done: Vec<i64> = {
+                let mut inner = self.lock();
+                results
+                    .iter()
+                    .filter_map(|(event, _)| inner.mirror.delivered(&event.key))
+                    .collect()
+            };
+            self.metrics.delivered.add(results.len() as u64);
+            loop {
+                match self.state.delete_chunks(&self.name, &done).await {
+                    Ok(()) => return Ok(true),
+                    Err(e) => {
+                        tracing::warn!(subscriber = %self.name, error = %e, "cannot delete delivered chunks; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(true),
+                            _ = tokio::time::sleep(STATE_RETRY) => {}
+                        }
+                    }
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(results.len());
+        if chunked {
+            // The delivered ones stay out of the rows; the failed ones get their attempt.
+            let done: Vec<i64> = {
+                let mut inner = self.lock();
+                results
+                    .iter()
+                    .filter(|(_, r)| *r == Attempt::Delivered)
+                    .filter_map(|(event, _)| inner.mirror.delivered(&event.key))
+                    .collect()
+            };
+            // Chunks now all delivered are deleted first: they are no longer in the mirror
+            // to tell which of their events to leave out.
+            while let Err(e) = self.state.delete_chunks(&self.name, &done).await {
+                tracing::warn!(subscriber = %self.name, error = %e, "cannot delete delivered chunks; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(true),
+                    _ = tokio::time::sleep(STATE_RETRY) => {}
+                }
+            }
+            if self.leave_chunks(cancel, "a delivery failed").await.is_err() {
+                return Ok(true);
+            }
+        }
+        drop(io);
+        for (event, result) in results {
+            if chunked && result == Attempt::Delivered {
+                self.metrics.delivered.add(1);
+                continue;
+            }
+            outcomes.push((event.pos, self.spill_outcome(&event.id, 0, result)));
+        }
+        self.record_outcomes(&outcomes, cancel).await;
+        Ok(true)
+    }
+
+    /// What one attempt of a spilled event means for its row, counted in the metrics.
+    fn spill_outcome(&self, id: &str, attempts_before: i32, result: Attempt) -> SpillOutcome {
+        let attempts = attempts_before + 1;
+        match result {
+            Attempt::Delivered => {
+                self.failing.store(false, Ordering::Relaxed);
+                self.metrics.delivered.add(1);
+                SpillOutcome::Delivered
+            }
+            Attempt::Failed(error) if attempts as u32 >= self.cfg.max_attempts => {
+                self.failing.store(true, Ordering::Relaxed);
+                self.metrics.dead.add(1);
+                tracing::warn!(subscriber = %self.name, id = %id, attempts, %error, "event is dead after max_attempts");
+                SpillOutcome::Dead {
+                    attempts,
+                    reason: error,
+                }
+            }
+            Attempt::Failed(error) => {
+                self.failing.store(true, Ordering::Relaxed);
+                self.metrics.retried.add(1);
+                SpillOutcome::Retry {
+                    attempts,
+                    after: self.target.backoff(attempts as u32),
+                    error,
+                }
+            }
+        }
+    }
+
+    /// Records a round's outcomes on the spill log's rows, retrying until done or cancelled.
+    async fn record_outcomes(&self, outcomes: &[(Pos, SpillOutcome)], cancel: &CancellationToken) {
         loop {
-            match self.state.complete(&self.name, &outcomes).await {
-                Ok(()) => return Ok(true),
+            match self.state.complete(&self.name, outcomes).await {
+                Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(subscriber = %self.name, error = %e, "cannot record spill outcomes; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return Ok(true),
+                        _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(STATE_RETRY) => {}
                     }
                 }
@@ -653,29 +951,6 @@ impl Lane {
     async fn attempt_spilled(&self, h: crate::state::Spilled) -> (Pos, SpillOutcome) {
         let (result, took) = self.target.send(&h.id, &h.body).await;
         self.metrics.observe(took.as_secs_f64());
-        let attempts = h.attempts + 1;
-        let outcome = match result {
-            Attempt::Delivered => {
-                self.metrics.delivered.add(1);
-                SpillOutcome::Delivered
-            }
-            Attempt::Failed(error) if attempts as u32 >= self.cfg.max_attempts => {
-                self.metrics.dead.add(1);
-                tracing::warn!(subscriber = %self.name, id = %h.id, attempts, %error, "event is dead after max_attempts");
-                SpillOutcome::Dead {
-                    attempts,
-                    reason: error,
-                }
-            }
-            Attempt::Failed(error) => {
-                self.metrics.retried.add(1);
-                SpillOutcome::Retry {
-                    attempts,
-                    after: self.target.backoff(attempts as u32),
-                    error,
-                }
-            }
-        };
-        (h.pos, outcome)
+        (h.pos, self.spill_outcome(&h.id, h.attempts, result))
     }
 }

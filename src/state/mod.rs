@@ -18,7 +18,10 @@ use tokio_postgres::Client;
 use crate::event::{Event, Pos};
 
 /// Migrations, applied in order at start; the version is the index + 1.
-const MIGRATIONS: &[&str] = &[include_str!("../../sql/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../sql/001_init.sql"),
+    include_str!("../../sql/002_spill_chunks.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -253,20 +256,138 @@ impl State {
             .collect())
     }
 
-    /// Whether a lane's spill log has rows, and the time until the earliest is due.
-    /// Both are index lookups (`spill_due`), however long the log.
+    /// Whether a lane's spill log has rows or chunks, and the time until the earliest is
+    /// due. Both are index lookups (`spill_due`, the chunks' key), however long the log.
     pub async fn backlog(&self, subscriber: &str) -> Result<(bool, Option<Duration>), StateError> {
         let row = self
             .client()
             .await?
             .query_one(
-                "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8
+                "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8,
+                   EXISTS (SELECT 1 FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2)
                  FROM walhook.spill WHERE slot = $1 AND subscriber = $2",
                 &[&self.slot, &subscriber],
             )
             .await?;
         let wait: Option<f64> = row.get(0);
+        if row.get::<_, bool>(1) {
+            return Ok((true, Some(Duration::ZERO)));
+        }
         Ok((wait.is_some(), wait.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+    }
+
+    /// Writes events as one chunk; returns its number (chunks are numbered in the order
+    /// they are written).
+    pub async fn spill_chunk(&self, subscriber: &str, events: &[&Event]) -> Result<i64, StateError> {
+        let lsns: Vec<i64> = events.iter().map(|e| e.pos.lsn as i64).collect();
+        let seqs: Vec<i64> = events.iter().map(|e| e.pos.seq as i64).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING chunk",
+                &[
+                    &self.slot,
+                    &subscriber,
+                    &lsns,
+                    &seqs,
+                    &ids,
+                    &types,
+                    &keys,
+                    &bodies,
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The first chunk written after chunk `after`, with its events in write order.
+    pub async fn chunk_after(
+        &self,
+        subscriber: &str,
+        after: i64,
+    ) -> Result<Option<(i64, Vec<Event>)>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT chunk, lsns, seqs, ids, types, keys, bodies FROM walhook.spill_chunks
+                 WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1",
+                &[&self.slot, &subscriber, &after],
+            )
+            .await?;
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        let lsns: Vec<i64> = r.get(1);
+        let seqs: Vec<i64> = r.get(2);
+        let ids: Vec<String> = r.get(3);
+        let types: Vec<String> = r.get(4);
+        let keys: Vec<String> = r.get(5);
+        let bodies: Vec<Vec<u8>> = r.get(6);
+        let events = lsns
+            .into_iter()
+            .zip(seqs)
+            .zip(ids)
+            .zip(types)
+            .zip(keys)
+            .zip(bodies)
+            .map(|(((((lsn, seq), id), event_type), key), body)| Event {
+                pos: Pos {
+                    lsn: lsn as u64,
+                    seq: seq as u64,
+                },
+                id,
+                event_type,
+                key,
+                body: bytes::Bytes::from(body),
+            })
+            .collect();
+        Ok(Some((r.get(0), events)))
+    }
+
+    /// Deletes chunks whose events are all delivered.
+    pub async fn delete_chunks(&self, subscriber: &str, chunks: &[i64]) -> Result<(), StateError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk = ANY($3)",
+                &[&self.slot, &subscriber, &chunks],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Turns every chunk of a lane into rows of the spill log, leaving out the events in
+    /// `delivered`, in one statement. Returns the rows written.
+    pub async fn explode_chunks(&self, subscriber: &str, delivered: &[Pos]) -> Result<u64, StateError> {
+        let lsns: Vec<i64> = delivered.iter().map(|p| p.lsn as i64).collect();
+        let seqs: Vec<i64> = delivered.iter().map(|p| p.seq as i64).collect();
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "WITH gone AS (
+                   DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 RETURNING *),
+                 done AS (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS d(l, q))
+                 INSERT INTO walhook.spill
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
+                 SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b
+                 FROM gone g, unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies) AS u(l, q, i, t, k, b)
+                 WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.l = u.l AND done.q = u.q)
+                 ON CONFLICT DO NOTHING",
+                &[&self.slot, &subscriber, &lsns, &seqs],
+            )
+            .await?;
+        Ok(n)
     }
 
     /// Applies the outcomes of a round of spilled deliveries in one statement: delivered
