@@ -91,9 +91,48 @@ pub struct Pipeline {
     tx: Option<(TxMeta, u32)>,
     frontier: u64,
     received: u64,
-    /// This host's clock minus the server's, from the send times of its messages
-    /// (network delay included), so lags are measured on one clock.
-    clock_offset_us: i64,
+    /// This host's clock minus the server's, so lags are measured on one clock.
+    clock: ClockOffset,
+}
+
+/// This host's clock minus the server's, from the send times of its messages: the least
+/// difference seen in the last 10 to 20 seconds, so time a message spent waiting in
+/// buffers (while the reader was held) does not count as clock difference.
+struct ClockOffset {
+    current: i64,
+    previous: i64,
+    since: Instant,
+}
+
+impl ClockOffset {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new() -> ClockOffset {
+        ClockOffset {
+            current: i64::MAX,
+            previous: i64::MAX,
+            since: Instant::now(),
+        }
+    }
+
+    /// Notes a message the server sent at `send_time` (its clock, PostgreSQL epoch).
+    fn observe(&mut self, send_time: i64) {
+        let offset = unix_micros() - (send_time + PG_EPOCH_UNIX_MICROS);
+        if self.since.elapsed() >= Self::WINDOW {
+            self.previous = self.current;
+            self.current = offset;
+            self.since = Instant::now();
+        } else {
+            self.current = self.current.min(offset);
+        }
+    }
+
+    fn get(&self) -> i64 {
+        match self.current.min(self.previous) {
+            i64::MAX => 0,
+            offset => offset,
+        }
+    }
 }
 
 impl Pipeline {
@@ -121,7 +160,7 @@ impl Pipeline {
             tx: None,
             frontier: 0,
             received: 0,
-            clock_offset_us: 0,
+            clock: ClockOffset::new(),
         })
     }
 
@@ -189,6 +228,16 @@ impl Pipeline {
             .and_then(|r| r.first().cloned().flatten())
             .unwrap_or_default();
         tracing::info!(slot = %slot, from = %format_lsn(confirmed), system = %system, "replication streaming");
+        if !self.progress.leading.load(Ordering::Relaxed) {
+            // The lanes' logs are this process's from now on; settle them before any
+            // event is handed over.
+            for lane in &self.lanes {
+                if !lane.take_over(cancel).await {
+                    conn.close().await;
+                    return Ok(());
+                }
+            }
+        }
         self.progress.streaming.store(true, Ordering::Relaxed);
         self.progress.leading.store(true, Ordering::Relaxed);
         self.metrics.streaming.set(1);
@@ -209,7 +258,7 @@ impl Pipeline {
                 msg = conn.recv() => match msg? {
                     ReplMessage::XLogData { wal_start, wal_end, send_time, data } => {
                         self.received = self.received.max(wal_end);
-                        self.clock_offset_us = unix_micros() - (send_time + PG_EPOCH_UNIX_MICROS);
+                        self.clock.observe(send_time);
                         if !self.handle(wal_start, &data, cancel).await? {
                             conn.close().await;
                             return Ok(());
@@ -217,7 +266,7 @@ impl Pipeline {
                     }
                     ReplMessage::Keepalive { wal_end, send_time, reply_requested } => {
                         self.received = self.received.max(wal_end);
-                        self.clock_offset_us = unix_micros() - (send_time + PG_EPOCH_UNIX_MICROS);
+                        self.clock.observe(send_time);
                         if self.tx.is_none() && wal_end > self.frontier {
                             self.frontier = wal_end;
                             self.publish_frontier();
@@ -284,7 +333,7 @@ impl Pipeline {
                 };
                 self.tx = Some((meta, 0));
                 self.progress.reading_commit_us.store(
-                    (commit_time + PG_EPOCH_UNIX_MICROS + self.clock_offset_us).max(1),
+                    (commit_time + PG_EPOCH_UNIX_MICROS + self.clock.get()).max(1),
                     Ordering::Relaxed,
                 );
             }

@@ -262,7 +262,7 @@ async fn chunks_become_rows_when_deliveries_fail() {
         })
         .await;
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
-    assert!(w.log().contains("spilled chunks turned into rows"), "{}", w.log());
+    assert!(w.log().contains("spilled chunks become rows"), "{}", w.log());
     eventually(Duration::from_secs(20), "spill log drained", || async {
         count(&db, "SELECT count(*) FROM walhook.spill").await == 0
     })
@@ -270,6 +270,61 @@ async fn chunks_become_rows_when_deliveries_fail() {
     assert_eq!(count(&db, "SELECT count(*) FROM walhook.dead_letters").await, 0);
     eventually(Duration::from_secs(10), "lane back in hot mode", || async {
         w.metric("walhook_lane_spilling{subscriber=\"shop\"}").await == Some(0.0)
+    })
+    .await;
+}
+
+/// A standby that waited for the slot while the leader spilled in chunks serves those
+/// chunks before any newer event once the leader is SIGKILLed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_serves_a_killed_leaders_chunks_first() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("standby", SCHEMA).await;
+    let rx = Receiver::start().await;
+    rx.set_delay(Duration::from_millis(4));
+    let extra = "max_buffered = 100\nmax_in_flight = 4\nspill_after = \"300ms\"";
+    let cfg = config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra));
+    let mut leader = Walhook::start(&cfg);
+    leader.wait_ready().await;
+    let standby = Walhook::start(&cfg);
+    eventually(
+        Duration::from_secs(20),
+        "the standby to wait for the slot",
+        || async { standby.log().contains("replication slot is in use") },
+    )
+    .await;
+    let db = pg.client("standby").await;
+
+    let mut written = burst(&db, 1000, 2).await;
+    eventually(Duration::from_secs(20), "chunks in the spill log", || async {
+        count(&db, "SELECT count(*) FROM walhook.spill_chunks").await > 0
+    })
+    .await;
+    leader.sigkill();
+    db.batch_execute("UPDATE stock SET qty = 10").await.unwrap();
+    for v in written.values_mut() {
+        v.push(10);
+    }
+    let got = rx
+        .wait_for(Duration::from_secs(90), "every event", |g| {
+            g.iter()
+                .map(|r| &r.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= 4000
+        })
+        .await;
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    assert!(
+        standby
+            .log()
+            .contains("spill log has events: lane serves them first"),
+        "{}",
+        standby.log()
+    );
+    eventually(Duration::from_secs(20), "spill log drained", || async {
+        count(&db, "SELECT count(*) FROM walhook.spill").await == 0
+            && count(&db, "SELECT count(*) FROM walhook.spill_chunks").await == 0
     })
     .await;
 }

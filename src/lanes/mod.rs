@@ -60,6 +60,10 @@ const SPILL_ROUND: usize = 1_000;
 const TICK: Duration = Duration::from_millis(100);
 /// Longest sleep of an idle spill server before it looks at the log again.
 const SPILL_POLL: Duration = Duration::from_secs(1);
+/// Chunks turned into rows per statement.
+const EXPLODE_CHUNKS: i64 = 8;
+/// Rounds a full mirror may stay short of ready keys before its chunks become rows.
+const STARVED_ROUNDS: u32 = 20;
 /// Backoff between attempts to reach the state database.
 const STATE_RETRY: Duration = Duration::from_millis(500);
 
@@ -103,6 +107,10 @@ struct Inner {
     /// subscriber kept up); otherwise it writes rows, served with retries.
     chunked: bool,
     mirror: Mirror,
+    /// Chunks still to be turned into rows (after a failure, a failed chunk write, or a
+    /// takeover), and the positions among them already delivered. Rows are served only
+    /// once this is done, so no spilled event of a key is overtaken.
+    unexploded: Option<Vec<Pos>>,
 }
 
 /// Chunk mode: spilled events held in memory for delivery, per key in write order, each
@@ -118,6 +126,11 @@ struct Mirror {
     /// A chunk was written that is not in memory yet.
     behind: bool,
     events: usize,
+    /// Positions held in `open` (they count against the memory bound too).
+    delivered: usize,
+    /// Consecutive rounds in which a full mirror had fewer ready keys than
+    /// `max_in_flight` while chunks waited in the log.
+    starved_rounds: u32,
 }
 
 impl Mirror {
@@ -149,11 +162,18 @@ impl Mirror {
         let open = self.open.get_mut(&chunk)?;
         open.0 -= 1;
         open.1.push(event.pos);
+        self.delivered += 1;
         if open.0 == 0 {
-            self.open.remove(&chunk);
+            let (_, done) = self.open.remove(&chunk)?;
+            self.delivered -= done.len();
             return Some(chunk);
         }
         None
+    }
+
+    /// What the mirror holds, against `max_buffered`.
+    fn size(&self) -> usize {
+        self.events + self.delivered
     }
 
     /// Positions delivered from chunks that still exist.
@@ -217,6 +237,7 @@ impl Lane {
                 writes: 0,
                 chunked: false,
                 mirror: Mirror::default(),
+                unexploded: None,
             }),
             wake_dispatch: Notify::new(),
             wake_writer: Notify::new(),
@@ -583,14 +604,14 @@ impl Lane {
                 continue;
             }
             let io = self.log_io.lock().await;
-            let mut chunked = self.lock().chunked;
-            if chunked && batch.iter().any(|(_, attempts, _)| *attempts > 0) {
-                // A hot delivery failed: this episode goes on in rows, with retries.
-                if self.leave_chunks(&cancel, "a delivery failed").await.is_err() {
-                    return;
+            let chunked = {
+                let mut inner = self.lock();
+                if inner.chunked && batch.iter().any(|(_, attempts, _)| *attempts > 0) {
+                    // A hot delivery failed: this episode goes on in rows, with retries.
+                    self.leave_chunks(&mut inner, "a delivery failed");
                 }
-                chunked = false;
-            }
+                inner.chunked
+            };
             let written = if chunked {
                 let events: Vec<&crate::event::Event> = batch.iter().map(|(e, _, _)| &**e).collect();
                 self.state.spill_chunk(&self.name, &events).await.map(Some)
@@ -622,7 +643,7 @@ impl Lane {
                         // Served from memory while there is room and no older chunk
                         // waits in the log; loaded from the log later otherwise.
                         let m = &mut inner.mirror;
-                        if !m.behind && m.events < self.cfg.max_buffered {
+                        if !m.behind && m.size() < self.cfg.max_buffered {
                             m.add(chunk, batch.into_iter().map(|(e, _, _)| e).collect());
                         } else {
                             m.behind = true;
@@ -634,8 +655,16 @@ impl Lane {
                     self.wake_server.notify_one();
                 }
                 Err(e) => {
+                    {
+                        let mut inner = self.lock();
+                        inner.writing = false;
+                        if inner.chunked {
+                            // The chunk may have been written all the same: as rows, its
+                            // events and those written again are one and the same.
+                            self.leave_chunks(&mut inner, "a chunk write failed");
+                        }
+                    }
                     drop(io);
-                    self.lock().writing = false;
                     tracing::warn!(subscriber = %self.name, error = %e, "spill write failed; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -646,27 +675,82 @@ impl Lane {
         }
     }
 
-    /// Turns this episode's chunks into rows of the spill log (leaving out what was
-    /// delivered from them) and goes on in rows. The caller holds `log_io`. Retries until
-    /// done; Err when cancelled first.
-    async fn leave_chunks(&self, cancel: &CancellationToken, why: &str) -> Result<(), ()> {
-        let delivered = self.lock().mirror.delivered_positions();
+    /// Ends chunk mode: new spills are rows, and the chunks are turned into rows (leaving
+    /// out what was delivered from them) before any row is served. The caller holds
+    /// `log_io`.
+    fn leave_chunks(&self, inner: &mut Inner, why: &str) {
+        let mut delivered = inner.mirror.delivered_positions();
+        delivered.extend(inner.unexploded.take().unwrap_or_default());
+        inner.unexploded = Some(delivered);
+        inner.chunked = false;
+        inner.mirror = Mirror::default();
+        tracing::warn!(subscriber = %self.name, reason = why, "spilled chunks become rows, served with retries");
+    }
+
+    /// Turns the chunks awaiting it into rows, a few chunks per statement so spill writes
+    /// go on in between. Retries until done; false when cancelled first.
+    async fn explode_pending(&self, cancel: &CancellationToken) -> bool {
         loop {
-            match self.state.explode_chunks(&self.name, &delivered).await {
-                Ok(rows) => {
-                    let mut inner = self.lock();
-                    let was = std::mem::replace(&mut inner.chunked, false);
-                    inner.mirror = Mirror::default();
-                    if was || rows > 0 {
-                        tracing::warn!(subscriber = %self.name, reason = why, rows,
-                            "spilled chunks turned into rows, served with retries");
-                    }
-                    return Ok(());
+            let io = self.log_io.lock().await;
+            let Some(delivered) = self.lock().unexploded.clone() else {
+                return true;
+            };
+            match self
+                .state
+                .explode_chunks(&self.name, &delivered, EXPLODE_CHUNKS)
+                .await
+            {
+                Ok((_, 0)) => {
+                    self.lock().unexploded = None;
+                    return true;
+                }
+                Ok((rows, _)) => {
+                    self.state.note_spilled(rows as usize);
+                    drop(io);
                 }
                 Err(e) => {
+                    drop(io);
                     tracing::warn!(subscriber = %self.name, error = %e, "cannot turn spilled chunks into rows; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return Err(()),
+                        _ = cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(STATE_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Called when this process starts streaming the slot, before any event is handed
+    /// over: from now on it owns the lane's log, which another process (one that held the
+    /// slot while this one waited) may have filled. Chunks become rows, and a hot lane
+    /// whose log has rows starts spilling, so no newer event of a key overtakes the
+    /// spilled ones. False when cancelled first.
+    pub async fn take_over(&self, cancel: &CancellationToken) -> bool {
+        {
+            let _io = self.log_io.lock().await;
+            let mut inner = self.lock();
+            if !inner.chunked && inner.unexploded.is_none() {
+                inner.unexploded = Some(Vec::new());
+            }
+        }
+        if !self.explode_pending(cancel).await {
+            return false;
+        }
+        loop {
+            match self.state.backlog(&self.name).await {
+                Ok((has, _)) => {
+                    let mut inner = self.lock();
+                    if has && inner.mode == Mode::Hot {
+                        inner.mode = Mode::Spill;
+                        inner.chunked = false;
+                        tracing::info!(subscriber = %self.name, "spill log has events: lane serves them first");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(subscriber = %self.name, error = %e, "cannot read the spill log; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return false,
                         _ = tokio::time::sleep(STATE_RETRY) => {}
                     }
                 }
@@ -685,19 +769,6 @@ impl Lane {
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
-        // Chunks left by an earlier process are served as rows: which of their events were
-        // delivered is not known.
-        {
-            let _io = self.log_io.lock().await;
-            if !self.lock().chunked
-                && self
-                    .leave_chunks(&cancel, "left by an earlier process")
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-        }
         loop {
             let mut woken = pin!(self.wake_server.notified());
             woken.as_mut().enable();
@@ -708,7 +779,13 @@ impl Lane {
             let wait = if mode == Mode::Hot {
                 SPILL_POLL
             } else {
-                let served = if chunked {
+                let exploding = self.lock().unexploded.is_some();
+                let served = if exploding {
+                    if !self.explode_pending(&cancel).await {
+                        return;
+                    }
+                    Ok(true)
+                } else if chunked {
                     self.serve_chunks(&cancel).await
                 } else {
                     self.serve_round(&cancel).await
@@ -797,12 +874,12 @@ impl Lane {
         {
             let _io = self.log_io.lock().await;
             loop {
-                let (chunked, behind, loaded, events) = {
+                let (chunked, behind, loaded, size) = {
                     let inner = self.lock();
                     let m = &inner.mirror;
-                    (inner.chunked, m.behind, m.loaded, m.events)
+                    (inner.chunked, m.behind, m.loaded, m.size())
                 };
-                if !chunked || !behind || events >= self.cfg.max_buffered {
+                if !chunked || !behind || size >= self.cfg.max_buffered {
                     break;
                 }
                 let next = self.state.chunk_after(&self.name, loaded).await?;
@@ -814,6 +891,29 @@ impl Lane {
                     None => inner.mirror.behind = false,
                 }
             }
+        }
+        let starved = {
+            let mut inner = self.lock();
+            if !inner.chunked {
+                return Ok(true);
+            }
+            let m = &mut inner.mirror;
+            // A few keys with many events can fill the memory while chunks wait in the
+            // log: as rows, the other keys' events get served meanwhile.
+            if m.behind && m.size() >= self.cfg.max_buffered && m.ready.len() < self.cfg.max_in_flight {
+                m.starved_rounds += 1;
+            } else {
+                m.starved_rounds = 0;
+            }
+            m.starved_rounds > STARVED_ROUNDS
+        };
+        if starved {
+            let _io = self.log_io.lock().await;
+            let mut inner = self.lock();
+            if inner.chunked {
+                self.leave_chunks(&mut inner, "a few keys hold the lane's memory");
+            }
+            return Ok(true);
         }
         let heads: Vec<EventRef> = {
             let mut inner = self.lock();
@@ -885,11 +985,13 @@ impl Lane {
                     _ = tokio::time::sleep(STATE_RETRY) => {}
                 }
             }
-            if self.leave_chunks(cancel, "a delivery failed").await.is_err() {
-                return Ok(true);
-            }
+            self.leave_chunks(&mut self.lock(), "a delivery failed");
         }
         drop(io);
+        // The failed events' rows must exist before their attempts are recorded.
+        if !self.explode_pending(cancel).await {
+            return Ok(true);
+        }
         for (event, result) in results {
             if chunked && result == Attempt::Delivered {
                 self.metrics.delivered.add(1);

@@ -366,28 +366,40 @@ impl State {
         Ok(())
     }
 
-    /// Turns every chunk of a lane into rows of the spill log, leaving out the events in
-    /// `delivered`, in one statement. Returns the rows written.
-    pub async fn explode_chunks(&self, subscriber: &str, delivered: &[Pos]) -> Result<u64, StateError> {
+    /// Turns the oldest `chunks` chunks of a lane into rows of the spill log, leaving out
+    /// the events in `delivered`, in one statement. Returns the rows written and the
+    /// chunks turned (0: none left).
+    pub async fn explode_chunks(
+        &self,
+        subscriber: &str,
+        delivered: &[Pos],
+        chunks: i64,
+    ) -> Result<(u64, u64), StateError> {
         let lsns: Vec<i64> = delivered.iter().map(|p| p.lsn as i64).collect();
         let seqs: Vec<i64> = delivered.iter().map(|p| p.seq as i64).collect();
-        let n = self
+        let row = self
             .client()
             .await?
-            .execute(
+            .query_one(
                 "WITH gone AS (
-                   DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 RETURNING *),
-                 done AS (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS d(l, q))
-                 INSERT INTO walhook.spill
-                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
-                 SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b
-                 FROM gone g, unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies) AS u(l, q, i, t, k, b)
-                 WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.l = u.l AND done.q = u.q)
-                 ON CONFLICT DO NOTHING",
-                &[&self.slot, &subscriber, &lsns, &seqs],
+                   DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk IN (
+                     SELECT chunk FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2
+                     ORDER BY chunk LIMIT $5)
+                   RETURNING *),
+                 done AS (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS d(l, q)),
+                 rows AS (
+                   INSERT INTO walhook.spill
+                     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
+                   SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b
+                   FROM gone g, unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies) AS u(l, q, i, t, k, b)
+                   WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.l = u.l AND done.q = u.q)
+                   ON CONFLICT DO NOTHING
+                   RETURNING 1)
+                 SELECT (SELECT count(*) FROM rows), (SELECT count(*) FROM gone)",
+                &[&self.slot, &subscriber, &lsns, &seqs, &chunks],
             )
             .await?;
-        Ok(n)
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
 
     /// Applies the outcomes of a round of spilled deliveries in one statement: delivered
