@@ -62,8 +62,10 @@ const TICK: Duration = Duration::from_millis(100);
 const SPILL_POLL: Duration = Duration::from_secs(1);
 /// Chunks turned into rows per statement.
 const EXPLODE_CHUNKS: i64 = 8;
-/// Rounds a full mirror may stay short of ready keys before its chunks become rows.
-const STARVED_ROUNDS: u32 = 20;
+/// How long a full mirror may stay short of ready keys before its chunks become rows.
+const STARVED_FOR: Duration = Duration::from_secs(2);
+/// Deletes of delivered chunks are batched for at most this long.
+const DELETE_EVERY: Duration = Duration::from_millis(100);
 /// Backoff between attempts to reach the state database.
 const STATE_RETRY: Duration = Duration::from_millis(500);
 
@@ -126,11 +128,14 @@ struct Mirror {
     /// A chunk was written that is not in memory yet.
     behind: bool,
     events: usize,
-    /// Positions held in `open` (they count against the memory bound too).
+    /// Chunks all delivered whose delete has not committed yet, with their positions (so
+    /// a switch to rows meanwhile still leaves them out).
+    done: BTreeMap<i64, Vec<Pos>>,
+    /// Positions held in `open` and `done` (they count against the memory bound too).
     delivered: usize,
-    /// Consecutive rounds in which a full mirror had fewer ready keys than
-    /// `max_in_flight` while chunks waited in the log.
-    starved_rounds: u32,
+    /// Since when a full mirror has had fewer ready keys than `max_in_flight` while
+    /// chunks waited in the log.
+    starved_since: Option<Instant>,
 }
 
 impl Mirror {
@@ -165,10 +170,19 @@ impl Mirror {
         self.delivered += 1;
         if open.0 == 0 {
             let (_, done) = self.open.remove(&chunk)?;
-            self.delivered -= done.len();
+            self.done.insert(chunk, done);
             return Some(chunk);
         }
         None
+    }
+
+    /// The delete of these chunks committed.
+    fn forget(&mut self, chunks: &[i64]) {
+        for chunk in chunks {
+            if let Some(done) = self.done.remove(chunk) {
+                self.delivered -= done.len();
+            }
+        }
     }
 
     /// What the mirror holds, against `max_buffered`.
@@ -176,9 +190,14 @@ impl Mirror {
         self.events + self.delivered
     }
 
-    /// Positions delivered from chunks that still exist.
+    /// Positions delivered from chunks that may still exist.
     fn delivered_positions(&self) -> Vec<Pos> {
-        self.open.values().flat_map(|(_, d)| d.iter().copied()).collect()
+        self.open
+            .values()
+            .map(|(_, d)| d)
+            .chain(self.done.values())
+            .flat_map(|d| d.iter().copied())
+            .collect()
     }
 }
 
@@ -865,142 +884,155 @@ impl Lane {
         Ok(true)
     }
 
-    /// One round in chunk mode: load written chunks into memory while there is room, attempt
-    /// the first event of up to `SPILL_ROUND` keys (at most `max_in_flight` at a time), then
-    /// delete the chunks now all delivered. When an attempt failed, the chunks become rows
-    /// and the round's outcomes are recorded on them. Returns whether anything was
-    /// attempted.
+    /// Chunk mode: keeps up to `max_in_flight` attempts going, the first event of each
+    /// key at a time, loading written chunks into memory while there is room and deleting
+    /// chunks once all their events are delivered. On a failed attempt it lets the others
+    /// finish, then the chunks become rows and the failures are recorded on them. Returns
+    /// whether anything was attempted.
     async fn serve_chunks(&self, cancel: &CancellationToken) -> Result<bool, crate::state::StateError> {
-        {
-            let _io = self.log_io.lock().await;
-            loop {
-                let (chunked, behind, loaded, size) = {
-                    let inner = self.lock();
-                    let m = &inner.mirror;
-                    (inner.chunked, m.behind, m.loaded, m.size())
-                };
-                if !chunked || !behind || size >= self.cfg.max_buffered {
-                    break;
-                }
-                let next = self.state.chunk_after(&self.name, loaded).await?;
-                let mut inner = self.lock();
-                match next {
-                    Some((chunk, events)) => inner
-                        .mirror
-                        .add(chunk, events.into_iter().map(Arc::new).collect()),
-                    None => inner.mirror.behind = false,
-                }
+        let mut inflight = futures_util::stream::FuturesUnordered::new();
+        let mut failures: Vec<(EventRef, Attempt)> = Vec::new();
+        // Outcomes that arrived after chunk mode ended under them: rows now.
+        let mut as_rows: Vec<(Pos, SpillOutcome)> = Vec::new();
+        let mut to_delete: Vec<i64> = Vec::new();
+        let mut last_delete = Instant::now();
+        let mut attempted = false;
+        loop {
+            if self.refill_mirror().await? {
+                return Ok(attempted);
             }
-        }
-        let starved = {
-            let mut inner = self.lock();
-            if !inner.chunked {
+            // Start attempts.
+            let stop = !failures.is_empty() || cancel.is_cancelled();
+            let starved = {
+                let mut inner = self.lock();
+                let chunked = inner.chunked;
+                let m = &mut inner.mirror;
+                let full = m.behind && m.size() >= self.cfg.max_buffered;
+                if full && m.ready.len() + inflight.len() < self.cfg.max_in_flight {
+                    m.starved_since.get_or_insert_with(Instant::now);
+                } else {
+                    m.starved_since = None;
+                }
+                while chunked && !stop && inflight.len() < self.cfg.max_in_flight {
+                    let Some(key) = m.ready.pop_front() else { break };
+                    if let Some((event, _)) = m.keys.get(&key).and_then(|q| q.front()) {
+                        let event = event.clone();
+                        inflight.push(async move {
+                            let (result, took) = self.target.send(&event.id, &event.body).await;
+                            (event, result, took)
+                        });
+                    }
+                }
+                chunked && m.starved_since.is_some_and(|t| t.elapsed() >= STARVED_FOR)
+            };
+            if starved && inflight.is_empty() {
+                let _io = self.log_io.lock().await;
+                let mut inner = self.lock();
+                if inner.chunked {
+                    self.leave_chunks(&mut inner, "a few keys hold the lane's memory");
+                }
                 return Ok(true);
             }
-            let m = &mut inner.mirror;
-            // A few keys with many events can fill the memory while chunks wait in the
-            // log: as rows, the other keys' events get served meanwhile.
-            if m.behind && m.size() >= self.cfg.max_buffered && m.ready.len() < self.cfg.max_in_flight {
-                m.starved_rounds += 1;
-            } else {
-                m.starved_rounds = 0;
+            if !to_delete.is_empty() && (inflight.is_empty() || last_delete.elapsed() >= DELETE_EVERY) {
+                self.delete_delivered(&mut to_delete, cancel).await;
+                last_delete = Instant::now();
             }
-            m.starved_rounds > STARVED_ROUNDS
-        };
-        if starved {
+            let Some((event, result, took)) = inflight.next().await else {
+                break;
+            };
+            attempted = true;
+            self.metrics.observe(took.as_secs_f64());
+            let mut inner = self.lock();
+            if !inner.chunked {
+                drop(inner);
+                as_rows.push((event.pos, self.spill_outcome(&event.id, 0, result)));
+            } else if result == Attempt::Delivered {
+                self.failing.store(false, Ordering::Relaxed);
+                self.metrics.delivered.add(1);
+                if let Some(chunk) = inner.mirror.delivered(&event.key) {
+                    to_delete.push(chunk);
+                }
+            } else {
+                failures.push((event, result));
+            }
+        }
+        self.delete_delivered(&mut to_delete, cancel).await;
+        if !failures.is_empty() {
             let _io = self.log_io.lock().await;
             let mut inner = self.lock();
             if inner.chunked {
-                self.leave_chunks(&mut inner, "a few keys hold the lane's memory");
+                self.leave_chunks(&mut inner, "a delivery failed");
             }
+        }
+        // The failed events' rows must exist before their attempts are recorded.
+        if !(failures.is_empty() && as_rows.is_empty()) && !self.explode_pending(cancel).await {
             return Ok(true);
         }
-        let heads: Vec<EventRef> = {
-            let mut inner = self.lock();
-            let m = &mut inner.mirror;
-            let mut heads = Vec::new();
-            while heads.len() < SPILL_ROUND {
-                let Some(key) = m.ready.pop_front() else { break };
-                if let Some((event, _)) = m.keys.get(&key).and_then(|q| q.front()) {
-                    heads.push(event.clone());
-                }
-            }
-            heads
-        };
-        if heads.is_empty() {
-            return Ok(false);
+        for (event, result) in failures {
+            as_rows.push((event.pos, self.spill_outcome(&event.id, 0, result)));
         }
-        let attempts = heads.into_iter().map(|event| async move {
-            let (result, took) = self.target.send(&event.id, &event.body).await;
-            self.metrics.observe(took.as_secs_f64());
-            (event, result)
-        });
-        let results: Vec<(EventRef, Attempt)> = futures_util::stream::iter(attempts)
-            .buffer_unordered(self.cfg.max_in_flight)
-            .collect()
-            .await;
+        if !as_rows.is_empty() {
+            self.record_outcomes(&as_rows, cancel).await;
+        }
+        Ok(attempted)
+    }
 
-        let io = self.log_io.lock().await;
-        let chunked = self.lock().chunked;
-        if chunked && results.iter().all(|(_, r)| *r == Attempt::Delivered) {
-            self.failing.store(false, Ordering::Relaxed);
-            let done: Vec<i64> = {
-                let mut inner = self.lock();
-                results
-                    .iter()
-                    .filter_map(|(event, _)| inner.mirror.delivered(&event.key))
-                    .collect()
-            };
-            self.metrics.delivered.add(results.len() as u64);
-            loop {
-                match self.state.delete_chunks(&self.name, &done).await {
-                    Ok(()) => return Ok(true),
-                    Err(e) => {
-                        tracing::warn!(subscriber = %self.name, error = %e, "cannot delete delivered chunks; retrying");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Ok(true),
-                            _ = tokio::time::sleep(STATE_RETRY) => {}
-                        }
+    /// Loads written chunks into the mirror while it has room. Returns true when chunk
+    /// mode has ended.
+    async fn refill_mirror(&self) -> Result<bool, crate::state::StateError> {
+        {
+            let inner = self.lock();
+            let m = &inner.mirror;
+            if !inner.chunked {
+                return Ok(true);
+            }
+            if !m.behind || m.size() >= self.cfg.max_buffered {
+                return Ok(false);
+            }
+        }
+        let _io = self.log_io.lock().await;
+        let loaded = {
+            let inner = self.lock();
+            let m = &inner.mirror;
+            if !inner.chunked {
+                return Ok(true);
+            }
+            if !m.behind || m.size() >= self.cfg.max_buffered {
+                return Ok(false);
+            }
+            m.loaded
+        };
+        let next = self.state.chunk_after(&self.name, loaded).await?;
+        let mut inner = self.lock();
+        match next {
+            Some((chunk, events)) => inner
+                .mirror
+                .add(chunk, events.into_iter().map(Arc::new).collect()),
+            None => inner.mirror.behind = false,
+        }
+        Ok(false)
+    }
+
+    /// Deletes chunks all of whose events were delivered (retrying until done or
+    /// cancelled), then lets the mirror forget them.
+    async fn delete_delivered(&self, chunks: &mut Vec<i64>, cancel: &CancellationToken) {
+        if chunks.is_empty() {
+            return;
+        }
+        loop {
+            match self.state.delete_chunks(&self.name, chunks).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(subscriber = %self.name, error = %e, "cannot delete delivered chunks; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(STATE_RETRY) => {}
                     }
                 }
             }
         }
-        let mut outcomes = Vec::with_capacity(results.len());
-        if chunked {
-            // The delivered ones stay out of the rows; the failed ones get their attempt.
-            let done: Vec<i64> = {
-                let mut inner = self.lock();
-                results
-                    .iter()
-                    .filter(|(_, r)| *r == Attempt::Delivered)
-                    .filter_map(|(event, _)| inner.mirror.delivered(&event.key))
-                    .collect()
-            };
-            // Chunks now all delivered are deleted first: they are no longer in the mirror
-            // to tell which of their events to leave out.
-            while let Err(e) = self.state.delete_chunks(&self.name, &done).await {
-                tracing::warn!(subscriber = %self.name, error = %e, "cannot delete delivered chunks; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(true),
-                    _ = tokio::time::sleep(STATE_RETRY) => {}
-                }
-            }
-            self.leave_chunks(&mut self.lock(), "a delivery failed");
-        }
-        drop(io);
-        // The failed events' rows must exist before their attempts are recorded.
-        if !self.explode_pending(cancel).await {
-            return Ok(true);
-        }
-        for (event, result) in results {
-            if chunked && result == Attempt::Delivered {
-                self.metrics.delivered.add(1);
-                continue;
-            }
-            outcomes.push((event.pos, self.spill_outcome(&event.id, 0, result)));
-        }
-        self.record_outcomes(&outcomes, cancel).await;
-        Ok(true)
+        self.lock().mirror.forget(chunks);
+        chunks.clear();
     }
 
     /// What one attempt of a spilled event means for its row, counted in the metrics.
