@@ -965,7 +965,8 @@ impl Lane {
             }
         }
         // The failed events' rows must exist before their attempts are recorded.
-        if !(failures.is_empty() && as_rows.is_empty()) && !self.explode_pending(cancel).await {
+        let rows_needed = !failures.is_empty() || !as_rows.is_empty();
+        if rows_needed && !self.explode_pending(cancel).await {
             return Ok(true);
         }
         for (event, result) in failures {

@@ -93,7 +93,7 @@ fn hook(app: &App, signed: &Signed, body: &[u8]) -> u16 {
     if let Some(commit) = commit_time_us(body) {
         s.latencies_us.lock().unwrap().push(now.saturating_sub(commit));
     }
-    if n % app.sample == 0 {
+    if n.is_multiple_of(app.sample) {
         s.sampled.fetch_add(1, Ordering::Relaxed);
         if !verify(&app.key, signed, body) {
             s.bad_signatures.fetch_add(1, Ordering::Relaxed);
