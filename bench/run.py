@@ -418,7 +418,9 @@ class Bench:
             rates.append(rate)
             time.sleep(2)
             spilled.append(metric(admin, 'walhook_spill_rows_written_total{subscriber="broken"}') or 0)
-            lag.append(self.pg.lsn() - self.pg.confirmed("bench_i"))
+            lag.append(int(self.pg.sql(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots "
+                "WHERE slot_name = 'bench_i'")))
             rss.append(proc.peak_rss_mb())
             log(f"  run {run + 1}: healthy {rate:,.0f} events/s ({rate / alone:.2f}x alone), "
                 f"spilled {spilled[-1]:,.0f} rows, slot lag {lag[-1]:,} bytes, peak RSS {rss[-1]:.0f} MB")
