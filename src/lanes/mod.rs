@@ -897,23 +897,43 @@ impl Lane {
         let mut to_delete: Vec<i64> = Vec::new();
         let mut last_delete = Instant::now();
         let mut attempted = false;
+        let mut error = None;
+        let mut ended = false;
+        let mut starved_out = false;
+        {
+            // Nothing is in flight now: every key with events is ready.
+            let mut inner = self.lock();
+            let m = &mut inner.mirror;
+            m.ready = m.keys.keys().cloned().collect();
+        }
         loop {
-            if self.refill_mirror().await? {
-                return Ok(attempted);
+            if error.is_none() && !ended {
+                match self.refill_mirror().await {
+                    Ok(true) => ended = true,
+                    Ok(false) => {}
+                    Err(e) => error = Some(e),
+                }
             }
-            // Start attempts.
-            let stop = !failures.is_empty() || cancel.is_cancelled();
-            let starved = {
+            // Start attempts, unless something calls for stopping: then the ones in
+            // flight finish first.
+            {
                 let mut inner = self.lock();
                 let chunked = inner.chunked;
                 let m = &mut inner.mirror;
                 let full = m.behind && m.size() >= self.cfg.max_buffered;
-                if full && m.ready.len() + inflight.len() < self.cfg.max_in_flight {
-                    m.starved_since.get_or_insert_with(Instant::now);
+                if chunked && full && m.ready.len() + inflight.len() < self.cfg.max_in_flight {
+                    let since = *m.starved_since.get_or_insert_with(Instant::now);
+                    starved_out |= since.elapsed() >= STARVED_FOR;
                 } else {
                     m.starved_since = None;
                 }
-                while chunked && !stop && inflight.len() < self.cfg.max_in_flight {
+                let stop = !chunked
+                    || ended
+                    || starved_out
+                    || error.is_some()
+                    || !failures.is_empty()
+                    || cancel.is_cancelled();
+                while !stop && inflight.len() < self.cfg.max_in_flight {
                     let Some(key) = m.ready.pop_front() else { break };
                     if let Some((event, _)) = m.keys.get(&key).and_then(|q| q.front()) {
                         let event = event.clone();
@@ -923,22 +943,24 @@ impl Lane {
                         });
                     }
                 }
-                chunked && m.starved_since.is_some_and(|t| t.elapsed() >= STARVED_FOR)
-            };
-            if starved && inflight.is_empty() {
-                let _io = self.log_io.lock().await;
-                let mut inner = self.lock();
-                if inner.chunked {
-                    self.leave_chunks(&mut inner, "a few keys hold the lane's memory");
-                }
-                return Ok(true);
             }
             if !to_delete.is_empty() && (inflight.is_empty() || last_delete.elapsed() >= DELETE_EVERY) {
                 self.delete_delivered(&mut to_delete, cancel).await;
                 last_delete = Instant::now();
             }
-            let Some((event, result, took)) = inflight.next().await else {
+            if inflight.is_empty() {
                 break;
+            }
+            let mut woken = pin!(self.wake_server.notified());
+            woken.as_mut().enable();
+            let (event, result, took) = tokio::select! {
+                done = inflight.next() => match done {
+                    Some(done) => done,
+                    None => continue,
+                },
+                // New chunks or keys: start them without waiting for a completion.
+                _ = woken => continue,
+                _ = tokio::time::sleep(TICK) => continue,
             };
             attempted = true;
             self.metrics.observe(took.as_secs_f64());
@@ -957,11 +979,16 @@ impl Lane {
             }
         }
         self.delete_delivered(&mut to_delete, cancel).await;
-        if !failures.is_empty() {
+        if starved_out || !failures.is_empty() {
             let _io = self.log_io.lock().await;
             let mut inner = self.lock();
             if inner.chunked {
-                self.leave_chunks(&mut inner, "a delivery failed");
+                let why = if failures.is_empty() {
+                    "a few keys hold the lane's memory"
+                } else {
+                    "a delivery failed"
+                };
+                self.leave_chunks(&mut inner, why);
             }
         }
         // The failed events' rows must exist before their attempts are recorded.
@@ -975,7 +1002,10 @@ impl Lane {
         if !as_rows.is_empty() {
             self.record_outcomes(&as_rows, cancel).await;
         }
-        Ok(attempted)
+        match error {
+            Some(e) => Err(e),
+            None => Ok(attempted || starved_out),
+        }
     }
 
     /// Loads written chunks into the mirror while it has room. Returns true when chunk
