@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A lane that spills in chunks soon: small memory, a receiver slower than a burst.
+const CHUNKY: &str = "max_buffered = 100\nmax_in_flight = 4\nspill_after = \"300ms\"";
+
 const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);
     ALTER TABLE stock REPLICA IDENTITY FULL;";
 
@@ -34,23 +37,67 @@ async fn burst(db: &tokio_postgres::Client, keys: i64, rounds: i64) -> BTreeMap<
 }
 
 async fn spill_rows(db: &tokio_postgres::Client) -> i64 {
-    db.query_one("SELECT count(*) FROM walhook.spill", &[])
-        .await
-        .unwrap()
-        .get(0)
+    count(db, "SELECT count(*) FROM walhook.spill").await
+}
+
+async fn chunks(db: &tokio_postgres::Client) -> i64 {
+    count(db, "SELECT count(*) FROM walhook.spill_chunks").await
+}
+
+/// Events received, duplicates counted once.
+fn distinct(got: &[Received]) -> usize {
+    got.iter()
+        .map(|r| &r.id)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// A database with the stock table, a receiver answering after `delay`, and walhook
+/// with one subscriber "shop" (settings `extra`), ready.
+struct Shop {
+    pg: PgCluster,
+    rx: Receiver,
+    config: String,
+    w: Walhook,
+    db: tokio_postgres::Client,
+}
+
+async fn shop(name: &str, delay: Duration, extra: &str) -> Shop {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db(name, SCHEMA).await;
+    let rx = Receiver::start().await;
+    rx.set_delay(delay);
+    let config = config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra));
+    let w = Walhook::start(&config);
+    w.wait_ready().await;
+    let db = pg.client(name).await;
+    Shop {
+        pg,
+        rx,
+        config,
+        w,
+        db,
+    }
+}
+
+async fn drained(db: &tokio_postgres::Client) {
+    eventually(Duration::from_secs(20), "spill log drained", || async {
+        spill_rows(db).await == 0 && chunks(db).await == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_that_keeps_up_holds_the_reader_instead_of_spilling() {
-    let pg = PgCluster::start().await;
-    let url = pg.create_db("held", SCHEMA).await;
-    let rx = Receiver::start().await;
     // About 1,000 events/s: far slower than the burst is read.
-    rx.set_delay(Duration::from_millis(4));
-    let extra = "max_buffered = 50\nmax_in_flight = 4";
-    let w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
-    w.wait_ready().await;
-    let db = pg.client("held").await;
+    let Shop {
+        pg: _pg, rx, w, db, ..
+    } = shop(
+        "held",
+        Duration::from_millis(4),
+        "max_buffered = 50\nmax_in_flight = 4",
+    )
+    .await;
 
     let written = burst(&db, 1000, 2).await;
     let got = rx
@@ -76,15 +123,11 @@ async fn a_lane_that_keeps_up_holds_the_reader_instead_of_spilling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_lane_spills_once_the_reader_lags_spill_after() {
-    let pg = PgCluster::start().await;
-    let url = pg.create_db("lagging", SCHEMA).await;
-    let rx = Receiver::start().await;
     // About 200 events/s: 2,000 events take ten times spill_after.
-    rx.set_delay(Duration::from_millis(10));
     let extra = "max_buffered = 50\nmax_in_flight = 2\nspill_after = \"1s\"";
-    let w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
-    w.wait_ready().await;
-    let db = pg.client("lagging").await;
+    let Shop {
+        pg: _pg, rx, w, db, ..
+    } = shop("lagging", Duration::from_millis(10), extra).await;
 
     let written = burst(&db, 1000, 1).await;
     // The slot passes the burst long before the subscriber has it: it is spilled.
@@ -177,18 +220,17 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
 /// served lose nothing, and per key the first receipts follow commit order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_lose_nothing_across_sigkill() {
-    let pg = PgCluster::start().await;
-    let url = pg.create_db("chunks", SCHEMA).await;
-    let rx = Receiver::start().await;
-    rx.set_delay(Duration::from_millis(4));
-    let extra = "max_buffered = 100\nmax_in_flight = 4\nspill_after = \"300ms\"";
-    let mut w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
-    w.wait_ready().await;
-    let db = pg.client("chunks").await;
+    let Shop {
+        pg: _pg,
+        rx,
+        mut w,
+        db,
+        ..
+    } = shop("chunks", Duration::from_millis(4), CHUNKY).await;
 
     let written = burst(&db, 1000, 3).await;
     eventually(Duration::from_secs(20), "chunks in the spill log", || async {
-        count(&db, "SELECT count(*) FROM walhook.spill_chunks").await > 0
+        chunks(&db).await > 0
     })
     .await;
     let mut kills = 0;
@@ -204,13 +246,7 @@ async fn chunks_lose_nothing_across_sigkill() {
         w.wait_ready().await;
     }
     let got = rx
-        .wait_for(Duration::from_secs(90), "every event", |g| {
-            g.iter()
-                .map(|r| &r.id)
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                >= 4000
-        })
+        .wait_for(Duration::from_secs(90), "every event", |g| distinct(g) >= 4000)
         .await;
     let dupes = got.len() - 4000;
     println!("{kills} SIGKILLs while serving chunks; {dupes} duplicates");
@@ -218,53 +254,37 @@ async fn chunks_lose_nothing_across_sigkill() {
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
     let log = w.log();
     assert!(log.contains("chunked=true"), "the lane spilled in chunks: {log}");
-    eventually(Duration::from_secs(20), "spill log drained", || async {
-        count(&db, "SELECT count(*) FROM walhook.spill").await == 0
-            && count(&db, "SELECT count(*) FROM walhook.spill_chunks").await == 0
-    })
-    .await;
+    drained(&db).await;
 }
 
 /// Chunks become rows, served with retries, when the subscriber starts failing; it gets
 /// everything, in per-key order, once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_become_rows_when_deliveries_fail() {
-    let pg = PgCluster::start().await;
-    let url = pg.create_db("failing", SCHEMA).await;
-    let rx = Receiver::start().await;
-    rx.set_delay(Duration::from_millis(4));
-    let extra = "max_buffered = 100\nmax_in_flight = 4\nspill_after = \"300ms\"\n\
-                 max_attempts = 1000\nretry_initial = \"100ms\"\nretry_max = \"300ms\"";
-    let w = Walhook::start(&config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra)));
-    w.wait_ready().await;
-    let db = pg.client("failing").await;
+    let extra = format!("{CHUNKY}\nmax_attempts = 1000\nretry_initial = \"100ms\"\nretry_max = \"300ms\"");
+    let Shop {
+        pg: _pg, rx, w, db, ..
+    } = shop("failing", Duration::from_millis(4), &extra).await;
 
     let written = burst(&db, 1000, 2).await;
     eventually(Duration::from_secs(20), "chunks in the spill log", || async {
-        count(&db, "SELECT count(*) FROM walhook.spill_chunks").await > 0
+        chunks(&db).await > 0
     })
     .await;
     rx.set_status(500);
     eventually(Duration::from_secs(20), "chunks turned into rows", || async {
-        count(&db, "SELECT count(*) FROM walhook.spill").await > 0
-            && count(&db, "SELECT count(*) FROM walhook.spill_chunks").await == 0
+        spill_rows(&db).await > 0 && chunks(&db).await == 0
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     rx.set_status(204);
     let got = rx
-        .wait_for(Duration::from_secs(90), "every event", |g| {
-            g.iter()
-                .map(|r| &r.id)
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                >= 3000
-        })
+        .wait_for(Duration::from_secs(90), "every event", |g| distinct(g) >= 3000)
         .await;
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
     assert!(w.log().contains("spilled chunks become rows"), "{}", w.log());
     eventually(Duration::from_secs(20), "spill log drained", || async {
-        count(&db, "SELECT count(*) FROM walhook.spill").await == 0
+        spill_rows(&db).await == 0
     })
     .await;
     assert_eq!(count(&db, "SELECT count(*) FROM walhook.dead_letters").await, 0);
@@ -278,26 +298,24 @@ async fn chunks_become_rows_when_deliveries_fail() {
 /// chunks before any newer event once the leader is SIGKILLed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_serves_a_killed_leaders_chunks_first() {
-    let pg = PgCluster::start().await;
-    let url = pg.create_db("standby", SCHEMA).await;
-    let rx = Receiver::start().await;
-    rx.set_delay(Duration::from_millis(4));
-    let extra = "max_buffered = 100\nmax_in_flight = 4\nspill_after = \"300ms\"";
-    let cfg = config(&url, &subscriber("shop", &rx.url(), "\"*\"", extra));
-    let mut leader = Walhook::start(&cfg);
-    leader.wait_ready().await;
-    let standby = Walhook::start(&cfg);
+    let Shop {
+        pg: _pg,
+        rx,
+        config,
+        w: mut leader,
+        db,
+    } = shop("standby", Duration::from_millis(4), CHUNKY).await;
+    let standby = Walhook::start(&config);
     eventually(
         Duration::from_secs(20),
         "the standby to wait for the slot",
         || async { standby.log().contains("replication slot is in use") },
     )
     .await;
-    let db = pg.client("standby").await;
 
     let mut written = burst(&db, 1000, 2).await;
     eventually(Duration::from_secs(20), "chunks in the spill log", || async {
-        count(&db, "SELECT count(*) FROM walhook.spill_chunks").await > 0
+        chunks(&db).await > 0
     })
     .await;
     leader.sigkill();
@@ -306,13 +324,7 @@ async fn a_standby_serves_a_killed_leaders_chunks_first() {
         v.push(10);
     }
     let got = rx
-        .wait_for(Duration::from_secs(90), "every event", |g| {
-            g.iter()
-                .map(|r| &r.id)
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                >= 4000
-        })
+        .wait_for(Duration::from_secs(90), "every event", |g| distinct(g) >= 4000)
         .await;
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
     assert!(
@@ -322,9 +334,5 @@ async fn a_standby_serves_a_killed_leaders_chunks_first() {
         "{}",
         standby.log()
     );
-    eventually(Duration::from_secs(20), "spill log drained", || async {
-        count(&db, "SELECT count(*) FROM walhook.spill").await == 0
-            && count(&db, "SELECT count(*) FROM walhook.spill_chunks").await == 0
-    })
-    .await;
+    drained(&db).await;
 }

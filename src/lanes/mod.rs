@@ -569,6 +569,27 @@ impl Lane {
         self.wake_server.notify_one();
     }
 
+    /// Runs a state-database operation until it succeeds, waiting `STATE_RETRY` after
+    /// each failure (logged with `what`). None when cancelled first.
+    async fn retry_state<T, F, Fut>(&self, cancel: &CancellationToken, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::state::StateError>>,
+    {
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::warn!(subscriber = %self.name, error = %e, "cannot {what}; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return None,
+                        _ = tokio::time::sleep(STATE_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes a dead letter, retrying until it is written. False when cancelled first.
     async fn record_dead(
         &self,
@@ -578,25 +599,15 @@ impl Lane {
         cancel: &CancellationToken,
     ) -> bool {
         tracing::warn!(subscriber = %self.name, id = %event.id, attempts, %error, "event is dead after max_attempts");
-        loop {
-            match self
-                .state
-                .dead_letter(&self.name, event, attempts as i32, error)
-                .await
-            {
-                Ok(()) => {
-                    self.metrics.dead.add(1);
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(subscriber = %self.name, error = %e, "cannot record a dead letter; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return false,
-                        _ = tokio::time::sleep(STATE_RETRY) => {}
-                    }
-                }
-            }
+        let written = self
+            .retry_state(cancel, "record a dead letter", || {
+                self.state.dead_letter(&self.name, event, attempts as i32, error)
+            })
+            .await;
+        if written.is_some() {
+            self.metrics.dead.add(1);
         }
+        written.is_some()
     }
 
     /// Writes buffered events to the spill log in batches, oldest first.
@@ -755,26 +766,19 @@ impl Lane {
         if !self.explode_pending(cancel).await {
             return false;
         }
-        loop {
-            match self.state.backlog(&self.name).await {
-                Ok((has, _)) => {
-                    let mut inner = self.lock();
-                    if has && inner.mode == Mode::Hot {
-                        inner.mode = Mode::Spill;
-                        inner.chunked = false;
-                        tracing::info!(subscriber = %self.name, "spill log has events: lane serves them first");
-                    }
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(subscriber = %self.name, error = %e, "cannot read the spill log; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return false,
-                        _ = tokio::time::sleep(STATE_RETRY) => {}
-                    }
-                }
-            }
+        let Some((has, _)) = self
+            .retry_state(cancel, "read the spill log", || self.state.backlog(&self.name))
+            .await
+        else {
+            return false;
+        };
+        let mut inner = self.lock();
+        if has && inner.mode == Mode::Hot {
+            inner.mode = Mode::Spill;
+            inner.chunked = false;
+            tracing::info!(subscriber = %self.name, "spill log has events: lane serves them first");
         }
+        true
     }
 
     /// Delivers the oldest due event of each key from the spill log, and returns the lane
@@ -1050,17 +1054,13 @@ impl Lane {
         if chunks.is_empty() {
             return;
         }
-        loop {
-            match self.state.delete_chunks(&self.name, chunks).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(subscriber = %self.name, error = %e, "cannot delete delivered chunks; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(STATE_RETRY) => {}
-                    }
-                }
-            }
+        let deleted = self
+            .retry_state(cancel, "delete delivered chunks", || {
+                self.state.delete_chunks(&self.name, chunks)
+            })
+            .await;
+        if deleted.is_none() {
+            return;
         }
         self.lock().mirror.forget(chunks);
         chunks.clear();
@@ -1098,18 +1098,10 @@ impl Lane {
 
     /// Records a round's outcomes on the spill log's rows, retrying until done or cancelled.
     async fn record_outcomes(&self, outcomes: &[(Pos, SpillOutcome)], cancel: &CancellationToken) {
-        loop {
-            match self.state.complete(&self.name, outcomes).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(subscriber = %self.name, error = %e, "cannot record spill outcomes; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(STATE_RETRY) => {}
-                    }
-                }
-            }
-        }
+        self.retry_state(cancel, "record spill outcomes", || {
+            self.state.complete(&self.name, outcomes)
+        })
+        .await;
     }
 
     /// One attempt of a spilled event, and what it means for its row.
