@@ -212,6 +212,14 @@ class Proc:
             pass
         return 0.0
 
+    def cpu_seconds(self):
+        """User plus system CPU time used so far."""
+        try:
+            fields = open(f"/proc/{self.p.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.p.poll() is None:
             self.p.send_signal(sig)

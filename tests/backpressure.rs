@@ -257,14 +257,15 @@ async fn chunks_lose_nothing_across_sigkill() {
     drained(&db).await;
 }
 
-/// Chunks become rows, served with retries, when the subscriber starts failing; it gets
-/// everything, in per-key order, once it is back.
+/// A subscriber that goes down while its lane serves chunks: the backlog stays in
+/// chunks, the subscriber is probed one attempt at a time, and once it is back it gets
+/// everything, in per-key order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_become_rows_when_deliveries_fail() {
+async fn a_down_subscriber_keeps_its_backlog_in_chunks_and_is_probed() {
     let extra = format!("{CHUNKY}\nmax_attempts = 1000\nretry_initial = \"100ms\"\nretry_max = \"300ms\"");
     let Shop {
         pg: _pg, rx, w, db, ..
-    } = shop("failing", Duration::from_millis(4), &extra).await;
+    } = shop("down", Duration::from_millis(4), &extra).await;
 
     let written = burst(&db, 1000, 2).await;
     eventually(Duration::from_secs(20), "chunks in the spill log", || async {
@@ -272,22 +273,88 @@ async fn chunks_become_rows_when_deliveries_fail() {
     })
     .await;
     rx.set_status(500);
-    eventually(Duration::from_secs(20), "chunks turned into rows", || async {
-        spill_rows(&db).await > 0 && chunks(&db).await == 0
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the lane to treat the subscriber as down",
+        || async { w.log().contains("subscriber seems down") },
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Probes 100 ms, 200 ms, then 300 ms apart (±25%): a handful in 2 s, where retrying
+    // every key would make hundreds.
+    let before = rx.all().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let probes = rx.all().len() - before;
+    println!("{probes} attempts in 2 s while the subscriber was down");
+    assert!(
+        probes <= 12,
+        "{probes} attempts in 2 s while the subscriber was down"
+    );
+    assert!(chunks(&db).await > 0, "the backlog stays in chunks");
+    assert_eq!(spill_rows(&db).await, 0, "no chunk became rows");
+
     rx.set_status(204);
     let got = rx
         .wait_for(Duration::from_secs(90), "every event", |g| distinct(g) >= 3000)
         .await;
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
-    assert!(w.log().contains("spilled chunks become rows"), "{}", w.log());
-    eventually(Duration::from_secs(20), "spill log drained", || async {
-        spill_rows(&db).await == 0
+    let log = w.log();
+    assert!(log.contains("subscriber answers again"), "{log}");
+    assert!(!log.contains("become rows"), "{log}");
+    drained(&db).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM walhook.dead_letters").await, 0);
+    eventually(Duration::from_secs(10), "lane back in hot mode", || async {
+        w.metric("walhook_lane_spilling{subscriber=\"shop\"}").await == Some(0.0)
     })
     .await;
-    assert_eq!(count(&db, "SELECT count(*) FROM walhook.dead_letters").await, 0);
+}
+
+/// An event its subscriber always refuses, among chunks: it is dead-lettered after
+/// `max_attempts`, each attempt in order, and every other key goes on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_in_chunks_is_dead_lettered_and_its_key_moves_on() {
+    let extra = format!("{CHUNKY}\nmax_attempts = 3\nretry_initial = \"50ms\"\nretry_max = \"100ms\"");
+    let Shop {
+        pg: _pg, rx, w, db, ..
+    } = shop("refused", Duration::from_millis(4), &extra).await;
+    rx.set_poison(1000);
+
+    let mut written = burst(&db, 1000, 2).await;
+    let refused = written.remove(&1000).unwrap();
+    let got = rx
+        .wait_for(Duration::from_secs(60), "every other event", |g| {
+            distinct(g) >= 2997
+        })
+        .await;
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    eventually(
+        Duration::from_secs(20),
+        "the refused key's events dead",
+        || async { count(&db, "SELECT count(*) FROM walhook.dead_letters").await == 3 },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM walhook.dead_letters WHERE attempts <> 3"
+        )
+        .await,
+        0,
+        "each dead after max_attempts"
+    );
+    // Its attempts, in order: three of each value.
+    let tried: Vec<i64> = rx
+        .all()
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["data"]["key"]["product_id"] == 1000)
+        .map(|b| b["data"]["new"]["qty"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = refused.iter().flat_map(|q| [*q; 3]).collect();
+    assert_eq!(tried, expected);
+    let log = w.log();
+    assert!(log.contains("chunked=true"), "{log}");
+    assert!(!log.contains("become rows"), "{log}");
+    drained(&db).await;
     eventually(Duration::from_secs(10), "lane back in hot mode", || async {
         w.metric("walhook_lane_spilling{subscriber=\"shop\"}").await == Some(0.0)
     })

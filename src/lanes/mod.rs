@@ -66,6 +66,9 @@ const EXPLODE_CHUNKS: i64 = 8;
 const STARVED_FOR: Duration = Duration::from_secs(2);
 /// Deletes of delivered chunks are batched for at most this long.
 const DELETE_EVERY: Duration = Duration::from_millis(100);
+/// Failed attempts in a row (over all keys) after which a chunk-mode lane treats its
+/// subscriber as down and probes it one attempt at a time.
+const OUTAGE_AFTER: u32 = 10;
 /// Backoff between attempts to reach the state database.
 const STATE_RETRY: Duration = Duration::from_millis(500);
 
@@ -115,13 +118,26 @@ struct Inner {
     unexploded: Option<Vec<Pos>>,
 }
 
+/// A spilled event held in memory in chunk mode.
+struct Held {
+    event: EventRef,
+    chunk: i64,
+    /// Failed attempts so far (in this process).
+    attempts: u32,
+    /// Not attempted again before this time.
+    not_before: Option<Instant>,
+}
+
 /// Chunk mode: spilled events held in memory for delivery, per key in write order, each
 /// with its chunk. Every chunk up to `loaded` is in memory or deleted (all delivered).
 #[derive(Default)]
 struct Mirror {
-    keys: HashMap<String, VecDeque<(EventRef, i64)>>,
-    /// Keys whose first event waits for an attempt (none in flight).
+    keys: HashMap<String, VecDeque<Held>>,
+    /// Keys whose first event waits for an attempt (none in flight) and is due.
     ready: VecDeque<String>,
+    /// Keys whose first event failed and waits for its next attempt, by due time.
+    waiting: BTreeMap<(Instant, u64), String>,
+    waiting_seq: u64,
     /// Per chunk in memory: events not yet delivered, and the positions delivered.
     open: BTreeMap<i64, (usize, Vec<Pos>)>,
     loaded: i64,
@@ -136,42 +152,94 @@ struct Mirror {
     /// Since when a full mirror has had fewer ready keys than `max_in_flight` while
     /// chunks waited in the log.
     starved_since: Option<Instant>,
+    /// Failed attempts in a row, over all keys.
+    failures_in_row: u32,
+    /// The subscriber seems down: probes made so far, and when the next may start. Only
+    /// one attempt is in flight at a time until one succeeds.
+    outage: Option<(u32, Instant)>,
 }
 
 impl Mirror {
-    fn add(&mut self, chunk: i64, events: Vec<EventRef>) {
+    /// Takes in a written chunk: its events with the attempts they already had.
+    fn add(&mut self, chunk: i64, events: Vec<(EventRef, u32)>) {
         self.open.insert(chunk, (events.len(), Vec::new()));
         self.loaded = chunk;
         self.events += events.len();
-        for event in events {
+        for (event, attempts) in events {
             let key = event.key.clone();
             let q = self.keys.entry(key.clone()).or_default();
-            q.push_back((event, chunk));
+            q.push_back(Held {
+                event,
+                chunk,
+                attempts,
+                not_before: None,
+            });
             if q.len() == 1 {
                 self.ready.push_back(key);
             }
         }
     }
 
-    /// Marks the first event of `key` delivered; returns its chunk when that chunk is now
-    /// all delivered.
+    /// Sorts every key into `ready` or `waiting` (when nothing is in flight).
+    fn rebuild_ready(&mut self) {
+        self.ready.clear();
+        self.waiting.clear();
+        for (key, q) in &self.keys {
+            match q.front().and_then(|h| h.not_before) {
+                Some(at) => {
+                    self.waiting_seq += 1;
+                    self.waiting.insert((at, self.waiting_seq), key.clone());
+                }
+                None => self.ready.push_back(key.clone()),
+            }
+        }
+    }
+
+    /// Moves the keys whose wait is over to `ready`; returns when the next one is due.
+    fn promote(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0 > now {
+                return Some(entry.key().0);
+            }
+            let key = entry.remove();
+            if let Some(h) = self.keys.get_mut(&key).and_then(|q| q.front_mut()) {
+                h.not_before = None;
+                self.ready.push_back(key);
+            }
+        }
+        None
+    }
+
+    /// The first event of `key` failed for the `attempts`-th time: it is attempted again
+    /// at `at`.
+    fn failed(&mut self, key: &str, attempts: u32, at: Instant) {
+        if let Some(h) = self.keys.get_mut(key).and_then(|q| q.front_mut()) {
+            h.attempts = attempts;
+            h.not_before = Some(at);
+            self.waiting_seq += 1;
+            self.waiting.insert((at, self.waiting_seq), key.to_string());
+        }
+    }
+
+    /// Marks the first event of `key` done (delivered or dead); returns its chunk when
+    /// that chunk is now all done.
     fn delivered(&mut self, key: &str) -> Option<i64> {
         let q = self.keys.get_mut(key)?;
-        let (event, chunk) = q.pop_front()?;
+        let held = q.pop_front()?;
         if q.is_empty() {
             self.keys.remove(key);
         } else {
             self.ready.push_back(key.to_string());
         }
         self.events -= 1;
-        let open = self.open.get_mut(&chunk)?;
+        let open = self.open.get_mut(&held.chunk)?;
         open.0 -= 1;
-        open.1.push(event.pos);
+        open.1.push(held.event.pos);
         self.delivered += 1;
         if open.0 == 0 {
-            let (_, done) = self.open.remove(&chunk)?;
-            self.done.insert(chunk, done);
-            return Some(chunk);
+            let (_, done) = self.open.remove(&held.chunk)?;
+            self.done.insert(held.chunk, done);
+            return Some(held.chunk);
         }
         None
     }
@@ -199,6 +267,16 @@ impl Mirror {
             .flat_map(|d| d.iter().copied())
             .collect()
     }
+}
+
+/// What an attempt of a chunk-mode event leads to.
+enum ChunkOutcome {
+    /// Delivered, or waiting for its next attempt.
+    Done,
+    /// The chunks became rows meanwhile: the outcome for its row.
+    AsRow(SpillOutcome),
+    /// Failed `max_attempts` times, with the last error.
+    Dead(u32, String),
 }
 
 /// What a finished hot delivery hands back.
@@ -423,8 +501,8 @@ impl Lane {
 
     fn enter_spill(&self, inner: &mut Inner, why: &str) {
         if inner.mode == Mode::Hot {
-            // The log is empty in hot mode: a subscriber that keeps up gets chunks.
-            inner.chunked = !self.failing.load(Ordering::Relaxed);
+            // The log is empty in hot mode: this episode writes chunks.
+            inner.chunked = true;
             inner.mirror = Mirror::default();
         }
         inner.mode = Mode::Spill;
@@ -634,14 +712,7 @@ impl Lane {
                 continue;
             }
             let io = self.log_io.lock().await;
-            let chunked = {
-                let mut inner = self.lock();
-                if inner.chunked && batch.iter().any(|(_, attempts, _)| *attempts > 0) {
-                    // A hot delivery failed: this episode goes on in rows, with retries.
-                    self.leave_chunks(&mut inner, "a delivery failed");
-                }
-                inner.chunked
-            };
+            let chunked = self.lock().chunked;
             let written = if chunked {
                 let events: Vec<&crate::event::Event> = batch.iter().map(|(e, _, _)| &**e).collect();
                 self.state.spill_chunk(&self.name, &events).await.map(Some)
@@ -674,7 +745,7 @@ impl Lane {
                         // waits in the log; loaded from the log later otherwise.
                         let m = &mut inner.mirror;
                         if !m.behind && m.size() < self.cfg.max_buffered {
-                            m.add(chunk, batch.into_iter().map(|(e, _, _)| e).collect());
+                            m.add(chunk, batch.into_iter().map(|(e, a, _)| (e, a as u32)).collect());
                         } else {
                             m.behind = true;
                         }
@@ -890,12 +961,13 @@ impl Lane {
 
     /// Chunk mode: keeps up to `max_in_flight` attempts going, the first event of each
     /// key at a time, loading written chunks into memory while there is room and deleting
-    /// chunks once all their events are delivered. On a failed attempt it lets the others
-    /// finish, then the chunks become rows and the failures are recorded on them. Returns
-    /// whether anything was attempted.
+    /// chunks once all their events are done. A failed event waits out its backoff while
+    /// other keys go on; after `max_attempts` it is dead-lettered and its key moves on.
+    /// After `OUTAGE_AFTER` failures in a row the subscriber seems down: one probe at a
+    /// time, each further apart, until one succeeds; the backlog stays in chunks
+    /// meanwhile. Returns whether anything was attempted.
     async fn serve_chunks(&self, cancel: &CancellationToken) -> Result<bool, crate::state::StateError> {
         let mut inflight = futures_util::stream::FuturesUnordered::new();
-        let mut failures: Vec<(EventRef, Attempt)> = Vec::new();
         // Outcomes that arrived after chunk mode ended under them: rows now.
         let mut as_rows: Vec<(Pos, SpillOutcome)> = Vec::new();
         let mut to_delete: Vec<i64> = Vec::new();
@@ -904,12 +976,8 @@ impl Lane {
         let mut error = None;
         let mut ended = false;
         let mut starved_out = false;
-        {
-            // Nothing is in flight now: every key with events is ready.
-            let mut inner = self.lock();
-            let m = &mut inner.mirror;
-            m.ready = m.keys.keys().cloned().collect();
-        }
+        // Nothing is in flight now: every key with events is ready or waits out a backoff.
+        self.lock().mirror.rebuild_ready();
         loop {
             if error.is_none() && !ended {
                 match self.refill_mirror().await {
@@ -919,97 +987,165 @@ impl Lane {
                 }
             }
             // Start attempts, unless something calls for stopping: then the ones in
-            // flight finish first.
-            {
+            // flight finish first. `wake`: when an attempt is due that may not start yet.
+            let wake = {
                 let mut inner = self.lock();
                 let chunked = inner.chunked;
                 let m = &mut inner.mirror;
+                let now = Instant::now();
+                let next_due = m.promote(now);
                 let full = m.behind && m.size() >= self.cfg.max_buffered;
-                if chunked && full && m.ready.len() + inflight.len() < self.cfg.max_in_flight {
+                if chunked
+                    && full
+                    && m.outage.is_none()
+                    && m.ready.len() + inflight.len() < self.cfg.max_in_flight
+                {
                     let since = *m.starved_since.get_or_insert_with(Instant::now);
                     starved_out |= since.elapsed() >= STARVED_FOR;
                 } else {
                     m.starved_since = None;
                 }
-                let stop = !chunked
-                    || ended
-                    || starved_out
-                    || error.is_some()
-                    || !failures.is_empty()
-                    || cancel.is_cancelled();
-                while !stop && inflight.len() < self.cfg.max_in_flight {
+                let stop = !chunked || ended || starved_out || error.is_some() || cancel.is_cancelled();
+                let (limit, probe_at) = match m.outage {
+                    Some((_, at)) if at > now => (0, Some(at)),
+                    Some(_) => (1, None),
+                    None => (self.cfg.max_in_flight, None),
+                };
+                while !stop && inflight.len() < limit {
                     let Some(key) = m.ready.pop_front() else { break };
-                    if let Some((event, _)) = m.keys.get(&key).and_then(|q| q.front()) {
-                        let event = event.clone();
+                    if let Some(h) = m.keys.get(&key).and_then(|q| q.front()) {
+                        let (event, before) = (h.event.clone(), h.attempts);
                         inflight.push(async move {
                             let (result, took) = self.target.send(&event.id, &event.body).await;
-                            (event, result, took)
+                            (event, before, result, took)
                         });
                     }
                 }
-            }
+                match probe_at {
+                    _ if stop => None,
+                    Some(at) if !m.ready.is_empty() => Some(at),
+                    Some(at) => next_due.map(|due| due.max(at)),
+                    None => next_due,
+                }
+            };
             if !to_delete.is_empty() && (inflight.is_empty() || last_delete.elapsed() >= DELETE_EVERY) {
                 self.delete_delivered(&mut to_delete, cancel).await;
                 last_delete = Instant::now();
             }
-            if inflight.is_empty() {
-                break;
-            }
+            let nap = wake.map_or(TICK, |at| at.saturating_duration_since(Instant::now()).min(TICK));
             let mut woken = pin!(self.wake_server.notified());
             woken.as_mut().enable();
-            let (event, result, took) = tokio::select! {
+            if inflight.is_empty() {
+                if wake.is_none() {
+                    break;
+                }
+                // Everything left waits out a backoff: sleep until the first is due.
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = woken => {}
+                    _ = tokio::time::sleep(nap) => {}
+                }
+                continue;
+            }
+            let (event, before, result, took) = tokio::select! {
                 done = inflight.next() => match done {
                     Some(done) => done,
                     None => continue,
                 },
                 // New chunks or keys: start them without waiting for a completion.
                 _ = woken => continue,
-                _ = tokio::time::sleep(TICK) => continue,
+                _ = tokio::time::sleep(nap) => continue,
             };
             attempted = true;
             self.metrics.observe(took.as_secs_f64());
-            let mut inner = self.lock();
-            if !inner.chunked {
-                drop(inner);
-                as_rows.push((event.pos, self.spill_outcome(&event.id, 0, result)));
-            } else if result == Attempt::Delivered {
-                self.failing.store(false, Ordering::Relaxed);
-                self.metrics.delivered.add(1);
-                if let Some(chunk) = inner.mirror.delivered(&event.key) {
-                    to_delete.push(chunk);
+            let dead = match self.chunk_outcome(&event, before, result, &mut to_delete) {
+                ChunkOutcome::Done => continue,
+                ChunkOutcome::AsRow(outcome) => {
+                    as_rows.push((event.pos, outcome));
+                    continue;
                 }
-            } else {
-                failures.push((event, result));
+                ChunkOutcome::Dead(attempts, error) => (attempts, error),
+            };
+            if self.record_dead(&event, dead.0, &dead.1, cancel).await {
+                let mut inner = self.lock();
+                // (Had the chunks become rows meanwhile, its row is attempted again.)
+                if inner.chunked {
+                    if let Some(chunk) = inner.mirror.delivered(&event.key) {
+                        to_delete.push(chunk);
+                    }
+                }
             }
         }
         self.delete_delivered(&mut to_delete, cancel).await;
-        if starved_out || !failures.is_empty() {
+        if starved_out {
             let _io = self.log_io.lock().await;
             let mut inner = self.lock();
             if inner.chunked {
-                let why = if failures.is_empty() {
-                    "a few keys hold the lane's memory"
-                } else {
-                    "a delivery failed"
-                };
-                self.leave_chunks(&mut inner, why);
+                self.leave_chunks(&mut inner, "a few keys hold the lane's memory");
             }
         }
-        // The failed events' rows must exist before their attempts are recorded.
-        let rows_needed = !failures.is_empty() || !as_rows.is_empty();
-        if rows_needed && !self.explode_pending(cancel).await {
-            return Ok(true);
-        }
-        for (event, result) in failures {
-            as_rows.push((event.pos, self.spill_outcome(&event.id, 0, result)));
-        }
+        // The rows must exist before attempts are recorded on them.
         if !as_rows.is_empty() {
+            if !self.explode_pending(cancel).await {
+                return Ok(true);
+            }
             self.record_outcomes(&as_rows, cancel).await;
         }
         match error {
             Some(e) => Err(e),
             None => Ok(attempted || starved_out),
         }
+    }
+
+    /// What an attempt of a chunk-mode event means: done (delivered, or retried later),
+    /// an outcome for its row (the chunks became rows meanwhile), or dead.
+    fn chunk_outcome(
+        &self,
+        event: &EventRef,
+        before: u32,
+        result: Attempt,
+        to_delete: &mut Vec<i64>,
+    ) -> ChunkOutcome {
+        let mut inner = self.lock();
+        if !inner.chunked {
+            drop(inner);
+            return ChunkOutcome::AsRow(self.spill_outcome(&event.id, before as i32, result));
+        }
+        let m = &mut inner.mirror;
+        let error = match result {
+            Attempt::Delivered => {
+                self.failing.store(false, Ordering::Relaxed);
+                self.metrics.delivered.add(1);
+                m.failures_in_row = 0;
+                if m.outage.take().is_some() {
+                    tracing::info!(subscriber = %self.name, "subscriber answers again; delivery resumes");
+                }
+                if let Some(chunk) = m.delivered(&event.key) {
+                    to_delete.push(chunk);
+                }
+                return ChunkOutcome::Done;
+            }
+            Attempt::Failed(error) => error,
+        };
+        self.failing.store(true, Ordering::Relaxed);
+        let attempts = before + 1;
+        let now = Instant::now();
+        m.failures_in_row += 1;
+        if m.failures_in_row >= OUTAGE_AFTER {
+            let probes = m.outage.map_or(1, |(n, _)| n + 1);
+            if m.outage.is_none() {
+                tracing::warn!(subscriber = %self.name, failures = m.failures_in_row, %error,
+                    "subscriber seems down: its backlog stays in the spill log, probed one attempt at a time");
+            }
+            m.outage = Some((probes, now + self.target.backoff(probes)));
+        }
+        if attempts >= self.cfg.max_attempts {
+            return ChunkOutcome::Dead(attempts, error);
+        }
+        self.metrics.retried.add(1);
+        tracing::debug!(subscriber = %self.name, id = %event.id, attempts, %error, "delivery failed");
+        m.failed(&event.key, attempts, now + self.target.backoff(attempts));
+        ChunkOutcome::Done
     }
 
     /// Loads written chunks into the mirror while it has room. Returns true when chunk
@@ -1042,7 +1178,7 @@ impl Lane {
         match next {
             Some((chunk, events)) => inner
                 .mirror
-                .add(chunk, events.into_iter().map(Arc::new).collect()),
+                .add(chunk, events.into_iter().map(|e| (Arc::new(e), 0)).collect()),
             None => inner.mirror.behind = false,
         }
         Ok(false)

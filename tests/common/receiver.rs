@@ -1,7 +1,7 @@
 //! A webhook receiver on loopback that records every request and answers a scripted
 //! status (204 by default), optionally after a delay.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ struct Inner {
     delay_ms: AtomicU64,
     /// Out of 1000 requests, how many get a 500 (on top of `status`).
     fail_per_mille: AtomicU64,
+    /// Events of this `product_id` (in `data.key`) get a 500; 0 for none.
+    poison: AtomicI64,
 }
 
 pub struct Receiver {
@@ -57,6 +59,7 @@ impl Receiver {
             status: AtomicU16::new(204),
             delay_ms: AtomicU64::new(0),
             fail_per_mille: AtomicU64::new(0),
+            poison: AtomicI64::new(0),
         });
         let app = Router::new()
             .route("/", post(handle))
@@ -82,6 +85,11 @@ impl Receiver {
         self.inner
             .fail_per_mille
             .store((rate * 1000.0) as u64, Ordering::SeqCst);
+    }
+
+    /// Answers 500 to every event whose `data.key.product_id` is `key` (0: none).
+    pub fn set_poison(&self, key: i64) {
+        self.inner.poison.store(key, Ordering::SeqCst);
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -142,6 +150,13 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     let fail = inner.fail_per_mille.load(Ordering::SeqCst);
     if fail > 0 && rand::Rng::gen_range(&mut rand::thread_rng(), 0..1000) < fail {
         status = 500;
+    }
+    let poison = inner.poison.load(Ordering::SeqCst);
+    if poison != 0 {
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if json["data"]["key"]["product_id"].as_i64() == Some(poison) {
+            status = 500;
+        }
     }
     let get = |n: &str| {
         headers
