@@ -439,10 +439,20 @@ impl Config {
                 }
             }
             for (name, value) in &sub.headers {
-                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                    || reqwest::header::HeaderValue::from_str(value).is_err()
-                {
-                    bad(p(&format!("headers.{name}")), "not a valid HTTP header".into());
+                use crate::lanes::http::{reserved_header, valid_header_name, valid_header_value};
+                let key = p(&format!("headers.{name}"));
+                if !valid_header_name(name) {
+                    bad(
+                        key,
+                        "not a valid HTTP header name: use letters, digits and - _ .".into(),
+                    );
+                } else if reserved_header(name) {
+                    bad(key, "set by walhook itself: remove it from headers".into());
+                } else if !valid_header_value(value) {
+                    bad(
+                        key,
+                        "the value holds a line break or control character: remove it".into(),
+                    );
                 }
             }
             for (k, d) in [

@@ -30,6 +30,7 @@
 //! lane's watermark, below which replayed events are skipped after a restart.
 
 pub mod deliver;
+pub mod http;
 pub mod sign;
 pub mod target;
 
@@ -574,7 +575,8 @@ impl Lane {
         let mut attempts: u32 = 0;
         let outcome = loop {
             attempts += 1;
-            let (result, took) = self.target.send(&event.id, &event.body).await;
+            // Boxed: the spawned task stays small, so spawning it copies little.
+            let (result, took) = Box::pin(self.target.send(&event.id, &event.body)).await;
             self.metrics.observe(took.as_secs_f64());
             let error = match result {
                 Attempt::Delivered => {
