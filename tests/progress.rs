@@ -1,5 +1,6 @@
 //! Slot progress and schema changes: writes only to unpublished tables still advance the
-//! slot (keepalives drive progress), and ALTER TABLE mid-stream is followed.
+//! slot (keepalives drive progress), lane watermarks are written at most every
+//! `watermark_interval` under a steady load, and ALTER TABLE mid-stream is followed.
 
 mod common;
 
@@ -51,6 +52,62 @@ async fn writes_only_to_unpublished_tables_advance_the_slot() {
         confirmed_flush(&db, "walhook").await
     );
     assert!(rx.all().is_empty(), "nothing is delivered for unpublished tables");
+}
+
+/// With no `[state]` section (the default 250 ms interval), a steady stream of changes
+/// costs the state database a handful of watermark writes per second, not one per loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_are_written_at_most_every_interval() {
+    let pg = PgCluster::start().await;
+    let url = pg
+        .create_db(
+            "shop",
+            "CREATE TABLE products (id bigint PRIMARY KEY, title text);",
+        )
+        .await;
+    let rx = Receiver::start().await;
+    let cfg = format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"products\"\n{}",
+        subscriber("s", &rx.url(), "\"*\"", "")
+    );
+    let w = Walhook::start(&cfg);
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    let writes = || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0)::bigint FROM pg_stat_user_tables
+                 WHERE schemaname = 'walhook' AND relname = 'lanes'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    // Statistics reach pg_stat_user_tables within a second or so of each write.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = writes().await;
+    let started = std::time::Instant::now();
+    let mut i: i64 = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        i += 1;
+        db.execute("INSERT INTO products VALUES ($1, 'x')", &[&i])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rx.wait_for(Duration::from_secs(10), "every change delivered", |g| {
+        g.len() >= i as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written = writes().await - before;
+    println!("{written} watermark writes for {i} changes over about 4 s");
+    assert!(written >= 1, "watermarks are written");
+    // 250 ms apart: about 16 in 4 s; a tight loop makes thousands.
+    assert!(written <= 40, "{written} watermark writes in about 4 s");
+    drop(w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

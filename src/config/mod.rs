@@ -101,7 +101,7 @@ pub struct SourceConfig {
     pub status_interval: Duration,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Database holding the `walhook` schema; defaults to the source database.
@@ -117,6 +117,17 @@ pub struct AdminConfig {
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`); "" disables it.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+}
+
+// Not derived: without a [state] section the field defaults must hold too (a derived
+// Default made watermark_interval 0, and watermarks were written in a tight loop).
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            watermark_interval: default_watermark_interval(),
+        }
+    }
 }
 
 impl Default for AdminConfig {
@@ -339,6 +350,9 @@ impl Config {
         }
         if self.source.status_interval.is_zero() {
             bad("source.status_interval".into(), "must be above 0".into());
+        }
+        if self.state.watermark_interval.is_zero() {
+            bad("state.watermark_interval".into(), "must be above 0".into());
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(

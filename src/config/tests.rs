@@ -61,6 +61,8 @@ fn defaults_apply() {
     assert!(c.source.create);
     assert_eq!(c.state_url(), "postgres://localhost/shop");
     assert_eq!(c.admin.listen, DEFAULT_ADMIN_LISTEN);
+    // No [state] section: its field defaults hold all the same.
+    assert_eq!(c.state.watermark_interval, DEFAULT_WATERMARK_INTERVAL);
     let s = &c.subscribers[0];
     assert_eq!(s.secrets, vec![SECRET.to_string()]);
     assert_eq!(s.timeout, DEFAULT_TIMEOUT);
