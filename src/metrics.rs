@@ -9,6 +9,7 @@ pub const EVENTS_EMITTED: &str = "walhook_events_emitted_total";
 pub const DELIVERIES: &str = "walhook_deliveries_total";
 pub const DELIVERY_SECONDS: &str = "walhook_delivery_duration_seconds";
 pub const LANE_SPILLING: &str = "walhook_lane_spilling";
+pub const LANE_DOWN: &str = "walhook_lane_down";
 pub const LANE_BACKLOG: &str = "walhook_lane_backlog_events";
 pub const SPILL_ROWS: &str = "walhook_spill_rows_written_total";
 pub const LANE_HELD: &str = "walhook_lane_held_seconds_total";
@@ -45,6 +46,8 @@ pub struct LaneMetrics {
     pub spill_rows: Counter,
     /// Time the reader waited for room in this (full, healthy) lane.
     pub held_micros: Counter,
+    /// The subscriber seems down: probed one attempt at a time.
+    pub down: std::sync::atomic::AtomicBool,
     buckets: [Counter; LATENCY_BUCKETS.len()],
     count: Counter,
     sum_micros: Counter,
@@ -186,6 +189,16 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
             l.name,
             u8::from(l.spilling)
         );
+    }
+    head(
+        &mut out,
+        LANE_DOWN,
+        "gauge",
+        "1 while the subscriber seems down: its backlog stays spilled and one attempt at a time probes it.",
+    );
+    for l in lanes {
+        let down = l.metrics.down.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "{LANE_DOWN}{{subscriber=\"{}\"}} {}", l.name, u8::from(down));
     }
     head(
         &mut out,

@@ -291,6 +291,10 @@ async fn a_down_subscriber_keeps_its_backlog_in_chunks_and_is_probed() {
     );
     assert!(chunks(&db).await > 0, "the backlog stays in chunks");
     assert_eq!(spill_rows(&db).await, 0, "no chunk became rows");
+    assert_eq!(
+        w.metric("walhook_lane_down{subscriber=\"shop\"}").await,
+        Some(1.0)
+    );
 
     rx.set_status(204);
     let got = rx
@@ -300,6 +304,10 @@ async fn a_down_subscriber_keeps_its_backlog_in_chunks_and_is_probed() {
     let log = w.log();
     assert!(log.contains("subscriber answers again"), "{log}");
     assert!(!log.contains("become rows"), "{log}");
+    assert_eq!(
+        w.metric("walhook_lane_down{subscriber=\"shop\"}").await,
+        Some(0.0)
+    );
     drained(&db).await;
     assert_eq!(count(&db, "SELECT count(*) FROM walhook.dead_letters").await, 0);
     eventually(Duration::from_secs(10), "lane back in hot mode", || async {

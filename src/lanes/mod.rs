@@ -1013,13 +1013,14 @@ impl Lane {
                     Some(_) => (1, None),
                     None => (self.cfg.max_in_flight, None),
                 };
+                let probe = m.outage.is_some();
                 while !stop && inflight.len() < limit {
                     let Some(key) = m.ready.pop_front() else { break };
                     if let Some(h) = m.keys.get(&key).and_then(|q| q.front()) {
                         let (event, before) = (h.event.clone(), h.attempts);
                         inflight.push(async move {
                             let (result, took) = self.target.send(&event.id, &event.body).await;
-                            (event, before, result, took)
+                            (event, before, probe, result, took)
                         });
                     }
                 }
@@ -1049,7 +1050,7 @@ impl Lane {
                 }
                 continue;
             }
-            let (event, before, result, took) = tokio::select! {
+            let (event, before, probe, result, took) = tokio::select! {
                 done = inflight.next() => match done {
                     Some(done) => done,
                     None => continue,
@@ -1060,7 +1061,7 @@ impl Lane {
             };
             attempted = true;
             self.metrics.observe(took.as_secs_f64());
-            let dead = match self.chunk_outcome(&event, before, result, &mut to_delete) {
+            let dead = match self.chunk_outcome(&event, before, probe, result, &mut to_delete) {
                 ChunkOutcome::Done => continue,
                 ChunkOutcome::AsRow(outcome) => {
                     as_rows.push((event.pos, outcome));
@@ -1100,11 +1101,13 @@ impl Lane {
     }
 
     /// What an attempt of a chunk-mode event means: done (delivered, or retried later),
-    /// an outcome for its row (the chunks became rows meanwhile), or dead.
+    /// an outcome for its row (the chunks became rows meanwhile), or dead. `probe`: the
+    /// attempt started while the subscriber seemed down.
     fn chunk_outcome(
         &self,
         event: &EventRef,
         before: u32,
+        probe: bool,
         result: Attempt,
         to_delete: &mut Vec<i64>,
     ) -> ChunkOutcome {
@@ -1120,6 +1123,7 @@ impl Lane {
                 self.metrics.delivered.add(1);
                 m.failures_in_row = 0;
                 if m.outage.take().is_some() {
+                    self.metrics.down.store(false, Ordering::Relaxed);
                     tracing::info!(subscriber = %self.name, "subscriber answers again; delivery resumes");
                 }
                 if let Some(chunk) = m.delivered(&event.key) {
@@ -1133,13 +1137,20 @@ impl Lane {
         let attempts = before + 1;
         let now = Instant::now();
         m.failures_in_row += 1;
-        if m.failures_in_row >= OUTAGE_AFTER {
-            let probes = m.outage.map_or(1, |(n, _)| n + 1);
-            if m.outage.is_none() {
+        match m.outage {
+            // Each failed probe doubles the wait before the next.
+            Some((probes, _)) if probe => {
+                m.outage = Some((probes + 1, now + self.target.backoff(probes + 1)))
+            }
+            // An attempt that started before: it says nothing new.
+            Some(_) => {}
+            None if m.failures_in_row >= OUTAGE_AFTER => {
                 tracing::warn!(subscriber = %self.name, failures = m.failures_in_row, %error,
                     "subscriber seems down: its backlog stays in the spill log, probed one attempt at a time");
+                self.metrics.down.store(true, Ordering::Relaxed);
+                m.outage = Some((1, now + self.target.backoff(1)));
             }
-            m.outage = Some((probes, now + self.target.backoff(probes)));
+            None => {}
         }
         if attempts >= self.cfg.max_attempts {
             return ChunkOutcome::Dead(attempts, error);
