@@ -607,7 +607,7 @@ class Bench:
                 alone = self.end_to_end([["*"]], "e2e_one", "memory_e2e")
             if "e2e" in scen:
                 log("scenario 2: end to end, 3 subscribers with a third of the types each + 1 with all")
-                self.end_to_end([["price.*"], ["stock.*"], ["products.*"], ["*"]], "e2e_four", factor=2)
+                self.end_to_end([["price.*"], ["stock.*"], ["products.*"], ["*"]], "e2e_four", "memory_e2e_four", factor=2)
             if "isolation" in scen:
                 log("scenario 3: isolation, one subscriber answering 500 forever")
                 self.isolation(alone)
@@ -626,7 +626,7 @@ class Bench:
                 log(f"kept {self.work}")
             else:
                 shutil.rmtree(self.work, ignore_errors=True)
-        mem = [self.raw[k]["max"] for k in ("memory_e2e", "memory_isolation", "memory_big_transaction") if k in self.raw]
+        mem = [self.raw[k]["max"] for k in ("memory_e2e", "memory_e2e_four", "memory_isolation", "memory_big_transaction") if k in self.raw]
         if mem:
             self.results["peak_rss_mb"] = max(mem)
         self.report()
@@ -675,7 +675,7 @@ def main():
                     help="seconds of the steady stream per run (3 runs: the issue's 60 s)")
     ap.add_argument("--pgbench-seconds", type=int, default=20)
     ap.add_argument("--big-tx-timeout", type=int, default=900)
-    ap.add_argument("--big-tx-products", type=int, default=100000,
+    ap.add_argument("--big-tx-products", type=int, default=83334,
                     help="products touched by the big transaction (12 row changes each)")
     ap.add_argument("--scenarios", default="decode,e2e,isolation,latency,cost,memory")
     ap.add_argument("--out", default=str(BENCH / "results"), help="where latest.md and latest.json go")

@@ -286,7 +286,7 @@ async fn a_down_subscriber_keeps_its_backlog_in_chunks_and_is_probed() {
     let probes = rx.all().len() - before;
     println!("{probes} attempts in 2 s while the subscriber was down");
     assert!(
-        probes <= 12,
+        (3..=12).contains(&probes),
         "{probes} attempts in 2 s while the subscriber was down"
     );
     assert!(chunks(&db).await > 0, "the backlog stays in chunks");

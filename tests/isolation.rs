@@ -152,12 +152,14 @@ async fn failing_subscriber_does_not_delay_a_healthy_one() {
         w.log().contains("subscriber seems down")
     })
     .await;
+    // (Attempts that started before the lane judged it down finish first.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rx_bad.all().len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let probes = rx_bad.all().len() - before;
     println!("{probes} attempts at the broken receiver in 2 s");
     assert!(
-        probes <= 20,
+        (2..=20).contains(&probes),
         "{probes} attempts in 2 s at a receiver that is down"
     );
     assert!(

@@ -86,6 +86,15 @@ impl Target {
     }
 }
 
+/// Whether a failed attempt's error says the subscriber is unreachable or overloaded
+/// (network errors, timeouts, 5xx, 408, 429) rather than refusing this one event.
+pub fn suggests_down(error: &str) -> bool {
+    match error.strip_prefix("HTTP ") {
+        Some(rest) => rest.starts_with('5') || rest.starts_with("408") || rest.starts_with("429"),
+        None => true,
+    }
+}
+
 pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
     let exp = attempts.saturating_sub(1).min(30);
     let base = initial.saturating_mul(1u32 << exp.min(20)).min(max);
@@ -96,6 +105,22 @@ pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_failures_suggest_the_subscriber_is_down() {
+        for down in [
+            "timed out",
+            "connect failed: refused",
+            "request failed: reset",
+            "HTTP 503: busy",
+            "HTTP 429: slow down",
+        ] {
+            assert!(suggests_down(down), "{down}");
+        }
+        for refused in ["HTTP 400: bad", "HTTP 404: ", "HTTP 422: no"] {
+            assert!(!suggests_down(refused), "{refused}");
+        }
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

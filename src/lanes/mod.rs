@@ -787,6 +787,7 @@ impl Lane {
         inner.unexploded = Some(delivered);
         inner.chunked = false;
         inner.mirror = Mirror::default();
+        self.metrics.down.store(false, Ordering::Relaxed);
         tracing::warn!(subscriber = %self.name, reason = why, "spilled chunks become rows, served with retries");
     }
 
@@ -923,6 +924,7 @@ impl Lane {
                         inner.mode = Mode::Hot;
                         inner.chunked = false;
                         inner.mirror = Mirror::default();
+                        self.metrics.down.store(false, Ordering::Relaxed);
                         drop(inner);
                         self.state.note_drained();
                         tracing::info!(subscriber = %self.name, "spill log drained; lane back in hot mode");
@@ -1071,11 +1073,21 @@ impl Lane {
             };
             if self.record_dead(&event, dead.0, &dead.1, cancel).await {
                 let mut inner = self.lock();
-                // (Had the chunks become rows meanwhile, its row is attempted again.)
                 if inner.chunked {
                     if let Some(chunk) = inner.mirror.delivered(&event.key) {
                         to_delete.push(chunk);
                     }
+                } else {
+                    // The chunks became rows meanwhile: its row goes too (the dead
+                    // letter, written already, stays as it is).
+                    let (attempts, reason) = dead;
+                    as_rows.push((
+                        event.pos,
+                        SpillOutcome::Dead {
+                            attempts: attempts as i32,
+                            reason,
+                        },
+                    ));
                 }
             }
         }
@@ -1136,7 +1148,13 @@ impl Lane {
         self.failing.store(true, Ordering::Relaxed);
         let attempts = before + 1;
         let now = Instant::now();
-        m.failures_in_row += 1;
+        // Only failures that say the subscriber is unreachable or overloaded count
+        // towards an outage; refusals of particular events (most 4xx) do not.
+        if deliver::suggests_down(&error) {
+            m.failures_in_row += 1;
+        } else {
+            m.failures_in_row = 0;
+        }
         match m.outage {
             // Each failed probe doubles the wait before the next.
             Some((probes, _)) if probe => {
