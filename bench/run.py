@@ -374,76 +374,97 @@ class Bench:
         self.results["decode_ratio"] = b / a
 
     def end_to_end(self, subscribers, key, memory_key=None, factor=1):
-        n_tx = self.args.changes // 100
         rates, rss = [], []
         for run in range(self.args.runs):
-            receivers = [self.start_receiver() for _ in subscribers]
-            subs = [(f"s{i}", url, events) for i, ((_, url), events) in enumerate(zip(receivers, subscribers))]
-            proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra)
-            expected = self.args.changes * factor
-            start = time.time()
-            burst = self.burst_async(n_tx, run + 200)
-
-            def received():
-                return sum(http_json(url + "/stats")["count"] for _, url in receivers)
-
-            self.wait("every event delivered", lambda: received() >= expected, 900)
-            burst.wait()
-            stats = [http_json(url + "/stats") for _, url in receivers]
-            last = max(s["last_us"] for s in stats) / 1e6
-            rate = expected / (last - start)
+            rate, peak = self.end_to_end_run(subscribers, run, factor)
             rates.append(rate)
-            rss.append(proc.peak_rss_mb())
-            bad = sum(s["bad_signatures"] for s in stats)
-            sampled = sum(s["sampled"] for s in stats)
-            assert bad == 0, f"{bad} bad signatures"
-            log(f"  run {run + 1}: {expected:,.0f} events in {last - start:.1f}s = {rate:,.0f} events/s, "
-                f"peak RSS {rss[-1]:.0f} MB, {sampled} signatures verified")
-            proc.stop()
-            for r, _ in receivers:
-                r.stop()
-            self.reset_walhook("bench_e")
+            rss.append(peak)
         self.results[key] = self.record(key, rates, "events/s")
         if memory_key:
             self.record(memory_key, rss, "MB")
         return self.results[key]
 
-    def isolation(self, alone):
+    def end_to_end_run(self, subscribers, run, factor=1):
+        """One burst delivered to these subscribers: events/s and walhook's peak RSS."""
         n_tx = self.args.changes // 100
-        rates, spilled, log_rows, lag, rss = [], [], [], [], []
+        receivers = [self.start_receiver() for _ in subscribers]
+        subs = [(f"s{i}", url, events) for i, ((_, url), events) in enumerate(zip(receivers, subscribers))]
+        proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra)
+        expected = self.args.changes * factor
+        start = time.time()
+        burst = self.burst_async(n_tx, run + 200)
+
+        def received():
+            return sum(http_json(url + "/stats")["count"] for _, url in receivers)
+
+        self.wait("every event delivered", lambda: received() >= expected, 900)
+        burst.wait()
+        stats = [http_json(url + "/stats") for _, url in receivers]
+        last = max(s["last_us"] for s in stats) / 1e6
+        rate = expected / (last - start)
+        rss = proc.peak_rss_mb()
+        bad = sum(s["bad_signatures"] for s in stats)
+        sampled = sum(s["sampled"] for s in stats)
+        assert bad == 0, f"{bad} bad signatures"
+        log(f"  run {run + 1}: {expected:,.0f} events in {last - start:.1f}s = {rate:,.0f} events/s, "
+            f"peak RSS {rss:.0f} MB, {sampled} signatures verified")
+        proc.stop()
+        for r, _ in receivers:
+            r.stop()
+        self.reset_walhook("bench_e")
+        return rate, rss
+
+    def one_and_isolation(self, isolation):
+        """Scenario 2 with one subscriber and, run by run, scenario 3: each isolation run is
+        compared with the one-subscriber run just before it, so both see the same machine."""
+        one, one_rss, iso = [], [], []
         for run in range(self.args.runs):
-            ok_rx, ok_url = self.start_receiver()
-            bad_rx, bad_url = self.start_receiver(fail=True)
-            proc, admin = self.start_walhook("bench_i", [("healthy", ok_url, ["*"]), ("broken", bad_url, ["*"])])
-            start = time.time()
-            burst = self.burst_async(n_tx, run + 300)
-            self.wait("the healthy subscriber's events",
-                      lambda: http_json(ok_url + "/stats")["count"] >= self.args.changes, 900)
-            burst.wait()
-            st = http_json(ok_url + "/stats")
-            rate = self.args.changes / (st["last_us"] / 1e6 - start)
-            rates.append(rate)
-            time.sleep(2)
-            spilled.append(metric(admin, 'walhook_spill_rows_written_total{subscriber="broken"}') or 0)
-            log_rows.append(int(self.pg.sql(
-                "SELECT (SELECT count(*) FROM walhook.spill WHERE subscriber = 'broken') "
-                "+ (SELECT count(*) FROM walhook.spill_chunks WHERE subscriber = 'broken')")))
-            lag.append(int(self.pg.sql(
-                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots "
-                "WHERE slot_name = 'bench_i'")))
-            rss.append(proc.peak_rss_mb())
-            log(f"  run {run + 1}: healthy {rate:,.0f} events/s ({rate / alone:.2f}x alone), "
-                f"spilled {spilled[-1]:,.0f} events in {log_rows[-1]:,} rows, slot lag {lag[-1]:,} bytes, peak RSS {rss[-1]:.0f} MB")
-            proc.stop()
-            ok_rx.stop()
-            bad_rx.stop()
-            self.reset_walhook("bench_i")
-        healthy = self.record("isolation_healthy", rates, "events/s")
-        self.results["isolation_ratio"] = healthy / alone
-        self.record("isolation_spilled_events", spilled, "events")
-        self.record("isolation_spill_log_rows", log_rows, "rows")
-        self.record("isolation_slot_lag", lag, "bytes")
-        self.record("memory_isolation", rss, "MB")
+            log(f"scenario 2: end to end, one subscriber (run {run + 1})")
+            rate, peak = self.end_to_end_run([["*"]], run)
+            one.append(rate)
+            one_rss.append(peak)
+            if isolation:
+                log(f"scenario 3: isolation, one subscriber answering 500 forever (run {run + 1})")
+                iso.append(self.isolation_run(run, rate))
+        self.results["e2e_one"] = self.record("e2e_one", one, "events/s")
+        self.record("memory_e2e", one_rss, "MB")
+        if iso:
+            rates, ratios, spilled, log_rows, lag, rss = zip(*iso)
+            self.record("isolation_healthy", list(rates), "events/s")
+            self.results["isolation_ratio"] = self.record("isolation_ratio", list(ratios), "x alone")
+            self.record("isolation_spilled_events", list(spilled), "events")
+            self.record("isolation_spill_log_rows", list(log_rows), "rows")
+            self.record("isolation_slot_lag", list(lag), "bytes")
+            self.record("memory_isolation", list(rss), "MB")
+
+    def isolation_run(self, run, alone):
+        n_tx = self.args.changes // 100
+        ok_rx, ok_url = self.start_receiver()
+        bad_rx, bad_url = self.start_receiver(fail=True)
+        proc, admin = self.start_walhook("bench_i", [("healthy", ok_url, ["*"]), ("broken", bad_url, ["*"])])
+        start = time.time()
+        burst = self.burst_async(n_tx, run + 300)
+        self.wait("the healthy subscriber's events",
+                  lambda: http_json(ok_url + "/stats")["count"] >= self.args.changes, 900)
+        burst.wait()
+        st = http_json(ok_url + "/stats")
+        rate = self.args.changes / (st["last_us"] / 1e6 - start)
+        time.sleep(2)
+        spilled = metric(admin, 'walhook_spill_rows_written_total{subscriber="broken"}') or 0
+        log_rows = int(self.pg.sql(
+            "SELECT (SELECT count(*) FROM walhook.spill WHERE subscriber = 'broken') "
+            "+ (SELECT count(*) FROM walhook.spill_chunks WHERE subscriber = 'broken')"))
+        lag = int(self.pg.sql(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots "
+            "WHERE slot_name = 'bench_i'"))
+        rss = proc.peak_rss_mb()
+        log(f"  run {run + 1}: healthy {rate:,.0f} events/s ({rate / alone:.2f}x alone), "
+            f"spilled {spilled:,.0f} events in {log_rows:,} rows, slot lag {lag:,} bytes, peak RSS {rss:.0f} MB")
+        proc.stop()
+        ok_rx.stop()
+        bad_rx.stop()
+        self.reset_walhook("bench_i")
+        return rate, rate / alone, spilled, log_rows, lag, rss
 
     def latency(self):
         p50, p99, mx = [], [], []
@@ -601,16 +622,11 @@ class Bench:
             if "decode" in scen:
                 log(f"scenario 1: decode ceiling, {self.args.changes:,} changes already in the WAL")
                 self.decode_ceiling()
-            alone = None
             if "e2e" in scen or "isolation" in scen:
-                log("scenario 2: end to end, one subscriber")
-                alone = self.end_to_end([["*"]], "e2e_one", "memory_e2e")
+                self.one_and_isolation("isolation" in scen)
             if "e2e" in scen:
                 log("scenario 2: end to end, 3 subscribers with a third of the types each + 1 with all")
                 self.end_to_end([["price.*"], ["stock.*"], ["products.*"], ["*"]], "e2e_four", "memory_e2e_four", factor=2)
-            if "isolation" in scen:
-                log("scenario 3: isolation, one subscriber answering 500 forever")
-                self.isolation(alone)
             if "latency" in scen:
                 log(f"scenario 4: latency at 1,000 changes/s for {self.args.steady_seconds}s per run")
                 self.latency()
