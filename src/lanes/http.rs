@@ -26,6 +26,8 @@ pub const EXCERPT: usize = 512;
 const MAX_HEAD: usize = 64 * 1024;
 /// Response body bytes read at most to keep a connection; a longer body closes it.
 const MAX_DRAIN: u64 = 256 * 1024;
+/// How long a body without Content-Length or chunked framing is read (for its excerpt).
+const CLOSE_DELIMITED_WAIT: Duration = Duration::from_millis(100);
 /// Response headers parsed at most.
 const MAX_HEADERS: usize = 100;
 
@@ -388,8 +390,13 @@ async fn roundtrip(conn: &mut Conn, req: &[u8]) -> Result<(Response, bool), Fail
     } else if let Some(n) = head.content_length {
         read_exact_body(conn, n, &mut excerpt).await.unwrap_or(false)
     } else {
-        // Delimited by the end of the connection.
-        let _ = read_exact_body(conn, MAX_DRAIN, &mut excerpt).await;
+        // Delimited by the end of the connection: take what comes within a moment for the
+        // excerpt, and close the connection rather than wait for a server that keeps it.
+        let _ = tokio::time::timeout(
+            CLOSE_DELIMITED_WAIT,
+            read_exact_body(conn, MAX_DRAIN, &mut excerpt),
+        )
+        .await;
         false
     };
     let keep = complete && head.keep_alive && conn.buf.is_empty();

@@ -233,6 +233,30 @@ async fn a_body_until_close_and_connection_close_are_not_reused() {
 }
 
 #[tokio::test]
+async fn an_unframed_body_on_a_kept_connection_does_not_hold_the_answer() {
+    // No Content-Length, not chunked, and the server keeps the connection: the status
+    // counts at once; the connection is not used again.
+    let server = Scripted::start(vec![Answer::Keep(b"HTTP/1.1 200 OK\r\n\r\nok")], None).await;
+    let c = Client::new(
+        &server.url("http", "127.0.0.1"),
+        &[],
+        opts(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let started = Instant::now();
+    for _ in 0..2 {
+        let resp = c.post(&[], b"{}").await.unwrap();
+        assert_eq!((resp.status, resp.excerpt.as_slice()), (200, &b"ok"[..]));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
 async fn interim_responses_are_skipped() {
     let server = Scripted::start(
         vec![Answer::Keep(
