@@ -8,16 +8,18 @@ use std::time::Duration;
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_only_to_unpublished_tables_advance_the_slot() {
+/// A database "shop" with `schema`, a receiver, and walhook delivering `products` events
+/// to it, ready.
+struct Shop {
+    pg: PgCluster,
+    rx: Receiver,
+    w: Walhook,
+    db: tokio_postgres::Client,
+}
+
+async fn shop(schema: &str) -> Shop {
     let pg = PgCluster::start().await;
-    let url = pg
-        .create_db(
-            "shop",
-            "CREATE TABLE products (id bigint PRIMARY KEY, title text);
-             CREATE TABLE audit_log (id bigserial PRIMARY KEY, line text);",
-        )
-        .await;
+    let url = pg.create_db("shop", schema).await;
     let rx = Receiver::start().await;
     let cfg = format!(
         "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"products\"\n{}",
@@ -26,6 +28,21 @@ async fn writes_only_to_unpublished_tables_advance_the_slot() {
     let w = Walhook::start(&cfg);
     w.wait_ready().await;
     let db = pg.client("shop").await;
+    Shop { pg, rx, w, db }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_only_to_unpublished_tables_advance_the_slot() {
+    let Shop {
+        pg: _pg,
+        rx,
+        w: _w,
+        db,
+    } = shop(
+        "CREATE TABLE products (id bigint PRIMARY KEY, title text);
+             CREATE TABLE audit_log (id bigserial PRIMARY KEY, line text);",
+    )
+    .await;
     let before = confirmed_flush(&db, "walhook").await;
     for i in 0..200 {
         db.execute(
@@ -58,21 +75,8 @@ async fn writes_only_to_unpublished_tables_advance_the_slot() {
 /// costs the state database a handful of watermark writes per second, not one per loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watermarks_are_written_at_most_every_interval() {
-    let pg = PgCluster::start().await;
-    let url = pg
-        .create_db(
-            "shop",
-            "CREATE TABLE products (id bigint PRIMARY KEY, title text);",
-        )
-        .await;
-    let rx = Receiver::start().await;
-    let cfg = format!(
-        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"products\"\n{}",
-        subscriber("s", &rx.url(), "\"*\"", "")
-    );
-    let w = Walhook::start(&cfg);
-    w.wait_ready().await;
-    let db = pg.client("shop").await;
+    let Shop { pg: _pg, rx, w, db } =
+        shop("CREATE TABLE products (id bigint PRIMARY KEY, title text);").await;
     let writes = || async {
         let n: i64 = db
             .query_one(
@@ -105,28 +109,15 @@ async fn watermarks_are_written_at_most_every_interval() {
     let written = writes().await - before;
     println!("{written} watermark writes for {i} changes over about 4 s");
     assert!(written >= 1, "watermarks are written");
-    // 250 ms apart: about 16 in 4 s; a tight loop makes thousands.
+    // 250 ms apart: about 16 in 4 s; the tight loop of the old bug made 70 here.
     assert!(written <= 40, "{written} watermark writes in about 4 s");
     drop(w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alter_table_mid_stream_is_followed() {
-    let pg = PgCluster::start().await;
-    let url = pg
-        .create_db(
-            "shop",
-            "CREATE TABLE products (id bigint PRIMARY KEY, title text, weight int)",
-        )
-        .await;
-    let rx = Receiver::start().await;
-    let cfg = format!(
-        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"products\"\n{}",
-        subscriber("s", &rx.url(), "\"*\"", "")
-    );
-    let w = Walhook::start(&cfg);
-    w.wait_ready().await;
-    let db = pg.client("shop").await;
+    let Shop { pg: _pg, rx, w, db } =
+        shop("CREATE TABLE products (id bigint PRIMARY KEY, title text, weight int)").await;
     db.batch_execute("INSERT INTO products VALUES (1, 'desk', 30)")
         .await
         .unwrap();

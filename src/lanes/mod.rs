@@ -1179,30 +1179,34 @@ impl Lane {
         ChunkOutcome::Done
     }
 
+    /// Why no chunk is to be loaded now, if none is: Some(true) when chunk mode has
+    /// ended, Some(false) when the mirror holds everything written or has no room.
+    fn no_refill(&self, inner: &Inner) -> Option<bool> {
+        let m = &inner.mirror;
+        if !inner.chunked {
+            Some(true)
+        } else if !m.behind || m.size() >= self.cfg.max_buffered {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// Loads written chunks into the mirror while it has room. Returns true when chunk
     /// mode has ended.
     async fn refill_mirror(&self) -> Result<bool, crate::state::StateError> {
-        {
-            let inner = self.lock();
-            let m = &inner.mirror;
-            if !inner.chunked {
-                return Ok(true);
-            }
-            if !m.behind || m.size() >= self.cfg.max_buffered {
-                return Ok(false);
-            }
+        // Checked before taking the log lock (the usual case: nothing to load) and again
+        // under it.
+        if let Some(ended) = self.no_refill(&self.lock()) {
+            return Ok(ended);
         }
         let _io = self.log_io.lock().await;
         let loaded = {
             let inner = self.lock();
-            let m = &inner.mirror;
-            if !inner.chunked {
-                return Ok(true);
+            if let Some(ended) = self.no_refill(&inner) {
+                return Ok(ended);
             }
-            if !m.behind || m.size() >= self.cfg.max_buffered {
-                return Ok(false);
-            }
-            m.loaded
+            inner.mirror.loaded
         };
         let next = self.state.chunk_after(&self.name, loaded).await?;
         let mut inner = self.lock();
