@@ -70,6 +70,9 @@ const DELETE_EVERY: Duration = Duration::from_millis(100);
 /// Failed attempts in a row (over all keys) after which a chunk-mode lane treats its
 /// subscriber as down and probes it one attempt at a time.
 const OUTAGE_AFTER: u32 = 10;
+/// Longest wait of an idle hot worker before it looks for work again, in case a wakeup
+/// was missed.
+const IDLE_WORKER_CHECK: Duration = Duration::from_secs(1);
 /// Backoff between attempts to reach the state database.
 const STATE_RETRY: Duration = Duration::from_millis(500);
 
@@ -280,6 +283,23 @@ enum ChunkOutcome {
     Dead(u32, String),
 }
 
+/// In hot mode, takes the first event of the next ready key and marks the key busy.
+fn next_hot(inner: &mut Inner) -> Option<EventRef> {
+    while inner.mode == Mode::Hot {
+        let key = inner.ready.pop_front()?;
+        let Some(q) = inner.queues.get_mut(&key) else {
+            continue;
+        };
+        let Some(event) = q.events.pop_front() else {
+            continue;
+        };
+        q.busy = true;
+        inner.hot_in_flight += 1;
+        return Some(event);
+    }
+    None
+}
+
 /// What a finished hot delivery hands back.
 enum HotOutcome {
     Done,
@@ -294,7 +314,8 @@ pub struct Lane {
     state: Arc<State>,
     progress: Arc<Progress>,
     inner: Mutex<Inner>,
-    wake_dispatch: Notify,
+    /// Wakes the hot workers: a key became ready, or the lane is hot again.
+    wake_workers: Notify,
     wake_writer: Notify,
     wake_server: Notify,
     /// Wakes a pipeline waiting for room in a full lane.
@@ -337,7 +358,7 @@ impl Lane {
                 mirror: Mirror::default(),
                 unexploded: None,
             }),
-            wake_dispatch: Notify::new(),
+            wake_workers: Notify::new(),
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
             room: Notify::new(),
@@ -351,9 +372,13 @@ impl Lane {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts the lane's tasks.
+    /// Starts the lane's tasks: `max_in_flight` hot workers, the age watch, the spill
+    /// writer and the spill server.
     pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, cancel: &CancellationToken) {
-        tracker.spawn(self.clone().dispatcher(tracker.clone(), cancel.clone()));
+        for _ in 0..self.cfg.max_in_flight {
+            tracker.spawn(self.clone().hot_worker(cancel.clone()));
+        }
+        tracker.spawn(self.clone().age_watch(cancel.clone()));
         tracker.spawn(self.clone().spill_writer(cancel.clone()));
         tracker.spawn(self.clone().spill_server(cancel.clone()));
     }
@@ -453,7 +478,6 @@ impl Lane {
                 });
                 drop(inner);
                 self.wake_writer.notify_one();
-                return;
             }
             (Mode::Hot | Mode::Draining, _) => {
                 let key = event.key.clone();
@@ -461,11 +485,13 @@ impl Lane {
                 q.events.push_back(event);
                 if !q.busy && q.events.len() == 1 {
                     inner.ready.push_back(key);
+                    if mode == Mode::Hot {
+                        drop(inner);
+                        self.wake_workers.notify_one();
+                    }
                 }
             }
         }
-        drop(inner);
-        self.wake_dispatch.notify_one();
     }
 
     /// Whether this lane has work enough that a reader waiting for another lane does not
@@ -531,11 +557,10 @@ impl Lane {
         self.wake_writer.notify_one();
     }
 
-    /// Hot mode: starts deliveries of ready keys. Hot and draining: spills a lane that lags.
-    async fn dispatcher(self: Arc<Self>, tracker: TaskTracker, cancel: CancellationToken) {
+    /// Hot and draining: spills a lane whose oldest undelivered event is older than
+    /// `spill_after`. Looks every `TICK`.
+    async fn age_watch(self: Arc<Self>, cancel: CancellationToken) {
         loop {
-            let mut woken = pin!(self.wake_dispatch.notified());
-            woken.as_mut().enable();
             {
                 let mut inner = self.lock();
                 if inner.mode != Mode::Spill {
@@ -545,38 +570,48 @@ impl Lane {
                                 &mut inner,
                                 "oldest undelivered event is older than spill_after",
                             );
-                            continue;
                         }
                     }
-                }
-                while inner.mode == Mode::Hot && inner.hot_in_flight < self.cfg.max_in_flight {
-                    let Some(key) = inner.ready.pop_front() else { break };
-                    let Some(q) = inner.queues.get_mut(&key) else {
-                        continue;
-                    };
-                    let Some(event) = q.events.pop_front() else {
-                        continue;
-                    };
-                    q.busy = true;
-                    inner.hot_in_flight += 1;
-                    tracker.spawn(self.clone().deliver_hot(event, cancel.clone()));
                 }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = woken => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
     }
 
+    /// One of the lane's `max_in_flight` hot workers: in hot mode, takes the first event
+    /// of the next ready key and delivers it, so at most `max_in_flight` keys are in
+    /// flight and each key has one event in flight. A worker that finishes a delivery
+    /// looks for the next at once; idle workers wait to be woken.
+    async fn hot_worker(self: Arc<Self>, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            let mut woken = pin!(self.wake_workers.notified());
+            woken.as_mut().enable();
+            let next = {
+                let mut inner = self.lock();
+                next_hot(&mut inner)
+            };
+            match next {
+                Some(event) => self.deliver_hot(event, &cancel).await,
+                None => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = woken => {}
+                        _ = tokio::time::sleep(IDLE_WORKER_CHECK) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Delivers one event from memory, retrying quickly while the lane stays hot.
-    async fn deliver_hot(self: Arc<Self>, event: EventRef, cancel: CancellationToken) {
+    async fn deliver_hot(&self, event: EventRef, cancel: &CancellationToken) {
         let mut attempts: u32 = 0;
         let outcome = loop {
             attempts += 1;
-            // Boxed: the spawned task stays small, so spawning it copies little.
-            let (result, took) = Box::pin(self.target.send(&event.id, &event.body)).await;
+            let (result, took) = self.target.send(&event.id, &event.body).await;
             self.metrics.observe(took.as_secs_f64());
             let error = match result {
                 Attempt::Delivered => {
@@ -590,7 +625,7 @@ impl Lane {
             self.metrics.retried.add(1);
             tracing::debug!(subscriber = %self.name, id = %event.id, attempts, %error, "delivery failed");
             if attempts >= self.cfg.max_attempts {
-                if self.record_dead(&event, attempts, &error, &cancel).await {
+                if self.record_dead(&event, attempts, &error, cancel).await {
                     break HotOutcome::Done;
                 }
                 break HotOutcome::Again(attempts, Duration::ZERO);
@@ -640,13 +675,17 @@ impl Lane {
                     retry_after: Duration::ZERO,
                 }));
         } else if !queue.events.is_empty() {
+            // The worker that finishes here looks for work next, so no one is woken.
             inner.ready.push_back(event.key.clone());
             inner.queues.insert(event.key.clone(), queue);
         }
         drop(inner);
-        self.wake_dispatch.notify_one();
-        self.wake_writer.notify_one();
-        self.wake_server.notify_one();
+        if mode != Mode::Hot {
+            // The writer takes what followed this event to the log; the server may be
+            // waiting for the lane to settle.
+            self.wake_writer.notify_one();
+            self.wake_server.notify_one();
+        }
     }
 
     /// Runs a state-database operation until it succeeds, waiting `STATE_RETRY` after
@@ -928,7 +967,7 @@ impl Lane {
                         drop(inner);
                         self.state.note_drained();
                         tracing::info!(subscriber = %self.name, "spill log drained; lane back in hot mode");
-                        self.wake_dispatch.notify_one();
+                        self.wake_workers.notify_waiters();
                         Duration::ZERO
                     }
                     _ => TICK,

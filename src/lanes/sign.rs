@@ -18,10 +18,11 @@ pub enum SecretError {
     TooShort,
 }
 
-/// A decoded signing key. Its `Debug` never shows the key.
+/// A decoded signing key, kept as the HMAC state after the key is absorbed, so each
+/// signature hashes only its message. Its `Debug` never shows the key.
 #[derive(Clone)]
 pub struct Secret {
-    key: Vec<u8>,
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for Secret {
@@ -37,15 +38,16 @@ impl Secret {
         if key.len() < 16 {
             return Err(SecretError::TooShort);
         }
-        Ok(Secret { key })
+        let keyed = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+        Ok(Secret { keyed })
     }
 
     /// The MAC over `{id}.{timestamp}.{body}`.
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        mac.update(itoa(timestamp, &mut [0u8; 20]));
         mac.update(b".");
         mac.update(body);
         mac
@@ -67,6 +69,25 @@ impl Secret {
         };
         self.mac(id, timestamp, body).verify_slice(&expected).is_ok()
     }
+}
+
+/// The decimal digits of `n` (as `n.to_string()` without the allocation).
+fn itoa(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 /// The `webhook-signature` header value: every secret signs.
@@ -116,6 +137,13 @@ mod tests {
         assert_eq!(header.split(' ').count(), 2);
         assert!(verify_header(std::slice::from_ref(&b), "id1", 5, b"{}", &header));
         assert!(!verify_header(&[b], "id1", 6, b"{}", &header));
+    }
+
+    #[test]
+    fn timestamps_are_signed_as_their_decimal_digits() {
+        for n in [0, 7, 1614265330, -5, i64::MAX, i64::MIN] {
+            assert_eq!(itoa(n, &mut [0u8; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]
