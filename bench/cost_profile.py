@@ -83,7 +83,8 @@ def main():
     args = ap.parse_args()
     args.changes, args.keep, args.log, args.sub_extra = 1000, False, "warn", ""
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=bench_run.ROOT, check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=bench_run.BENCH / "receiver", check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(bench_run.ROOT / "target")],
+                   cwd=bench_run.BENCH / "receiver", check=True)
     b = bench_run.Bench(args)
     b.pg = bench_run.Cluster(b.work)
     try:

@@ -258,7 +258,8 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="walhook-bench-"))
         os.chmod(self.work, 0o755)
         self.walhook = str(ROOT / "target" / "release" / "walhook")
-        self.receiver = str(BENCH / "receiver" / "target" / "release" / "walhook-bench-receiver")
+        # Built into walhook's target directory, reusing its compiled dependencies.
+        self.receiver = str(ROOT / "target" / "release" / "walhook-bench-receiver")
         self.results = {}
         self.raw = {}
         self.pg = None
@@ -610,7 +611,10 @@ class Bench:
     def run(self):
         log("building walhook and the receiver (release)")
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=ROOT, check=True)
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=BENCH / "receiver", check=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(ROOT / "target")],
+                       cwd=BENCH / "receiver", check=True)
+        self.build_seconds = time.monotonic() - T0
+        log(f"built in {self.build_seconds / 60:.1f} minutes")
         log("starting a throwaway PostgreSQL cluster")
         self.pg = Cluster(self.work)
         try:
@@ -651,10 +655,14 @@ class Bench:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         machine = f"{os.cpu_count()} cores, {mem_gb:.0f} GiB, {platform.machine()}, PostgreSQL {self.pg_version()}"
+        total = time.monotonic() - T0
+        build = getattr(self, "build_seconds", 0.0)
         lines = ["# walhook benchmark results", "", f"{now}; {machine}; {self.args.runs} runs each "
                  f"(median, min-max); {self.args.changes:,} changes per burst; latency over "
                  f"{self.args.steady_seconds}s per run; pgbench {self.args.pgbench_seconds}s per configuration and run; "
                  f"big transaction of {12 * self.args.big_tx_products:,} rows.", "",
+                 f"The command took {total / 60:.1f} minutes: {build / 60:.1f} building (nothing was built before "
+                 f"when this is the time of a fresh clone), {(total - build) / 60:.1f} running the scenarios.", "",
                  f"Command: `python3 bench/run.py {' '.join(sys.argv[1:])}`", "",
                  "| figure | median | min | max | unit |", "|---|---:|---:|---:|---|"]
         for k, v in self.raw.items():
@@ -676,6 +684,7 @@ class Bench:
         (out / "latest.md").write_text(text)
         (out / "latest.json").write_text(json.dumps(
             {"date": now, "machine": machine, "runs": self.args.runs, "changes": self.args.changes,
+             "minutes_total": round(total / 60, 2), "minutes_building": round(build / 60, 2),
              "figures": self.raw, "results": self.results}, indent=2) + "\n")
         log(f"wrote {out / 'latest.md'} and {out / 'latest.json'}")
 
