@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const CHANGES_DECODED: &str = "walhook_changes_decoded_total";
 pub const EVENTS_EMITTED: &str = "walhook_events_emitted_total";
+pub const RULE_ERRORS: &str = "walhook_rule_errors_total";
 pub const DELIVERIES: &str = "walhook_deliveries_total";
 pub const DELIVERY_SECONDS: &str = "walhook_delivery_duration_seconds";
 pub const LANE_SPILLING: &str = "walhook_lane_spilling";
@@ -70,6 +71,8 @@ impl LaneMetrics {
 pub struct Metrics {
     pub changes_decoded: Counter,
     pub events_emitted: Counter,
+    /// Per rule (`events[N]`): changes it could not be evaluated for.
+    pub rule_errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     pub lag_bytes: Counter,
     pub confirmed_lsn: Counter,
     pub streaming: Counter,
@@ -102,6 +105,15 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         "Events produced by mapping rules.",
     );
     let _ = writeln!(out, "{EVENTS_EMITTED} {}", m.events_emitted.get());
+    head(
+        &mut out,
+        RULE_ERRORS,
+        "counter",
+        "Changes a rule could not be evaluated for (its condition failed at run time); they made no event for that rule.",
+    );
+    for (rule, n) in m.rule_errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{RULE_ERRORS}{{rule=\"{rule}\"}} {n}");
+    }
     head(
         &mut out,
         REPLICATION_LAG,

@@ -27,7 +27,7 @@ use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{self, Cell, LogicalMessage, TypeRegistry};
 use crate::event::{format_lsn, Pos};
 use crate::lanes::Lane;
-use crate::mapping::{Change, ColValue, Mapper, Row, TxMeta};
+use crate::mapping::{Change, ColValue, Mapper, Row, RuleFailure, TxMeta};
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
 use crate::source::{setup, ReplConn, ReplMessage, SourceError};
@@ -93,7 +93,12 @@ pub struct Pipeline {
     received: u64,
     /// This host's clock minus the server's, so lags are measured on one clock.
     clock: ClockOffset,
+    /// Per rule: when its last failure was logged, and failures since then unlogged.
+    failure_log: HashMap<String, (Instant, u64)>,
 }
+
+/// A rule's run-time failures are logged at most this often (each one is counted).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// This host's clock minus the server's, from the send times of its messages: the least
 /// difference seen in the last 10 to 20 seconds, so time a message spent waiting in
@@ -157,6 +162,7 @@ impl Pipeline {
             metrics,
             progress,
             rels: HashMap::new(),
+            failure_log: HashMap::new(),
             tx: None,
             frontier: 0,
             received: 0,
@@ -418,6 +424,28 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// Counts a rule that could not be evaluated for one change, and logs it (at most
+    /// every `FAILURE_LOG_EVERY` per rule, with how many were not logged meanwhile).
+    fn rule_failed(&mut self, f: RuleFailure) {
+        *self
+            .metrics
+            .rule_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(f.rule.clone())
+            .or_default() += 1;
+        let now = Instant::now();
+        match self.failure_log.get_mut(&f.rule) {
+            Some((last, skipped)) if now.duration_since(*last) < FAILURE_LOG_EVERY => *skipped += 1,
+            entry => {
+                let skipped = entry.map_or(0, |(_, n)| *n);
+                tracing::warn!(rule = %f.rule, table = %f.table, key = %f.key, error = %f.error, not_logged_since = skipped,
+                    "rule skipped for this change: its condition could not be evaluated");
+                self.failure_log.insert(f.rule, (now, 0));
+            }
+        }
+    }
+
     async fn change(
         &mut self,
         rel_id: u32,
@@ -475,7 +503,11 @@ impl Pipeline {
             index: this,
         };
         let tx = tx.clone();
-        let events = self.mapper.map(&tx, &change);
+        let mut failures = Vec::new();
+        let events = self.mapper.map(&tx, &change, &mut failures);
+        for f in failures {
+            self.rule_failed(f);
+        }
         for (event, routes) in events {
             self.metrics.events_emitted.add(1);
             // No lanes at all with --no-delivery.

@@ -110,6 +110,50 @@ async fn missing_prerequisites_name_their_fixes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_need_old_rows_or_name_unknown_columns_name_the_fix() {
+    let pg = PgCluster::start().await;
+    let url = pg
+        .create_db(
+            "shop",
+            "CREATE TABLE products (id int PRIMARY KEY, title text, status text);",
+        )
+        .await;
+    let private = "allow_private_targets = true";
+    for (rule, want) in [
+        (
+            "on = [\"update\"]\ntransition = { column = \"status\", to = \"approved\" }",
+            "events[0].transition needs the old values",
+        ),
+        (
+            "when = \"old.status != new.status\"",
+            "events[0].when needs the old values",
+        ),
+        (
+            "on = [\"update\"]\nignore_changes = [\"title\"]",
+            "events[0].ignore_changes needs",
+        ),
+        ("when = \"new.colour == 'red'\"", "events[0].when: table"),
+        ("exclude = [\"price\"]", "events[0].exclude: table"),
+    ] {
+        let (code, err) = run_config(&cfg(&url, "products", rule, private));
+        let line = error_line(&err);
+        assert_eq!(code, 3, "{rule}: {err}");
+        assert!(line.contains(want), "{rule}: {line}");
+        if want.contains("needs") {
+            assert!(
+                line.contains("ALTER TABLE \"public\".\"products\" REPLICA IDENTITY FULL"),
+                "{line}"
+            );
+        } else {
+            assert!(
+                line.contains("has no column") && line.contains("(it has: "),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_target_is_refused_unless_allowed() {
     // No database is needed: the target is checked before connecting.
     let (code, err) = run_config(&cfg("postgres://postgres@127.0.0.1:1/x", "products", "", ""));

@@ -182,8 +182,27 @@ pub struct EventRule {
     pub key: Option<Vec<String>>,
     /// Columns the payload carries; default all.
     pub columns: Option<Vec<String>>,
+    /// Columns the payload leaves out (instead of `columns`).
+    pub exclude: Option<Vec<String>>,
+    /// Whether `data.old` is carried.
+    #[serde(default = "default_true")]
+    pub include_old: bool,
     /// Updates fire only when one of these columns changed (needs REPLICA IDENTITY FULL).
     pub changed: Option<Vec<String>>,
+    /// Updates that change only these columns never fire (needs REPLICA IDENTITY FULL).
+    pub ignore_changes: Option<Vec<String>>,
+    /// Fires only when a column moves into a value (from a value, when given).
+    pub transition: Option<TransitionRule>,
+    /// A CEL expression over op, table, old, new, changed and meta; fires when true.
+    pub when: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionRule {
+    pub column: String,
+    pub to: serde_json::Value,
+    pub from: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,22 +407,63 @@ impl Config {
                     "empty: list one or more of insert, update, delete, truncate".into(),
                 );
             }
-            for (k, list) in [("key", &rule.key), ("columns", &rule.columns)] {
+            for (k, list) in [
+                ("key", &rule.key),
+                ("columns", &rule.columns),
+                ("exclude", &rule.exclude),
+            ] {
                 if list.as_ref().is_some_and(|l| l.is_empty()) {
                     bad(p(k), "empty list: leave the key out to use the default".into());
                 }
             }
-            if rule.changed.as_ref().is_some_and(|l| l.is_empty()) {
+            if rule.columns.is_some() && rule.exclude.is_some() {
                 bad(
-                    p("changed"),
-                    "empty list: leave the key out to fire on every update".into(),
+                    p("exclude"),
+                    "set either columns (what to carry) or exclude (what to leave out), not both".into(),
                 );
             }
-            if rule.changed.is_some() && !rule.on.contains(&Op::Update) {
-                bad(
-                    p("changed"),
-                    "only applies to updates, but `on` has no \"update\"".into(),
-                );
+            for k in ["changed", "ignore_changes"] {
+                let list = if k == "changed" {
+                    &rule.changed
+                } else {
+                    &rule.ignore_changes
+                };
+                if list.as_ref().is_some_and(|l| l.is_empty()) {
+                    bad(
+                        p(k),
+                        "empty list: leave the key out to fire on every update".into(),
+                    );
+                }
+                if list.is_some() && !rule.on.contains(&Op::Update) {
+                    bad(p(k), "only applies to updates, but `on` has no \"update\"".into());
+                }
+            }
+            if let Some(t) = &rule.transition {
+                if t.column.is_empty() {
+                    bad(
+                        p("transition.column"),
+                        "empty: name the column whose value moves".into(),
+                    );
+                }
+                for (k, v) in [("to", Some(&t.to)), ("from", t.from.as_ref())] {
+                    if v.is_some_and(|v| v.is_array() || v.is_object()) {
+                        bad(
+                            p(&format!("transition.{k}")),
+                            "must be a single value (text, number, true/false)".into(),
+                        );
+                    }
+                }
+                if !rule.on.iter().any(|o| matches!(o, Op::Insert | Op::Update)) {
+                    bad(
+                        p("transition"),
+                        "only insert and update can move a column into a value, but `on` has neither".into(),
+                    );
+                }
+            }
+            if let Some(when) = &rule.when {
+                if let Err(e) = crate::mapping::Condition::compile(when) {
+                    bad(p("when"), e);
+                }
             }
         }
         let mut names = std::collections::HashSet::new();

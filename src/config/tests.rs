@@ -38,19 +38,21 @@ secrets = ["${SECRET}"]
 
 #[test]
 fn every_example_config_parses() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
     let mut n = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            if let Err(e) = parse(&text) {
-                panic!("{}: {e}", path.display());
+    for dir in [root.to_string(), format!("{root}/examples")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(e) = parse(&text) {
+                    panic!("{}: {e}", path.display());
+                }
+                n += 1;
             }
-            n += 1;
         }
     }
-    assert!(n >= 2, "found {n} example configs");
+    assert!(n >= 9, "found {n} example configs");
 }
 
 #[test]
@@ -140,6 +142,51 @@ secrets = ["whsec_YWJj"]
         p.iter().any(|p| p.message.contains("whsec_")),
         "the secret problem names the format"
     );
+}
+
+#[test]
+fn bad_rules_are_named_with_their_key_paths() {
+    let text = r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "products"
+when = "new.qty <="
+[[events]]
+table = "products"
+when = "nwe.qty > 0"
+[[events]]
+table = "products"
+on = ["insert", "delete"]
+columns = ["id"]
+exclude = ["title"]
+ignore_changes = ["updated_at"]
+transition = { column = "status", to = ["a"] }
+[[events]]
+table = "products"
+on = ["delete"]
+transition = { column = "", to = "x" }
+[[subscribers]]
+name = "x"
+url = "https://example.com"
+events = ["*"]
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+"#;
+    let p = problems(text);
+    let find = |path: &str| {
+        p.iter()
+            .find(|p| p.path == path)
+            .unwrap_or_else(|| panic!("no problem at {path} in {p:?}"))
+            .message
+            .clone()
+    };
+    assert!(find("events[0].when").contains("not a valid CEL expression"));
+    assert!(find("events[1].when").contains("unknown name nwe"));
+    assert!(find("events[2].exclude").contains("not both"));
+    assert!(find("events[2].ignore_changes").contains("only applies to updates"));
+    assert!(find("events[2].transition.to").contains("single value"));
+    assert!(find("events[3].transition.column").contains("empty"));
+    assert!(find("events[3].transition").contains("neither"));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! Nothing here does I/O or reads a clock: the body is a function of the change and the
 //! rule only (its `timestamp` is the commit time), so a replay renders identical bytes.
 
+mod condition;
 mod pattern;
 mod render;
 
@@ -16,6 +17,8 @@ use serde_json::Value;
 use crate::config::{Config, Op, TableName};
 use crate::event::EventRef;
 
+pub use condition::Condition;
+use condition::Transition;
 pub use pattern::matches as pattern_matches;
 
 /// Commit-level facts shared by every change of a transaction.
@@ -58,15 +61,50 @@ pub struct TableMeta {
 }
 
 struct Rule {
+    /// `events[N]` in the config, for errors and metrics.
+    label: String,
     index: u16,
     ops: Vec<Op>,
     key: Vec<String>,
-    columns: Option<HashSet<String>>,
+    projection: Projection,
+    include_old: bool,
     changed: Option<Vec<String>>,
+    ignore_changes: Option<Vec<String>>,
+    transition: Option<Transition>,
+    when: Option<Condition>,
     /// `schema.table` as written in bodies.
     table: String,
     /// Per op: event name, routes and id tag.
     names: HashMap<Op, (String, Arc<[usize]>, u32)>,
+}
+
+/// Which columns a rule's row images carry.
+enum Projection {
+    All,
+    Only(HashSet<String>),
+    Except(HashSet<String>),
+}
+
+impl Rule {
+    fn carries(&self, col: &str) -> bool {
+        match &self.projection {
+            Projection::All => true,
+            Projection::Only(cols) => cols.contains(col),
+            Projection::Except(cols) => !cols.contains(col),
+        }
+    }
+}
+
+/// A rule that could not be evaluated for one change (a condition failed at run time):
+/// the change makes no event for that rule, and the caller logs and counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFailure {
+    /// `events[N]`.
+    pub rule: String,
+    pub table: String,
+    /// The row's ordering key as JSON.
+    pub key: String,
+    pub error: String,
 }
 
 pub struct Mapper {
@@ -113,13 +151,30 @@ impl Mapper {
                 let tag = fnv1a(format!("{table}\u{0}{name}\u{0}{}\u{0}{twins}", op.as_str()).as_bytes());
                 names.insert(op, (name, routes, tag));
             }
+            let projection = match (&r.columns, &r.exclude) {
+                (Some(c), _) => Projection::Only(c.iter().cloned().collect()),
+                (None, Some(x)) => Projection::Except(x.iter().cloned().collect()),
+                (None, None) => Projection::All,
+            };
+            let when = match &r.when {
+                Some(w) => Some(Condition::compile(w).map_err(|e| format!("events[{i}].when: {e}"))?),
+                None => None,
+            };
             rules.push(Rule {
+                label: format!("events[{i}]"),
                 table: table.to_string(),
                 index,
                 ops: r.on.clone(),
                 key,
-                columns: r.columns.as_ref().map(|c| c.iter().cloned().collect()),
+                projection,
+                include_old: r.include_old,
                 changed: r.changed.clone(),
+                ignore_changes: r.ignore_changes.clone(),
+                transition: r
+                    .transition
+                    .as_ref()
+                    .map(|t| Transition::new(&t.column, &t.to, t.from.as_ref())),
+                when,
                 names,
             });
         }
@@ -132,8 +187,14 @@ impl Mapper {
     }
 
     /// Events for one change, each with the lanes it goes to. Events routed nowhere are
-    /// still returned (with no routes) so callers can count them.
-    pub fn map(&self, tx: &TxMeta, change: &Change<'_>) -> Vec<(EventRef, Arc<[usize]>)> {
+    /// still returned (with no routes) so callers can count them. Rules that cannot be
+    /// evaluated for this change are added to `failures`; the other rules go on.
+    pub fn map(
+        &self,
+        tx: &TxMeta,
+        change: &Change<'_>,
+        failures: &mut Vec<RuleFailure>,
+    ) -> Vec<(EventRef, Arc<[usize]>)> {
         let Some(rules) = self.by_table.get(change.table) else {
             return Vec::new();
         };
@@ -145,8 +206,15 @@ impl Mapper {
             let Some((name, routes, tag)) = rule.names.get(&change.op) else {
                 continue;
             };
-            if let Some(event) = render::render(rule, name, *tag, tx, change) {
-                out.push((Arc::new(event), routes.clone()));
+            match render::render(rule, name, *tag, tx, change) {
+                Ok(Some(event)) => out.push((Arc::new(event), routes.clone())),
+                Ok(None) => {}
+                Err(error) => failures.push(RuleFailure {
+                    rule: rule.label.clone(),
+                    table: rule.table.clone(),
+                    key: render::key_json(rule, change),
+                    error,
+                }),
             }
         }
         out

@@ -6,6 +6,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::condition::Facts;
 use super::{Change, ColValue, Row, Rule, TxMeta};
 use crate::config::Op;
 use crate::event::{format_lsn, Event, Pos};
@@ -21,7 +22,7 @@ struct RowJson<'a> {
 impl RowJson<'_> {
     fn entries(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.row.iter().enumerate().filter_map(move |(i, (col, v))| {
-            if !self.rule.columns.as_ref().is_none_or(|c| c.contains(&**col)) {
+            if !self.rule.carries(col) {
                 return None;
             }
             let v = match v {
@@ -45,7 +46,7 @@ impl Serialize for RowJson<'_> {
 
 /// The value of column `col` in `row`, found at `index` when the images line up (they
 /// come from one relation), else by name. `None` for a missing or unchanged value.
-fn value_at<'a>(row: Option<&'a Row>, index: usize, col: &str) -> Option<&'a Value> {
+pub(super) fn value_at<'a>(row: Option<&'a Row>, index: usize, col: &str) -> Option<&'a Value> {
     let row = row?;
     let (c, v) = match row.get(index) {
         Some(entry) if &*entry.0 == col => entry,
@@ -89,7 +90,9 @@ struct Data<'a> {
     op: &'static str,
     key: &'a RawValue,
     new: Option<RowJson<'a>>,
-    old: Option<RowJson<'a>>,
+    /// Left out (outer `None`) when the rule says `include_old = false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<Option<RowJson<'a>>>,
     changed: Option<Vec<&'a str>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     unchanged: Vec<&'a str>,
@@ -104,10 +107,85 @@ struct Body<'a> {
     data: Data<'a>,
 }
 
-/// The event one rule makes of one change, or `None` when the rule does not fire.
-pub(super) fn render(rule: &Rule, name: &str, tag: u32, tx: &TxMeta, c: &Change<'_>) -> Option<Event> {
+/// The row's ordering key as JSON, as in `data.key`.
+pub(super) fn key_json(rule: &Rule, c: &Change<'_>) -> String {
+    serde_json::to_string(&KeyJson {
+        rule,
+        new: c.new.as_ref(),
+        old: c.old.as_ref(),
+    })
+    .unwrap_or_default()
+}
+
+/// Whether the rule's conditions let this change through: `changed`, `ignore_changes`,
+/// `transition` and `when`, all of which must hold. `changed` holds the changed columns
+/// of an update with a full old row. An error says why a condition could not be decided.
+fn fires(
+    rule: &Rule,
+    tx: &TxMeta,
+    c: &Change<'_>,
+    full_old: Option<&Row>,
+    changed: Option<&[&str]>,
+) -> Result<bool, String> {
+    if c.op == Op::Update {
+        if let Some(wanted) = &rule.changed {
+            match changed {
+                Some(ch) if ch.iter().any(|col| wanted.iter().any(|w| w == col)) => {}
+                _ => return Ok(false),
+            }
+        }
+        if let Some(ignored) = &rule.ignore_changes {
+            let Some(ch) = changed else {
+                return Err("ignore_changes needs the old row, which this update did not carry".into());
+            };
+            if ch.iter().all(|col| ignored.iter().any(|i| i == col)) {
+                return Ok(false);
+            }
+        }
+    }
+    if let Some(t) = &rule.transition {
+        if !t.holds(c.op, c.new.as_ref(), full_old)? {
+            return Ok(false);
+        }
+    }
+    if let Some(when) = &rule.when {
+        // An insert changes every column it sets; a delete changes none.
+        let all: Vec<&str>;
+        let changed = match c.op {
+            Op::Insert => {
+                all = c.new.iter().flatten().map(|(col, _)| &**col).collect();
+                Some(all.as_slice())
+            }
+            Op::Delete | Op::Truncate => Some(&[][..]),
+            Op::Update => changed,
+        };
+        let lsn = format_lsn(tx.commit_lsn);
+        let facts = Facts {
+            op: c.op,
+            table: &rule.table,
+            new: c.new.as_ref(),
+            old: c.old.as_ref(),
+            full_old,
+            changed,
+            commit_time: &tx.commit_time,
+            lsn: &lsn,
+            xid: tx.xid,
+        };
+        return when.eval(&facts);
+    }
+    Ok(true)
+}
+
+/// The event one rule makes of one change, `None` when the rule does not fire, or an
+/// error when one of its conditions cannot be evaluated for this change.
+pub(super) fn render(
+    rule: &Rule,
+    name: &str,
+    tag: u32,
+    tx: &TxMeta,
+    c: &Change<'_>,
+) -> Result<Option<Event>, String> {
     let full_old = if c.old_is_key_only { None } else { c.old.as_ref() };
-    let in_columns = |col: &str| rule.columns.as_ref().is_none_or(|cols| cols.contains(col));
     // Columns whose value changed: only knowable with the whole old row.
     let changed: Option<Vec<&str>> = match (c.op, c.new.as_ref(), full_old) {
         (Op::Update, Some(new), Some(old)) => Some(
@@ -122,12 +200,10 @@ pub(super) fn render(rule: &Rule, name: &str, tag: u32, tx: &TxMeta, c: &Change<
         ),
         _ => None,
     };
-    if let (Op::Update, Some(wanted)) = (c.op, &rule.changed) {
-        match &changed {
-            Some(ch) if ch.iter().any(|col| wanted.iter().any(|w| w == col)) => {}
-            _ => return None,
-        }
+    if !fires(rule, tx, c, full_old, changed.as_deref())? {
+        return Ok(None);
     }
+    let in_columns = |col: &str| rule.carries(col);
     // The body names only columns the rule carries.
     let changed = changed.map(|cols| cols.into_iter().filter(|col| in_columns(col)).collect::<Vec<_>>());
     let unchanged: Vec<&str> = c
@@ -140,13 +216,7 @@ pub(super) fn render(rule: &Rule, name: &str, tag: u32, tx: &TxMeta, c: &Change<
         })
         .map(|(_, (col, _))| &**col)
         .collect();
-    let key = serde_json::to_string(&KeyJson {
-        rule,
-        new: c.new.as_ref(),
-        old: c.old.as_ref(),
-    })
-    .ok()?;
-    let key_raw = RawValue::from_string(key).ok()?;
+    let key_raw = RawValue::from_string(key_json(rule, c)).map_err(|e| format!("key: {e}"))?;
     let lsn = format_lsn(tx.commit_lsn);
     let body = Body {
         kind: name,
@@ -160,10 +230,12 @@ pub(super) fn render(rule: &Rule, name: &str, tag: u32, tx: &TxMeta, c: &Change<
                 rule,
                 fallback: full_old,
             }),
-            old: c.old.as_ref().map(|row| RowJson {
-                row,
-                rule,
-                fallback: None,
+            old: rule.include_old.then(|| {
+                c.old.as_ref().map(|row| RowJson {
+                    row,
+                    rule,
+                    fallback: None,
+                })
             }),
             changed,
             unchanged,
@@ -176,12 +248,12 @@ pub(super) fn render(rule: &Rule, name: &str, tag: u32, tx: &TxMeta, c: &Change<
         },
     };
     let mut buf = Vec::with_capacity(512);
-    serde_json::to_writer(&mut buf, &body).ok()?;
-    Some(Event {
+    serde_json::to_writer(&mut buf, &body).map_err(|e| format!("body: {e}"))?;
+    Ok(Some(Event {
         pos: Pos::new(tx.commit_lsn, c.index, rule.index),
         id: format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, tag),
         event_type: name.to_string(),
         key: format!("{}|{}", rule.table, key_raw.get()),
         body: buf.into(),
-    })
+    }))
 }

@@ -90,7 +90,7 @@ fn a_price_update_renders_the_documented_body_and_routes_by_pattern() {
         old_is_key_only: false,
         index: 3,
     };
-    let out = m.map(&tx(), &change);
+    let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 1);
     let (event, routes) = &out[0];
     assert_eq!(&routes[..], &[0, 1], "both `*` and `price.*` match");
@@ -102,7 +102,7 @@ fn a_price_update_renders_the_documented_body_and_routes_by_pattern() {
         r#"{"type":"price.changed","timestamp":"2026-11-22T10:00:00.123456Z","data":{"table":"public.prices","op":"update","key":{"product_id":42,"currency":"EUR"},"new":{"product_id":42,"currency":"EUR","amount":12,"note":"x"},"old":{"product_id":42,"currency":"EUR","amount":10,"note":"x"},"changed":["amount"],"source":{"lsn":"0/16B3748","xid":731,"commit_time":"2026-11-22T10:00:00.123456Z","seq":3}}}"#
     );
     // Stable: mapping the same change again gives the same id and bytes.
-    let again = m.map(&tx(), &change);
+    let again = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(again[0].0.id, event.id);
     assert_eq!(again[0].0.body, event.body);
 }
@@ -131,7 +131,7 @@ fn changed_filter_skips_updates_of_other_columns() {
         old_is_key_only: false,
         index: 0,
     };
-    assert!(m.map(&tx(), &change).is_empty());
+    assert!(m.map(&tx(), &change, &mut Vec::new()).is_empty());
     let insert = Change {
         table: &table,
         op: Op::Insert,
@@ -140,7 +140,10 @@ fn changed_filter_skips_updates_of_other_columns() {
         old_is_key_only: false,
         index: 0,
     };
-    assert!(m.map(&tx(), &insert).is_empty(), "the rule is for updates only");
+    assert!(
+        m.map(&tx(), &insert, &mut Vec::new()).is_empty(),
+        "the rule is for updates only"
+    );
 }
 
 #[test]
@@ -161,7 +164,7 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: false,
         index: 0,
     };
-    let out = m.map(&tx(), &change);
+    let out = m.map(&tx(), &change, &mut Vec::new());
     let body: serde_json::Value = serde_json::from_slice(&out[0].0.body).unwrap();
     assert_eq!(out[0].0.event_type, "products.updated");
     assert_eq!(&out[0].1[..], &[0], "price.* does not match products.updated");
@@ -193,7 +196,8 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: false,
         index: 0,
     };
-    let body: serde_json::Value = serde_json::from_slice(&m.map(&tx(), &change)[0].0.body).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].0.body).unwrap();
     assert_eq!(body["data"]["new"]["body"], "long");
     assert_eq!(body["data"]["changed"], json!(["title"]));
     assert!(body["data"].get("unchanged").is_none());
@@ -219,7 +223,8 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: false,
         index: 0,
     };
-    let body: serde_json::Value = serde_json::from_slice(&m.map(&tx(), &change)[0].0.body).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].0.body).unwrap();
     assert_eq!(body["data"]["changed"], json!([]));
 
     // A delete takes its key from the old (key-only) row.
@@ -237,7 +242,7 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: true,
         index: 1,
     };
-    let out = m.map(&tx(), &del);
+    let out = m.map(&tx(), &del, &mut Vec::new());
     assert_eq!(out[0].0.event_type, "products.deleted");
     assert_eq!(out[0].0.key, r#"public.products|{"id":7}"#);
 }
@@ -256,7 +261,7 @@ fn twin_rules_get_distinct_ids() {
         old_is_key_only: false,
         index: 0,
     };
-    let out = m.map(&tx(), &change);
+    let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 2);
     assert_ne!(out[0].0.id, out[1].0.id);
     assert!(out[0].0.pos < out[1].0.pos);

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{TypeKind, TypeRegistry};
-use crate::mapping::TableMeta;
+use crate::mapping::{Condition, TableMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -117,11 +117,23 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
             .collect();
         for &i in rules {
             let rule = &config.events[i];
-            for (key, list) in [
-                ("key", &rule.key),
-                ("columns", &rule.columns),
-                ("changed", &rule.changed),
-            ] {
+            let when = match &rule.when {
+                Some(w) => Some(Condition::compile(w).map_err(|e| need(format!("events[{i}].when: {e}")))?),
+                None => None,
+            };
+            let named = [
+                ("key", rule.key.clone()),
+                ("columns", rule.columns.clone()),
+                ("exclude", rule.exclude.clone()),
+                ("changed", rule.changed.clone()),
+                ("ignore_changes", rule.ignore_changes.clone()),
+                (
+                    "transition.column",
+                    rule.transition.as_ref().map(|t| vec![t.column.clone()]),
+                ),
+                ("when", when.as_ref().map(Condition::columns)),
+            ];
+            for (key, list) in &named {
                 for col in list.iter().flatten() {
                     if !columns.contains(col) {
                         return Err(need(format!(
@@ -141,12 +153,24 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
                     t = table.quoted()
                 )));
             }
-            if rule.changed.is_some() && replident != "f" {
-                return Err(need(format!(
-                    "events[{i}].changed needs the old values of every column, but table {t} only logs its key. \
-                     Fix: ALTER TABLE {t} REPLICA IDENTITY FULL;",
-                    t = table.quoted()
-                )));
+            // Keys whose conditions read the old row of updates (or deletes).
+            let old_readers = [
+                ("changed", rule.changed.is_some()),
+                ("ignore_changes", rule.ignore_changes.is_some()),
+                (
+                    "transition",
+                    rule.transition.is_some() && rule.on.contains(&Op::Update),
+                ),
+                ("when", when.as_ref().is_some_and(|w| w.needs_old()) && writes),
+            ];
+            if let Some((key, _)) = old_readers.iter().find(|(_, reads)| *reads) {
+                if replident != "f" {
+                    return Err(need(format!(
+                        "events[{i}].{key} needs the old values of every column, but table {t} only logs its key. \
+                         Fix: ALTER TABLE {t} REPLICA IDENTITY FULL;",
+                        t = table.quoted()
+                    )));
+                }
             }
             // A delete carries only the identity columns: a key outside them would be null.
             if rule.on.contains(&Op::Delete) && replident != "f" {

@@ -1,0 +1,432 @@
+//! Conditions: the `when` expression of a rule (CEL), compiled when the config loads and
+//! evaluated per change over `op`, `table`, `old`, `new`, `changed` and `meta`, and the
+//! `transition` short form.
+//!
+//! Values reach CEL by their JSON type: int8 and numeric columns are numbers (an int
+//! when they fit one, else a double), so `new.amount > 10` compares as numbers whatever
+//! the column's type. A row image is a map of column name to value; an unchanged TOAST
+//! value the server did not send is left out of `new` (so `has(new.description)` is
+//! false) unless the full old row supplies it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::common::ast::{Expr, IdedExpr};
+use cel::objects::{Key, Map};
+use cel::{Context, Env, Program, Value};
+use serde_json::Value as Json;
+
+use super::{ColValue, Row};
+use crate::config::Op;
+
+/// The variables an expression may use.
+pub const VARIABLES: [&str; 6] = ["op", "table", "old", "new", "changed", "meta"];
+
+/// A compiled `when` expression.
+pub struct Condition {
+    program: Program,
+    env: Arc<Env>,
+    uses: Uses,
+}
+
+/// Which variables an expression reads, so evaluation builds only those.
+#[derive(Debug, Default, Clone, Copy)]
+struct Uses {
+    old: bool,
+    new: bool,
+    changed: bool,
+    meta: bool,
+}
+
+/// The facts about one change that a condition sees.
+pub struct Facts<'a> {
+    pub op: Op,
+    pub table: &'a str,
+    pub new: Option<&'a Row>,
+    /// The old row: full, or only the identity columns.
+    pub old: Option<&'a Row>,
+    /// The full old row, when the change carried one (fills unchanged TOAST values).
+    pub full_old: Option<&'a Row>,
+    /// Names of the changed columns: every column of an insert, those whose value
+    /// differs in an update with a full old row; `None` when it cannot be known.
+    pub changed: Option<&'a [&'a str]>,
+    pub commit_time: &'a str,
+    pub lsn: &'a str,
+    pub xid: u32,
+}
+
+impl Condition {
+    /// Compiles `source`; the error says what is wrong, where, and what may be used.
+    pub fn compile(source: &str) -> Result<Condition, String> {
+        let env = Arc::new(Env::stdlib());
+        let program = env.compile(source).map_err(|e| {
+            let text = e.to_string();
+            format!("not a valid CEL expression: {}", text.trim())
+        })?;
+        let refs = program.references();
+        let unknown: Vec<&str> = refs
+            .variables()
+            .into_iter()
+            .filter(|v| !VARIABLES.contains(v))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "unknown name {} (a condition may use {}; quote text as 'text')",
+                unknown.join(", "),
+                VARIABLES.join(", ")
+            ));
+        }
+        let uses = Uses {
+            old: refs.has_variable("old"),
+            new: refs.has_variable("new"),
+            changed: refs.has_variable("changed"),
+            meta: refs.has_variable("meta"),
+        };
+        Ok(Condition { program, env, uses })
+    }
+
+    /// Whether the expression reads the old row or the changed columns, which an update
+    /// carries only when its table has REPLICA IDENTITY FULL.
+    pub fn needs_old(&self) -> bool {
+        self.uses.old || self.uses.changed
+    }
+
+    /// Columns named as `new.<col>`, `old.<col>`, `new["<col>"]` or `old["<col>"]`.
+    pub fn columns(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        collect_columns(self.program.expression(), &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Evaluates the condition: Ok(true) fires, Ok(false) does not, Err says why the
+    /// expression could not be evaluated for this change.
+    pub fn eval(&self, f: &Facts<'_>) -> Result<bool, String> {
+        let mut ctx = Context::with_env(self.env.clone());
+        ctx.add_variable_from_value("op", f.op.as_str());
+        ctx.add_variable_from_value("table", f.table);
+        if self.uses.new {
+            ctx.add_variable_from_value("new", row_value(f.new, f.full_old));
+        }
+        if self.uses.old {
+            ctx.add_variable_from_value("old", row_value(f.old, None));
+        }
+        if self.uses.changed {
+            let list = match f.changed {
+                Some(cols) => Value::List(Arc::new(cols.iter().map(|c| Value::from(*c)).collect())),
+                None => return Err("`changed` is unknown: the old row was not sent".into()),
+            };
+            ctx.add_variable_from_value("changed", list);
+        }
+        if self.uses.meta {
+            let mut meta: HashMap<Key, Value> = HashMap::with_capacity(3);
+            // RFC 3339 in UTC with fixed digits: compares in time order as text.
+            meta.insert(Key::from("commit_time"), Value::from(f.commit_time));
+            meta.insert(Key::from("lsn"), Value::from(f.lsn));
+            meta.insert(Key::from("xid"), Value::Int(i64::from(f.xid)));
+            ctx.add_variable_from_value("meta", Value::Map(Map { map: Arc::new(meta) }));
+        }
+        match self.program.execute(&ctx) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!(
+                "the expression gave {} instead of true or false",
+                describe(&other)
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn collect_columns(e: &IdedExpr, out: &mut Vec<String>) {
+    match &e.expr {
+        Expr::Select(s) => {
+            if let Expr::Ident(root) = &s.operand.expr {
+                if root == "new" || root == "old" {
+                    out.push(s.field.clone());
+                }
+            }
+            collect_columns(&s.operand, out);
+        }
+        Expr::Call(c) => {
+            if c.func_name == "_[_]" {
+                if let [base, key] = c.args.as_slice() {
+                    if let (Expr::Ident(root), Expr::Literal(lit)) = (&base.expr, &key.expr) {
+                        if root == "new" || root == "old" {
+                            if let cel::common::ast::LiteralValue::String(s) = lit {
+                                out.push(s.inner().to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(t) = &c.target {
+                collect_columns(t, out);
+            }
+            for a in &c.args {
+                collect_columns(a, out);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for x in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_columns(x, out);
+            }
+        }
+        Expr::List(l) => l.elements.iter().for_each(|x| collect_columns(x, out)),
+        Expr::Map(m) => m.entries.iter().for_each(|x| entry_columns(&x.expr, out)),
+        Expr::Struct(s) => s.entries.iter().for_each(|x| entry_columns(&x.expr, out)),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+fn entry_columns(e: &cel::common::ast::EntryExpr, out: &mut Vec<String>) {
+    match e {
+        cel::common::ast::EntryExpr::StructField(f) => collect_columns(&f.value, out),
+        cel::common::ast::EntryExpr::MapEntry(m) => {
+            collect_columns(&m.key, out);
+            collect_columns(&m.value, out);
+        }
+    }
+}
+
+/// A short name of a CEL value's type for error messages.
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Int(_) | Value::UInt(_) | Value::Float(_) => "a number",
+        Value::String(_) => "a string",
+        Value::List(_) => "a list",
+        Value::Map(_) => "a map",
+        _ => "a value",
+    }
+}
+
+/// A row image as a CEL map; `None` is null. Unchanged TOAST values come from
+/// `fallback` or are left out.
+fn row_value(row: Option<&Row>, fallback: Option<&Row>) -> Value {
+    let Some(row) = row else { return Value::Null };
+    let mut map: HashMap<Key, Value> = HashMap::with_capacity(row.len());
+    for (i, (col, v)) in row.iter().enumerate() {
+        let v = match v {
+            ColValue::Value(v) => v,
+            ColValue::Unchanged => match super::render::value_at(fallback, i, col) {
+                Some(v) => v,
+                None => continue,
+            },
+        };
+        map.insert(Key::String(Arc::new(col.to_string())), json_value(v));
+    }
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+/// A JSON value as CEL sees it: numbers as int, uint or double.
+pub fn json_value(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::UInt(u)
+            } else {
+                // Decimals (numeric) and numbers past 64 bits compare as doubles.
+                Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => Value::String(Arc::new(s.clone())),
+        Json::Array(a) => Value::List(Arc::new(a.iter().map(json_value).collect())),
+        Json::Object(o) => {
+            let map: HashMap<Key, Value> = o
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_value(v)))
+                .collect();
+            Value::Map(Map { map: Arc::new(map) })
+        }
+    }
+}
+
+/// `transition = { column, to, from }`: fires when `column` moves into `to` (from
+/// `from`, when given). An insert counts as a transition when `from` is not given.
+pub struct Transition {
+    pub column: String,
+    to: Value,
+    from: Option<Value>,
+}
+
+impl Transition {
+    pub fn new(column: &str, to: &Json, from: Option<&Json>) -> Transition {
+        Transition {
+            column: column.to_string(),
+            to: json_value(to),
+            from: from.map(json_value),
+        }
+    }
+
+    /// Whether the change is such a transition. An update needs its full old row;
+    /// without one the result is an error.
+    pub fn holds(&self, op: Op, new: Option<&Row>, full_old: Option<&Row>) -> Result<bool, String> {
+        let col = &self.column;
+        let new_v = new.and_then(|r| column_value(r, col));
+        match op {
+            Op::Insert => Ok(self.from.is_none() && new_v.as_ref() == Some(&self.to)),
+            Op::Update => {
+                let Some(old) = full_old else {
+                    return Err(format!(
+                        "transition on {col:?} needs the old row, which was not sent"
+                    ));
+                };
+                let old_v = column_value(old, col);
+                let Some(new_v) = new_v.or_else(|| old_v.clone()) else {
+                    return Err(format!("column {col:?} is not in the row"));
+                };
+                let moved = old_v.as_ref() != Some(&new_v) && new_v == self.to;
+                Ok(moved && self.from.as_ref().is_none_or(|f| old_v.as_ref() == Some(f)))
+            }
+            Op::Delete | Op::Truncate => Ok(false),
+        }
+    }
+}
+
+/// The CEL value of one column; `None` when missing or an unchanged TOAST value.
+fn column_value(row: &Row, col: &str) -> Option<Value> {
+    super::render::value_at(Some(row), usize::MAX, col).map(json_value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, Json)]) -> Row {
+        pairs
+            .iter()
+            .map(|(k, v)| (Arc::from(*k), ColValue::Value(v.clone())))
+            .collect()
+    }
+
+    fn facts<'a>(
+        op: Op,
+        new: Option<&'a Row>,
+        old: Option<&'a Row>,
+        changed: Option<&'a [&'a str]>,
+    ) -> Facts<'a> {
+        Facts {
+            op,
+            table: "public.stock",
+            new,
+            old,
+            full_old: old,
+            changed,
+            commit_time: "2026-11-22T10:00:00.123456Z",
+            lsn: "0/16B3748",
+            xid: 731,
+        }
+    }
+
+    #[test]
+    fn the_issue_example_fires_only_on_the_crossing() {
+        let c = Condition::compile("new.qty <= 0 && (op == 'insert' || old.qty > 0)").unwrap();
+        let zero = row(&[("qty", Json::from(0))]);
+        let five = row(&[("qty", Json::from(5))]);
+        let minus = row(&[("qty", Json::from(-1))]);
+        assert!(c
+            .eval(&facts(Op::Update, Some(&zero), Some(&five), None))
+            .unwrap());
+        assert!(!c
+            .eval(&facts(Op::Update, Some(&minus), Some(&zero), None))
+            .unwrap());
+        assert!(!c
+            .eval(&facts(Op::Update, Some(&five), Some(&zero), None))
+            .unwrap());
+        assert!(c.eval(&facts(Op::Insert, Some(&zero), None, None)).unwrap());
+        assert!(c.needs_old());
+        assert_eq!(c.columns(), vec!["qty".to_string()]);
+    }
+
+    #[test]
+    fn decimals_compare_as_numbers() {
+        let amount: Json = serde_json::from_str("19.990").unwrap();
+        let big: Json = serde_json::from_str("123456789012345678901234567890").unwrap();
+        let r = row(&[("amount", amount), ("big", big)]);
+        for (expr, want) in [
+            ("new.amount > 10", true),
+            ("new.amount == 19.99", true),
+            ("new.amount < 19", false),
+            ("new.big > 1000000", true),
+        ] {
+            let c = Condition::compile(expr).unwrap();
+            assert_eq!(
+                c.eval(&facts(Op::Insert, Some(&r), None, None)),
+                Ok(want),
+                "{expr}"
+            );
+        }
+    }
+
+    #[test]
+    fn changed_meta_and_table_are_there() {
+        let r = row(&[("title", Json::from("A"))]);
+        let cols = ["title", "brand"];
+        let c = Condition::compile(
+            "'brand' in changed && table == 'public.stock' && meta.lsn == '0/16B3748' && meta.xid == 731 \
+             && meta.commit_time > '2026-01-01T00:00:00Z' && new.title.matches('^[A-Z]$')",
+        )
+        .unwrap();
+        assert_eq!(
+            c.eval(&facts(Op::Update, Some(&r), Some(&r), Some(&cols))),
+            Ok(true)
+        );
+        let err = c.eval(&facts(Op::Update, Some(&r), Some(&r), None)).unwrap_err();
+        assert!(err.contains("changed"), "{err}");
+    }
+
+    #[test]
+    fn runtime_failures_are_errors_not_panics() {
+        let r = row(&[("qty", Json::from(1))]);
+        for expr in ["new.missing > 0", "new.qty + 'x' == 1", "new.qty"] {
+            let c = Condition::compile(expr).unwrap();
+            assert!(
+                c.eval(&facts(Op::Insert, Some(&r), None, None)).is_err(),
+                "{expr}"
+            );
+        }
+    }
+
+    #[test]
+    fn compile_errors_say_what_is_wrong() {
+        let e = Condition::compile("new.qty <=").err().unwrap();
+        assert!(e.starts_with("not a valid CEL expression"), "{e}");
+        let e = Condition::compile("nwe.qty > 0").err().unwrap();
+        assert!(
+            e.contains("unknown name nwe") && e.contains("op, table, old, new, changed, meta"),
+            "{e}"
+        );
+        let c = Condition::compile("new['title'] != old.brand || has(new.sku)").unwrap();
+        assert_eq!(c.columns(), vec!["brand", "sku", "title"]);
+    }
+
+    #[test]
+    fn transitions_fire_on_the_move_only() {
+        let t = Transition::new("status", &Json::from("approved"), None);
+        let draft = row(&[("status", Json::from("draft"))]);
+        let approved = row(&[("status", Json::from("approved"))]);
+        assert_eq!(t.holds(Op::Update, Some(&approved), Some(&draft)), Ok(true));
+        assert_eq!(t.holds(Op::Update, Some(&approved), Some(&approved)), Ok(false));
+        assert_eq!(t.holds(Op::Update, Some(&draft), Some(&approved)), Ok(false));
+        assert_eq!(t.holds(Op::Insert, Some(&approved), None), Ok(true));
+        assert!(t.holds(Op::Update, Some(&approved), None).is_err());
+        let from = Transition::new("status", &Json::from("approved"), Some(&Json::from("review")));
+        assert_eq!(from.holds(Op::Update, Some(&approved), Some(&draft)), Ok(false));
+        assert_eq!(from.holds(Op::Insert, Some(&approved), None), Ok(false));
+        let qty = Transition::new("qty", &Json::from(0), None);
+        let zero: Json = serde_json::from_str("0.0").unwrap();
+        assert_eq!(
+            qty.holds(
+                Op::Update,
+                Some(&row(&[("qty", zero)])),
+                Some(&row(&[("qty", Json::from(3))]))
+            ),
+            Ok(true)
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! The mapping cases users attach walhook for, each run from its example config in
+//! `config/examples/` against `sql/examples/pim.sql`: real SQL, a real receiver per
+//! subscriber, and what each receiver got. Where a rule must not fire, the test also
+//! checks that nothing else was emitted: the last statement of each test is a change that
+//! does fire, and once it arrived every earlier transaction has been mapped, so
+//! `walhook_events_emitted_total` is final for them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An example config with its `${VAR}`s filled in, and every subscriber allowed to
+/// reach the loopback receivers.
+fn example(name: &str, vars: &[(&str, &str)]) -> String {
+    let path = format!("{}/config/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for (var, value) in vars {
+        text = text.replace(&format!("${{{var}}}"), value);
+    }
+    assert!(!text.contains("${"), "{name}: a variable is not filled in");
+    text.replace("[[subscribers]]", "[[subscribers]]\nallow_private_targets = true")
+}
+
+/// Starts PostgreSQL with the PIM schema and walhook with an example config whose
+/// subscribers are `subs` (each `NAME` fills `${NAME_URL}` and `${NAME_SECRET}`).
+async fn start(name: &str, subs: &[&str]) -> (PgCluster, Walhook, Vec<Receiver>, tokio_postgres::Client) {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", PIM_SQL).await;
+    let mut receivers = Vec::new();
+    let mut vars: Vec<(String, String)> = vec![("DATABASE_URL".into(), url)];
+    for sub in subs {
+        let rx = Receiver::start().await;
+        vars.push((format!("{sub}_URL"), rx.url()));
+        vars.push((format!("{sub}_SECRET"), SECRET.into()));
+        receivers.push(rx);
+    }
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let walhook = Walhook::start(&example(name, &vars));
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    (pg, walhook, receivers, db)
+}
+
+/// Runs each statement in its own transaction.
+async fn run(db: &tokio_postgres::Client, statements: &[&str]) {
+    for sql in statements {
+        db.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Waits for `n` webhooks at `rx`, checks each is signed, and returns their bodies in
+/// commit order (events of different keys may arrive in any order).
+async fn bodies(rx: &Receiver, n: usize) -> Vec<Value> {
+    let got = rx
+        .wait_for(WAIT, &format!("{n} webhooks"), |r| r.len() >= n)
+        .await;
+    for r in &got {
+        assert!(r.verifies(SECRET), "signature of {} does not verify", r.id);
+    }
+    let mut bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    bodies.sort_by_key(|b| {
+        let source = &b["data"]["source"];
+        let (hi, lo) = source["lsn"].as_str().unwrap().split_once('/').unwrap();
+        let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+        (lsn, source["seq"].as_u64().unwrap())
+    });
+    bodies
+}
+
+/// Asserts mapping made exactly `n` events so far (see the module doc).
+async fn emitted(walhook: &Walhook, n: usize) {
+    let m = walhook
+        .metric("walhook_events_emitted_total")
+        .await
+        .unwrap_or(-1.0);
+    assert_eq!(m, n as f64, "events emitted; log:\n{}", walhook.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_01_a_price_update_reaches_the_webshop_with_old_and_new_amount() {
+    let (_pg, walhook, rx, db) = start("01-price-to-webshop", &["WEBSHOP"]).await;
+    run(
+        &db,
+        &[
+            "UPDATE prices SET amount = 659.00 WHERE product_id = 1 AND currency = 'EUR'",
+            "UPDATE prices SET valid_from = '2031-01-01' WHERE product_id = 2",
+            "UPDATE prices SET amount = 42.50 WHERE product_id = 2",
+        ],
+    )
+    .await;
+    let got = bodies(&rx[0], 2).await;
+    emitted(&walhook, 2).await;
+    assert_eq!(got[0]["type"], "price.changed");
+    assert_eq!(got[0]["data"]["key"], json!({"product_id": 1, "currency": "EUR"}));
+    assert_eq!(got[0]["data"]["old"]["amount"].to_string(), "649.00");
+    assert_eq!(got[0]["data"]["new"]["amount"].to_string(), "659.00");
+    assert_eq!(got[0]["data"]["changed"], json!(["amount"]));
+    assert_eq!(got[1]["data"]["new"]["amount"].to_string(), "42.50");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_02_stock_reaches_every_channel_in_per_product_order() {
+    let (_pg, walhook, rx, db) = start("02-stock-to-channels", &["WEBSHOP", "MARKETPLACE", "POS"]).await;
+    // Product 1 and product 3 interleaved, each update its own transaction.
+    let mut statements = Vec::new();
+    for q in 1..=15 {
+        statements.push(format!(
+            "UPDATE stock SET qty = {q} WHERE product_id = 1 AND warehouse = 'berlin'"
+        ));
+        statements.push(format!(
+            "UPDATE stock SET qty = {} WHERE product_id = 3 AND warehouse = 'lyon'",
+            100 + q
+        ));
+    }
+    let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+    run(&db, &refs).await;
+    for channel in &rx {
+        bodies(channel, 30).await;
+        let seqs = qty_sequences(&channel.delivered());
+        assert_eq!(seqs[&1], (1..=15).collect::<Vec<_>>());
+        assert_eq!(seqs[&3], (101..=115).collect::<Vec<_>>());
+        let one = channel.delivered()[0].json();
+        assert_eq!(one["type"], "stock.changed");
+        let new = one["data"]["new"].as_object().unwrap();
+        assert_eq!(new.keys().collect::<Vec<_>>(), ["product_id", "warehouse", "qty"]);
+    }
+    emitted(&walhook, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_03_product_approved_fires_only_on_the_transition() {
+    let (_pg, walhook, rx, db) = start("03-product-approved", &["MARKETPLACE"]).await;
+    run(
+        &db,
+        &[
+            "UPDATE products SET status = 'review' WHERE id = 3",
+            "UPDATE products SET status = 'approved', description = 'Mesh back, approved text.' WHERE id = 3",
+            // Later edits of an approved product, and of one approved long ago: nothing.
+            "UPDATE products SET title = 'Office chair Pro' WHERE id = 3",
+            "UPDATE products SET status = 'approved', title = 'Walnut desk XL' WHERE id = 1",
+            "UPDATE products SET status = 'draft' WHERE id = 2",
+            // Back into approved: fires again.
+            "UPDATE products SET status = 'approved' WHERE id = 2",
+        ],
+    )
+    .await;
+    let got = bodies(&rx[0], 2).await;
+    emitted(&walhook, 2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["type"], "product.approved");
+    assert_eq!(
+        got[0]["data"]["new"],
+        json!({"id": 3, "sku": "SKU-3", "title": "Office chair", "description": "Mesh back, approved text.", "brand": "Sitwell"})
+    );
+    assert!(
+        got[0]["data"].get("old").is_none(),
+        "include_old = false: {}",
+        got[0]
+    );
+    assert_eq!(got[1]["data"]["key"], json!({"id": 2}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_05_an_uploaded_image_goes_to_the_optimizer() {
+    let (_pg, walhook, rx, db) = start("05-image-uploaded", &["OPTIMIZER"]).await;
+    run(
+        &db,
+        &[
+            "INSERT INTO images (product_id, url, alt) VALUES (1, 'https://cdn.example.com/p/1/front.jpg', 'Front')",
+            "UPDATE images SET alt = 'Front view' WHERE product_id = 1",
+            "DELETE FROM images WHERE product_id = 1",
+            "INSERT INTO images (product_id, url) VALUES (2, 'https://cdn.example.com/p/2/lamp.png')",
+        ],
+    )
+    .await;
+    let got = bodies(&rx[0], 2).await;
+    emitted(&walhook, 2).await;
+    assert_eq!(got[0]["type"], "image.uploaded");
+    assert_eq!(got[0]["data"]["op"], "insert");
+    assert_eq!(
+        got[0]["data"]["new"],
+        json!({"id": 1, "product_id": 1, "url": "https://cdn.example.com/p/1/front.jpg"})
+    );
+    assert_eq!(
+        got[1]["data"]["new"]["url"],
+        "https://cdn.example.com/p/2/lamp.png"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_06_a_status_change_carries_old_and_new_status() {
+    let (_pg, walhook, rx, db) = start("06-status-changed", &["TRANSLATIONS"]).await;
+    run(
+        &db,
+        &[
+            "UPDATE products SET status = 'review' WHERE id = 3",
+            "UPDATE products SET title = 'Office chair 2' WHERE id = 3",
+            "UPDATE products SET status = 'review' WHERE id = 3",
+            "UPDATE products SET status = 'approved' WHERE id = 3",
+        ],
+    )
+    .await;
+    let got = bodies(&rx[0], 2).await;
+    emitted(&walhook, 2).await;
+    assert_eq!(got[0]["type"], "product.status_changed");
+    assert_eq!(
+        got[0]["data"]["old"],
+        json!({"id": 3, "sku": "SKU-3", "status": "draft"})
+    );
+    assert_eq!(
+        got[0]["data"]["new"],
+        json!({"id": 3, "sku": "SKU-3", "status": "review"})
+    );
+    assert_eq!(got[0]["data"]["changed"], json!(["status"]));
+    assert_eq!(got[1]["data"]["old"]["status"], "review");
+    assert_eq!(got[1]["data"]["new"]["status"], "approved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_07_a_completed_order_goes_to_the_shipping_partner_once() {
+    let (_pg, walhook, rx, db) = start("07-order-completed", &["SHIPPING"]).await;
+    run(
+        &db,
+        &[
+            "UPDATE orders SET status = 'completed' WHERE id = 1001",
+            "UPDATE orders SET total = 690.00 WHERE id = 1001",
+            "UPDATE orders SET status = 'paid' WHERE id = 1002",
+            "UPDATE orders SET status = 'completed' WHERE id = 1002",
+        ],
+    )
+    .await;
+    let got = bodies(&rx[0], 2).await;
+    emitted(&walhook, 2).await;
+    assert_eq!(got[0]["type"], "order.completed");
+    let new = &got[0]["data"]["new"];
+    let cols: Vec<&String> = new.as_object().unwrap().keys().collect();
+    assert_eq!(cols, ["id", "customer", "total", "currency", "ship_to"]);
+    assert_eq!(new["id"], 1001);
+    assert_eq!(new["customer"], "ada@example.com");
+    assert_eq!(new["total"].to_string(), "688.90", "numeric keeps its digits");
+    assert_eq!(new["ship_to"], json!({"city": "Berlin", "zip": "10115"}));
+    assert!(got[0]["data"].get("old").is_none());
+    assert_eq!(got[1]["data"]["key"], json!({"id": 1002}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_09_stock_depleted_and_replenished_fire_only_on_the_crossing() {
+    let (_pg, walhook, rx, db) = start("09-stock-depleted", &["WEBSHOP"]).await;
+    run(
+        &db,
+        &[
+            "UPDATE stock SET qty = 5 WHERE product_id = 1",
+            "UPDATE stock SET qty = 0 WHERE product_id = 1",
+            "UPDATE stock SET qty = 0 WHERE product_id = 1",
+            "UPDATE stock SET qty = -2 WHERE product_id = 1",
+            "UPDATE stock SET qty = 3 WHERE product_id = 1",
+            "UPDATE stock SET qty = 1 WHERE product_id = 1",
+            "INSERT INTO stock (product_id, warehouse, qty) VALUES (2, 'lyon', 0)",
+            "INSERT INTO stock (product_id, warehouse, qty) VALUES (2, 'madrid', 4)",
+            "UPDATE stock SET qty = 0 WHERE product_id = 2 AND warehouse = 'madrid'",
+        ],
+    )
+    .await;
+    let got = bodies(&rx[0], 4).await;
+    emitted(&walhook, 4).await;
+    let seen: Vec<(String, Value, Value)> = got
+        .iter()
+        .map(|b| {
+            (
+                b["type"].as_str().unwrap().to_string(),
+                b["data"]["key"].clone(),
+                b["data"]["new"]["qty"].clone(),
+            )
+        })
+        .collect();
+    let key = |p: i64, w: &str| json!({"product_id": p, "warehouse": w});
+    let want = [
+        ("stock.depleted", key(1, "berlin"), json!(0)),
+        ("stock.replenished", key(1, "berlin"), json!(3)),
+        ("stock.depleted", key(2, "lyon"), json!(0)),
+        ("stock.depleted", key(2, "madrid"), json!(0)),
+    ];
+    for w in &want {
+        let w = (w.0.to_string(), w.1.clone(), w.2.clone());
+        assert!(seen.contains(&w), "missing {w:?} in {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_that_fails_on_a_row_skips_it_and_the_others_go_on() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", PIM_SQL).await;
+    let rx = Receiver::start().await;
+    // events[0] compares a text column with a number: it fails on every row it sees.
+    let config = format!(
+        r#"
+[source]
+url = "{url}"
+
+[[events]]
+table = "public.products"
+name = "product.bad"
+when = "new.title > 5"
+
+[[events]]
+table = "public.products"
+name = "product.touched"
+
+{sub}
+"#,
+        sub = subscriber("s", &rx.url(), "\"*\"", "")
+    );
+    let walhook = Walhook::start(&config);
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    run(
+        &db,
+        &[
+            "UPDATE products SET title = 'A' WHERE id = 1",
+            "UPDATE products SET title = 'B' WHERE id = 2",
+            "UPDATE products SET title = 'C' WHERE id = 3",
+        ],
+    )
+    .await;
+    let got = bodies(&rx, 3).await;
+    assert!(got.iter().all(|b| b["type"] == "product.touched"), "{got:?}");
+    emitted(&walhook, 3).await;
+    let errors = walhook
+        .metric("walhook_rule_errors_total{rule=\"events[0]\"}")
+        .await;
+    assert_eq!(errors, Some(3.0));
+    let log = walhook.log();
+    assert!(
+        log.contains("rule skipped for this change") && log.contains("events[0]"),
+        "{log}"
+    );
+    assert_eq!(
+        walhook.admin_get("/healthz").await.as_deref().map(str::trim),
+        Some("ok")
+    );
+}
