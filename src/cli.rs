@@ -1,4 +1,5 @@
-//! Command line: `walhook run`, `walhook check`, `walhook receive`.
+//! Command line: `walhook run`, `walhook check`, `walhook explain`, `walhook ping`,
+//! `walhook receive`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,43 @@ pub enum Command {
             default_value = "/etc/walhook/walhook.toml"
         )]
         config: PathBuf,
+    },
+    /// Dry run: print the events one row change would make and, for each subscriber that
+    /// wants them, the exact request (method, headers, body). Sends nothing.
+    Explain {
+        #[arg(
+            long,
+            short,
+            env = "WALHOOK_CONFIG",
+            default_value = "/etc/walhook/walhook.toml"
+        )]
+        config: PathBuf,
+        /// The table, "schema.table" ("products" is "public.products").
+        #[arg(long)]
+        table: String,
+        /// insert, update, delete or truncate.
+        #[arg(long, default_value = "update")]
+        op: String,
+        /// The old row as a JSON object, e.g. '{"id": 1, "status": "draft"}'.
+        #[arg(long)]
+        old: Option<String>,
+        /// The new row as a JSON object.
+        #[arg(long)]
+        new: Option<String>,
+    },
+    /// Send one signed `walhook.ping` event to a subscriber and print the outcome and
+    /// latency (exit 0 on a 2xx answer, 1 otherwise).
+    Ping {
+        #[arg(
+            long,
+            short,
+            env = "WALHOOK_CONFIG",
+            default_value = "/etc/walhook/walhook.toml"
+        )]
+        config: PathBuf,
+        /// The subscriber's name.
+        #[arg(long)]
+        subscriber: String,
     },
     /// Run a receiver that verifies signatures and prints every webhook (for trying walhook out).
     Receive {

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod explain;
 pub mod lanes;
 pub mod mapping;
 pub mod metrics;

@@ -48,6 +48,60 @@ fn main() {
                     }
                 }
             }
+            Command::Explain {
+                config,
+                table,
+                op,
+                old,
+                new,
+            } => {
+                let config = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("walhook: {e}");
+                        return 2;
+                    }
+                };
+                let question = walhook::explain::Question {
+                    table: &table,
+                    op: &op,
+                    old: old.as_deref(),
+                    new: new.as_deref(),
+                };
+                match walhook::explain::explain(&config, &question).await {
+                    Ok(report) => {
+                        print!("{report}");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("walhook: {e}");
+                        e.exit_code()
+                    }
+                }
+            }
+            Command::Ping { config, subscriber } => {
+                let config = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("walhook: {e}");
+                        return 2;
+                    }
+                };
+                match walhook::explain::ping(&config, &subscriber).await {
+                    Ok((report, delivered)) => {
+                        println!("{report}");
+                        if delivered {
+                            0
+                        } else {
+                            1
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("walhook: {e}");
+                        e.exit_code()
+                    }
+                }
+            }
             Command::Receive { listen, secrets } => {
                 let parsed: Result<Vec<_>, _> = secrets
                     .iter()

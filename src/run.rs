@@ -193,7 +193,7 @@ async fn watermarks(
     }
 }
 
-fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
+pub(crate) fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
     let detail = match e.as_db_error() {
         Some(db) => db.message().to_string(),
         None => {

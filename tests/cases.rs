@@ -346,3 +346,132 @@ name = "product.touched"
         Some("ok")
     );
 }
+
+/// The example config of case 3 with its variables filled in, written to a file.
+fn example_file(dir: &std::path::Path, db: &str, receiver: &str) -> String {
+    let text = example(
+        "03-product-approved",
+        &[
+            ("DATABASE_URL", db),
+            ("MARKETPLACE_URL", receiver),
+            ("MARKETPLACE_SECRET", SECRET),
+        ],
+    );
+    let path = dir.join("walhook.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_prints_the_exact_signed_request_and_sends_nothing() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", PIM_SQL).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_file(dir.path(), &url, &rx.url());
+    let draft = r#"{"id": 3, "sku": "SKU-3", "title": "Office chair", "description": "Mesh back.", "brand": "Sitwell", "status": "draft"}"#;
+    let approved = draft.replace("draft", "approved");
+
+    let (code, out, err) = walhook_output(&[
+        "explain", "--config", &config, "--table", "products", "--op", "update", "--old", draft, "--new",
+        &approved,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("event product.approved"), "{out}");
+    assert!(out.contains("--> subscriber \"marketplace\""), "{out}");
+    // The request as sent: its signature verifies over the printed id, timestamp and body.
+    let request = out.split("--> subscriber").nth(1).unwrap();
+    let lines: Vec<&str> = request.lines().skip(1).collect();
+    assert_eq!(lines[0], "POST /hook HTTP/1.1", "{out}");
+    let header = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    let body = lines[lines.iter().position(|l| l.is_empty()).unwrap() + 1];
+    assert_eq!(header("Content-Length"), body.len().to_string());
+    let secret = walhook::lanes::sign::Secret::parse(SECRET).unwrap();
+    assert!(walhook::lanes::sign::verify_header(
+        &[secret],
+        header("webhook-id"),
+        header("webhook-timestamp").parse().unwrap(),
+        body.as_bytes(),
+        header("webhook-signature"),
+    ));
+    let json: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["type"], "product.approved");
+    assert_eq!(
+        json["data"]["key"],
+        json!({"id": 3}),
+        "the primary key comes from the catalog"
+    );
+    assert!(json["data"].get("old").is_none());
+
+    // A change that does not fire says so.
+    let (code, out, _) = walhook_output(&[
+        "explain",
+        "--config",
+        &config,
+        "--table",
+        "products",
+        "--op",
+        "update",
+        "--old",
+        &approved,
+        "--new",
+        &approved.replace("Office chair", "Chair"),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("0 event(s)") && out.contains("No rule fires"),
+        "{out}"
+    );
+
+    // Bad input names the fix.
+    let (code, _, err) =
+        walhook_output(&["explain", "--config", &config, "--table", "prices", "--new", "{}"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no [[events]] rule names table public.prices"),
+        "{err}"
+    );
+    let (code, _, err) = walhook_output(&[
+        "explain", "--config", &config, "--table", "products", "--new", "[1]",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--new must be a JSON object"), "{err}");
+    assert!(rx.all().is_empty(), "explain sent something");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_sends_one_signed_event_and_reports_the_answer() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // No database is needed: ping only talks to the subscriber.
+    let config = example_file(dir.path(), "postgres://nobody@127.0.0.1:9/none", &rx.url());
+
+    let (code, out, err) = walhook_output(&["ping", "--config", &config, "--subscriber", "marketplace"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("marketplace") && out.contains("delivered ping_") && out.contains(" ms"),
+        "{out}"
+    );
+    let got = rx.all();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].verifies(SECRET));
+    assert_eq!(got[0].json()["type"], "walhook.ping");
+    assert_eq!(got[0].json()["data"]["subscriber"], "marketplace");
+
+    rx.set_status(500);
+    let (code, out, _) = walhook_output(&["ping", "--config", &config, "--subscriber", "marketplace"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not delivered") && out.contains("HTTP 500"), "{out}");
+
+    let (code, _, err) = walhook_output(&["ping", "--config", &config, "--subscriber", "nobody"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no such subscriber (the config has: marketplace)"),
+        "{err}"
+    );
+}

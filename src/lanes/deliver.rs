@@ -54,12 +54,9 @@ impl Target {
     }
 
     /// Sends one signed request. Returns the outcome and the time it took.
-    pub async fn send(&self, id: &str, body: &bytes::Bytes) -> (Attempt, Duration) {
+    pub async fn send(&self, id: &str, body: &[u8]) -> (Attempt, Duration) {
         let started = Instant::now();
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let ts = unix_now();
         let signature = signature_header(&self.secrets, id, ts, body);
         let ts = ts.to_string();
         let headers = [
@@ -79,6 +76,19 @@ impl Target {
         (outcome, started.elapsed())
     }
 
+    /// The exact request `send` would make at Unix time `ts`: request line, headers
+    /// (signed) and body.
+    pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Vec<u8> {
+        let signature = signature_header(&self.secrets, id, ts, body);
+        let ts = ts.to_string();
+        let headers = [
+            ("webhook-id", id),
+            ("webhook-timestamp", ts.as_str()),
+            ("webhook-signature", signature.as_str()),
+        ];
+        self.client.request(&headers, body)
+    }
+
     /// Delay before the attempt after `attempts` failed ones: exponential from
     /// `retry_initial`, capped at `retry_max`, with ±25% jitter.
     pub fn backoff(&self, attempts: u32) -> Duration {
@@ -93,6 +103,14 @@ pub fn suggests_down(error: &str) -> bool {
         Some(rest) => rest.starts_with('5') || rest.starts_with("408") || rest.starts_with("429"),
         None => true,
     }
+}
+
+/// Seconds since the Unix epoch (the `webhook-timestamp` header).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {

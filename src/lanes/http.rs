@@ -169,6 +169,15 @@ impl Client {
     /// POSTs `body` with the fixed headers and `extra` ones; the whole attempt is bounded
     /// by the timeout.
     pub async fn post(&self, extra: &[(&str, &str)], body: &[u8]) -> Result<Response, Error> {
+        let req = self.request(extra, body);
+        match tokio::time::timeout(self.opts.timeout, self.exchange(&req)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// The bytes of the request `post` sends: request line, headers and body.
+    pub fn request(&self, extra: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
         let mut req = Vec::with_capacity(self.head.len() + 256 + body.len());
         req.extend_from_slice(&self.head);
         for (k, v) in extra {
@@ -176,10 +185,7 @@ impl Client {
         }
         let _ = write!(req, "Content-Length: {}\r\n\r\n", body.len());
         req.extend_from_slice(body);
-        match tokio::time::timeout(self.opts.timeout, self.exchange(&req)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout),
-        }
+        req
     }
 
     async fn exchange(&self, req: &[u8]) -> Result<Response, Error> {

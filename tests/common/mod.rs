@@ -164,6 +164,19 @@ pub fn walhook_cmd(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Runs `walhook` with arguments to completion: (exit code, stdout, stderr).
+pub fn walhook_output(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(args)
+        .output()
+        .expect("run walhook");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `walhook run` with this config (admin server off) to completion: (exit code, stderr).
 pub fn run_config(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();

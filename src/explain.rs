@@ -1,0 +1,216 @@
+//! `walhook explain` (a dry run: which events one change makes and the exact request
+//! each subscriber would get) and `walhook ping` (one signed `walhook.ping` to one
+//! subscriber, to test a receiver before going live).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::{Config, Op, TableName};
+use crate::lanes::deliver::{unix_now, Attempt, Target};
+use crate::lanes::target;
+use crate::mapping::{Change, ColValue, Mapper, Row, TableMeta, TxMeta};
+use crate::pg::PgTarget;
+use crate::run::{connect_message, RunError};
+
+/// What `walhook explain` is asked about.
+pub struct Question<'a> {
+    pub table: &'a str,
+    pub op: &'a str,
+    pub old: Option<&'a str>,
+    pub new: Option<&'a str>,
+}
+
+/// The report `walhook explain` prints: for each event the change makes, each routed
+/// subscriber's request, byte for byte (request line, headers, body).
+pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunError> {
+    let bad = |m: String| RunError::Config(m);
+    let table = TableName::parse(q.table).map_err(|e| bad(format!("--table: {e}")))?;
+    let op = match q.op {
+        "insert" => Op::Insert,
+        "update" => Op::Update,
+        "delete" => Op::Delete,
+        "truncate" => Op::Truncate,
+        other => {
+            return Err(bad(format!(
+                "--op {other:?}: use insert, update, delete or truncate"
+            )))
+        }
+    };
+    // Only this table's rules, in their order: ids and positions come out as in `run`.
+    let mut scoped = config.clone();
+    scoped
+        .events
+        .retain(|r| TableName::parse(&r.table).is_ok_and(|t| t == table));
+    if scoped.events.is_empty() {
+        let named: Vec<&str> = config.events.iter().map(|r| r.table.as_str()).collect();
+        return Err(bad(format!(
+            "no [[events]] rule names table {table} (rules name: {})",
+            named.join(", ")
+        )));
+    }
+    let new = q.new.map(|j| row("--new", j)).transpose().map_err(bad)?;
+    let old = q.old.map(|j| row("--old", j)).transpose().map_err(bad)?;
+    let needs_new = matches!(op, Op::Insert | Op::Update);
+    if needs_new && new.is_none() {
+        return Err(bad(format!("--op {}: give the new row as --new JSON", q.op)));
+    }
+    if op == Op::Delete && old.is_none() {
+        return Err(bad("--op delete: give the deleted row as --old JSON".into()));
+    }
+
+    // Rules without `key` use the primary key, read from the source's catalog.
+    let mut tables = HashMap::new();
+    if scoped.events.iter().any(|r| r.key.is_none()) {
+        let pk = primary_key(config, &table).await?;
+        tables.insert(table.clone(), TableMeta { primary_key: pk });
+    }
+    let mapper = Mapper::new(&scoped, &tables).map_err(RunError::Config)?;
+    let tx = TxMeta {
+        commit_lsn: 0,
+        xid: 0,
+        commit_time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+    };
+    let change = Change {
+        table: &table,
+        op,
+        new,
+        old,
+        old_is_key_only: false,
+        index: 0,
+    };
+    let mut failures = Vec::new();
+    let events = mapper.map(&tx, &change, &mut failures);
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{op} on {table}: {} event(s). Ids, LSNs and times of a real change differ.",
+        events.len(),
+        op = q.op
+    );
+    for f in &failures {
+        let _ = writeln!(out, "\n{} could not be evaluated: {}", f.rule, f.error);
+    }
+    let ts = unix_now();
+    for (event, routes) in &events {
+        let _ = writeln!(
+            out,
+            "\nevent {} ({}), key {}",
+            event.event_type, event.id, event.key
+        );
+        if routes.is_empty() {
+            let _ = writeln!(out, "  no subscriber wants it");
+        }
+        for &i in routes.iter() {
+            let sub = &config.subscribers[i];
+            let target = Target::new(sub).map_err(|e| bad(format!("subscribers[{i}]: {e}")))?;
+            let request = target.request(&event.id, &event.body, ts);
+            let _ = writeln!(out, "\n--> subscriber {:?} at {}", sub.name, sub.url);
+            out.push_str(&String::from_utf8_lossy(&request).replace("\r\n", "\n"));
+            out.push('\n');
+        }
+    }
+    if events.is_empty() && failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "No rule fires for this change (check on, changed, transition and when)."
+        );
+    }
+    Ok(out)
+}
+
+/// A row image from a JSON object of column to value, in the object's order.
+fn row(flag: &str, json: &str) -> Result<Row, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("{flag} is not valid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(format!(
+            "{flag} must be a JSON object of column to value, e.g. '{{\"id\": 1, \"qty\": 0}}'"
+        ));
+    };
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (Arc::from(k.as_str()), ColValue::Value(v)))
+        .collect())
+}
+
+async fn primary_key(config: &Config, table: &TableName) -> Result<Vec<String>, RunError> {
+    let source =
+        PgTarget::parse(&config.source.url).map_err(|e| RunError::Config(format!("source.url: {e}")))?;
+    let client = source.connect("explain").await.map_err(|e| {
+        RunError::Prerequisite(format!(
+            "{} (explain reads the table's primary key; set `key` in its rules to explain without a database)",
+            connect_message("source.url", &e)
+        ))
+    })?;
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| RunError::Runtime(format!("catalog query failed: {e}")))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Sends one signed `walhook.ping` event to subscriber `name`. Returns the report and
+/// whether it was delivered (a 2xx answer).
+pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunError> {
+    let Some((i, sub)) = config
+        .subscribers
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.name == name)
+    else {
+        let names: Vec<&str> = config.subscribers.iter().map(|s| s.name.as_str()).collect();
+        return Err(RunError::Config(format!(
+            "--subscriber {name:?}: no such subscriber (the config has: {})",
+            names.join(", ")
+        )));
+    };
+    let mut one = config.clone();
+    one.subscribers = vec![sub.clone()];
+    let problems = target::check_targets(&one).await;
+    if !problems.is_empty() {
+        return Err(RunError::Config(
+            problems
+                .join("; ")
+                .replace("subscribers[0]", &format!("subscribers[{i}]")),
+        ));
+    }
+    let target = Target::new(sub).map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
+    let now = SystemTime::now();
+    let micros = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let id = format!("ping_{micros:x}");
+    let body = serde_json::json!({
+        "type": "walhook.ping",
+        "timestamp": humantime::format_rfc3339_micros(now).to_string(),
+        "data": {"subscriber": sub.name},
+    })
+    .to_string();
+    let (outcome, took) = target.send(&id, body.as_bytes()).await;
+    let ms = took.as_secs_f64() * 1000.0;
+    Ok(match outcome {
+        Attempt::Delivered => (
+            format!(
+                "{name} ({}): delivered {id} in {ms:.1} ms (a 2xx answer)",
+                sub.url
+            ),
+            true,
+        ),
+        Attempt::Failed(error) => (
+            format!("{name} ({}): not delivered after {ms:.1} ms: {error}", sub.url),
+            false,
+        ),
+    })
+}
