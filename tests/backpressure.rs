@@ -411,3 +411,41 @@ async fn a_standby_serves_a_killed_leaders_chunks_first() {
     );
     drained(&db).await;
 }
+
+/// A new key goes out at once while other keys wait for a slow answer: an idle worker
+/// takes it. (A worker busy delivering once kept its wakeup registration and swallowed
+/// the wakeup meant for an idle one, so a new key waited for the idle workers' own
+/// once-a-second look for work.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_goes_out_at_once_while_other_keys_wait_for_a_slow_answer() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("fresh", SCHEMA).await;
+    let rx = Receiver::start().await;
+    let sub = subscriber("s", &rx.url(), "\"*\"", "timeout = \"30s\"");
+    let walhook = Walhook::start(&config(&url, &sub));
+    walhook.wait_ready().await;
+    let db = pg.client("fresh").await;
+
+    rx.set_delay(Duration::from_secs(6));
+    db.batch_execute("INSERT INTO stock SELECT g, 1 FROM generate_series(1, 4) g")
+        .await
+        .unwrap();
+    // Past the idle workers' own look for work, so only a wakeup starts key 5 at once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rx.set_delay(Duration::ZERO);
+    let sent = Instant::now();
+    db.batch_execute("INSERT INTO stock VALUES (5, 1)").await.unwrap();
+    let is_five = |r: &Received| r.json()["data"]["key"]["product_id"] == 5;
+    let got = rx
+        .wait_for(Duration::from_secs(10), "key 5", |r| r.iter().any(is_five))
+        .await;
+    let took = got.iter().find(|r| is_five(r)).unwrap().at.duration_since(sent);
+    assert!(
+        took < Duration::from_millis(300),
+        "key 5 took {took:?} while keys 1-4 waited for their answers"
+    );
+    assert!(
+        got.iter().filter(|r| !is_five(r)).count() == 0,
+        "keys 1-4 answered early"
+    );
+}

@@ -587,22 +587,29 @@ impl Lane {
     /// looks for the next at once; idle workers wait to be woken.
     async fn hot_worker(self: Arc<Self>, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            let mut woken = pin!(self.wake_workers.notified());
-            woken.as_mut().enable();
-            let next = {
-                let mut inner = self.lock();
-                next_hot(&mut inner)
-            };
-            match next {
-                Some(event) => self.deliver_hot(event, &cancel).await,
-                None => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = woken => {}
-                        _ = tokio::time::sleep(IDLE_WORKER_CHECK) => {}
+            // The wakeup registration lives only while looking and waiting for work: a
+            // worker busy delivering must not stay registered, or it would take the
+            // wakeups meant for idle workers (`notify_one` wakes the oldest waiter).
+            let event = {
+                let mut woken = pin!(self.wake_workers.notified());
+                woken.as_mut().enable();
+                let next = {
+                    let mut inner = self.lock();
+                    next_hot(&mut inner)
+                };
+                match next {
+                    Some(event) => event,
+                    None => {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = woken => {}
+                            _ = tokio::time::sleep(IDLE_WORKER_CHECK) => {}
+                        }
+                        continue;
                     }
                 }
-            }
+            };
+            self.deliver_hot(event, &cancel).await;
         }
     }
 
