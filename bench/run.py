@@ -346,22 +346,25 @@ class Bench:
     def decode_ceiling(self):
         n_tx = self.args.changes // 100
         rl, wh = [], []
-        for run in range(self.args.runs):
-            # One burst, read by two slots: pg_recvlogical drains one, then walhook the other.
-            for slot in ("bench_r", "bench_w"):
+        # One burst, read by a slot per tool and run, all made before it: each run
+        # pg_recvlogical drains its slot, then walhook drains its own.
+        runs = range(self.args.runs)
+        for run in runs:
+            for slot in (f"bench_r{run}", f"bench_w{run}"):
                 self.pg.sql(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
-            # Asynchronous commit: the burst is written faster (it is not what is timed).
-            self.pg.sql(f"SET synchronous_commit = off; CALL burst({n_tx}, {run})")
-            end = self.pg.lsn()
+        # Asynchronous commit: the burst is written faster (it is not what is timed).
+        self.pg.sql(f"SET synchronous_commit = off; CALL burst({n_tx}, 0)")
+        end = self.pg.lsn()
+        for run in runs:
             t = time.monotonic()
             subprocess.run([str(self.pg.bin / "pg_recvlogical"), "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
-                                       "-d", "bench", "--slot", "bench_r", "--start", "-o", "proto_version=1",
+                                       "-d", "bench", "--slot", f"bench_r{run}", "--start", "-o", "proto_version=1",
                                        "-o", "publication_names=bench", "-E", f"{end >> 32:X}/{end & 0xFFFFFFFF:X}",
                                        "-f", "/dev/null", "--no-loop"], check=True)
             rl.append(self.args.changes / (time.monotonic() - t))
-            self.pg.drop_slot("bench_r")
+            self.pg.drop_slot(f"bench_r{run}")
 
-            slot = "bench_w"
+            slot = f"bench_w{run}"
             t = time.monotonic()
             proc, admin = self.start_walhook(slot, [("sink", "http://127.0.0.1:9", ["*"])], no_delivery=True)
             self.wait("walhook to drain the burst", lambda: self.pg.confirmed(slot) >= end, 600)
