@@ -8,6 +8,14 @@ use walhook::config::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Loads a config file, or prints why not and gives the exit code (2).
+fn load(path: &std::path::Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| {
+        eprintln!("walhook: {e}");
+        2
+    })
+}
+
 fn main() {
     let cli = Cli::parse();
     walhook::telemetry::init(cli.log_format == LogFormat::Json);
@@ -20,23 +28,17 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Check { config } => match Config::load(&config) {
+            Command::Check { config } => match load(&config) {
                 Ok(_) => {
                     println!("{}: ok", config.display());
                     0
                 }
-                Err(e) => {
-                    eprintln!("walhook: {e}");
-                    2
-                }
+                Err(code) => code,
             },
             Command::Run { config, no_delivery } => {
-                let config = match Config::load(&config) {
+                let config = match load(&config) {
                     Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("walhook: {e}");
-                        return 2;
-                    }
+                    Err(code) => return code,
                 };
                 let cancel = CancellationToken::new();
                 walhook::shutdown::on_signals(cancel.clone());
@@ -55,12 +57,9 @@ fn main() {
                 old,
                 new,
             } => {
-                let config = match Config::load(&config) {
+                let config = match load(&config) {
                     Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("walhook: {e}");
-                        return 2;
-                    }
+                    Err(code) => return code,
                 };
                 let question = walhook::explain::Question {
                     table: &table,
@@ -80,12 +79,9 @@ fn main() {
                 }
             }
             Command::Ping { config, subscriber } => {
-                let config = match Config::load(&config) {
+                let config = match load(&config) {
                     Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("walhook: {e}");
-                        return 2;
-                    }
+                    Err(code) => return code,
                 };
                 match walhook::explain::ping(&config, &subscriber).await {
                     Ok((report, delivered)) => {

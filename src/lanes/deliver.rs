@@ -56,15 +56,8 @@ impl Target {
     /// Sends one signed request. Returns the outcome and the time it took.
     pub async fn send(&self, id: &str, body: &[u8]) -> (Attempt, Duration) {
         let started = Instant::now();
-        let ts = unix_now();
-        let signature = signature_header(&self.secrets, id, ts, body);
-        let ts = ts.to_string();
-        let headers = [
-            ("webhook-id", id),
-            ("webhook-timestamp", ts.as_str()),
-            ("webhook-signature", signature.as_str()),
-        ];
-        let outcome = match self.client.post(&headers, body).await {
+        let request = self.request(id, body, unix_now());
+        let outcome = match self.client.send(&request).await {
             Ok(resp) if (200..300).contains(&resp.status) => Attempt::Delivered,
             Ok(resp) => Attempt::Failed(format!(
                 "HTTP {}: {}",

@@ -169,8 +169,12 @@ impl Client {
     /// POSTs `body` with the fixed headers and `extra` ones; the whole attempt is bounded
     /// by the timeout.
     pub async fn post(&self, extra: &[(&str, &str)], body: &[u8]) -> Result<Response, Error> {
-        let req = self.request(extra, body);
-        match tokio::time::timeout(self.opts.timeout, self.exchange(&req)).await {
+        self.send(&self.request(extra, body)).await
+    }
+
+    /// Sends a request made by `request`; the whole attempt is bounded by the timeout.
+    pub async fn send(&self, req: &[u8]) -> Result<Response, Error> {
+        match tokio::time::timeout(self.opts.timeout, self.exchange(req)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout),
         }

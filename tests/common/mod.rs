@@ -154,14 +154,8 @@ impl Drop for Walhook {
 
 /// Runs `walhook` with arguments to completion: (exit code, stderr).
 pub fn walhook_cmd(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(args)
-        .output()
-        .expect("run walhook");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = walhook_output(args);
+    (code, stderr)
 }
 
 /// Runs `walhook` with arguments to completion: (exit code, stdout, stderr).
