@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{Config, Op, TableName};
+use crate::config::{Config, Numbers, Op, TableName};
 use crate::lanes::deliver::{unix_now, Attempt, Target};
 use crate::lanes::target;
 use crate::mapping::{Change, ColValue, Mapper, Row, TableMeta, TxMeta};
@@ -60,11 +60,25 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         return Err(bad("--op delete: give the deleted row as --old JSON".into()));
     }
 
-    // Rules without `key` use the primary key, read from the source's catalog.
+    // Rules without `key` use the primary key, and subscribers with `numbers = "string"`
+    // need the int8 and numeric columns: both read from the source's catalog.
     let mut tables = HashMap::new();
-    if scoped.events.iter().any(|r| r.key.is_none()) {
-        let pk = primary_key(config, &table).await?;
-        tables.insert(table.clone(), TableMeta { primary_key: pk });
+    let mut exact = Vec::new();
+    let wants_key = scoped.events.iter().any(|r| r.key.is_none());
+    let wants_types = config.subscribers.iter().any(|s| s.numbers == Numbers::String);
+    if wants_key || wants_types {
+        let catalog = catalog(config).await?;
+        if wants_key {
+            let pk = catalog_column_names(&catalog, PRIMARY_KEY, &table).await?;
+            tables.insert(table.clone(), TableMeta { primary_key: pk });
+        }
+        if wants_types {
+            exact = catalog_column_names(&catalog, EXACT_COLUMNS, &table)
+                .await?
+                .into_iter()
+                .map(|c| Arc::from(c.as_str()))
+                .collect();
+        }
     }
     let mapper = Mapper::new(&scoped, &tables).map_err(RunError::Config)?;
     let tx = TxMeta {
@@ -79,6 +93,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         old,
         old_is_key_only: false,
         index: 0,
+        exact: &exact,
     };
     let mut failures = Vec::new();
     let events = mapper.map(&tx, &change, &mut failures);
@@ -105,10 +120,15 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         }
         for &i in routes.iter() {
             let sub = &config.subscribers[i];
-            let target = Target::new(sub).map_err(|e| bad(format!("subscribers[{i}]: {e}")))?;
-            let request = target.request(&event.id, &event.body, ts);
+            let target = Target::new(sub, i, &config.database_name())
+                .map_err(|e| bad(format!("subscribers[{i}]: {e}")))?;
             let _ = writeln!(out, "\n--> subscriber {:?} at {}", sub.name, sub.url);
-            out.push_str(&String::from_utf8_lossy(&request).replace("\r\n", "\n"));
+            match target.request(&event.id, &event.body, ts) {
+                Ok(request) => out.push_str(&String::from_utf8_lossy(&request).replace("\r\n", "\n")),
+                Err(e) => out.push_str(&format!(
+                    "(no request: {e}; the event would be retried, then dead)"
+                )),
+            }
             out.push('\n');
         }
     }
@@ -136,25 +156,44 @@ fn row(flag: &str, json: &str) -> Result<Row, String> {
         .collect())
 }
 
-async fn primary_key(config: &Config, table: &TableName) -> Result<Vec<String>, RunError> {
+async fn catalog(config: &Config) -> Result<tokio_postgres::Client, RunError> {
     let source =
         PgTarget::parse(&config.source.url).map_err(|e| RunError::Config(format!("source.url: {e}")))?;
-    let client = source.connect("explain").await.map_err(|e| {
+    source.connect("explain").await.map_err(|e| {
         RunError::Prerequisite(format!(
-            "{} (explain reads the table's primary key; set `key` in its rules to explain without a database)",
+            "{} (explain reads the table's primary key, and its number columns for numbers = \"string\"; \
+             set `key` in its rules and leave numbers at \"exact\" to explain without a database)",
             connect_message("source.url", &e)
         ))
-    })?;
+    })
+}
+
+/// The primary key columns of table ($1, $2), in key order.
+const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i
+     JOIN pg_class c ON c.oid = i.indrelid
+     JOIN pg_namespace n ON n.oid = c.relnamespace
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+     WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
+     ORDER BY array_position(i.indkey::int2[], a.attnum)";
+
+/// The int8 and numeric columns of table ($1, $2), also through a domain or an array.
+const EXACT_COLUMNS: &str = "SELECT a.attname::text FROM pg_attribute a
+     JOIN pg_class c ON c.oid = a.attrelid
+     JOIN pg_namespace n ON n.oid = c.relnamespace
+     JOIN pg_type t ON t.oid = a.atttypid
+     WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+       AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype
+                 WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem
+                 ELSE t.oid END) IN (20, 1700)
+     ORDER BY a.attnum";
+
+async fn catalog_column_names(
+    client: &tokio_postgres::Client,
+    query: &str,
+    table: &TableName,
+) -> Result<Vec<String>, RunError> {
     let rows = client
-        .query(
-            "SELECT a.attname::text FROM pg_index i
-             JOIN pg_class c ON c.oid = i.indrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
-             ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            &[&table.schema, &table.name],
-        )
+        .query(query, &[&table.schema, &table.name])
         .await
         .map_err(|e| RunError::Runtime(format!("catalog query failed: {e}")))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -185,7 +224,8 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
                 .replace("subscribers[0]", &format!("subscribers[{i}]")),
         ));
     }
-    let target = Target::new(sub).map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
+    let target = Target::new(sub, i, &config.database_name())
+        .map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
     let now = SystemTime::now();
     let micros = now
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -75,6 +75,8 @@ struct Rel {
     table: TableName,
     /// Name, type OID, and whether the column is part of the replica identity.
     columns: Vec<(Arc<str>, u32, bool)>,
+    /// Columns of int8 or numeric type (`Change::exact`).
+    exact: Vec<Arc<str>>,
     watched: bool,
 }
 
@@ -366,16 +368,22 @@ impl Pipeline {
                     name: r.name,
                 };
                 let watched = self.mapper.watches(&table);
-                let columns = r
+                let columns: Vec<(Arc<str>, u32, bool)> = r
                     .columns
                     .into_iter()
                     .map(|c| (Arc::from(c.name.as_str()), c.type_oid, c.flags & 1 == 1))
+                    .collect();
+                let exact = columns
+                    .iter()
+                    .filter(|(_, oid, _)| self.types.is_exact(*oid))
+                    .map(|(name, _, _)| name.clone())
                     .collect();
                 self.rels.insert(
                     r.id,
                     Rel {
                         table,
                         columns,
+                        exact,
                         watched,
                     },
                 );
@@ -501,6 +509,7 @@ impl Pipeline {
             old: old.map(|c| row(c, old_is_key_only)).transpose()?,
             old_is_key_only,
             index: this,
+            exact: &rel.exact,
         };
         let tx = tx.clone();
         let mut failures = Vec::new();
@@ -508,8 +517,13 @@ impl Pipeline {
         for f in failures {
             self.rule_failed(f);
         }
+        let mut last = None;
         for (event, routes) in events {
-            self.metrics.events_emitted.add(1);
+            // An event rendered twice (for both ways of writing numbers) counts once.
+            if last != Some(event.pos) {
+                self.metrics.events_emitted.add(1);
+                last = Some(event.pos);
+            }
             // No lanes at all with --no-delivery.
             for (i, lane) in routes.iter().filter_map(|&i| Some((i, self.lanes.get(i)?))) {
                 let lanes = &self.lanes;

@@ -76,14 +76,15 @@ pub async fn run(config: Config, no_delivery: bool, cancel: CancellationToken) -
     if no_delivery {
         tracing::warn!("--no-delivery: events are decoded and mapped, then dropped; nothing is sent");
     }
-    for sub in config.subscribers.iter().filter(|_| !no_delivery) {
+    let database = config.database_name();
+    for (i, sub) in config.subscribers.iter().enumerate().filter(|_| !no_delivery) {
         let (backlog, _) = state
             .backlog(&sub.name)
             .await
             .map_err(|e| RunError::Runtime(e.to_string()))?;
         let mark = marks.get(&sub.name).copied().unwrap_or_default();
-        let lane =
-            Lane::new(sub, state.clone(), progress.clone(), mark, backlog).map_err(RunError::Config)?;
+        let lane = Lane::new(sub, i, &database, state.clone(), progress.clone(), mark, backlog)
+            .map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
         if backlog {
             tracing::info!(subscriber = %sub.name, "spill log has events: lane resumes in spill mode");
         }

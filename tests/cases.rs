@@ -195,7 +195,7 @@ async fn case_05_an_uploaded_image_goes_to_the_optimizer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn case_06_a_status_change_carries_old_and_new_status() {
+async fn case_06_a_status_change_carries_old_and_new_status_as_cloudevents() {
     let (_pg, walhook, rx, db) = start("06-status-changed", &["TRANSLATIONS"]).await;
     run(
         &db,
@@ -209,7 +209,21 @@ async fn case_06_a_status_change_carries_old_and_new_status() {
     .await;
     let got = bodies(&rx[0], 2).await;
     emitted(&walhook, 2).await;
-    assert_eq!(got[0]["type"], "product.status_changed");
+    for (r, body) in rx[0].delivered().iter().zip(&got) {
+        assert_eq!(r.header("content-type"), "application/cloudevents+json");
+        assert_cloudevent(body);
+    }
+    assert_eq!(got[0]["specversion"], "1.0");
+    assert_eq!(got[0]["type"], "com.example.pim.product.status_changed");
+    assert_eq!(got[0]["source"], "/walhook/shop/public.products");
+    assert_eq!(got[0]["subject"], "3");
+    assert_eq!(got[0]["datacontenttype"], "application/json");
+    assert_eq!(got[0]["time"], got[0]["data"]["source"]["commit_time"]);
+    let ids: Vec<String> = rx[0].delivered().iter().map(|r| r.id.clone()).collect();
+    assert!(
+        ids.contains(&got[0]["id"].as_str().unwrap().to_string()),
+        "id is the webhook-id"
+    );
     assert_eq!(
         got[0]["data"]["old"],
         json!({"id": 3, "sku": "SKU-3", "status": "draft"})
@@ -221,6 +235,171 @@ async fn case_06_a_status_change_carries_old_and_new_status() {
     assert_eq!(got[0]["data"]["changed"], json!(["status"]));
     assert_eq!(got[1]["data"]["old"]["status"], "review");
     assert_eq!(got[1]["data"]["new"]["status"], "approved");
+}
+
+/// Validates a body against the CloudEvents 1.0 JSON Schema vendored in tests/schemas,
+/// with its formats (date-time, uri-reference) asserted.
+fn assert_cloudevent(body: &Value) {
+    let schema: Value = serde_json::from_str(include_str!("schemas/cloudevents-1.0.json")).unwrap();
+    let mut compiler = boon::Compiler::new();
+    compiler.enable_format_assertions();
+    let loc = "https://cloudevents.io/schemas/cloudevents-1.0.json";
+    compiler.add_resource(loc, schema).unwrap();
+    let mut schemas = boon::Schemas::new();
+    let index = compiler.compile(loc, &mut schemas).unwrap();
+    if let Err(e) = schemas.validate(body, index) {
+        panic!("not a valid CloudEvent: {e:#}\n{body}");
+    }
+    // The schema leaves these open; the spec does not.
+    assert_eq!(body["specversion"], "1.0");
+    for attr in ["id", "source", "type", "subject", "time"] {
+        assert!(
+            body[attr].as_str().is_some_and(|s| !s.is_empty()),
+            "{attr} in {body}"
+        );
+    }
+}
+
+#[test]
+fn the_schema_check_refuses_what_is_not_a_cloudevent() {
+    let bad = [
+        json!({"specversion": "1.0", "id": "1", "type": "t"}),
+        json!({"specversion": "1.0", "id": "1", "type": "t", "source": "/x", "subject": "s", "time": "yesterday"}),
+    ];
+    for body in bad {
+        let refused = std::panic::catch_unwind(|| assert_cloudevent(&body)).is_err();
+        assert!(refused, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_04_the_chat_gets_its_own_shape_only_for_important_details() {
+    let (_pg, walhook, rx, db) = start("04-detail-changed-to-chat", &["CHAT"]).await;
+    run(
+        &db,
+        &[
+            "UPDATE products SET updated_at = now() + interval '1 day' WHERE id = 1",
+            "UPDATE products SET status = 'review' WHERE id = 1",
+            "UPDATE products SET title = 'Walnut desk XL', brand = 'Oakline Pro', updated_at = now() WHERE id = 1",
+            "UPDATE products SET attributes = '{\"color\": \"oak\"}' WHERE id = 1",
+            "UPDATE products SET description = 'Solid walnut, 180 x 80 cm.' WHERE id = 1",
+        ],
+    )
+    .await;
+    let got = rx[0].wait_for(WAIT, "2 chat messages", |r| r.len() >= 2).await;
+    emitted(&walhook, 2).await;
+    let texts: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            r#"{"text": "SKU-1: title, brand changed"}"#,
+            r#"{"text": "SKU-1: description changed"}"#
+        ]
+    );
+    for r in &got {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.header("content-type"), "application/json");
+        assert!(r.verifies(SECRET), "the template's body is what is signed");
+        assert!(r.id.starts_with("evt_"), "{}", r.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_08_publishing_content_sends_the_cdn_its_purge_request() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", PIM_SQL).await;
+    let cdn = Receiver::start().await;
+    let config = example(
+        "08-content-published-cdn-purge",
+        &[
+            ("DATABASE_URL", &url),
+            ("CDN_URL", &cdn.url()),
+            ("CDN_SECRET", SECRET),
+            ("CDN_TOKEN", "tok-123"),
+        ],
+    );
+    let walhook = Walhook::start(&config);
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    run(
+        &db,
+        &[
+            "INSERT INTO content (id, slug, title, published) VALUES (3, 'winter sale', 'Winter sale', false)",
+            "UPDATE content SET published = true WHERE id = 3",
+            "UPDATE content SET title = 'Winter sale!' WHERE id = 3",
+            "UPDATE content SET body = 'Now.' WHERE id = 1",
+            "INSERT INTO content (id, slug, title, published) VALUES (4, 'new-arrivals', 'New', true)",
+        ],
+    )
+    .await;
+    let mut got = cdn.wait_for(WAIT, "2 purge requests", |r| r.len() >= 2).await;
+    emitted(&walhook, 2).await;
+    got.sort_by_key(|r| r.header("surrogate-key").to_string());
+    let expected = [
+        (
+            "content-3",
+            r#"{"files": ["https://shop.example.com/winter%20sale", "https://shop.example.com/amp/winter%20sale"]}"#,
+        ),
+        (
+            "content-4",
+            r#"{"files": ["https://shop.example.com/new-arrivals", "https://shop.example.com/amp/new-arrivals"]}"#,
+        ),
+    ];
+    for (r, (key, body)) in got.iter().zip(expected) {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/hook");
+        assert_eq!(r.header("content-type"), "application/json");
+        assert_eq!(r.header("authorization"), "Bearer tok-123");
+        assert_eq!(r.header("surrogate-key"), key);
+        assert_eq!(String::from_utf8(r.body.to_vec()).unwrap(), body);
+        assert!(r.verifies(SECRET));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_as_strings_keep_every_digit_for_javascript_receivers() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", PIM_SQL).await;
+    let exact = Receiver::start().await;
+    let js = Receiver::start().await;
+    let mut config = example(
+        "01-price-to-webshop",
+        &[
+            ("DATABASE_URL", &url),
+            ("WEBSHOP_URL", &exact.url()),
+            ("WEBSHOP_SECRET", SECRET),
+        ],
+    );
+    config.push_str(&format!(
+        "\n[[subscribers]]\nname = \"js\"\nurl = \"{}\"\nevents = [\"price.*\"]\nsecrets = [\"{SECRET}\"]\n\
+         allow_private_targets = true\nnumbers = \"string\"\n",
+        js.url()
+    ));
+    let walhook = Walhook::start(&config);
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    run(
+        &db,
+        &["UPDATE prices SET amount = 1234567890.12 WHERE product_id = 1 AND currency = 'EUR'"],
+    )
+    .await;
+    let a = &bodies(&exact, 1).await[0];
+    let b = &bodies(&js, 1).await[0];
+    emitted(&walhook, 1).await;
+    assert_eq!(
+        exact.delivered()[0].id,
+        js.delivered()[0].id,
+        "one event, two shapes"
+    );
+    assert_eq!(a["data"]["new"]["amount"].to_string(), "1234567890.12");
+    assert_eq!(a["data"]["key"], json!({"product_id": 1, "currency": "EUR"}));
+    assert_eq!(b["data"]["new"]["amount"], "1234567890.12");
+    assert_eq!(b["data"]["old"]["amount"], "649.00");
+    assert_eq!(b["data"]["key"], json!({"product_id": "1", "currency": "EUR"}));
+    assert_eq!(b["data"]["new"]["product_id"], "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

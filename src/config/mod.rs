@@ -235,6 +235,44 @@ pub struct Subscriber {
     pub retry_initial: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// The shape of each request body.
+    #[serde(default)]
+    pub format: BodyFormat,
+    /// The body template (minijinja) when `format = "template"`.
+    pub template: Option<String>,
+    /// Prefix of the CloudEvents `type` (`format = "cloudevents"`), e.g. `com.example.pim`.
+    pub type_prefix: Option<String>,
+    /// The request's Content-Type; default by format. A template with `format = "template"`.
+    pub content_type: Option<String>,
+    /// The HTTP method; default POST. A template with `format = "template"`.
+    pub method: Option<String>,
+    /// How int8 and numeric values are written.
+    #[serde(default)]
+    pub numbers: Numbers,
+}
+
+/// A subscriber's body format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    /// The walhook body (README "Event body").
+    #[default]
+    Standard,
+    /// CloudEvents 1.0, structured JSON.
+    CloudEvents,
+    /// A minijinja template renders the body from the standard body's fields.
+    Template,
+}
+
+/// How int8 and numeric column values are written in bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Numbers {
+    /// JSON numbers carrying every digit.
+    #[default]
+    Exact,
+    /// JSON strings of the digits, for receivers whose JSON numbers are doubles.
+    String,
 }
 
 fn default_slot() -> String {
@@ -341,6 +379,17 @@ impl Config {
     /// The state database URL (the source when not set).
     pub fn state_url(&self) -> &str {
         self.state.url.as_deref().unwrap_or(&self.source.url)
+    }
+
+    /// The source database's name (as CloudEvents `source` names it): the URL's dbname,
+    /// else its user, as PostgreSQL defaults it.
+    pub fn database_name(&self) -> String {
+        let parsed = crate::pg::PgTarget::parse(&self.source.url).ok();
+        let config = parsed.as_ref().map(|t| &t.config);
+        config
+            .and_then(|c| c.get_dbname().map(str::to_string))
+            .or_else(|| config.and_then(|c| c.get_user().map(str::to_string)))
+            .unwrap_or_else(|| "postgres".to_string())
     }
 
     /// Every problem in the config, with its key path.
@@ -528,6 +577,9 @@ impl Config {
                         "the value holds a line break or control character: remove it".into(),
                     );
                 }
+            }
+            for (key, message) in crate::lanes::format::check(sub) {
+                bad(p(&key), message);
             }
             for (k, d) in [
                 ("timeout", sub.timeout),

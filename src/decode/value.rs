@@ -124,6 +124,20 @@ impl TypeRegistry {
         self.types.contains_key(&oid)
     }
 
+    /// Whether values of `oid` are int8 or numeric (also through domains and arrays):
+    /// the types whose JSON numbers can hold more digits than a double.
+    pub fn is_exact(&self, mut oid: u32) -> bool {
+        for _ in 0..=MAX_HOPS {
+            match self.types.get(&oid) {
+                Some(TypeKind::Exact) => return true,
+                Some(TypeKind::Domain { base }) => oid = *base,
+                Some(TypeKind::Array { elem, .. }) => oid = *elem,
+                _ => return false,
+            }
+        }
+        false
+    }
+
     /// Never fails: text that does not parse as its type becomes a JSON
     /// string of the text. Unknown OID -> string. Domains resolve to their
     /// base (cycles and chains longer than 16 give a string).

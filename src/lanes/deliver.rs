@@ -4,6 +4,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 
+use super::format::Formatter;
 use super::http::{Client, Options};
 use super::sign::{signature_header, Secret};
 use crate::config::Subscriber;
@@ -16,19 +17,31 @@ pub enum Attempt {
     Failed(String),
 }
 
-/// The HTTP side of a lane: client with keep-alive, target, headers and secrets.
+/// The HTTP side of a lane: client with keep-alive, target, format, headers and secrets.
 pub struct Target {
     client: Client,
+    format: Formatter,
     secrets: Vec<Secret>,
     retry_initial: Duration,
     retry_max: Duration,
 }
 
+/// What a failed attempt's error starts with when the event could not be shaped for the
+/// subscriber (a template failed on its values): the event's fault, not the subscriber's.
+const UNSHAPEABLE: &str = "cannot shape the request: ";
+
 impl Target {
-    pub fn new(sub: &Subscriber) -> Result<Target, String> {
+    /// The target of subscriber `index`; `database` names the source in CloudEvents.
+    pub fn new(sub: &Subscriber, index: usize, database: &str) -> Result<Target, String> {
         let url = url::Url::parse(&sub.url).map_err(|e| format!("url: {e}"))?;
-        let headers: Vec<(String, String)> =
-            sub.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let format = Formatter::new(sub, index, database)?;
+        let templated = format.templated_headers();
+        let headers: Vec<(String, String)> = sub
+            .headers
+            .iter()
+            .filter(|(k, _)| !templated.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let client = Client::new(
             &url,
             &headers,
@@ -47,16 +60,21 @@ impl Target {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Target {
             client,
+            format,
             secrets,
             retry_initial: sub.retry_initial,
             retry_max: sub.retry_max,
         })
     }
 
-    /// Sends one signed request. Returns the outcome and the time it took.
+    /// Sends one signed request for the event `id` with standard body `body`. Returns
+    /// the outcome and the time it took.
     pub async fn send(&self, id: &str, body: &[u8]) -> (Attempt, Duration) {
         let started = Instant::now();
-        let request = self.request(id, body, unix_now());
+        let request = match self.request(id, body, unix_now()) {
+            Ok(r) => r,
+            Err(e) => return (Attempt::Failed(e), started.elapsed()),
+        };
         let outcome = match self.client.send(&request).await {
             Ok(resp) if (200..300).contains(&resp.status) => Attempt::Delivered,
             Ok(resp) => Attempt::Failed(format!(
@@ -70,16 +88,24 @@ impl Target {
     }
 
     /// The exact request `send` would make at Unix time `ts`: request line, headers
-    /// (signed) and body.
-    pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Vec<u8> {
-        let signature = signature_header(&self.secrets, id, ts, body);
+    /// (signed) and body in the subscriber's format. An error when the event cannot be
+    /// shaped for this subscriber.
+    pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Result<Vec<u8>, String> {
+        let req = self
+            .format
+            .format(id, body)
+            .map_err(|e| format!("{UNSHAPEABLE}{e}"))?;
+        let signature = signature_header(&self.secrets, id, ts, &req.body);
         let ts = ts.to_string();
-        let headers = [
+        let mut headers: Vec<(&str, &str)> = vec![
             ("webhook-id", id),
             ("webhook-timestamp", ts.as_str()),
             ("webhook-signature", signature.as_str()),
         ];
-        self.client.request(&headers, body)
+        headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Ok(self
+            .client
+            .request(&req.method, &req.content_type, &headers, &req.body))
     }
 
     /// Delay before the attempt after `attempts` failed ones: exponential from
@@ -92,6 +118,9 @@ impl Target {
 /// Whether a failed attempt's error says the subscriber is unreachable or overloaded
 /// (network errors, timeouts, 5xx, 408, 429) rather than refusing this one event.
 pub fn suggests_down(error: &str) -> bool {
+    if error.starts_with(UNSHAPEABLE) {
+        return false;
+    }
     match error.strip_prefix("HTTP ") {
         Some(rest) => rest.starts_with('5') || rest.starts_with("408") || rest.starts_with("429"),
         None => true,
@@ -128,7 +157,12 @@ mod tests {
         ] {
             assert!(suggests_down(down), "{down}");
         }
-        for refused in ["HTTP 400: bad", "HTTP 404: ", "HTTP 422: no"] {
+        for refused in [
+            "HTTP 400: bad",
+            "HTTP 404: ",
+            "HTTP 422: no",
+            "cannot shape the request: subscribers[0].template failed: undefined value",
+        ] {
             assert!(!suggests_down(refused), "{refused}");
         }
     }

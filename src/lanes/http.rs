@@ -75,7 +75,9 @@ pub struct Client {
     host: String,
     port: u16,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    /// Request line and the fixed headers, each ending in CRLF.
+    /// Path and query, for the request line.
+    path: String,
+    /// The fixed headers (Host first), each ending in CRLF.
     head: Vec<u8>,
     idle: Mutex<Vec<Conn>>,
     opts: Options,
@@ -128,12 +130,9 @@ impl Client {
         }
         let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         let mut head = Vec::with_capacity(256);
-        let _ = write!(head, "POST {path} HTTP/1.1\r\nHost: {authority}\r\n");
+        let _ = write!(head, "Host: {authority}\r\n");
         if !has("user-agent") {
             let _ = write!(head, "User-Agent: walhook/{}\r\n", env!("CARGO_PKG_VERSION"));
-        }
-        if !has("content-type") {
-            head.extend_from_slice(b"Content-Type: application/json\r\n");
         }
         if !url.username().is_empty() && !has("authorization") {
             use base64::Engine as _;
@@ -160,16 +159,18 @@ impl Client {
             host,
             port,
             tls,
+            path,
             head,
             idle: Mutex::new(Vec::new()),
             opts,
         })
     }
 
-    /// POSTs `body` with the fixed headers and `extra` ones; the whole attempt is bounded
-    /// by the timeout.
+    /// POSTs a JSON `body` with the fixed headers and `extra` ones; the whole attempt is
+    /// bounded by the timeout.
     pub async fn post(&self, extra: &[(&str, &str)], body: &[u8]) -> Result<Response, Error> {
-        self.send(&self.request(extra, body)).await
+        self.send(&self.request("POST", "application/json", extra, body))
+            .await
     }
 
     /// Sends a request made by `request`; the whole attempt is bounded by the timeout.
@@ -180,10 +181,13 @@ impl Client {
         }
     }
 
-    /// The bytes of the request `post` sends: request line, headers and body.
-    pub fn request(&self, extra: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-        let mut req = Vec::with_capacity(self.head.len() + 256 + body.len());
+    /// The bytes of one request: request line, the fixed headers, Content-Type, the
+    /// `extra` headers, and the body. `method` must be a token (`valid_method`).
+    pub fn request(&self, method: &str, content_type: &str, extra: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut req = Vec::with_capacity(self.head.len() + 300 + body.len());
+        let _ = write!(req, "{method} {} HTTP/1.1\r\n", self.path);
         req.extend_from_slice(&self.head);
+        let _ = write!(req, "Content-Type: {content_type}\r\n");
         for (k, v) in extra {
             let _ = write!(req, "{k}: {v}\r\n");
         }
@@ -544,6 +548,15 @@ pub fn valid_header_name(name: &str) -> bool {
 /// Whether `value` may be sent as a header value (no control characters but tab).
 pub fn valid_header_value(value: &str) -> bool {
     value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Methods a webhook may use: any token but those whose answer has no body framing
+/// (HEAD) or that open a tunnel (CONNECT).
+pub fn valid_method(method: &str) -> bool {
+    valid_header_name(method)
+        && !method.contains('.')
+        && !method.eq_ignore_ascii_case("HEAD")
+        && !method.eq_ignore_ascii_case("CONNECT")
 }
 
 /// Headers the client sets itself, which a subscriber's `headers` may not replace.

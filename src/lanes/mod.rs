@@ -30,6 +30,7 @@
 //! lane's watermark, below which replayed events are skipped after a restart.
 
 pub mod deliver;
+pub mod format;
 pub mod http;
 pub mod sign;
 pub mod target;
@@ -330,14 +331,17 @@ pub struct Lane {
 
 impl Lane {
     /// A lane starting after `watermark`; it starts in spill mode when its log has rows.
+    /// `index` is the subscriber's place in the config; `database` names the source.
     pub fn new(
         cfg: &Subscriber,
+        index: usize,
+        database: &str,
         state: Arc<State>,
         progress: Arc<Progress>,
         watermark: Pos,
         spilled: bool,
     ) -> Result<Arc<Lane>, String> {
-        let target = Target::new(cfg)?;
+        let target = Target::new(cfg, index, database)?;
         Ok(Arc::new(Lane {
             name: cfg.name.clone(),
             cfg: cfg.clone(),

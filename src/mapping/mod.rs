@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::config::{Config, Op, TableName};
+use crate::config::{Config, Numbers, Op, TableName};
 use crate::event::EventRef;
 
 pub use condition::Condition;
@@ -52,6 +52,9 @@ pub struct Change<'a> {
     pub old_is_key_only: bool,
     /// Index of this change within its transaction.
     pub index: u32,
+    /// Columns of int8 or numeric type (or arrays or domains of them): written as
+    /// strings for subscribers with `numbers = "string"`.
+    pub exact: &'a [Arc<str>],
 }
 
 /// What mapping needs to know about a captured table (read from the catalog at startup).
@@ -75,7 +78,15 @@ struct Rule {
     /// `schema.table` as written in bodies.
     table: String,
     /// Per op: event name, routes and id tag.
-    names: HashMap<Op, (String, Arc<[usize]>, u32)>,
+    names: HashMap<Op, Named>,
+}
+
+struct Named {
+    name: String,
+    /// The subscribers it goes to, by how they want numbers; at least one group (with
+    /// no subscribers when none wants it).
+    routes: Vec<(Numbers, Arc<[usize]>)>,
+    tag: u32,
 }
 
 /// Which columns a rule's row images carry.
@@ -136,20 +147,31 @@ impl Mapper {
                     Some(n) => n.clone(),
                     None => format!("{}.{}", table.name, op.default_suffix()),
                 };
-                let routes: Arc<[usize]> = config
+                let wanting: Vec<usize> = config
                     .subscribers
                     .iter()
                     .enumerate()
                     .filter(|(_, s)| s.events.iter().any(|p| pattern::matches(p, &name)))
                     .map(|(j, _)| j)
                     .collect();
+                let mut routes = Vec::new();
+                for numbers in [Numbers::Exact, Numbers::String] {
+                    let group: Arc<[usize]> = wanting
+                        .iter()
+                        .copied()
+                        .filter(|&j| config.subscribers[j].numbers == numbers)
+                        .collect();
+                    if !group.is_empty() || (numbers == Numbers::Exact && wanting.is_empty()) {
+                        routes.push((numbers, group));
+                    }
+                }
                 // Rules with the same table, name and op get distinct ids by occurrence.
                 let twins = rules
                     .iter()
-                    .filter(|r| r.names.get(&op).is_some_and(|(n, _, _)| *n == name))
+                    .filter(|r| r.names.get(&op).is_some_and(|n| n.name == name))
                     .count();
                 let tag = fnv1a(format!("{table}\u{0}{name}\u{0}{}\u{0}{twins}", op.as_str()).as_bytes());
-                names.insert(op, (name, routes, tag));
+                names.insert(op, Named { name, routes, tag });
             }
             let projection = match (&r.columns, &r.exclude) {
                 (Some(c), _) => Projection::Only(c.iter().cloned().collect()),
@@ -187,14 +209,11 @@ impl Mapper {
     }
 
     /// Events for one change, each with the lanes it goes to. Events routed nowhere are
-    /// still returned (with no routes) so callers can count them. Rules that cannot be
+    /// still returned (with no routes) so callers can count them. An event whose
+    /// subscribers want numbers written differently comes once per way, with the same
+    /// id and position and the bodies that differ only there. Rules that cannot be
     /// evaluated for this change are added to `failures`; the other rules go on.
-    pub fn map(
-        &self,
-        tx: &TxMeta,
-        change: &Change<'_>,
-        failures: &mut Vec<RuleFailure>,
-    ) -> Vec<(EventRef, Arc<[usize]>)> {
+    pub fn map(&self, tx: &TxMeta, change: &Change<'_>, failures: &mut Vec<RuleFailure>) -> Vec<Routed> {
         let Some(rules) = self.by_table.get(change.table) else {
             return Vec::new();
         };
@@ -203,16 +222,15 @@ impl Mapper {
             if !rule.ops.contains(&change.op) {
                 continue;
             }
-            let Some((name, routes, tag)) = rule.names.get(&change.op) else {
+            let Some(named) = rule.names.get(&change.op) else {
                 continue;
             };
-            match render::render(rule, name, *tag, tx, change) {
-                Ok(Some(event)) => out.push((Arc::new(event), routes.clone())),
-                Ok(None) => {}
+            match render::render(rule, named, tx, change) {
+                Ok(events) => out.extend(events),
                 Err(error) => failures.push(RuleFailure {
                     rule: rule.label.clone(),
                     table: rule.table.clone(),
-                    key: render::key_json(rule, change),
+                    key: render::key_json(rule, change, Numbers::Exact),
                     error,
                 }),
             }
@@ -220,6 +238,9 @@ impl Mapper {
         out
     }
 }
+
+/// An event and the lanes (subscriber indexes) it goes to.
+pub type Routed = (EventRef, Arc<[usize]>);
 
 /// A stable 32-bit hash (FNV-1a): event ids must not depend on the process.
 fn fnv1a(bytes: &[u8]) -> u32 {

@@ -6,9 +6,11 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::condition::Facts;
-use super::{Change, ColValue, Row, Rule, TxMeta};
-use crate::config::Op;
+use super::{Change, ColValue, Named, Routed, Row, Rule, TxMeta};
+use crate::config::{Numbers, Op};
 use crate::event::{format_lsn, Event, Pos};
 
 /// A row image as a JSON object: projected to the rule's columns, unchanged TOAST values
@@ -17,6 +19,8 @@ struct RowJson<'a> {
     row: &'a Row,
     rule: &'a Rule,
     fallback: Option<&'a Row>,
+    /// Columns whose numbers are written as strings (`numbers = "string"`).
+    stringify: &'a [Arc<str>],
 }
 
 impl RowJson<'_> {
@@ -38,9 +42,38 @@ impl Serialize for RowJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         for (k, v) in self.entries() {
-            map.serialize_entry(k, v)?;
+            map.serialize_entry(k, &Num::of(v, self.stringify.iter().any(|c| &**c == k)))?;
         }
         map.end()
+    }
+}
+
+/// A column value, its numbers (also inside arrays) written as strings when `strings`.
+struct Num<'a> {
+    v: &'a Value,
+    strings: bool,
+}
+
+impl Num<'_> {
+    fn of(v: &Value, strings: bool) -> Num<'_> {
+        Num { v, strings }
+    }
+}
+
+impl Serialize for Num<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.v {
+            Value::Number(n) if self.strings => s.serialize_str(&n.to_string()),
+            Value::Array(items) if self.strings => {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Num::of(item, true))?;
+                }
+                seq.end()
+            }
+            v => v.serialize(s),
+        }
     }
 }
 
@@ -63,6 +96,7 @@ struct KeyJson<'a> {
     rule: &'a Rule,
     new: Option<&'a Row>,
     old: Option<&'a Row>,
+    stringify: &'a [Arc<str>],
 }
 
 impl Serialize for KeyJson<'_> {
@@ -70,7 +104,8 @@ impl Serialize for KeyJson<'_> {
         let mut map = s.serialize_map(Some(self.rule.key.len()))?;
         for col in &self.rule.key {
             let v = value_at(self.new, usize::MAX, col).or_else(|| value_at(self.old, usize::MAX, col));
-            map.serialize_entry(col, v.unwrap_or(&Value::Null))?;
+            let strings = self.stringify.iter().any(|c| &**c == col);
+            map.serialize_entry(col, &Num::of(v.unwrap_or(&Value::Null), strings))?;
         }
         map.end()
     }
@@ -108,13 +143,22 @@ struct Body<'a> {
 }
 
 /// The row's ordering key as JSON, as in `data.key`.
-pub(super) fn key_json(rule: &Rule, c: &Change<'_>) -> String {
+pub(super) fn key_json(rule: &Rule, c: &Change<'_>, numbers: Numbers) -> String {
     serde_json::to_string(&KeyJson {
         rule,
         new: c.new.as_ref(),
         old: c.old.as_ref(),
+        stringify: stringified(c, numbers),
     })
     .unwrap_or_default()
+}
+
+/// The columns whose numbers are written as strings for subscribers wanting `numbers`.
+fn stringified<'a>(c: &Change<'a>, numbers: Numbers) -> &'a [Arc<str>] {
+    match numbers {
+        Numbers::Exact => &[],
+        Numbers::String => c.exact,
+    }
 }
 
 /// Whether the rule's conditions let this change through: `changed`, `ignore_changes`,
@@ -176,15 +220,10 @@ fn fires(
     Ok(true)
 }
 
-/// The event one rule makes of one change, `None` when the rule does not fire, or an
-/// error when one of its conditions cannot be evaluated for this change.
-pub(super) fn render(
-    rule: &Rule,
-    name: &str,
-    tag: u32,
-    tx: &TxMeta,
-    c: &Change<'_>,
-) -> Result<Option<Event>, String> {
+/// The events one rule makes of one change, one per way its subscribers want numbers
+/// written (none when the rule does not fire), or an error when one of its conditions
+/// cannot be evaluated for this change.
+pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) -> Result<Vec<Routed>, String> {
     let full_old = if c.old_is_key_only { None } else { c.old.as_ref() };
     // Columns whose value changed: only knowable with the whole old row.
     let changed: Option<Vec<&str>> = match (c.op, c.new.as_ref(), full_old) {
@@ -201,7 +240,7 @@ pub(super) fn render(
         _ => None,
     };
     if !fires(rule, tx, c, full_old, changed.as_deref())? {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let in_columns = |col: &str| rule.carries(col);
     // The body names only columns the rule carries.
@@ -216,44 +255,56 @@ pub(super) fn render(
         })
         .map(|(_, (col, _))| &**col)
         .collect();
-    let key_raw = RawValue::from_string(key_json(rule, c)).map_err(|e| format!("key: {e}"))?;
     let lsn = format_lsn(tx.commit_lsn);
-    let body = Body {
-        kind: name,
-        timestamp: &tx.commit_time,
-        data: Data {
-            table: &rule.table,
-            op: c.op.as_str(),
-            key: &key_raw,
-            new: c.new.as_ref().map(|row| RowJson {
-                row,
-                rule,
-                fallback: full_old,
-            }),
-            old: rule.include_old.then(|| {
-                c.old.as_ref().map(|row| RowJson {
+    let pos = Pos::new(tx.commit_lsn, c.index, rule.index);
+    let id = format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, named.tag);
+    // The ordering key is the same whatever the format, so a lane's order never depends on it.
+    let key = format!("{}|{}", rule.table, key_json(rule, c, Numbers::Exact));
+    let mut out = Vec::with_capacity(named.routes.len());
+    for (numbers, routes) in &named.routes {
+        let stringify = stringified(c, *numbers);
+        let key_raw = RawValue::from_string(key_json(rule, c, *numbers)).map_err(|e| format!("key: {e}"))?;
+        let body = Body {
+            kind: &named.name,
+            timestamp: &tx.commit_time,
+            data: Data {
+                table: &rule.table,
+                op: c.op.as_str(),
+                key: &key_raw,
+                new: c.new.as_ref().map(|row| RowJson {
                     row,
                     rule,
-                    fallback: None,
-                })
-            }),
-            changed,
-            unchanged,
-            source: Source {
-                lsn: &lsn,
-                xid: tx.xid,
-                commit_time: &tx.commit_time,
-                seq: c.index,
+                    fallback: full_old,
+                    stringify,
+                }),
+                old: rule.include_old.then(|| {
+                    c.old.as_ref().map(|row| RowJson {
+                        row,
+                        rule,
+                        fallback: None,
+                        stringify,
+                    })
+                }),
+                changed: changed.clone(),
+                unchanged: unchanged.clone(),
+                source: Source {
+                    lsn: &lsn,
+                    xid: tx.xid,
+                    commit_time: &tx.commit_time,
+                    seq: c.index,
+                },
             },
-        },
-    };
-    let mut buf = Vec::with_capacity(512);
-    serde_json::to_writer(&mut buf, &body).map_err(|e| format!("body: {e}"))?;
-    Ok(Some(Event {
-        pos: Pos::new(tx.commit_lsn, c.index, rule.index),
-        id: format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, tag),
-        event_type: name.to_string(),
-        key: format!("{}|{}", rule.table, key_raw.get()),
-        body: buf.into(),
-    }))
+        };
+        let mut buf = Vec::with_capacity(512);
+        serde_json::to_writer(&mut buf, &body).map_err(|e| format!("body: {e}"))?;
+        let event = Event {
+            pos,
+            id: id.clone(),
+            event_type: named.name.clone(),
+            key: key.clone(),
+            body: buf.into(),
+        };
+        out.push((Arc::new(event), routes.clone()));
+    }
+    Ok(out)
 }

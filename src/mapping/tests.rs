@@ -89,6 +89,7 @@ fn a_price_update_renders_the_documented_body_and_routes_by_pattern() {
         old: Some(old),
         old_is_key_only: false,
         index: 3,
+        exact: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 1);
@@ -130,6 +131,7 @@ fn changed_filter_skips_updates_of_other_columns() {
         old: Some(old),
         old_is_key_only: false,
         index: 0,
+        exact: &[],
     };
     assert!(m.map(&tx(), &change, &mut Vec::new()).is_empty());
     let insert = Change {
@@ -139,6 +141,7 @@ fn changed_filter_skips_updates_of_other_columns() {
         old: None,
         old_is_key_only: false,
         index: 0,
+        exact: &[],
     };
     assert!(
         m.map(&tx(), &insert, &mut Vec::new()).is_empty(),
@@ -163,6 +166,7 @@ fn default_names_columns_and_unchanged_toast() {
         old: None,
         old_is_key_only: false,
         index: 0,
+        exact: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     let body: serde_json::Value = serde_json::from_slice(&out[0].0.body).unwrap();
@@ -195,6 +199,7 @@ fn default_names_columns_and_unchanged_toast() {
         old: Some(old),
         old_is_key_only: false,
         index: 0,
+        exact: &[],
     };
     let body: serde_json::Value =
         serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].0.body).unwrap();
@@ -222,6 +227,7 @@ fn default_names_columns_and_unchanged_toast() {
         old: Some(old),
         old_is_key_only: false,
         index: 0,
+        exact: &[],
     };
     let body: serde_json::Value =
         serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].0.body).unwrap();
@@ -241,6 +247,7 @@ fn default_names_columns_and_unchanged_toast() {
         old: Some(old),
         old_is_key_only: true,
         index: 1,
+        exact: &[],
     };
     let out = m.map(&tx(), &del, &mut Vec::new());
     assert_eq!(out[0].0.event_type, "products.deleted");
@@ -260,6 +267,7 @@ fn twin_rules_get_distinct_ids() {
         old: None,
         old_is_key_only: false,
         index: 0,
+        exact: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 2);
@@ -273,4 +281,90 @@ fn a_table_without_primary_key_needs_a_key() {
         .err()
         .unwrap();
     assert!(err.contains("events[0].key"), "{err}");
+}
+
+#[test]
+fn subscribers_wanting_numbers_as_strings_get_their_own_body_with_the_same_id() {
+    let rules = format!(
+        r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "prices"
+name = "price.changed"
+on = ["update"]
+[[subscribers]]
+name = "exact"
+url = "https://a.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+[[subscribers]]
+name = "js"
+url = "https://b.example.com/"
+events = ["price.*"]
+secrets = ["{SECRET}"]
+numbers = "string"
+"#
+    );
+    let config = Config::from_toml(&rules, "t", &|_| None).unwrap();
+    let mut tables = HashMap::new();
+    tables.insert(
+        TableName::parse("prices").unwrap(),
+        TableMeta {
+            primary_key: vec!["product_id".into()],
+        },
+    );
+    let m = Mapper::new(&config, &tables).unwrap();
+    let table = TableName::parse("prices").unwrap();
+    let big = serde_json::from_str::<serde_json::Value>("9007199254740993").unwrap();
+    let amount = serde_json::from_str::<serde_json::Value>("19.90").unwrap();
+    let image = |amount: serde_json::Value| {
+        row(&[
+            ("product_id", v(big.clone())),
+            ("amount", v(amount)),
+            ("history", v(json!([1, 2]))),
+            ("qty", v(json!(3))),
+        ])
+    };
+    let exact: Vec<Arc<str>> = vec![Arc::from("product_id"), Arc::from("amount"), Arc::from("history")];
+    let change = Change {
+        table: &table,
+        op: Op::Update,
+        new: Some(image(amount)),
+        old: Some(image(json!(10))),
+        old_is_key_only: false,
+        index: 0,
+        exact: &exact,
+    };
+    let out = m.map(&tx(), &change, &mut Vec::new());
+    assert_eq!(out.len(), 2, "one body per way of writing numbers");
+    let (a, b) = (&out[0], &out[1]);
+    assert_eq!(
+        (a.0.id.as_str(), a.0.pos, &a.0.key),
+        (b.0.id.as_str(), b.0.pos, &b.0.key)
+    );
+    assert_eq!(&*a.1, &[0]);
+    assert_eq!(&*b.1, &[1]);
+    let text = |e: &EventRef| String::from_utf8(e.body.to_vec()).unwrap();
+    let exact_body = text(&a.0);
+    assert!(
+        exact_body.contains(r#""key":{"product_id":9007199254740993}"#),
+        "{exact_body}"
+    );
+    assert!(exact_body.contains(r#""amount":19.90"#), "{exact_body}");
+    let strings = text(&b.0);
+    assert!(
+        strings.contains(r#""key":{"product_id":"9007199254740993"}"#),
+        "{strings}"
+    );
+    assert!(
+        strings.contains(
+            r#""new":{"product_id":"9007199254740993","amount":"19.90","history":["1","2"],"qty":3}"#
+        ),
+        "{strings}"
+    );
+    assert!(
+        strings.contains(r#""old":{"product_id":"9007199254740993","amount":"10""#),
+        "{strings}"
+    );
 }

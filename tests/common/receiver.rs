@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::any;
 use axum::Router;
 use walhook::lanes::sign::{verify_header, Secret};
 
@@ -21,11 +21,20 @@ pub struct Received {
     pub body: Bytes,
     /// What the receiver answered.
     pub status: u16,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub headers: HeaderMap,
 }
 
 impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+
+    /// The value of header `name`, "" when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
     pub fn verifies(&self, secret: &str) -> bool {
@@ -62,8 +71,8 @@ impl Receiver {
             poison: AtomicI64::new(0),
         });
         let app = Router::new()
-            .route("/", post(handle))
-            .route("/*path", post(handle))
+            .route("/", any(handle))
+            .route("/*path", any(handle))
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(inner.clone());
         let task = tokio::spawn(async move {
@@ -141,7 +150,13 @@ impl Drop for Receiver {
     }
 }
 
-async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -172,6 +187,9 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         signature: get("webhook-signature"),
         body,
         status,
+        method: method.to_string(),
+        path: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers,
     });
     StatusCode::from_u16(status).unwrap()
 }

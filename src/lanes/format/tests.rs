@@ -1,0 +1,195 @@
+use super::*;
+use crate::config::Config;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A standard body as mapping renders it.
+const BODY: &str = r#"{"type":"product.detail_changed","timestamp":"2026-11-22T10:00:00.123456Z","data":{"table":"catalog.products","op":"update","key":{"id":7},"new":{"id":7,"sku":"SKU-1","title":"Chair \"Oslo\"","brand":"Nord","price":19.90,"big":9007199254740993},"old":{"id":7,"sku":"SKU-1","title":"Chair","brand":"Nor","price":18.5,"big":1},"changed":["title","brand"],"source":{"lsn":"0/16B3748","xid":731,"commit_time":"2026-11-22T10:00:00.123456Z","seq":0}}}"#;
+
+fn text(extra: &str) -> String {
+    format!(
+        r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "products"
+[[subscribers]]
+name = "s"
+url = "https://a.example.com/hook"
+events = ["*"]
+secrets = ["{SECRET}"]
+{extra}
+"#
+    )
+}
+
+fn subscriber(extra: &str) -> Subscriber {
+    Config::from_toml(&text(extra), "t", &|_| None)
+        .unwrap()
+        .subscribers
+        .remove(0)
+}
+
+/// What loading the config says about the subscriber: (key within it, message).
+fn problems(extra: &str) -> Vec<(String, String)> {
+    match Config::from_toml(&text(extra), "t", &|_| None) {
+        Ok(_) => Vec::new(),
+        Err(crate::config::ConfigError::Invalid { problems, .. }) => problems
+            .into_iter()
+            .map(|p| {
+                (
+                    p.path.trim_start_matches("subscribers[0].").to_string(),
+                    p.message,
+                )
+            })
+            .collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn format(extra: &str) -> (String, String, Vec<(String, String)>, String) {
+    let f = Formatter::new(&subscriber(extra), 0, "shop").unwrap();
+    let r = f.format("evt_1", BODY.as_bytes()).unwrap();
+    (
+        r.method.into_owned(),
+        r.content_type.into_owned(),
+        r.headers,
+        String::from_utf8(r.body.into_owned()).unwrap(),
+    )
+}
+
+#[test]
+fn standard_sends_the_body_as_it_is() {
+    let (method, ct, headers, body) = format("");
+    assert_eq!((method.as_str(), ct.as_str()), ("POST", "application/json"));
+    assert!(headers.is_empty());
+    assert_eq!(body, BODY);
+    let (method, ct, _, _) = format("method = \"PUT\"\ncontent_type = \"application/vnd.shop+json\"");
+    assert_eq!(
+        (method.as_str(), ct.as_str()),
+        ("PUT", "application/vnd.shop+json")
+    );
+}
+
+#[test]
+fn cloudevents_wrap_the_data_with_the_attributes_the_spec_names() {
+    let (method, ct, _, body) = format("format = \"cloudevents\"\ntype_prefix = \"com.example.pim\"");
+    assert_eq!(
+        (method.as_str(), ct.as_str()),
+        ("POST", "application/cloudevents+json")
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["specversion"], "1.0");
+    assert_eq!(v["id"], "evt_1");
+    assert_eq!(v["source"], "/walhook/shop/catalog.products");
+    assert_eq!(v["type"], "com.example.pim.product.detail_changed");
+    assert_eq!(v["subject"], "7");
+    assert_eq!(v["time"], "2026-11-22T10:00:00.123456Z");
+    assert_eq!(v["datacontenttype"], "application/json");
+    let std: Value = serde_json::from_str(BODY).unwrap();
+    assert_eq!(v["data"], std["data"]);
+    // Every digit of the data survives.
+    assert!(body.contains(r#""price":19.90,"big":9007199254740993"#), "{body}");
+
+    let f = Formatter::new(&subscriber("format = \"cloudevents\""), 0, "my db").unwrap();
+    let two_keys = BODY.replace(r#""key":{"id":7}"#, r#""key":{"id":7,"lang":"de"}"#);
+    let r = f.format("evt_2", two_keys.as_bytes()).unwrap();
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["type"], "product.detail_changed");
+    assert_eq!(v["subject"], r#"{"id":7,"lang":"de"}"#);
+    assert_eq!(v["source"], "/walhook/my%20db/catalog.products");
+}
+
+#[test]
+fn a_chat_template_renders_the_chat_services_shape() {
+    let (_, ct, _, body) = format(
+        r#"format = "template"
+template = '{"text": {{ (data.new.sku ~ ": " ~ data.changed|join(", ") ~ " changed")|tojson }}}'"#,
+    );
+    assert_eq!(ct, "application/json");
+    assert_eq!(body, r#"{"text": "SKU-1: title, brand changed"}"#);
+}
+
+#[test]
+fn method_content_type_and_headers_are_templates_too() {
+    let (method, ct, headers, body) = format(
+        r#"format = "template"
+method = "{{ 'PURGE' if data.op == 'update' else 'POST' }}"
+content_type = "application/x-www-form-urlencoded"
+template = "paths={{ ('/p/' ~ data.new.sku)|urlencode }}&title={{ data.new.title|truncate(8) }}&id={{ id }}"
+headers = { X-Purge-Tag = "product-{{ data.key.id }}", X-Static = "yes" }"#,
+    );
+    assert_eq!(method, "PURGE");
+    assert_eq!(ct, "application/x-www-form-urlencoded");
+    assert_eq!(
+        headers,
+        vec![("X-Purge-Tag".to_string(), "product-7".to_string())]
+    );
+    assert_eq!(body, "paths=/p/SKU-1&title=Chair...&id=evt_1");
+}
+
+#[test]
+fn numbers_reach_templates_with_every_digit() {
+    let (_, _, _, body) = format(
+        r#"format = "template"
+template = "{{ data.new.price }} {{ data.old.price }} {{ data.new.big }} {{ data.new|tojson }}""#,
+    );
+    assert!(body.starts_with("19.90 18.5 9007199254740993 {"), "{body}");
+    assert!(body.contains(r#""price": "19.90""#), "{body}");
+}
+
+#[test]
+fn a_template_that_fails_on_one_event_is_an_error_not_a_panic() {
+    let f = Formatter::new(
+        &subscriber("format = \"template\"\ntemplate = \"{{ data.new.nope }}\""),
+        3,
+        "shop",
+    )
+    .unwrap();
+    let err = f.format("evt_1", BODY.as_bytes()).unwrap_err();
+    assert!(err.starts_with("subscribers[3].template failed:"), "{err}");
+    let err = f.format("evt_1", b"not json").unwrap_err();
+    assert!(err.contains("not a walhook event"), "{err}");
+    let bad_method = Formatter::new(
+        &subscriber("format = \"template\"\ntemplate = \"x\"\nmethod = \"{{ 'BAD METHOD' }}\""),
+        0,
+        "shop",
+    )
+    .unwrap();
+    let err = bad_method.format("evt_1", BODY.as_bytes()).unwrap_err();
+    assert!(
+        err.contains("subscribers[0].method rendered \"BAD METHOD\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_settings_are_named_with_their_keys() {
+    let keys = |extra: &str| problems(extra).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(keys("format = \"template\""), ["template"]);
+    assert_eq!(keys("template = \"x\""), ["template"]);
+    assert_eq!(keys("type_prefix = \"com.x\""), ["type_prefix"]);
+    assert_eq!(
+        keys("format = \"cloudevents\"\ntype_prefix = \"com x\""),
+        ["type_prefix"]
+    );
+    assert_eq!(keys("method = \"HEAD\""), ["method"]);
+    assert_eq!(
+        keys("method = \"{{ x }}\""),
+        ["method"],
+        "templates only with format = template"
+    );
+    assert_eq!(keys("content_type = \"\""), ["content_type"]);
+    assert_eq!(
+        keys("headers = { Content-Type = \"text/plain\" }"),
+        ["headers.Content-Type"]
+    );
+    let p = problems("format = \"template\"\ntemplate = \"{{ data.new.sku \"");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, "template");
+    assert!(p[0].1.contains("syntax error"), "{}", p[0].1);
+    let p = problems("format = \"template\"\ntemplate = \"x\"\nheaders = { X-A = \"{% if %}\" }");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, "headers.X-A");
+    assert!(problems("format = \"template\"\ntemplate = \"{{ id }}\"\nmethod = \"{{ 'PUT' }}\"").is_empty());
+}
