@@ -109,12 +109,36 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         let _ = writeln!(out, "\n{} could not be evaluated: {}", f.rule, f.error);
     }
     let ts = unix_now();
-    for (event, routes) in &events {
+    for crate::mapping::Routed {
+        event,
+        routes,
+        coalesce,
+    } in &events
+    {
+        // A coalescing rule's event as a window of this one change would send it.
+        let event = match coalesce {
+            Some(spec) => {
+                let mut c = crate::coalesce::Coalescer::default();
+                c.add(event.clone(), routes.clone(), *spec, 0);
+                c.advance(i64::MAX);
+                c.take_closed(0).remove(0).event
+            }
+            None => event.clone(),
+        };
         let _ = writeln!(
             out,
             "\nevent {} ({}), key {}",
             event.event_type, event.id, event.key
         );
+        if let Some(spec) = coalesce {
+            let _ = writeln!(
+                out,
+                "  coalesced: changes of this key within {} (at most {} after the first) become one event, \
+                 with data.coalesced; shown here as the only change of its window",
+                humantime::format_duration(std::time::Duration::from_micros(spec.window as u64)),
+                humantime::format_duration(std::time::Duration::from_micros(spec.max_wait as u64)),
+            );
+        }
         if routes.is_empty() {
             let _ = writeln!(out, "  no subscriber wants it");
         }

@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod decode;
 pub mod event;

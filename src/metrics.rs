@@ -17,6 +17,9 @@ pub const LANE_HELD: &str = "walhook_lane_held_seconds_total";
 pub const REPLICATION_LAG: &str = "walhook_replication_lag_bytes";
 pub const CONFIRMED_LSN: &str = "walhook_confirmed_flush_lsn";
 pub const STREAMING: &str = "walhook_replication_streaming";
+pub const COALESCE_OPEN: &str = "walhook_coalesce_open_windows";
+pub const COALESCE_CLOSED_EARLY: &str = "walhook_coalesce_closed_early_total";
+pub const CHANGES_COALESCED: &str = "walhook_changes_coalesced_total";
 
 /// Upper bounds (seconds) of the delivery latency histogram.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -76,6 +79,12 @@ pub struct Metrics {
     pub lag_bytes: Counter,
     pub confirmed_lsn: Counter,
     pub streaming: Counter,
+    /// Coalescing windows open now.
+    pub coalesce_open: Counter,
+    /// Windows closed early because their rule had `max_open` open.
+    pub coalesce_closed_early: Counter,
+    /// Changes taken into coalescing windows.
+    pub changes_coalesced: Counter,
 }
 
 /// One lane's figures as rendered.
@@ -114,6 +123,22 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
     for (rule, n) in m.rule_errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let _ = writeln!(out, "{RULE_ERRORS}{{rule=\"{rule}\"}} {n}");
     }
+    head(
+        &mut out,
+        CHANGES_COALESCED,
+        "counter",
+        "Changes taken into coalescing windows (each window makes one event).",
+    );
+    let _ = writeln!(out, "{CHANGES_COALESCED} {}", m.changes_coalesced.get());
+    head(&mut out, COALESCE_OPEN, "gauge", "Coalescing windows open now.");
+    let _ = writeln!(out, "{COALESCE_OPEN} {}", m.coalesce_open.get());
+    head(
+        &mut out,
+        COALESCE_CLOSED_EARLY,
+        "counter",
+        "Coalescing windows closed before their deadline because their rule had max_open windows open.",
+    );
+    let _ = writeln!(out, "{COALESCE_CLOSED_EARLY} {}", m.coalesce_closed_early.get());
     head(
         &mut out,
         REPLICATION_LAG,

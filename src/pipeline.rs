@@ -15,19 +15,20 @@
 //! Events are handed to the lanes synchronously, in stream order, so when a message is
 //! processed every earlier one is accounted for in some lane.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesce::{Closed, Coalescer};
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{self, Cell, LogicalMessage, TypeRegistry};
-use crate::event::{format_lsn, Pos};
+use crate::event::{format_lsn, EventRef, Pos};
 use crate::lanes::Lane;
-use crate::mapping::{Change, ColValue, Mapper, Row, RuleFailure, TxMeta};
+use crate::mapping::{Change, ColValue, Mapper, Routed, Row, RuleFailure, TxMeta};
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
 use crate::source::{setup, ReplConn, ReplMessage, SourceError};
@@ -48,6 +49,11 @@ pub struct Progress {
     /// Commit time of the transaction being handed over, on this host's clock (unix
     /// microseconds; 0 between transactions).
     pub reading_commit_us: AtomicI64,
+    /// Coalescing windows open (the ticker writes ticks into the WAL while there are).
+    pub open_windows: AtomicUsize,
+    /// When stream time last moved (a transaction or a tick arrived), on this host's
+    /// monotonic clock: milliseconds since the process started.
+    pub stream_time_moved_ms: AtomicU64,
 }
 
 impl Progress {
@@ -97,7 +103,22 @@ pub struct Pipeline {
     clock: ClockOffset,
     /// Per rule: when its last failure was logged, and failures since then unlogged.
     failure_log: HashMap<String, (Instant, u64)>,
+    coalescer: Coalescer,
+    /// Commit time of the open transaction (PostgreSQL microseconds).
+    tx_time: i64,
+    /// Coalesced events handed to lanes that may still be pending there, by position:
+    /// the commit LSN of their window's first change (nothing at or after it may be
+    /// confirmed while one is pending: their changes are not in any lane), and routes.
+    held: BTreeMap<Pos, (u64, Arc<[usize]>)>,
+    /// Commit LSNs of the first and last change of coalesced events handed over: the
+    /// confirmed LSN never falls inside one, so a replay forms the whole window again
+    /// (the same id, body and position) rather than a part of it.
+    spans: Vec<(u64, u64)>,
 }
+
+/// Prefix of the logical messages that carry stream time while coalescing windows are
+/// open (`tick`).
+pub const TICK_PREFIX: &str = "walhook.tick";
 
 /// A rule's run-time failures are logged at most this often (each one is counted).
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -165,6 +186,10 @@ impl Pipeline {
             progress,
             rels: HashMap::new(),
             failure_log: HashMap::new(),
+            coalescer: Coalescer::default(),
+            tx_time: 0,
+            held: BTreeMap::new(),
+            spans: Vec::new(),
             tx: None,
             frontier: 0,
             received: 0,
@@ -182,6 +207,10 @@ impl Pipeline {
             self.progress.streaming.store(false, Ordering::Relaxed);
             self.metrics.streaming.set(0);
             self.tx = None;
+            // The stream restarts at the confirmed LSN, at or before the first change of
+            // every window, so windows are formed again from it.
+            self.coalescer = Coalescer::default();
+            self.progress.open_windows.store(0, Ordering::Relaxed);
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_fatal() => return Err(e),
@@ -288,6 +317,7 @@ impl Pipeline {
                     }
                 },
                 _ = tick.tick() => {
+                    self.prune_held();
                     let flush = self.confirm_lsn();
                     if flush != last_sent.0 || last_sent.1.elapsed() >= self.config.source.status_interval {
                         conn.send_status(self.received.max(flush), flush, false).await?;
@@ -314,7 +344,40 @@ impl Pipeline {
                 lsn = lsn.min(low.lsn);
             }
         }
-        lsn
+        if let Some(low) = self.coalescer.low() {
+            lsn = lsn.min(low);
+        }
+        for (first, _) in self.held.values() {
+            lsn = lsn.min(*first);
+        }
+        // Never inside a coalesced event's span of changes.
+        loop {
+            let inside = self
+                .spans
+                .iter()
+                .filter(|(first, last)| *first < lsn && *last >= lsn)
+                .map(|(first, _)| *first)
+                .min();
+            match inside {
+                Some(first) => lsn = first,
+                None => return lsn,
+            }
+        }
+    }
+
+    /// Forgets coalesced events no lane can still hold, and spans wholly confirmed.
+    fn prune_held(&mut self) {
+        let lanes = &self.lanes;
+        self.held.retain(|pos, (_, routes)| {
+            routes
+                .iter()
+                .filter_map(|&i| lanes.get(i))
+                .any(|lane| lane.low().is_some_and(|low| low <= *pos))
+        });
+        if !self.spans.is_empty() {
+            let confirmed = self.confirm_lsn();
+            self.spans.retain(|(_, last)| *last >= confirmed);
+        }
     }
 
     /// Handles one message. Returns false when cancelled while handing over events.
@@ -340,12 +403,21 @@ impl Pipeline {
                     commit_time: decode::time::pg_micros_to_rfc3339(commit_time),
                 };
                 self.tx = Some((meta, 0));
+                self.tx_time = commit_time;
+                self.stream_time_moved(commit_time);
                 self.progress.reading_commit_us.store(
                     (commit_time + PG_EPOCH_UNIX_MICROS + self.clock.get()).max(1),
                     Ordering::Relaxed,
                 );
             }
             LogicalMessage::Commit { end_lsn, .. } => {
+                // Windows closed in this transaction go out at its commit LSN, after its
+                // own events and before the frontier passes it.
+                if let Some(lsn) = self.tx.as_ref().map(|(tx, _)| tx.commit_lsn) {
+                    if !self.hand_over_closed(lsn, cancel).await {
+                        return Ok(false);
+                    }
+                }
                 self.tx = None;
                 self.progress.reading_commit_us.store(0, Ordering::Relaxed);
                 if end_lsn > self.frontier {
@@ -427,9 +499,85 @@ impl Pipeline {
                     }
                 }
             }
+            LogicalMessage::Message {
+                transactional: false,
+                lsn,
+                prefix,
+                content,
+            } if prefix == TICK_PREFIX => {
+                let Some(unix) = std::str::from_utf8(&content)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                else {
+                    tracing::debug!(lsn = %format_lsn(lsn), "tick message without a time; ignored");
+                    return Ok(true);
+                };
+                self.stream_time_moved(unix - PG_EPOCH_UNIX_MICROS);
+                if self.tx.is_none() && !self.hand_over_closed(lsn, cancel).await {
+                    return Ok(false);
+                }
+            }
             LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
         }
         Ok(true)
+    }
+
+    /// Stream time moved to `now` (PostgreSQL microseconds): windows past their deadline
+    /// close (and go out at the next `hand_over_closed`).
+    fn stream_time_moved(&mut self, now: i64) {
+        self.progress
+            .stream_time_moved_ms
+            .store(monotonic_ms(), Ordering::Relaxed);
+        if !self.coalescer.is_idle() {
+            self.coalescer.advance(now);
+        }
+    }
+
+    /// Hands the windows closed since the last call to their lanes, at positions
+    /// `(lsn, CLOSED | k)`. Returns false when cancelled.
+    async fn hand_over_closed(&mut self, lsn: u64, cancel: &CancellationToken) -> bool {
+        let closed = self.coalescer.take_closed(lsn);
+        self.metrics
+            .coalesce_closed_early
+            .set(self.coalescer.closed_early);
+        self.metrics
+            .coalesce_open
+            .set(self.coalescer.open_windows() as u64);
+        self.progress
+            .open_windows
+            .store(self.coalescer.open_windows(), Ordering::Relaxed);
+        for Closed {
+            event,
+            routes,
+            first_lsn,
+            last_lsn,
+            ..
+        } in closed
+        {
+            self.metrics.events_emitted.add(1);
+            if !routes.is_empty() && !self.lanes.is_empty() {
+                self.held.insert(event.pos, (first_lsn, routes.clone()));
+                self.spans.push((first_lsn, last_lsn));
+            }
+            if !self.push(event, &routes, cancel).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands one event to the lanes of `routes`, in stream order. Returns false when
+    /// cancelled.
+    async fn push(&self, event: EventRef, routes: &[usize], cancel: &CancellationToken) -> bool {
+        // No lanes at all with --no-delivery.
+        for (i, lane) in routes.iter().filter_map(|&i| Some((i, self.lanes.get(i)?))) {
+            let lanes = &self.lanes;
+            let others_busy = || lanes.iter().enumerate().all(|(j, l)| j == i || l.busy());
+            if !lane.push(event.clone(), cancel, &others_busy).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Counts a rule that could not be evaluated for one change, and logs it (at most
@@ -518,19 +666,27 @@ impl Pipeline {
             self.rule_failed(f);
         }
         let mut last = None;
-        for (event, routes) in events {
+        for Routed {
+            event,
+            routes,
+            coalesce,
+        } in events
+        {
+            if let Some(spec) = coalesce {
+                self.coalescer.add(event, routes, spec, self.tx_time);
+                self.metrics.changes_coalesced.add(1);
+                self.progress
+                    .open_windows
+                    .store(self.coalescer.open_windows(), Ordering::Relaxed);
+                continue;
+            }
             // An event rendered twice (for both ways of writing numbers) counts once.
             if last != Some(event.pos) {
                 self.metrics.events_emitted.add(1);
                 last = Some(event.pos);
             }
-            // No lanes at all with --no-delivery.
-            for (i, lane) in routes.iter().filter_map(|&i| Some((i, self.lanes.get(i)?))) {
-                let lanes = &self.lanes;
-                let others_busy = || lanes.iter().enumerate().all(|(j, l)| j == i || l.busy());
-                if !lane.push(event.clone(), cancel, &others_busy).await {
-                    return Ok(false);
-                }
+            if !self.push(event, &routes, cancel).await {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -543,10 +699,71 @@ impl Pipeline {
     }
 }
 
+/// Milliseconds on this host's monotonic clock since the first call.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// The current frontier as a position: every event before it was handed over.
 pub fn frontier_pos(progress: &Progress) -> Pos {
     Pos {
         lsn: progress.frontier.load(Ordering::Relaxed),
         seq: 0,
+    }
+}
+
+/// How often stream time is written into the WAL while coalescing windows are open and
+/// no transaction moved it: a quarter of the shortest window, within 50 ms and 1 s.
+pub fn tick_interval(config: &Config) -> Option<Duration> {
+    config
+        .events
+        .iter()
+        .filter_map(|r| r.coalesce.as_ref())
+        .map(|c| (c.window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
+        .min()
+}
+
+/// Writes the server's clock into the WAL as a non-transactional `walhook.tick` logical
+/// message while coalescing windows are open and the stream was quiet for `every`, so
+/// windows close on stream time when no transaction comes (a replay reads the same ticks
+/// at the same places). One tiny WAL record per tick; nothing while no window is open.
+pub async fn ticker(source: PgTarget, progress: Arc<Progress>, every: Duration, cancel: CancellationToken) {
+    const SQL: &str = "SELECT pg_logical_emit_message(false, 'walhook.tick', \
+                       (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text)";
+    let mut client: Option<Client> = None;
+    let mut last_warning: Option<Instant> = None;
+    let every_ms = every.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let quiet = monotonic_ms().saturating_sub(progress.stream_time_moved_ms.load(Ordering::Relaxed));
+        if progress.open_windows.load(Ordering::Relaxed) == 0
+            || !progress.streaming.load(Ordering::Relaxed)
+            || quiet < every_ms
+        {
+            continue;
+        }
+        let result = match &client {
+            Some(c) => c.batch_execute(SQL).await,
+            None => match source.connect("tick").await {
+                Ok(c) => {
+                    let r = c.batch_execute(SQL).await;
+                    client = Some(c);
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            client = None;
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(error = %e, "cannot write a coalescing tick into the WAL; \
+                    open windows close only when transactions come");
+                last_warning = Some(Instant::now());
+            }
+        }
     }
 }

@@ -118,6 +118,14 @@ pub async fn run(config: Config, no_delivery: bool, cancel: CancellationToken) -
         lanes_cancel.clone(),
     ));
 
+    if let Some(every) = crate::pipeline::tick_interval(&config) {
+        tracker.spawn(crate::pipeline::ticker(
+            source.clone(),
+            progress.clone(),
+            every,
+            lanes_cancel.clone(),
+        ));
+    }
     let pipeline = Pipeline::new(
         config.clone(),
         source,

@@ -654,3 +654,117 @@ async fn ping_sends_one_signed_event_and_reports_the_answer() {
         "{err}"
     );
 }
+
+/// 500 updates of product 1, each its own transaction, the title running through
+/// `Import 1` .. `Import 500`. Returns an LSN right after the first one's commit.
+async fn bulk_import(db: &tokio_postgres::Client) -> u64 {
+    let mut after_first = 0;
+    for i in 1..=500 {
+        db.batch_execute(&format!(
+            "UPDATE products SET title = 'Import {i}', brand = 'Brand {}', updated_at = now() WHERE id = 1",
+            i % 2
+        ))
+        .await
+        .unwrap();
+        if i == 1 {
+            let row = db
+                .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::text", &[])
+                .await
+                .unwrap();
+            after_first = row.get::<_, String>(0).parse().unwrap();
+        }
+    }
+    after_first
+}
+
+fn assert_coalesced_import(body: &Value) {
+    assert_eq!(body["type"], "product.changed");
+    assert_eq!(body["data"]["coalesced"], 500);
+    assert_eq!(body["data"]["op"], "update");
+    assert_eq!(body["data"]["old"]["title"], "Walnut desk", "the first old");
+    assert_eq!(body["data"]["old"]["brand"], "Oakline");
+    assert_eq!(body["data"]["new"]["title"], "Import 500", "the last new");
+    assert_eq!(body["data"]["new"]["brand"], "Brand 0");
+    assert_eq!(body["data"]["changed"], json!(["title", "brand"]));
+    assert_eq!(body["data"]["key"], json!({"id": 1}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_10_a_bulk_import_is_one_event_per_subscriber() {
+    let (_pg, walhook, rx, db) = start("10-bulk-import-coalesced", &["WEBSHOP", "SEARCH"]).await;
+    bulk_import(&db).await;
+    // A different product in the same burst gets its own window.
+    run(&db, &["UPDATE products SET status = 'review' WHERE id = 2"]).await;
+    for channel in &rx {
+        let got = bodies(channel, 2).await;
+        let import = got.iter().find(|b| b["data"]["key"]["id"] == 1).unwrap();
+        assert_coalesced_import(import);
+        let other = got.iter().find(|b| b["data"]["key"]["id"] == 2).unwrap();
+        assert_eq!(other["data"]["coalesced"], 1);
+        assert_eq!(other["data"]["changed"], json!(["status"]));
+    }
+    // Nothing else comes: past another window, still two events each.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for channel in &rx {
+        assert_eq!(
+            channel.all().len(),
+            2,
+            "{:?}",
+            channel.all().iter().map(|r| r.json()).collect::<Vec<_>>()
+        );
+    }
+    emitted(&walhook, 2).await;
+    assert_eq!(
+        walhook.metric("walhook_changes_coalesced_total").await,
+        Some(501.0)
+    );
+    assert_eq!(walhook.metric("walhook_coalesce_open_windows").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_10_sigkill_inside_the_window_delivers_the_same_id_and_body() {
+    let (pg, mut walhook, rx, db) = start("10-bulk-import-coalesced", &["WEBSHOP", "SEARCH"]).await;
+    let search = &rx[1];
+    search.set_status(500);
+    let after_first = bulk_import(&db).await;
+    eventually(WAIT, "500 changes in a window", || async {
+        walhook.metric("walhook_changes_coalesced_total").await == Some(500.0)
+    })
+    .await;
+    // Inside the window: nothing has gone out yet.
+    walhook.sigkill();
+    assert!(
+        rx[0].all().is_empty() && search.all().is_empty(),
+        "sent before the window closed"
+    );
+    let confirmed = || async { confirmed_flush(&pg.client("shop").await, "walhook").await };
+    assert!(confirmed().await < after_first, "confirmed past an open window");
+
+    // The window is formed again from the WAL; search refuses the event once.
+    walhook.restart();
+    let first_try = search.wait_for_any(WAIT, "an attempt at search").await;
+    // Time for a few confirmations (every 250 ms) while search keeps refusing it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    walhook.sigkill();
+    assert!(
+        confirmed().await < after_first,
+        "confirmed past the window while search had not got its event"
+    );
+    search.set_status(204);
+    walhook.restart();
+    let delivered = search
+        .wait_for(WAIT, "the event at search", |r| !r.is_empty())
+        .await;
+    let webshop = rx[0]
+        .wait_for(WAIT, "the event at the webshop", |r| !r.is_empty())
+        .await;
+    assert_coalesced_import(&delivered[0].json());
+    assert_eq!(delivered[0].id, first_try.id, "same id after the crash");
+    assert_eq!(delivered[0].body, first_try.body, "same body after the crash");
+    assert!(delivered[0].verifies(SECRET));
+    // The webshop got it before the second kill; a re-send is the same event.
+    for r in &webshop {
+        assert_eq!((&r.id, &r.body), (&first_try.id, &first_try.body));
+    }
+    drop(db);
+}

@@ -195,6 +195,29 @@ pub struct EventRule {
     pub transition: Option<TransitionRule>,
     /// A CEL expression over op, table, old, new, changed and meta; fires when true.
     pub when: Option<String>,
+    /// Changes of one key within a window become one event.
+    pub coalesce: Option<CoalesceRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceRule {
+    /// The event goes out once no further change of its key came for this long.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// ... and at the latest this long after the window's first change.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Open windows of this rule at most; past it the oldest closes early.
+    #[serde(default = "default_max_open")]
+    pub max_open: usize,
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_open() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -512,6 +535,23 @@ impl Config {
             if let Some(when) = &rule.when {
                 if let Err(e) = crate::mapping::Condition::compile(when) {
                     bad(p("when"), e);
+                }
+            }
+            if let Some(c) = &rule.coalesce {
+                if c.window.is_zero() {
+                    bad(p("coalesce.window"), "must be above 0, e.g. \"2s\"".into());
+                }
+                if c.max_wait < c.window {
+                    bad(
+                        p("coalesce.max_wait"),
+                        format!(
+                            "must not be below window ({})",
+                            humantime::format_duration(c.window)
+                        ),
+                    );
+                }
+                if c.max_open == 0 {
+                    bad(p("coalesce.max_open"), "must be at least 1".into());
                 }
             }
         }

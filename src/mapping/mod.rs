@@ -75,6 +75,7 @@ struct Rule {
     ignore_changes: Option<Vec<String>>,
     transition: Option<Transition>,
     when: Option<Condition>,
+    coalesce: Option<crate::coalesce::Spec>,
     /// `schema.table` as written in bodies.
     table: String,
     /// Per op: event name, routes and id tag.
@@ -197,6 +198,12 @@ impl Mapper {
                     .as_ref()
                     .map(|t| Transition::new(&t.column, &t.to, t.from.as_ref())),
                 when,
+                coalesce: r.coalesce.as_ref().map(|c| crate::coalesce::Spec {
+                    rule: i,
+                    window: micros(c.window),
+                    max_wait: micros(c.max_wait),
+                    max_open: c.max_open,
+                }),
                 names,
             });
         }
@@ -240,7 +247,17 @@ impl Mapper {
 }
 
 /// An event and the lanes (subscriber indexes) it goes to.
-pub type Routed = (EventRef, Arc<[usize]>);
+#[derive(Debug)]
+pub struct Routed {
+    pub event: EventRef,
+    pub routes: Arc<[usize]>,
+    /// Set when the rule coalesces: the event goes into a window, not to the lanes.
+    pub coalesce: Option<crate::coalesce::Spec>,
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
 
 /// A stable 32-bit hash (FNV-1a): event ids must not depend on the process.
 fn fnv1a(bytes: &[u8]) -> u32 {

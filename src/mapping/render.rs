@@ -304,7 +304,11 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
             key: key.clone(),
             body: buf.into(),
         };
-        out.push((Arc::new(event), routes.clone()));
+        out.push(Routed {
+            event: Arc::new(event),
+            routes: routes.clone(),
+            coalesce: rule.coalesce,
+        });
     }
     Ok(out)
 }

@@ -93,7 +93,7 @@ fn a_price_update_renders_the_documented_body_and_routes_by_pattern() {
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 1);
-    let (event, routes) = &out[0];
+    let Routed { event, routes, .. } = &out[0];
     assert_eq!(&routes[..], &[0, 1], "both `*` and `price.*` match");
     assert_eq!(event.event_type, "price.changed");
     assert_eq!(event.pos, crate::event::Pos::new(0x16B3748, 3, 0));
@@ -104,8 +104,8 @@ fn a_price_update_renders_the_documented_body_and_routes_by_pattern() {
     );
     // Stable: mapping the same change again gives the same id and bytes.
     let again = m.map(&tx(), &change, &mut Vec::new());
-    assert_eq!(again[0].0.id, event.id);
-    assert_eq!(again[0].0.body, event.body);
+    assert_eq!(again[0].event.id, event.id);
+    assert_eq!(again[0].event.body, event.body);
 }
 
 #[test]
@@ -169,9 +169,13 @@ fn default_names_columns_and_unchanged_toast() {
         exact: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
-    let body: serde_json::Value = serde_json::from_slice(&out[0].0.body).unwrap();
-    assert_eq!(out[0].0.event_type, "products.updated");
-    assert_eq!(&out[0].1[..], &[0], "price.* does not match products.updated");
+    let body: serde_json::Value = serde_json::from_slice(&out[0].event.body).unwrap();
+    assert_eq!(out[0].event.event_type, "products.updated");
+    assert_eq!(
+        &out[0].routes[..],
+        &[0],
+        "price.* does not match products.updated"
+    );
     assert_eq!(
         body["data"]["new"],
         json!({"id": 7, "title": "t"}),
@@ -202,7 +206,7 @@ fn default_names_columns_and_unchanged_toast() {
         exact: &[],
     };
     let body: serde_json::Value =
-        serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].0.body).unwrap();
+        serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].event.body).unwrap();
     assert_eq!(body["data"]["new"]["body"], "long");
     assert_eq!(body["data"]["changed"], json!(["title"]));
     assert!(body["data"].get("unchanged").is_none());
@@ -230,7 +234,7 @@ fn default_names_columns_and_unchanged_toast() {
         exact: &[],
     };
     let body: serde_json::Value =
-        serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].0.body).unwrap();
+        serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].event.body).unwrap();
     assert_eq!(body["data"]["changed"], json!([]));
 
     // A delete takes its key from the old (key-only) row.
@@ -250,8 +254,8 @@ fn default_names_columns_and_unchanged_toast() {
         exact: &[],
     };
     let out = m.map(&tx(), &del, &mut Vec::new());
-    assert_eq!(out[0].0.event_type, "products.deleted");
-    assert_eq!(out[0].0.key, r#"public.products|{"id":7}"#);
+    assert_eq!(out[0].event.event_type, "products.deleted");
+    assert_eq!(out[0].event.key, r#"public.products|{"id":7}"#);
 }
 
 #[test]
@@ -271,8 +275,8 @@ fn twin_rules_get_distinct_ids() {
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 2);
-    assert_ne!(out[0].0.id, out[1].0.id);
-    assert!(out[0].0.pos < out[1].0.pos);
+    assert_ne!(out[0].event.id, out[1].event.id);
+    assert!(out[0].event.pos < out[1].event.pos);
 }
 
 #[test]
@@ -340,19 +344,19 @@ numbers = "string"
     assert_eq!(out.len(), 2, "one body per way of writing numbers");
     let (a, b) = (&out[0], &out[1]);
     assert_eq!(
-        (a.0.id.as_str(), a.0.pos, &a.0.key),
-        (b.0.id.as_str(), b.0.pos, &b.0.key)
+        (a.event.id.as_str(), a.event.pos, &a.event.key),
+        (b.event.id.as_str(), b.event.pos, &b.event.key)
     );
-    assert_eq!(&*a.1, &[0]);
-    assert_eq!(&*b.1, &[1]);
+    assert_eq!(&*a.routes, &[0]);
+    assert_eq!(&*b.routes, &[1]);
     let text = |e: &EventRef| String::from_utf8(e.body.to_vec()).unwrap();
-    let exact_body = text(&a.0);
+    let exact_body = text(&a.event);
     assert!(
         exact_body.contains(r#""key":{"product_id":9007199254740993}"#),
         "{exact_body}"
     );
     assert!(exact_body.contains(r#""amount":19.90"#), "{exact_body}");
-    let strings = text(&b.0);
+    let strings = text(&b.event);
     assert!(
         strings.contains(r#""key":{"product_id":"9007199254740993"}"#),
         "{strings}"

@@ -50,6 +50,24 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
         )));
     }
 
+    // Coalescing windows close on stream time, which walhook writes into the WAL when no
+    // transaction carries it (pipeline::ticker).
+    if let Some(i) = config.events.iter().position(|r| r.coalesce.is_some()) {
+        let may: bool = client
+            .query_one(
+                "SELECT has_function_privilege('pg_catalog.pg_logical_emit_message(boolean, text, text)', 'EXECUTE')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !may {
+            return Err(need(format!(
+                "events[{i}].coalesce needs role {user} to write stream time into the WAL with                  pg_logical_emit_message. Fix: GRANT EXECUTE ON FUNCTION                  pg_catalog.pg_logical_emit_message(boolean, text, text) TO {};",
+                quote_ident(&user)
+            )));
+        }
+    }
+
     // Tables named by rules, with the paths that name them.
     let mut wanted: BTreeMap<TableName, Vec<usize>> = BTreeMap::new();
     for (i, rule) in config.events.iter().enumerate() {

@@ -120,6 +120,20 @@ impl Receiver {
             .collect()
     }
 
+    /// Waits for the first request, whatever it was answered, or panics after `timeout`.
+    pub async fn wait_for_any(&self, timeout: Duration, what: &str) -> Received {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(first) = self.all().into_iter().next() {
+                return first;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `cond` holds on the delivered requests, or panics after `timeout`.
     pub async fn wait_for(
         &self,

@@ -1,0 +1,338 @@
+//! Coalescing: the events of one coalescing rule and key that come within a window become
+//! one event, carrying the first `old`, the last `new`, the union of `changed` and
+//! `data.coalesced` (how many changes it stands for).
+//!
+//! Everything here is a function of the replication stream alone, so a replay after a
+//! crash forms the same windows and renders the same ids, bodies and positions:
+//! - time is the stream's: the greatest commit time seen, and the server time carried by
+//!   `walhook.tick` messages that walhook writes into the WAL while windows are open
+//!   (`pg_logical_emit_message`), never this host's clock;
+//! - a change joins its key's open window when its commit time is at most the window's
+//!   deadline (`window` after the last change, and never more than `max_wait` after the
+//!   first); a window closes when stream time passes its deadline, or early when its rule
+//!   has `max_open` windows open and a new one opens (the oldest closes);
+//! - a closed window's event takes the id of its first change and the position
+//!   `(lsn, CLOSED | k)` of the stream item that closed it (a transaction's commit LSN, or
+//!   a tick's LSN), `k` counting the windows closed there in the order of their first
+//!   change. That position is after every event handed over before and before every
+//!   event of a later transaction.
+//!
+//! The pipeline keeps the confirmed LSN at or below the first change of every open window
+//! (`low`), so a crash replays the whole window.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::event::{Event, EventRef, Pos};
+
+/// Positions of coalesced events have this bit set in `seq`: they sort after every event
+/// of the transaction (or tick) that closed them.
+pub const CLOSED: u64 = 1 << 62;
+
+/// One rule's coalescing settings, in stream microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// The rule's place in the config (`events[N]`).
+    pub rule: usize,
+    pub window: i64,
+    pub max_wait: i64,
+    pub max_open: usize,
+}
+
+/// Which window a change belongs to: rule, ordering key, and the subscriber group (the
+/// first subscriber index of its routes; groups differ in how numbers are written).
+type WindowKey = (usize, String, usize);
+
+struct Window {
+    /// Position of the first change: the window's place in creation order, and where
+    /// the confirmed LSN must stay.
+    first_pos: Pos,
+    /// The first change's event: its id and ordering key are the coalesced event's.
+    first: EventRef,
+    routes: Arc<[usize]>,
+    first_body: Value,
+    last_body: Value,
+    last_type: String,
+    /// Every `new` image merged in order (a later image's columns win; a column a later
+    /// image left out, an unchanged TOASTed value, keeps its earlier value).
+    new: Option<Map<String, Value>>,
+    /// Union of `changed`, in first-seen order; `None` once some update did not know.
+    changed: Option<Vec<String>>,
+    count: u64,
+    first_time: i64,
+    deadline: i64,
+    spec: Spec,
+}
+
+/// What the pipeline hands to the lanes for a closed window.
+#[derive(Debug)]
+pub struct Closed {
+    pub event: EventRef,
+    pub routes: Arc<[usize]>,
+    /// The commit LSN of the window's first and last change.
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    /// How many changes it stands for.
+    pub count: u64,
+}
+
+#[derive(Default)]
+pub struct Coalescer {
+    /// Open windows by creation order (which is first-change order).
+    open: BTreeMap<u64, Window>,
+    by_key: HashMap<WindowKey, u64>,
+    /// Per rule: its open windows, oldest first.
+    per_rule: HashMap<usize, BTreeMap<u64, ()>>,
+    /// Open windows by deadline.
+    deadlines: BTreeMap<(i64, u64), ()>,
+    next_id: u64,
+    /// Stream time: the greatest commit or tick time seen (PostgreSQL microseconds).
+    clock: i64,
+    /// Closed, waiting for a position.
+    closing: Vec<Window>,
+    /// Windows closed early because their rule had `max_open` open.
+    pub closed_early: u64,
+    /// Changes taken into windows.
+    pub absorbed: u64,
+}
+
+impl Coalescer {
+    /// Moves stream time to `now` (a commit or tick time) and closes every window whose
+    /// deadline it passed.
+    pub fn advance(&mut self, now: i64) {
+        self.clock = self.clock.max(now);
+        while let Some((&(deadline, id), _)) = self.deadlines.first_key_value() {
+            if deadline >= self.clock {
+                break;
+            }
+            self.close(id);
+        }
+    }
+
+    /// Takes one change's event (of a coalescing rule) committed at `time`.
+    pub fn add(&mut self, event: EventRef, routes: Arc<[usize]>, spec: Spec, time: i64) {
+        self.absorbed += 1;
+        let body: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
+        let key: WindowKey = (
+            spec.rule,
+            event.key.clone(),
+            routes.first().copied().unwrap_or(usize::MAX),
+        );
+        if let Some(&id) = self.by_key.get(&key) {
+            let joins = self.open.get(&id).is_some_and(|w| time <= w.deadline);
+            if joins {
+                let w = self.open.get_mut(&id).expect("window is open");
+                let old_deadline = w.deadline;
+                w.merge(&event, body, time);
+                let new_deadline = w.deadline;
+                self.deadlines.remove(&(old_deadline, id));
+                self.deadlines.insert((new_deadline, id), ());
+                return;
+            }
+            self.close(id);
+        }
+        let open_of_rule = self.per_rule.get(&spec.rule).map_or(0, BTreeMap::len);
+        if open_of_rule >= spec.max_open {
+            if let Some((&oldest, _)) = self.per_rule.get(&spec.rule).and_then(|m| m.first_key_value()) {
+                self.closed_early += 1;
+                self.close(oldest);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut w = Window {
+            first_pos: event.pos,
+            first: event.clone(),
+            routes,
+            first_body: body.clone(),
+            last_body: Value::Null,
+            last_type: String::new(),
+            new: None,
+            changed: Some(Vec::new()),
+            count: 0,
+            first_time: time,
+            deadline: time,
+            spec,
+        };
+        w.merge(&event, body, time);
+        self.deadlines.insert((w.deadline, id), ());
+        self.per_rule.entry(spec.rule).or_default().insert(id, ());
+        self.by_key.insert(key, id);
+        self.open.insert(id, w);
+    }
+
+    fn close(&mut self, id: u64) {
+        let Some(w) = self.open.remove(&id) else {
+            return;
+        };
+        self.deadlines.remove(&(w.deadline, id));
+        if let Some(m) = self.per_rule.get_mut(&w.spec.rule) {
+            m.remove(&id);
+        }
+        let key: WindowKey = (
+            w.spec.rule,
+            w.first.key.clone(),
+            w.routes.first().copied().unwrap_or(usize::MAX),
+        );
+        if self.by_key.get(&key) == Some(&id) {
+            self.by_key.remove(&key);
+        }
+        self.closing.push(w);
+    }
+
+    /// The windows closed since the last call, as events at positions `(lsn, CLOSED | k)`.
+    pub fn take_closed(&mut self, lsn: u64) -> Vec<Closed> {
+        let mut closing = std::mem::take(&mut self.closing);
+        closing.sort_by_key(|w| (w.first_pos, w.routes.first().copied()));
+        closing
+            .into_iter()
+            .enumerate()
+            .map(|(k, w)| {
+                w.into_closed(Pos {
+                    lsn,
+                    seq: CLOSED | k as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether windows are open or wait for a position.
+    pub fn is_idle(&self) -> bool {
+        self.open.is_empty() && self.closing.is_empty()
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// The lowest commit LSN of a change in a window not yet handed over: nothing at or
+    /// after it may be confirmed.
+    pub fn low(&self) -> Option<u64> {
+        let open = self.open.values().next().map(|w| w.first_pos.lsn);
+        let closing = self.closing.iter().map(|w| w.first_pos.lsn).min();
+        match (open, closing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Window {
+    fn merge(&mut self, event: &Event, body: Value, time: i64) {
+        self.count += 1;
+        self.deadline = (time + self.spec.window).min(self.first_time + self.spec.max_wait);
+        let data = &body["data"];
+        if let Some(new) = data.get("new").and_then(Value::as_object) {
+            let merged = self.new.get_or_insert_with(Map::new);
+            for (k, v) in new {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        match (
+            &mut self.changed,
+            data.get("op").and_then(Value::as_str),
+            data.get("changed"),
+        ) {
+            (Some(all), Some("update"), Some(Value::Array(cols))) => {
+                for c in cols.iter().filter_map(Value::as_str) {
+                    if !all.iter().any(|a| a == c) {
+                        all.push(c.to_string());
+                    }
+                }
+            }
+            (Some(_), Some("update"), _) => self.changed = None,
+            _ => {}
+        }
+        self.last_type = event.event_type.clone();
+        self.last_body = body;
+    }
+
+    /// The coalesced event: the last change's body with the first `old`, the merged
+    /// `new`, the union of `changed`, and `coalesced`.
+    fn into_closed(self, pos: Pos) -> Closed {
+        let first_data = &self.first_body["data"];
+        let last_data = &self.last_body["data"];
+        let first_op = first_data["op"].as_str().unwrap_or("");
+        let last_op = last_data["op"].as_str().unwrap_or("");
+        // An insert and the updates after it are an insert of the last row.
+        let op = if first_op == "insert" && last_op != "delete" {
+            "insert"
+        } else {
+            last_op
+        };
+        let kind = if op == "insert" {
+            self.first.event_type.clone()
+        } else {
+            self.last_type.clone()
+        };
+        let mut data = Map::new();
+        if let Some(src) = last_data.as_object() {
+            for (k, v) in src {
+                let v = match k.as_str() {
+                    "op" => Value::from(op),
+                    "new" if last_op == "delete" => Value::Null,
+                    "new" => self.new.clone().map_or(Value::Null, Value::Object),
+                    "old" => first_data.get("old").cloned().unwrap_or(Value::Null),
+                    "changed" => match (&self.changed, op) {
+                        (Some(cols), "update") => Value::from(cols.clone()),
+                        _ => Value::Null,
+                    },
+                    "unchanged" => {
+                        // Still unknown: not in any `new` image of the window.
+                        let missing: Vec<Value> = v
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|c| {
+                                c.as_str()
+                                    .is_some_and(|c| !self.new.as_ref().is_some_and(|n| n.contains_key(c)))
+                            })
+                            .cloned()
+                            .collect();
+                        if missing.is_empty() {
+                            continue;
+                        }
+                        Value::Array(missing)
+                    }
+                    _ => v.clone(),
+                };
+                data.insert(k.clone(), v);
+            }
+            // A window whose first change carried `old` but whose last (an insert) did not.
+            if !src.contains_key("old") && first_data.get("old").is_some() {
+                data.insert("old".into(), first_data["old"].clone());
+            }
+        }
+        data.insert("coalesced".into(), Value::from(self.count));
+        let mut body = Map::new();
+        body.insert("type".into(), Value::from(kind.clone()));
+        body.insert(
+            "timestamp".into(),
+            self.last_body.get("timestamp").cloned().unwrap_or(Value::Null),
+        );
+        body.insert("data".into(), Value::Object(data));
+        let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+        let last_lsn = last_data["source"]["lsn"]
+            .as_str()
+            .and_then(crate::event::parse_lsn)
+            .unwrap_or(self.first_pos.lsn);
+        Closed {
+            event: Arc::new(Event {
+                pos,
+                id: self.first.id.clone(),
+                event_type: kind,
+                key: self.first.key.clone(),
+                body: bytes.into(),
+            }),
+            routes: self.routes,
+            first_lsn: self.first_pos.lsn,
+            last_lsn,
+            count: self.count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+use super::*;
+use serde_json::json;
+
+const SEC: i64 = 1_000_000;
+
+fn spec(window: i64, max_wait: i64, max_open: usize) -> Spec {
+    Spec {
+        rule: 0,
+        window,
+        max_wait,
+        max_open,
+    }
+}
+
+/// The event one update of product `id` makes: commit LSN `lsn`, `qty` from `old` to `new`.
+fn update(id: i64, lsn: u64, old: i64, new: i64, changed: &[&str]) -> EventRef {
+    let body = json!({
+        "type": "product.changed",
+        "timestamp": format!("t{lsn}"),
+        "data": {
+            "table": "public.products",
+            "op": "update",
+            "key": {"id": id},
+            "new": {"id": id, "qty": new, "title": format!("v{lsn}")},
+            "old": {"id": id, "qty": old, "title": "before"},
+            "changed": changed,
+            "source": {"lsn": crate::event::format_lsn(lsn), "xid": 1, "commit_time": format!("t{lsn}"), "seq": 0},
+        }
+    });
+    Arc::new(Event {
+        pos: Pos::new(lsn, 0, 0),
+        id: format!("evt_{lsn:x}"),
+        event_type: "product.changed".into(),
+        key: format!("public.products|{{\"id\":{id}}}"),
+        body: serde_json::to_vec(&body).unwrap().into(),
+    })
+}
+
+fn routes() -> Arc<[usize]> {
+    Arc::from(vec![0usize])
+}
+
+fn body(c: &Closed) -> Value {
+    serde_json::from_slice(&c.event.body).unwrap()
+}
+
+#[test]
+fn changes_within_the_window_become_one_event_with_first_old_and_last_new() {
+    let mut c = Coalescer::default();
+    let s = spec(2 * SEC, 30 * SEC, 100);
+    for (i, lsn) in (100..600u64).step_by(1).enumerate() {
+        let t = i as i64 * 1000; // 1 ms apart
+        c.advance(t);
+        let changed: &[&str] = if i % 2 == 0 { &["qty"] } else { &["qty", "title"] };
+        c.add(update(7, lsn, i as i64, i as i64 + 1, changed), routes(), s, t);
+    }
+    assert_eq!(c.low(), Some(100));
+    c.advance(2 * SEC);
+    assert!(
+        c.take_closed(1000).is_empty(),
+        "the window is still open at its deadline"
+    );
+    c.advance(3 * SEC);
+    let closed = c.take_closed(1000);
+    assert_eq!(closed.len(), 1);
+    let e = &closed[0];
+    assert_eq!(e.event.id, "evt_64", "the first change's id");
+    assert_eq!(
+        e.event.pos,
+        Pos {
+            lsn: 1000,
+            seq: CLOSED
+        }
+    );
+    assert_eq!((e.first_lsn, e.last_lsn, e.count), (100, 599, 500));
+    let b = body(e);
+    assert_eq!(b["data"]["coalesced"], 500);
+    assert_eq!(b["data"]["old"]["qty"], 0);
+    assert_eq!(b["data"]["new"]["qty"], 500);
+    assert_eq!(b["data"]["new"]["title"], "v599");
+    assert_eq!(b["data"]["changed"], json!(["qty", "title"]));
+    assert_eq!(b["timestamp"], "t599");
+    assert_eq!(b["data"]["source"]["lsn"], "0/257");
+    assert!(c.is_idle());
+    assert_eq!(c.low(), None);
+}
+
+#[test]
+fn max_wait_closes_a_window_that_keeps_getting_changes() {
+    let mut c = Coalescer::default();
+    let s = spec(2 * SEC, 5 * SEC, 100);
+    let mut closed = Vec::new();
+    for i in 0..20u64 {
+        let t = i as i64 * SEC; // one change a second: never 2 s quiet
+        c.advance(t);
+        c.add(update(1, 10 + i, 0, 1, &["qty"]), routes(), s, t);
+        closed.extend(c.take_closed(1000 + i));
+    }
+    // Windows of changes at 0..=5 s, 6..=11 s, 12..=17 s; the last is still open.
+    let counts: Vec<u64> = closed.iter().map(|e| e.count).collect();
+    assert_eq!(counts, [6, 6, 6]);
+    assert_eq!(c.open_windows(), 1);
+}
+
+#[test]
+fn past_max_open_the_oldest_window_closes_early() {
+    let mut c = Coalescer::default();
+    let s = spec(10 * SEC, 30 * SEC, 2);
+    for (id, lsn) in [(1, 10), (2, 11), (3, 12)] {
+        c.add(update(id, lsn, 0, 1, &["qty"]), routes(), s, 0);
+    }
+    assert_eq!(c.closed_early, 1);
+    assert_eq!(c.open_windows(), 2);
+    let closed = c.take_closed(50);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].event.key, "public.products|{\"id\":1}");
+    assert_eq!(c.low(), Some(11));
+}
+
+#[test]
+fn windows_closed_together_are_numbered_in_first_change_order() {
+    let mut c = Coalescer::default();
+    let s = spec(SEC, 30 * SEC, 100);
+    c.add(update(2, 20, 0, 1, &["qty"]), routes(), s, 100);
+    c.add(update(1, 21, 0, 1, &["qty"]), routes(), s, 0);
+    c.advance(5 * SEC);
+    let closed = c.take_closed(99);
+    let order: Vec<(u64, Pos)> = closed.iter().map(|e| (e.first_lsn, e.event.pos)).collect();
+    assert_eq!(
+        order,
+        [
+            (20, Pos { lsn: 99, seq: CLOSED }),
+            (
+                21,
+                Pos {
+                    lsn: 99,
+                    seq: CLOSED | 1
+                }
+            )
+        ]
+    );
+}
+
+#[test]
+fn an_insert_and_its_updates_are_one_insert_and_a_late_change_opens_a_new_window() {
+    let mut c = Coalescer::default();
+    let s = spec(SEC, 30 * SEC, 100);
+    let insert = {
+        let body = json!({"type": "product.created", "timestamp": "t1", "data": {
+            "table": "public.products", "op": "insert", "key": {"id": 5},
+            "new": {"id": 5, "qty": 1, "title": "a"}, "old": null, "changed": null,
+            "source": {"lsn": "0/1", "xid": 1, "commit_time": "t1", "seq": 0}}});
+        Arc::new(Event {
+            pos: Pos::new(1, 0, 0),
+            id: "evt_ins".into(),
+            event_type: "product.created".into(),
+            key: "public.products|{\"id\":5}".into(),
+            body: serde_json::to_vec(&body).unwrap().into(),
+        })
+    };
+    c.add(insert, routes(), s, 0);
+    c.add(update(5, 2, 1, 2, &["qty"]), routes(), s, SEC / 2);
+    // 1.6 s after the update: past its window, so this change starts a new one.
+    c.advance(SEC / 2 + SEC + SEC / 10);
+    c.add(
+        update(5, 3, 2, 3, &["qty"]),
+        routes(),
+        s,
+        SEC / 2 + SEC + SEC / 10,
+    );
+    let closed = c.take_closed(3);
+    assert_eq!(closed.len(), 1);
+    let b = body(&closed[0]);
+    assert_eq!(b["type"], "product.created");
+    assert_eq!(b["data"]["op"], "insert");
+    assert_eq!(b["data"]["old"], Value::Null);
+    assert_eq!(b["data"]["changed"], Value::Null);
+    assert_eq!(b["data"]["new"]["qty"], 2);
+    assert_eq!(b["data"]["coalesced"], 2);
+    assert_eq!(closed[0].event.id, "evt_ins");
+    assert_eq!(c.open_windows(), 1);
+    assert_eq!(c.low(), Some(3));
+}
+
+#[test]
+fn the_same_stream_renders_the_same_bytes() {
+    let run = || {
+        let mut c = Coalescer::default();
+        let s = spec(SEC, 30 * SEC, 100);
+        for i in 0..50u64 {
+            let t = i as i64 * 10_000;
+            c.advance(t);
+            c.add(
+                update((i % 3) as i64, 100 + i, 0, i as i64, &["qty"]),
+                routes(),
+                s,
+                t,
+            );
+        }
+        c.advance(10 * SEC);
+        c.take_closed(500)
+            .into_iter()
+            .map(|e| (e.event.id.clone(), e.event.pos, e.event.body.clone()))
+            .collect::<Vec<_>>()
+    };
+    let a = run();
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, run());
+}
