@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod receiver;
+pub mod reload;
 pub mod run;
 pub mod shutdown;
 pub mod source;

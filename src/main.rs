@@ -36,13 +36,18 @@ fn main() {
                 Err(code) => code,
             },
             Command::Run { config, no_delivery } => {
-                let config = match load(&config) {
+                let path = config;
+                let config = match load(&path) {
                     Ok(c) => c,
                     Err(code) => return code,
                 };
                 let cancel = CancellationToken::new();
                 walhook::shutdown::on_signals(cancel.clone());
-                match walhook::run::run(config, no_delivery, cancel).await {
+                let reloads = walhook::reload::Reloads {
+                    path,
+                    hangups: walhook::shutdown::on_hangup(),
+                };
+                match walhook::run::serve(config, no_delivery, cancel, Some(reloads)).await {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("walhook: {e}");

@@ -114,6 +114,16 @@ pub struct Pipeline {
     /// confirmed LSN never falls inside one, so a replay forms the whole window again
     /// (the same id, body and position) rather than a part of it.
     spans: Vec<(u64, u64)>,
+    /// New rules from a config reload, applied between transactions.
+    swaps: Option<tokio::sync::mpsc::Receiver<Swap>>,
+    /// The position of the last coalesced events handed over.
+    last_closed_lsn: u64,
+}
+
+/// A reloaded config whose rules (only) changed, with its compiled mapper.
+pub struct Swap {
+    pub config: Arc<Config>,
+    pub mapper: Mapper,
 }
 
 /// Prefix of the logical messages that carry stream time while coalescing windows are
@@ -190,11 +200,19 @@ impl Pipeline {
             tx_time: 0,
             held: BTreeMap::new(),
             spans: Vec::new(),
+            swaps: None,
+            last_closed_lsn: 0,
             tx: None,
             frontier: 0,
             received: 0,
             clock: ClockOffset::new(),
         })
+    }
+
+    /// Takes new rules from `swaps` (config reloads) between transactions.
+    pub fn with_swaps(mut self, swaps: tokio::sync::mpsc::Receiver<Swap>) -> Pipeline {
+        self.swaps = Some(swaps);
+        self
     }
 
     /// Streams until cancelled, reconnecting with capped backoff. Returns an error only
@@ -291,6 +309,12 @@ impl Pipeline {
                     let _ = conn.send_status(self.received.max(flush), flush, false).await;
                     conn.close().await;
                     return Ok(());
+                }
+                Some(swap) = next_swap(&mut self.swaps), if self.tx.is_none() => {
+                    if !self.apply(swap, cancel).await {
+                        conn.close().await;
+                        return Ok(());
+                    }
                 }
                 msg = conn.recv() => match msg? {
                     ReplMessage::XLogData { wal_start, wal_end, send_time, data } => {
@@ -533,10 +557,37 @@ impl Pipeline {
         }
     }
 
+    /// Applies reloaded rules between two transactions: open coalescing windows close
+    /// (their events go out now, under the old rules), and every later change is mapped
+    /// by the new rules. Returns false when cancelled.
+    async fn apply(&mut self, swap: Swap, cancel: &CancellationToken) -> bool {
+        self.coalescer.advance(i64::MAX);
+        // After everything handed over so far, before the next transaction's commit LSN
+        // (which is past the frontier and past any tick handed over).
+        let lsn = self.frontier.max(self.last_closed_lsn + 1);
+        if !self.hand_over_closed(lsn, cancel).await {
+            return false;
+        }
+        self.coalescer = Coalescer::default();
+        self.mapper = swap.mapper;
+        self.config = swap.config;
+        for rel in self.rels.values_mut() {
+            rel.watched = self.mapper.watches(&rel.table);
+        }
+        tracing::info!(
+            rules = self.config.events.len(),
+            "config reloaded: new rules apply from the next transaction"
+        );
+        true
+    }
+
     /// Hands the windows closed since the last call to their lanes, at positions
     /// `(lsn, CLOSED | k)`. Returns false when cancelled.
     async fn hand_over_closed(&mut self, lsn: u64, cancel: &CancellationToken) -> bool {
         let closed = self.coalescer.take_closed(lsn);
+        if !closed.is_empty() {
+            self.last_closed_lsn = lsn;
+        }
         self.metrics
             .coalesce_closed_early
             .set(self.coalescer.closed_early);
@@ -696,6 +747,14 @@ impl Pipeline {
         if let Err(e) = setup::load_types(&self.catalog, &mut self.types, Some(oids)).await {
             tracing::warn!(error = %e, ?oids, "cannot look up column types; their values are sent as text");
         }
+    }
+}
+
+/// The next swap, or never when there is no channel (or it closed).
+async fn next_swap(swaps: &mut Option<tokio::sync::mpsc::Receiver<Swap>>) -> Option<Swap> {
+    match swaps {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -14,6 +14,7 @@ use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
 use crate::pipeline::{frontier_pos, Pipeline, Progress};
+use crate::reload::{Reloads, Restart};
 use crate::state::State;
 
 /// How long in-flight deliveries may take to finish at shutdown.
@@ -40,8 +41,42 @@ impl RunError {
     }
 }
 
-/// Runs until `cancel`. With `no_delivery`, events are mapped and dropped (no lanes).
-pub async fn run(config: Config, no_delivery: bool, cancel: CancellationToken) -> Result<(), RunError> {
+/// Runs until `cancel`, taking config reloads on SIGHUP when `reloads` is given (see
+/// `reload`): a reload that changes more than rules stops the run and starts it again.
+pub async fn serve(
+    mut config: Config,
+    no_delivery: bool,
+    cancel: CancellationToken,
+    reloads: Option<Reloads>,
+) -> Result<(), RunError> {
+    loop {
+        let restart: Restart = Default::default();
+        let result = run(
+            config,
+            no_delivery,
+            cancel.clone(),
+            reloads.clone(),
+            restart.clone(),
+        )
+        .await;
+        let next = restart.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match next {
+            Some(new) if result.is_ok() && !cancel.is_cancelled() => config = new,
+            _ => return result,
+        }
+    }
+}
+
+/// Runs until `cancel` or a reload that needs a restart (then `restart` holds its config).
+/// With `no_delivery`, events are mapped and dropped (no lanes).
+pub async fn run(
+    config: Config,
+    no_delivery: bool,
+    cancel: CancellationToken,
+    reloads: Option<Reloads>,
+    restart: Restart,
+) -> Result<(), RunError> {
+    let cancel = cancel.child_token();
     let config = Arc::new(config);
     let problems = target::check_targets(&config).await;
     if !problems.is_empty() {
@@ -126,6 +161,17 @@ pub async fn run(config: Config, no_delivery: bool, cancel: CancellationToken) -
             lanes_cancel.clone(),
         ));
     }
+    let (swap_tx, swap_rx) = tokio::sync::mpsc::channel(1);
+    if let Some(reloads) = reloads {
+        tracker.spawn(crate::reload::watch(
+            reloads,
+            (*config).clone(),
+            swap_tx,
+            restart,
+            cancel.clone(),
+            lanes_cancel.clone(),
+        ));
+    }
     let pipeline = Pipeline::new(
         config.clone(),
         source,
@@ -136,7 +182,8 @@ pub async fn run(config: Config, no_delivery: bool, cancel: CancellationToken) -
         metrics,
         progress.clone(),
     )
-    .map_err(|e| RunError::Config(e.to_string()))?;
+    .map_err(|e| RunError::Config(e.to_string()))?
+    .with_swaps(swap_rx);
     let result = pipeline.run(cancel.clone()).await;
 
     tracing::info!("shutting down: letting in-flight deliveries finish");

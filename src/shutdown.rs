@@ -26,3 +26,25 @@ pub fn on_signals(token: CancellationToken) {
         token.cancel();
     });
 }
+
+/// SIGHUP, as a permit on the returned `Notify` (kept when nobody waits). Installed at
+/// start, so a SIGHUP never terminates the process.
+pub fn on_hangup() -> std::sync::Arc<tokio::sync::Notify> {
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let n = notify.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP received: reloading the config");
+                        n.notify_one();
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP; config reloads are off"),
+        }
+    }
+    notify
+}

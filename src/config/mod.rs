@@ -70,7 +70,7 @@ fn fmt_problems(problems: &[Problem]) -> String {
         .join("; ")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub source: SourceConfig,
@@ -84,7 +84,7 @@ pub struct Config {
     pub subscribers: Vec<Subscriber>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// libpq-style URL or key=value string of the database to capture.
@@ -101,7 +101,7 @@ pub struct SourceConfig {
     pub status_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Database holding the `walhook` schema; defaults to the source database.
@@ -111,7 +111,7 @@ pub struct StateConfig {
     pub watermark_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`); "" disables it.
@@ -168,7 +168,7 @@ impl Op {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventRule {
     /// `schema.table`, exact and case-sensitive; schema defaults to `public`.
@@ -199,7 +199,7 @@ pub struct EventRule {
     pub coalesce: Option<CoalesceRule>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoalesceRule {
     /// The event goes out once no further change of its key came for this long.
@@ -220,7 +220,7 @@ fn default_max_open() -> usize {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransitionRule {
     pub column: String,
@@ -228,7 +228,7 @@ pub struct TransitionRule {
     pub from: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscriber {
     pub name: String,
@@ -397,6 +397,14 @@ impl Config {
         } else {
             Err(invalid(problems))
         }
+    }
+
+    /// Whether `other` differs from this config in its `[[events]]` rules only (what a
+    /// reload applies without restarting the pipeline).
+    pub fn differs_in_rules_only(&self, other: &Config) -> bool {
+        let mut same_rules = other.clone();
+        same_rules.events = self.events.clone();
+        same_rules == *self
     }
 
     /// The state database URL (the source when not set).

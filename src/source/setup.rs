@@ -62,7 +62,9 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
             .get(0);
         if !may {
             return Err(need(format!(
-                "events[{i}].coalesce needs role {user} to write stream time into the WAL with                  pg_logical_emit_message. Fix: GRANT EXECUTE ON FUNCTION                  pg_catalog.pg_logical_emit_message(boolean, text, text) TO {};",
+                "events[{i}].coalesce needs role {user} to write stream time into the WAL with \
+                 pg_logical_emit_message. Fix: GRANT EXECUTE ON FUNCTION \
+                 pg_catalog.pg_logical_emit_message(boolean, text, text) TO {};",
                 quote_ident(&user)
             )));
         }

@@ -70,6 +70,28 @@ impl Walhook {
         self.child = Some(child);
     }
 
+    /// Replaces the config file (the `[admin]` section stays) and sends SIGHUP.
+    pub fn reload(&self, config: &str) {
+        let text = format!("{config}\n[admin]\nlisten = \"{}\"\n", self.admin);
+        std::fs::write(self.dir.join("walhook.toml"), text).unwrap();
+        kill(self.pid(), Signal::SIGHUP).unwrap();
+    }
+
+    /// Waits until the log holds `needle` at least `n` times; returns the log.
+    pub async fn wait_log(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("{needle:?} not logged {n} times; log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts it again after a kill or stop, with the same config.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
