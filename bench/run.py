@@ -38,7 +38,25 @@ TARGETS = {
     "latency_p99_ms": ("latency p99 at 1,000 changes/s (ms)", "<=", 50),
     "cost_vs_slot": ("pgbench TPS with walhook / with a bare slot", ">=", 0.95),
     "peak_rss_mb": ("peak RSS in every memory scenario (MB)", "<=", 150),
+    "mapping_ratio": ("end to end with conditions and a template / plain rules", ">=", 0.9),
 }
+
+# The rules of every scenario: one per table, every change an event.
+PLAIN_RULES = ('[[events]]\ntable = "products"\n'
+               '[[events]]\ntable = "prices"\nname = "price.changed"\n'
+               '[[events]]\ntable = "stock"\nname = "stock.changed"\n')
+
+# The same events through conditions (each holds for every change of the burst, so both
+# configurations deliver the same number of events) ...
+RICH_RULES = ('[[events]]\ntable = "products"\nwhen = "op == \'update\' && new.status == \'approved\'"\n'
+              '[[events]]\ntable = "prices"\nname = "price.changed"\nchanged = ["amount"]\n'
+              'when = "new.amount > 0.0 && (op == \'insert\' || new.amount != old.amount)"\n'
+              '[[events]]\ntable = "stock"\nname = "stock.changed"\nignore_changes = ["warehouse"]\n'
+              'when = "new.qty > old.qty || new.qty <= 0"\n')
+# ... and a body template (the receiver reads "timestamp" for latency).
+RICH_SUB = ('format = "template"\n'
+            'template = \'{"timestamp":{{ timestamp|tojson }},"text":{{ (type ~ " " ~ data.key|tojson ~ '
+            '" changed: " ~ (data.changed or [])|join(", "))|tojson }},"id":{{ id|tojson }}}\'\n')
 
 
 def log(msg):
@@ -287,7 +305,7 @@ class Bench:
                 time.sleep(0.05)
         return proc, f"http://127.0.0.1:{port}"
 
-    def start_walhook(self, slot, subscribers, state_url=None, no_delivery=False, extra_sub=""):
+    def start_walhook(self, slot, subscribers, state_url=None, no_delivery=False, extra_sub="", rules=PLAIN_RULES):
         admin = f"127.0.0.1:{free_port()}"
         subs = ""
         for name, url, events in subscribers:
@@ -296,10 +314,7 @@ class Bench:
                      f'secrets = ["{SECRET}"]\nallow_private_targets = true\nmax_in_flight = 64\n{extra_sub}\n')
         state = f'[state]\nurl = "{state_url}"\n' if state_url else ""
         cfg = (f'[source]\nurl = "{self.pg.url("bench")}"\nslot = "{slot}"\npublication = "bench"\n{state}'
-               f'[admin]\nlisten = "{admin}"\n'
-               '[[events]]\ntable = "products"\n'
-               '[[events]]\ntable = "prices"\nname = "price.changed"\n'
-               '[[events]]\ntable = "stock"\nname = "stock.changed"\n' + subs)
+               f'[admin]\nlisten = "{admin}"\n' + rules + subs)
         path = self.work / f"walhook-{slot}.toml"
         path.write_text(cfg)
         args = self.pinned(self.client_cpus) + [self.walhook, "run", "--config", str(path)] + \
@@ -388,12 +403,12 @@ class Bench:
             self.record(memory_key, rss, "MB")
         return self.results[key]
 
-    def end_to_end_run(self, subscribers, run, factor=1):
+    def end_to_end_run(self, subscribers, run, factor=1, rules=PLAIN_RULES, extra_sub=""):
         """One burst delivered to these subscribers: events/s and walhook's peak RSS."""
         n_tx = self.args.changes // 100
         receivers = [self.start_receiver() for _ in subscribers]
         subs = [(f"s{i}", url, events) for i, ((_, url), events) in enumerate(zip(receivers, subscribers))]
-        proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra)
+        proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra + extra_sub, rules=rules)
         expected = self.args.changes * factor
         start = time.time()
         burst = self.burst_async(n_tx, run + 200)
@@ -469,6 +484,27 @@ class Bench:
         bad_rx.stop()
         self.reset_walhook("bench_i")
         return rate, rate / alone, spilled, log_rows, lag, rss
+
+    def mapping_cost(self):
+        """Scenario 7: one subscriber, plain rules against the same events through `when`,
+        `changed` and `ignore_changes` conditions and a body template, run by run in
+        turning order; the ratio is taken per pair."""
+        plain, rich, ratios = [], [], []
+        for run in range(self.args.runs):
+            rates = {}
+            for kind in (("plain", "rich") if run % 2 == 0 else ("rich", "plain")):
+                log(f"  run {run + 1}: {kind} rules")
+                if kind == "plain":
+                    rates[kind], _ = self.end_to_end_run([["*"]], run + 400)
+                else:
+                    rates[kind], _ = self.end_to_end_run([["*"]], run + 400, rules=RICH_RULES, extra_sub=RICH_SUB)
+            plain.append(rates["plain"])
+            rich.append(rates["rich"])
+            ratios.append(rates["rich"] / rates["plain"])
+            log(f"  run {run + 1}: conditions and template / plain = {ratios[-1]:.2f}")
+        self.record("mapping_plain", plain, "events/s")
+        self.record("mapping_rich", rich, "events/s")
+        self.results["mapping_ratio"] = self.record("mapping_ratio", ratios, "x plain")
 
     def latency(self):
         p50, p99, mx = [], [], []
@@ -648,6 +684,9 @@ class Bench:
             if "memory" in scen:
                 log(f"scenario 6: memory through one {12 * self.args.big_tx_products:,}-row transaction")
                 self.big_transaction()
+            if "mapping" in scen:
+                log("scenario 7: cost of conditions and templates, end to end, one subscriber")
+                self.mapping_cost()
         finally:
             self.pg.stop()
             if self.args.keep:
@@ -710,7 +749,8 @@ def main():
     ap.add_argument("--big-tx-timeout", type=int, default=900)
     ap.add_argument("--big-tx-products", type=int, default=83334,
                     help="products touched by the big transaction (12 row changes each)")
-    ap.add_argument("--scenarios", default="decode,e2e,isolation,latency,cost,memory")
+    ap.add_argument("--scenarios", default="decode,e2e,isolation,latency,cost,memory",
+                    help="comma-separated; also: mapping (conditions and templates against plain rules)")
     ap.add_argument("--out", default=str(BENCH / "results"), help="where latest.md and latest.json go")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--log", default="warn", help="RUST_LOG for walhook")

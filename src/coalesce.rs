@@ -4,27 +4,30 @@
 //!
 //! Everything here is a function of the replication stream alone, so a replay after a
 //! crash forms the same windows and renders the same ids, bodies and positions:
-//! - time is the stream's: the greatest commit time seen, and the server time carried by
-//!   `walhook.tick` messages that walhook writes into the WAL while windows are open
-//!   (`pg_logical_emit_message`), never this host's clock;
+//! - time is the stream's: the commit time of each transaction, never this host's clock.
+//!   While windows are open and no transaction comes, walhook commits tiny transactions
+//!   holding one `walhook.tick` logical message (`pipeline::ticker`), so time moves on;
 //! - a change joins its key's open window when its commit time is at most the window's
 //!   deadline (`window` after the last change, and never more than `max_wait` after the
-//!   first); a window closes when stream time passes its deadline, or early when its rule
-//!   has `max_open` windows open and a new one opens (the oldest closes);
+//!   first); a window closes at the first transaction whose commit time is past its
+//!   deadline (decided on that transaction's time alone, not on anything before it), or
+//!   early when its rule has `max_open` windows open and a new one opens (the oldest
+//!   closes);
 //! - a closed window's event takes the id of its first change and the position
-//!   `(lsn, CLOSED | k)` of the stream item that closed it (a transaction's commit LSN, or
-//!   a tick's LSN), `k` counting the windows closed there in the order of their first
-//!   change. That position is after every event handed over before and before every
-//!   event of a later transaction.
+//!   `(lsn, CLOSED | k)` of the transaction that closed it (its commit LSN), `k` counting
+//!   the windows closed there in the order of their first change. That position is after
+//!   every event of that transaction and before every event of a later one.
 //!
 //! The pipeline keeps the confirmed LSN at or below the first change of every open window
-//! (`low`), so a crash replays the whole window.
+//! (`low`), and of every window closed with one whose event a lane still holds, so a
+//! crash replays whole windows and the same group of windows closes at the same place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::config::Numbers;
 use crate::event::{Event, EventRef, Pos};
 
 /// Positions of coalesced events have this bit set in `seq`: they sort after every event
@@ -41,9 +44,9 @@ pub struct Spec {
     pub max_open: usize,
 }
 
-/// Which window a change belongs to: rule, ordering key, and the subscriber group (the
-/// first subscriber index of its routes; groups differ in how numbers are written).
-type WindowKey = (usize, String, usize);
+/// Which window a change belongs to: rule, ordering key, and how its subscribers want
+/// numbers written (the bodies differ there).
+type WindowKey = (usize, String, Numbers);
 
 struct Window {
     /// Position of the first change: the window's place in creation order, and where
@@ -51,7 +54,11 @@ struct Window {
     first_pos: Pos,
     /// The first change's event: its id and ordering key are the coalesced event's.
     first: EventRef,
-    routes: Arc<[usize]>,
+    numbers: Numbers,
+    /// Routes of the first and the last change (they differ when their operations have
+    /// different event names): the coalesced event goes where its name is wanted.
+    first_routes: Arc<[usize]>,
+    last_routes: Arc<[usize]>,
     first_body: Value,
     last_body: Value,
     last_type: String,
@@ -83,13 +90,11 @@ pub struct Coalescer {
     /// Open windows by creation order (which is first-change order).
     open: BTreeMap<u64, Window>,
     by_key: HashMap<WindowKey, u64>,
-    /// Per rule: its open windows, oldest first.
-    per_rule: HashMap<usize, BTreeMap<u64, ()>>,
+    /// Per rule and number format: its open windows, oldest first.
+    per_rule: HashMap<(usize, Numbers), BTreeMap<u64, ()>>,
     /// Open windows by deadline.
     deadlines: BTreeMap<(i64, u64), ()>,
     next_id: u64,
-    /// Stream time: the greatest commit or tick time seen (PostgreSQL microseconds).
-    clock: i64,
     /// Closed, waiting for a position.
     closing: Vec<Window>,
     /// Windows closed early because their rule had `max_open` open.
@@ -99,33 +104,29 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// Moves stream time to `now` (a commit or tick time) and closes every window whose
-    /// deadline it passed.
+    /// A transaction committed at `now` (PostgreSQL microseconds) is next: every window
+    /// whose deadline is before it closes.
     pub fn advance(&mut self, now: i64) {
-        self.clock = self.clock.max(now);
         while let Some((&(deadline, id), _)) = self.deadlines.first_key_value() {
-            if deadline >= self.clock {
+            if deadline >= now {
                 break;
             }
             self.close(id);
         }
     }
 
-    /// Takes one change's event (of a coalescing rule) committed at `time`.
-    pub fn add(&mut self, event: EventRef, routes: Arc<[usize]>, spec: Spec, time: i64) {
+    /// Takes one change's event (of a coalescing rule) committed at `time`; `routes` are
+    /// the subscribers its name goes to among those wanting `numbers`.
+    pub fn add(&mut self, event: EventRef, routes: Arc<[usize]>, numbers: Numbers, spec: Spec, time: i64) {
         self.absorbed += 1;
         let body: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
-        let key: WindowKey = (
-            spec.rule,
-            event.key.clone(),
-            routes.first().copied().unwrap_or(usize::MAX),
-        );
+        let key: WindowKey = (spec.rule, event.key.clone(), numbers);
         if let Some(&id) = self.by_key.get(&key) {
             let joins = self.open.get(&id).is_some_and(|w| time <= w.deadline);
             if joins {
                 let w = self.open.get_mut(&id).expect("window is open");
                 let old_deadline = w.deadline;
-                w.merge(&event, body, time);
+                w.merge(&event, &routes, body, time);
                 let new_deadline = w.deadline;
                 self.deadlines.remove(&(old_deadline, id));
                 self.deadlines.insert((new_deadline, id), ());
@@ -133,19 +134,24 @@ impl Coalescer {
             }
             self.close(id);
         }
-        let open_of_rule = self.per_rule.get(&spec.rule).map_or(0, BTreeMap::len);
-        if open_of_rule >= spec.max_open {
-            if let Some((&oldest, _)) = self.per_rule.get(&spec.rule).and_then(|m| m.first_key_value()) {
-                self.closed_early += 1;
-                self.close(oldest);
-            }
+        let group = (spec.rule, numbers);
+        let oldest = self
+            .per_rule
+            .get(&group)
+            .filter(|m| m.len() >= spec.max_open)
+            .and_then(|m| m.first_key_value().map(|(id, _)| *id));
+        if let Some(oldest) = oldest {
+            self.closed_early += 1;
+            self.close(oldest);
         }
         let id = self.next_id;
         self.next_id += 1;
         let mut w = Window {
             first_pos: event.pos,
             first: event.clone(),
-            routes,
+            numbers,
+            first_routes: routes.clone(),
+            last_routes: routes.clone(),
             first_body: body.clone(),
             last_body: Value::Null,
             last_type: String::new(),
@@ -156,9 +162,9 @@ impl Coalescer {
             deadline: time,
             spec,
         };
-        w.merge(&event, body, time);
+        w.merge(&event, &routes, body, time);
         self.deadlines.insert((w.deadline, id), ());
-        self.per_rule.entry(spec.rule).or_default().insert(id, ());
+        self.per_rule.entry(group).or_default().insert(id, ());
         self.by_key.insert(key, id);
         self.open.insert(id, w);
     }
@@ -168,31 +174,28 @@ impl Coalescer {
             return;
         };
         self.deadlines.remove(&(w.deadline, id));
-        if let Some(m) = self.per_rule.get_mut(&w.spec.rule) {
+        if let Some(m) = self.per_rule.get_mut(&(w.spec.rule, w.numbers)) {
             m.remove(&id);
         }
-        let key: WindowKey = (
-            w.spec.rule,
-            w.first.key.clone(),
-            w.routes.first().copied().unwrap_or(usize::MAX),
-        );
+        let key: WindowKey = (w.spec.rule, w.first.key.clone(), w.numbers);
         if self.by_key.get(&key) == Some(&id) {
             self.by_key.remove(&key);
         }
         self.closing.push(w);
     }
 
-    /// The windows closed since the last call, as events at positions `(lsn, CLOSED | k)`.
-    pub fn take_closed(&mut self, lsn: u64) -> Vec<Closed> {
+    /// The windows closed since the last call, as events at positions
+    /// `(lsn, CLOSED | k)` from `k = first_k` on, in the order of their first change.
+    pub fn take_closed(&mut self, lsn: u64, first_k: u64) -> Vec<Closed> {
         let mut closing = std::mem::take(&mut self.closing);
-        closing.sort_by_key(|w| (w.first_pos, w.routes.first().copied()));
+        closing.sort_by_key(|w| (w.first_pos, w.numbers == Numbers::String));
         closing
             .into_iter()
             .enumerate()
             .map(|(k, w)| {
                 w.into_closed(Pos {
                     lsn,
-                    seq: CLOSED | k as u64,
+                    seq: CLOSED | (first_k + k as u64),
                 })
             })
             .collect()
@@ -220,9 +223,12 @@ impl Coalescer {
 }
 
 impl Window {
-    fn merge(&mut self, event: &Event, body: Value, time: i64) {
+    fn merge(&mut self, event: &Event, routes: &Arc<[usize]>, body: Value, time: i64) {
         self.count += 1;
-        self.deadline = (time + self.spec.window).min(self.first_time + self.spec.max_wait);
+        self.deadline = time
+            .saturating_add(self.spec.window)
+            .min(self.first_time.saturating_add(self.spec.max_wait));
+        self.last_routes = routes.clone();
         let data = &body["data"];
         if let Some(new) = data.get("new").and_then(Value::as_object) {
             let merged = self.new.get_or_insert_with(Map::new);
@@ -262,10 +268,12 @@ impl Window {
         } else {
             last_op
         };
-        let kind = if op == "insert" {
-            self.first.event_type.clone()
+        // The event's name (and so who wants it) is the first change's when that insert
+        // stands for the window, else the last change's.
+        let (kind, routes) = if first_op == "insert" && last_op != "delete" {
+            (self.first.event_type.clone(), self.first_routes.clone())
         } else {
-            self.last_type.clone()
+            (self.last_type.clone(), self.last_routes.clone())
         };
         let mut data = Map::new();
         if let Some(src) = last_data.as_object() {
@@ -326,7 +334,7 @@ impl Window {
                 key: self.first.key.clone(),
                 body: bytes.into(),
             }),
-            routes: self.routes,
+            routes,
             first_lsn: self.first_pos.lsn,
             last_lsn,
             count: self.count,

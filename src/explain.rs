@@ -112,6 +112,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
     for crate::mapping::Routed {
         event,
         routes,
+        numbers,
         coalesce,
     } in &events
     {
@@ -119,9 +120,12 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         let event = match coalesce {
             Some(spec) => {
                 let mut c = crate::coalesce::Coalescer::default();
-                c.add(event.clone(), routes.clone(), *spec, 0);
+                c.add(event.clone(), routes.clone(), *numbers, *spec, 0);
                 c.advance(i64::MAX);
-                c.take_closed(0).remove(0).event
+                match c.take_closed(0, 0).pop() {
+                    Some(closed) => closed.event,
+                    None => event.clone(),
+                }
             }
             None => event.clone(),
         };

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::coalesce::{Closed, Coalescer};
+use crate::coalesce::{Closed, Coalescer, CLOSED};
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{self, Cell, LogicalMessage, TypeRegistry};
 use crate::event::{format_lsn, EventRef, Pos};
@@ -113,11 +113,13 @@ pub struct Pipeline {
     /// Commit LSNs of the first and last change of coalesced events handed over: the
     /// confirmed LSN never falls inside one, so a replay forms the whole window again
     /// (the same id, body and position) rather than a part of it.
-    spans: Vec<(u64, u64)>,
+    spans: std::collections::BTreeSet<(u64, u64)>,
     /// New rules from a config reload, applied between transactions.
     swaps: Option<tokio::sync::mpsc::Receiver<Swap>>,
-    /// The position of the last coalesced events handed over.
-    last_closed_lsn: u64,
+    /// The position of the last coalesced event handed over.
+    last_closed: Pos,
+    /// `Coalescer::closed_early` as last counted in the metrics.
+    closed_early_seen: u64,
 }
 
 /// A reloaded config whose rules (only) changed, with its compiled mapper.
@@ -125,10 +127,6 @@ pub struct Swap {
     pub config: Arc<Config>,
     pub mapper: Mapper,
 }
-
-/// Prefix of the logical messages that carry stream time while coalescing windows are
-/// open (`tick`).
-pub const TICK_PREFIX: &str = "walhook.tick";
 
 /// A rule's run-time failures are logged at most this often (each one is counted).
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -199,9 +197,10 @@ impl Pipeline {
             coalescer: Coalescer::default(),
             tx_time: 0,
             held: BTreeMap::new(),
-            spans: Vec::new(),
+            spans: Default::default(),
             swaps: None,
-            last_closed_lsn: 0,
+            last_closed: Pos::ZERO,
+            closed_early_seen: 0,
             tx: None,
             frontier: 0,
             received: 0,
@@ -228,6 +227,7 @@ impl Pipeline {
             // The stream restarts at the confirmed LSN, at or before the first change of
             // every window, so windows are formed again from it.
             self.coalescer = Coalescer::default();
+            self.closed_early_seen = 0;
             self.progress.open_windows.store(0, Ordering::Relaxed);
             match result {
                 Ok(()) => return Ok(()),
@@ -438,7 +438,7 @@ impl Pipeline {
                 // Windows closed in this transaction go out at its commit LSN, after its
                 // own events and before the frontier passes it.
                 if let Some(lsn) = self.tx.as_ref().map(|(tx, _)| tx.commit_lsn) {
-                    if !self.hand_over_closed(lsn, cancel).await {
+                    if !self.hand_over_closed(lsn, 0, cancel).await {
                         return Ok(false);
                     }
                 }
@@ -523,38 +523,18 @@ impl Pipeline {
                     }
                 }
             }
-            LogicalMessage::Message {
-                transactional: false,
-                lsn,
-                prefix,
-                content,
-            } if prefix == TICK_PREFIX => {
-                let Some(unix) = std::str::from_utf8(&content)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<i64>().ok())
-                else {
-                    tracing::debug!(lsn = %format_lsn(lsn), "tick message without a time; ignored");
-                    return Ok(true);
-                };
-                self.stream_time_moved(unix - PG_EPOCH_UNIX_MICROS);
-                if self.tx.is_none() && !self.hand_over_closed(lsn, cancel).await {
-                    return Ok(false);
-                }
-            }
             LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
         }
         Ok(true)
     }
 
-    /// Stream time moved to `now` (PostgreSQL microseconds): windows past their deadline
-    /// close (and go out at the next `hand_over_closed`).
+    /// A transaction committed at `now` (PostgreSQL microseconds) begins: windows whose
+    /// deadline is before it close (and go out at its commit).
     fn stream_time_moved(&mut self, now: i64) {
         self.progress
             .stream_time_moved_ms
             .store(monotonic_ms(), Ordering::Relaxed);
-        if !self.coalescer.is_idle() {
-            self.coalescer.advance(now);
-        }
+        self.coalescer.advance(now);
     }
 
     /// Applies reloaded rules between two transactions: open coalescing windows close
@@ -562,10 +542,15 @@ impl Pipeline {
     /// by the new rules. Returns false when cancelled.
     async fn apply(&mut self, swap: Swap, cancel: &CancellationToken) -> bool {
         self.coalescer.advance(i64::MAX);
-        // After everything handed over so far, before the next transaction's commit LSN
-        // (which is past the frontier and past any tick handed over).
-        let lsn = self.frontier.max(self.last_closed_lsn + 1);
-        if !self.hand_over_closed(lsn, cancel).await {
+        // After everything handed over so far and before the next transaction: its commit
+        // LSN may equal the frontier when that came from a keepalive, never less.
+        let lsn = self.frontier.saturating_sub(1).max(self.last_closed.lsn);
+        let first_k = if lsn == self.last_closed.lsn && self.last_closed.seq & CLOSED != 0 {
+            (self.last_closed.seq & !CLOSED) + 1
+        } else {
+            0
+        };
+        if !self.hand_over_closed(lsn, first_k, cancel).await {
             return false;
         }
         self.coalescer = Coalescer::default();
@@ -582,21 +567,28 @@ impl Pipeline {
     }
 
     /// Hands the windows closed since the last call to their lanes, at positions
-    /// `(lsn, CLOSED | k)`. Returns false when cancelled.
-    async fn hand_over_closed(&mut self, lsn: u64, cancel: &CancellationToken) -> bool {
-        let closed = self.coalescer.take_closed(lsn);
-        if !closed.is_empty() {
-            self.last_closed_lsn = lsn;
-        }
+    /// `(lsn, CLOSED | k)` from `first_k` on. Returns false when cancelled.
+    ///
+    /// Windows closed together are numbered in the order of their first change, so a
+    /// replay numbers them alike only if it forms all of them again: each one's event
+    /// holds the confirmed LSN at the first change of the whole group while some lane may
+    /// still hold it.
+    async fn hand_over_closed(&mut self, lsn: u64, first_k: u64, cancel: &CancellationToken) -> bool {
+        let closed = self.coalescer.take_closed(lsn, first_k);
+        let early = self.coalescer.closed_early;
         self.metrics
             .coalesce_closed_early
-            .set(self.coalescer.closed_early);
+            .add(early.saturating_sub(self.closed_early_seen));
+        self.closed_early_seen = early;
         self.metrics
             .coalesce_open
             .set(self.coalescer.open_windows() as u64);
         self.progress
             .open_windows
             .store(self.coalescer.open_windows(), Ordering::Relaxed);
+        let Some(group_low) = closed.iter().map(|c| c.first_lsn).min() else {
+            return true;
+        };
         for Closed {
             event,
             routes,
@@ -606,9 +598,10 @@ impl Pipeline {
         } in closed
         {
             self.metrics.events_emitted.add(1);
+            self.last_closed = event.pos;
+            self.spans.insert((first_lsn, last_lsn));
             if !routes.is_empty() && !self.lanes.is_empty() {
-                self.held.insert(event.pos, (first_lsn, routes.clone()));
-                self.spans.push((first_lsn, last_lsn));
+                self.held.insert(event.pos, (group_low, routes.clone()));
             }
             if !self.push(event, &routes, cancel).await {
                 return false;
@@ -720,11 +713,13 @@ impl Pipeline {
         for Routed {
             event,
             routes,
+            numbers,
             coalesce,
         } in events
         {
-            if let Some(spec) = coalesce {
-                self.coalescer.add(event, routes, spec, self.tx_time);
+            // Events no subscriber wants are only counted, never held in a window.
+            if let Some(spec) = coalesce.filter(|_| !routes.is_empty()) {
+                self.coalescer.add(event, routes, numbers, spec, self.tx_time);
                 self.metrics.changes_coalesced.add(1);
                 self.progress
                     .open_windows
@@ -783,13 +778,14 @@ pub fn tick_interval(config: &Config) -> Option<Duration> {
         .min()
 }
 
-/// Writes the server's clock into the WAL as a non-transactional `walhook.tick` logical
-/// message while coalescing windows are open and the stream was quiet for `every`, so
-/// windows close on stream time when no transaction comes (a replay reads the same ticks
-/// at the same places). One tiny WAL record per tick; nothing while no window is open.
+/// Commits a tiny transaction holding one `walhook.tick` logical message while coalescing
+/// windows are open and the stream was quiet for `every`: its commit time moves stream
+/// time on, so windows close when no other transaction comes (and a replay reads the same
+/// ticks at the same places). It is flushed at commit (`synchronous_commit = local`);
+/// nothing is written while no window is open.
 pub async fn ticker(source: PgTarget, progress: Arc<Progress>, every: Duration, cancel: CancellationToken) {
-    const SQL: &str = "SELECT pg_logical_emit_message(false, 'walhook.tick', \
-                       (extract(epoch FROM clock_timestamp()) * 1000000)::int8::text)";
+    const SQL: &str = "BEGIN; SET LOCAL synchronous_commit = local; \
+                       SELECT pg_logical_emit_message(true, 'walhook.tick', ''); COMMIT";
     let mut client: Option<Client> = None;
     let mut last_warning: Option<Instant> = None;
     let every_ms = every.as_millis() as u64;

@@ -768,3 +768,58 @@ async fn case_10_sigkill_inside_the_window_delivers_the_same_id_and_body() {
     }
     drop(db);
 }
+
+/// Windows that close together are numbered by their first change; a replay must form
+/// all of them again to number them alike. Here one of two such events is delivered and
+/// the other refused when walhook is killed: after the restart the refused one arrives,
+/// with the id and body it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_events_closed_together_survive_a_crash_while_one_is_pending() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", PIM_SQL).await;
+    let rx = Receiver::start().await;
+    rx.set_poison(2);
+    let config = format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"stock\"\nname = \"stock.changed\"\non = [\"update\"]\n\
+         coalesce = {{ window = \"1s\" }}\n{}",
+        subscriber("shop", &rx.url(), "\"*\"", "retry_initial = \"100ms\"\nretry_max = \"200ms\"\nmax_attempts = 1000")
+    );
+    let mut walhook = Walhook::start(&config);
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    // Product 1's window, then product 2's a moment later: their deadlines are a few ms
+    // apart, so they close together at the first transaction (a tick) after both. The
+    // confirmed LSN must stay at product 1's change while product 2's event is pending.
+    for (product, qty) in [(1, 1), (2, 2)] {
+        db.batch_execute(&format!(
+            "UPDATE stock SET qty = qty + {qty} WHERE product_id = {product} AND warehouse = 'berlin'"
+        ))
+        .await
+        .unwrap();
+    }
+    let one = rx.wait_for(WAIT, "product 1's event", |r| !r.is_empty()).await;
+    let refused = rx.wait_for_any(WAIT, "an attempt of product 2's event").await;
+    eventually(WAIT, "product 2 refused a few times", || async {
+        rx.all().iter().filter(|r| r.status == 500).count() >= 3
+    })
+    .await;
+    // Watermarks and confirmations (every 250 ms) have had their chance to move.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    walhook.sigkill();
+    rx.set_poison(0);
+    walhook.restart();
+    let got = rx
+        .wait_for(WAIT, "product 2's event after the restart", |r| {
+            r.iter().any(|r| r.json()["data"]["key"]["product_id"] == 2)
+        })
+        .await;
+    let two = got
+        .iter()
+        .find(|r| r.json()["data"]["key"]["product_id"] == 2)
+        .unwrap();
+    let first_refused = rx.all().into_iter().find(|r| r.status == 500).unwrap_or(refused);
+    assert_eq!((&two.id, &two.body), (&first_refused.id, &first_refused.body));
+    assert_eq!(two.json()["data"]["coalesced"], 1);
+    assert_eq!(two.json()["data"]["new"]["qty"], 142);
+    assert_eq!(one[0].json()["data"]["new"]["qty"], 13);
+}

@@ -52,16 +52,22 @@ fn changes_within_the_window_become_one_event_with_first_old_and_last_new() {
         let t = i as i64 * 1000; // 1 ms apart
         c.advance(t);
         let changed: &[&str] = if i % 2 == 0 { &["qty"] } else { &["qty", "title"] };
-        c.add(update(7, lsn, i as i64, i as i64 + 1, changed), routes(), s, t);
+        c.add(
+            update(7, lsn, i as i64, i as i64 + 1, changed),
+            routes(),
+            Numbers::Exact,
+            s,
+            t,
+        );
     }
     assert_eq!(c.low(), Some(100));
     c.advance(2 * SEC);
     assert!(
-        c.take_closed(1000).is_empty(),
+        c.take_closed(1000, 0).is_empty(),
         "the window is still open at its deadline"
     );
     c.advance(3 * SEC);
-    let closed = c.take_closed(1000);
+    let closed = c.take_closed(1000, 0);
     assert_eq!(closed.len(), 1);
     let e = &closed[0];
     assert_eq!(e.event.id, "evt_64", "the first change's id");
@@ -93,8 +99,8 @@ fn max_wait_closes_a_window_that_keeps_getting_changes() {
     for i in 0..20u64 {
         let t = i as i64 * SEC; // one change a second: never 2 s quiet
         c.advance(t);
-        c.add(update(1, 10 + i, 0, 1, &["qty"]), routes(), s, t);
-        closed.extend(c.take_closed(1000 + i));
+        c.add(update(1, 10 + i, 0, 1, &["qty"]), routes(), Numbers::Exact, s, t);
+        closed.extend(c.take_closed(1000 + i, 0));
     }
     // Windows of changes at 0..=5 s, 6..=11 s, 12..=17 s; the last is still open.
     let counts: Vec<u64> = closed.iter().map(|e| e.count).collect();
@@ -107,11 +113,11 @@ fn past_max_open_the_oldest_window_closes_early() {
     let mut c = Coalescer::default();
     let s = spec(10 * SEC, 30 * SEC, 2);
     for (id, lsn) in [(1, 10), (2, 11), (3, 12)] {
-        c.add(update(id, lsn, 0, 1, &["qty"]), routes(), s, 0);
+        c.add(update(id, lsn, 0, 1, &["qty"]), routes(), Numbers::Exact, s, 0);
     }
     assert_eq!(c.closed_early, 1);
     assert_eq!(c.open_windows(), 2);
-    let closed = c.take_closed(50);
+    let closed = c.take_closed(50, 0);
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].event.key, "public.products|{\"id\":1}");
     assert_eq!(c.low(), Some(11));
@@ -121,10 +127,10 @@ fn past_max_open_the_oldest_window_closes_early() {
 fn windows_closed_together_are_numbered_in_first_change_order() {
     let mut c = Coalescer::default();
     let s = spec(SEC, 30 * SEC, 100);
-    c.add(update(2, 20, 0, 1, &["qty"]), routes(), s, 100);
-    c.add(update(1, 21, 0, 1, &["qty"]), routes(), s, 0);
+    c.add(update(2, 20, 0, 1, &["qty"]), routes(), Numbers::Exact, s, 100);
+    c.add(update(1, 21, 0, 1, &["qty"]), routes(), Numbers::Exact, s, 0);
     c.advance(5 * SEC);
-    let closed = c.take_closed(99);
+    let closed = c.take_closed(99, 0);
     let order: Vec<(u64, Pos)> = closed.iter().map(|e| (e.first_lsn, e.event.pos)).collect();
     assert_eq!(
         order,
@@ -158,17 +164,18 @@ fn an_insert_and_its_updates_are_one_insert_and_a_late_change_opens_a_new_window
             body: serde_json::to_vec(&body).unwrap().into(),
         })
     };
-    c.add(insert, routes(), s, 0);
-    c.add(update(5, 2, 1, 2, &["qty"]), routes(), s, SEC / 2);
+    c.add(insert, routes(), Numbers::Exact, s, 0);
+    c.add(update(5, 2, 1, 2, &["qty"]), routes(), Numbers::Exact, s, SEC / 2);
     // 1.6 s after the update: past its window, so this change starts a new one.
     c.advance(SEC / 2 + SEC + SEC / 10);
     c.add(
         update(5, 3, 2, 3, &["qty"]),
         routes(),
+        Numbers::Exact,
         s,
         SEC / 2 + SEC + SEC / 10,
     );
-    let closed = c.take_closed(3);
+    let closed = c.take_closed(3, 0);
     assert_eq!(closed.len(), 1);
     let b = body(&closed[0]);
     assert_eq!(b["type"], "product.created");
@@ -193,12 +200,13 @@ fn the_same_stream_renders_the_same_bytes() {
             c.add(
                 update((i % 3) as i64, 100 + i, 0, i as i64, &["qty"]),
                 routes(),
+                Numbers::Exact,
                 s,
                 t,
             );
         }
         c.advance(10 * SEC);
-        c.take_closed(500)
+        c.take_closed(500, 0)
             .into_iter()
             .map(|e| (e.event.id.clone(), e.event.pos, e.event.body.clone()))
             .collect::<Vec<_>>()
@@ -206,4 +214,97 @@ fn the_same_stream_renders_the_same_bytes() {
     let a = run();
     assert_eq!(a.len(), 3);
     assert_eq!(a, run());
+}
+
+fn event_with(id: &str, kind: &str, op: &str, lsn: u64) -> EventRef {
+    let body = json!({"type": kind, "timestamp": "t", "data": {
+        "table": "public.products", "op": op, "key": {"id": 9},
+        "new": if op == "delete" { Value::Null } else { json!({"id": 9, "qty": lsn}) },
+        "old": if op == "insert" { Value::Null } else { json!({"id": 9, "qty": 0}) },
+        "changed": Value::Null,
+        "source": {"lsn": crate::event::format_lsn(lsn), "xid": 1, "commit_time": "t", "seq": 0}}});
+    Arc::new(Event {
+        pos: Pos::new(lsn, 0, 0),
+        id: id.into(),
+        event_type: kind.into(),
+        key: "public.products|{\"id\":9}".into(),
+        body: serde_json::to_vec(&body).unwrap().into(),
+    })
+}
+
+#[test]
+fn the_coalesced_event_goes_where_its_name_is_wanted() {
+    // Subscriber 0 wants products.*, subscriber 1 only products.deleted.
+    let mut c = Coalescer::default();
+    let s = spec(SEC, 30 * SEC, 100);
+    let updates: Arc<[usize]> = Arc::from(vec![0usize]);
+    let deletes: Arc<[usize]> = Arc::from(vec![0usize, 1]);
+    c.add(
+        event_with("a", "products.updated", "update", 1),
+        updates.clone(),
+        Numbers::Exact,
+        s,
+        0,
+    );
+    c.add(
+        event_with("b", "products.deleted", "delete", 2),
+        deletes.clone(),
+        Numbers::Exact,
+        s,
+        1,
+    );
+    assert_eq!(c.open_windows(), 1, "one window per rule and key");
+    c.advance(5 * SEC);
+    let closed = c.take_closed(3, 0);
+    assert_eq!(closed[0].event.event_type, "products.deleted");
+    assert_eq!(&*closed[0].routes, &[0, 1]);
+    let b = body(&closed[0]);
+    assert_eq!(b["data"]["op"], "delete");
+    assert_eq!(b["data"]["new"], Value::Null);
+    assert_eq!(b["data"]["old"]["qty"], 0);
+
+    // A delete and a new insert of the key: an insert, named and routed as one.
+    c.add(
+        event_with("c", "products.deleted", "delete", 4),
+        deletes,
+        Numbers::Exact,
+        s,
+        10 * SEC,
+    );
+    c.add(
+        event_with("d", "products.created", "insert", 5),
+        updates,
+        Numbers::Exact,
+        s,
+        10 * SEC + 1,
+    );
+    c.advance(20 * SEC);
+    let closed = c.take_closed(6, 0);
+    assert_eq!(closed[0].event.event_type, "products.created");
+    assert_eq!(&*closed[0].routes, &[0]);
+    assert_eq!(body(&closed[0])["data"]["op"], "insert");
+    assert_eq!(closed[0].event.id, "c", "the first change's id");
+}
+
+#[test]
+fn each_number_format_has_its_own_window_and_budget() {
+    let mut c = Coalescer::default();
+    let s = spec(SEC, 30 * SEC, 1);
+    for lsn in 1..=4u64 {
+        c.add(update(1, lsn, 0, 1, &["qty"]), routes(), Numbers::Exact, s, 0);
+        c.add(
+            update(1, lsn, 0, 1, &["qty"]),
+            Arc::from(vec![1usize]),
+            Numbers::String,
+            s,
+            0,
+        );
+    }
+    assert_eq!(c.open_windows(), 2);
+    assert_eq!(c.closed_early, 0, "max_open counts per rule and number format");
+    c.advance(2 * SEC);
+    let closed = c.take_closed(9, 5);
+    let seqs: Vec<u64> = closed.iter().map(|e| e.event.pos.seq & !CLOSED).collect();
+    assert_eq!(seqs, [5, 6]);
+    assert!(closed.iter().all(|e| e.count == 4));
 }

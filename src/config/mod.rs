@@ -558,6 +558,15 @@ impl Config {
                         ),
                     );
                 }
+                for (k, d) in [("window", c.window), ("max_wait", c.max_wait)] {
+                    if d > Duration::from_secs(24 * 3600) {
+                        bad(
+                            p(&format!("coalesce.{k}")),
+                            "must not be above 24h (the confirmed LSN waits for a window's first change)"
+                                .into(),
+                        );
+                    }
+                }
                 if c.max_open == 0 {
                     bad(p("coalesce.max_open"), "must be at least 1".into());
                 }

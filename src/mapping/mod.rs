@@ -251,6 +251,8 @@ impl Mapper {
 pub struct Routed {
     pub event: EventRef,
     pub routes: Arc<[usize]>,
+    /// How the routed subscribers want numbers written (the body is rendered so).
+    pub numbers: Numbers,
     /// Set when the rule coalesces: the event goes into a window, not to the lanes.
     pub coalesce: Option<crate::coalesce::Spec>,
 }

@@ -307,6 +307,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
         out.push(Routed {
             event: Arc::new(event),
             routes: routes.clone(),
+            numbers: *numbers,
             coalesce: rule.coalesce,
         });
     }

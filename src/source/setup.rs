@@ -55,7 +55,10 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
     if let Some(i) = config.events.iter().position(|r| r.coalesce.is_some()) {
         let may: bool = client
             .query_one(
-                "SELECT has_function_privilege('pg_catalog.pg_logical_emit_message(boolean, text, text)', 'EXECUTE')",
+                // PostgreSQL 17 added a fourth argument (flush).
+                "SELECT coalesce(has_function_privilege(coalesce(
+                     to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text, boolean)'),
+                     to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text)'))::oid, 'EXECUTE'), false)",
                 &[],
             )
             .await?
@@ -64,7 +67,8 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
             return Err(need(format!(
                 "events[{i}].coalesce needs role {user} to write stream time into the WAL with \
                  pg_logical_emit_message. Fix: GRANT EXECUTE ON FUNCTION \
-                 pg_catalog.pg_logical_emit_message(boolean, text, text) TO {};",
+                 pg_catalog.pg_logical_emit_message(boolean, text, text) TO {}; \
+                 (on PostgreSQL 17 and later: pg_logical_emit_message(boolean, text, text, boolean))",
                 quote_ident(&user)
             )));
         }
