@@ -53,10 +53,10 @@ RICH_RULES = ('[[events]]\ntable = "products"\nwhen = "op == \'update\' && new.s
               'when = "new.amount > 0.0 && (op == \'insert\' || new.amount != old.amount)"\n'
               '[[events]]\ntable = "stock"\nname = "stock.changed"\nignore_changes = ["warehouse"]\n'
               'when = "new.qty > old.qty || new.qty <= 0"\n')
-# ... and a body template (the receiver reads "timestamp" for latency).
+# ... and a body template: the chat message of the issue's example (a join, string
+# concatenation and tojson over the body's fields).
 RICH_SUB = ('format = "template"\n'
-            'template = \'{"timestamp":{{ timestamp|tojson }},"text":{{ (type ~ " " ~ data.key|tojson ~ '
-            '" changed: " ~ (data.changed or [])|join(", "))|tojson }},"id":{{ id|tojson }}}\'\n')
+            'template = \'{"text":{{ (data.table ~ ": " ~ (data.changed or [])|join(", ") ~ " changed")|tojson }}}\'\n')
 
 
 def log(msg):

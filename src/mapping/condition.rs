@@ -27,6 +27,9 @@ pub struct Condition {
     program: Program,
     env: Arc<Env>,
     uses: Uses,
+    /// The only columns of `new`/`old` the expression reads (by name, as CEL keys), when
+    /// it reads them by constant name only; `None` when it uses a row as a whole.
+    reads: Option<Vec<(String, Key)>>,
 }
 
 /// Which variables an expression reads, so evaluation builds only those.
@@ -82,7 +85,24 @@ impl Condition {
             changed: refs.has_variable("changed"),
             meta: refs.has_variable("meta"),
         };
-        Ok(Condition { program, env, uses })
+        let reads = (!whole_row(program.expression())).then(|| {
+            let mut cols = Vec::new();
+            collect_columns(program.expression(), &mut cols);
+            cols.sort();
+            cols.dedup();
+            cols.into_iter()
+                .map(|c| {
+                    let key = Key::String(Arc::new(c.clone()));
+                    (c, key)
+                })
+                .collect()
+        });
+        Ok(Condition {
+            program,
+            env,
+            uses,
+            reads,
+        })
     }
 
     /// Whether the expression reads the old row or the changed columns, which an update
@@ -106,11 +126,12 @@ impl Condition {
         let mut ctx = Context::with_env(self.env.clone());
         ctx.add_variable_from_value("op", f.op.as_str());
         ctx.add_variable_from_value("table", f.table);
+        let reads = self.reads.as_deref();
         if self.uses.new {
-            ctx.add_variable_from_value("new", row_value(f.new, f.full_old));
+            ctx.add_variable_from_value("new", row_value(f.new, f.full_old, reads));
         }
         if self.uses.old {
-            ctx.add_variable_from_value("old", row_value(f.old, None));
+            ctx.add_variable_from_value("old", row_value(f.old, None, reads));
         }
         if self.uses.changed {
             let list = match f.changed {
@@ -135,6 +156,38 @@ impl Condition {
             )),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// Whether `new` or `old` is used other than by a constant column name (`new.qty`,
+/// `new["qty"]`, `has(new.qty)`): then the whole row must be built.
+fn whole_row(e: &IdedExpr) -> bool {
+    let is_row = |x: &IdedExpr| matches!(&x.expr, Expr::Ident(r) if r == "new" || r == "old");
+    match &e.expr {
+        Expr::Ident(r) => r == "new" || r == "old",
+        Expr::Select(s) => !is_row(&s.operand) && whole_row(&s.operand),
+        Expr::Call(c) => {
+            if c.func_name == "_[_]" {
+                if let [base, key] = c.args.as_slice() {
+                    if is_row(base)
+                        && matches!(
+                            &key.expr,
+                            Expr::Literal(cel::common::ast::LiteralValue::String(_))
+                        )
+                    {
+                        return false;
+                    }
+                }
+            }
+            c.target.as_deref().is_some_and(whole_row) || c.args.iter().any(whole_row)
+        }
+        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+            .into_iter()
+            .any(whole_row),
+        Expr::List(l) => l.elements.iter().any(whole_row),
+        Expr::Map(m) => m.entries.iter().any(|x| entry_whole_row(&x.expr)),
+        Expr::Struct(s) => s.entries.iter().any(|x| entry_whole_row(&x.expr)),
+        Expr::Literal(_) | Expr::Unspecified => false,
     }
 }
 
@@ -189,6 +242,13 @@ fn entry_columns(e: &cel::common::ast::EntryExpr, out: &mut Vec<String>) {
     }
 }
 
+fn entry_whole_row(e: &cel::common::ast::EntryExpr) -> bool {
+    match e {
+        cel::common::ast::EntryExpr::StructField(f) => whole_row(&f.value),
+        cel::common::ast::EntryExpr::MapEntry(m) => whole_row(&m.key) || whole_row(&m.value),
+    }
+}
+
 /// A short name of a CEL value's type for error messages.
 fn describe(v: &Value) -> &'static str {
     match v {
@@ -202,9 +262,21 @@ fn describe(v: &Value) -> &'static str {
 }
 
 /// A row image as a CEL map; `None` is null. Unchanged TOAST values come from
-/// `fallback` or are left out.
-fn row_value(row: Option<&Row>, fallback: Option<&Row>) -> Value {
+/// `fallback` or are left out. With `only`, just those columns (what the expression reads).
+fn row_value(row: Option<&Row>, fallback: Option<&Row>, only: Option<&[(String, Key)]>) -> Value {
     let Some(row) = row else { return Value::Null };
+    if let Some(only) = only {
+        let mut map: HashMap<Key, Value> = HashMap::with_capacity(only.len());
+        for (col, key) in only {
+            let v = super::render::value_at(Some(row), usize::MAX, col)
+                .or_else(|| super::render::value_at(fallback, usize::MAX, col));
+            let present = row.iter().any(|(c, _)| &**c == col.as_str());
+            if let (Some(v), true) = (v, present) {
+                map.insert(key.clone(), json_value(v));
+            }
+        }
+        return Value::Map(Map { map: Arc::new(map) });
+    }
     let mut map: HashMap<Key, Value> = HashMap::with_capacity(row.len());
     for (i, (col, v)) in row.iter().enumerate() {
         let v = match v {
@@ -341,6 +413,46 @@ mod tests {
         assert!(c.eval(&facts(Op::Insert, Some(&zero), None, None)).unwrap());
         assert!(c.needs_old());
         assert_eq!(c.columns(), vec!["qty".to_string()]);
+    }
+
+    #[test]
+    fn only_the_columns_read_are_built_unless_a_row_is_used_whole() {
+        let static_reads = [
+            "new.qty > 1",
+            "new['qty'] > 1 && has(new.sku)",
+            "old.qty < new.qty",
+        ];
+        for e in static_reads {
+            let c = Condition::compile(e).unwrap();
+            assert!(c.reads.is_some(), "{e}");
+        }
+        for e in ["'qty' in new", "size(new) > 1", "new == old", "[new][0].qty > 1"] {
+            let c = Condition::compile(e).unwrap();
+            assert!(c.reads.is_none(), "{e}");
+        }
+        let new = row(&[
+            ("sku", Json::from("A")),
+            ("qty", Json::from(5)),
+            ("note", Json::from("x")),
+        ]);
+        let old = row(&[
+            ("sku", Json::from("A")),
+            ("qty", Json::from(2)),
+            ("note", Json::from("y")),
+        ]);
+        for (e, want) in [
+            ("new.qty > old.qty && has(new.sku)", true),
+            ("has(new.missing)", false),
+            ("'note' in new && size(new) == 3", true),
+            ("new['qty'] == 5 && !has(old.missing)", true),
+        ] {
+            let c = Condition::compile(e).unwrap();
+            assert_eq!(
+                c.eval(&facts(Op::Update, Some(&new), Some(&old), None)).unwrap(),
+                want,
+                "{e}"
+            );
+        }
     }
 
     #[test]

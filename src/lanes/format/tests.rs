@@ -193,3 +193,46 @@ fn bad_settings_are_named_with_their_keys() {
     assert_eq!(p[0].0, "headers.X-A");
     assert!(problems("format = \"template\"\ntemplate = \"{{ id }}\"\nmethod = \"{{ 'PUT' }}\"").is_empty());
 }
+
+#[test]
+fn templates_walk_maps_and_lists_of_the_body() {
+    let (_, _, _, body) = format(
+        r#"format = "template"
+template = "{% for k, v in data.key|items %}{{ k }}={{ v }}{% endfor %};{{ data.changed[1] }};{{ data.new|length }};{% if data.old %}old{% endif %};{{ data.changed|join('+') }};{{ data.source.lsn }};{{ data.new.title }};{{ data.missing is defined }};{{ type }}""#,
+    );
+    assert_eq!(
+        body,
+        r#"id=7;brand;6;old;title+brand;0/16B3748;Chair "Oslo";False;product.detail_changed"#
+    );
+}
+
+#[test]
+fn malformed_bodies_are_errors_or_undefined_never_panics() {
+    let f = Formatter::new(
+        &subscriber("format = \"template\"\ntemplate = \"{{ data.new.sku|default('?') }}{{ data.changed|default([])|join(',') }}\""),
+        0,
+        "shop",
+    )
+    .unwrap();
+    let cases: [&[u8]; 9] = [
+        b"",
+        b"[1,2]",
+        b"{",
+        b"{\"data\":",
+        b"{\"data\":{\"new\":{\"sku\":\"A\\",
+        b"{\"data\":{\"new\":{\"sku\":\"A\"}}}",
+        b"{\"data\":{\"new\":[1,2,}}}",
+        b"{\"data\":{\"changed\":[\"a\",\"b\"],\"new\":{\"sku\":\"\\u00e9\"}}}",
+        b"\xff\xfe{}",
+    ];
+    let got: Vec<Result<String, String>> = cases
+        .iter()
+        .map(|b| {
+            f.format("evt", b)
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        })
+        .collect();
+    assert!(got[0].is_err() && got[1].is_err() && got[8].is_err(), "{got:?}");
+    assert_eq!(got[5].as_deref(), Ok("A"));
+    assert_eq!(got[7].as_deref(), Ok("éa,b"));
+}
