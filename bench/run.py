@@ -403,13 +403,16 @@ class Bench:
             self.record(memory_key, rss, "MB")
         return self.results[key]
 
-    def end_to_end_run(self, subscribers, run, factor=1, rules=PLAIN_RULES, extra_sub=""):
-        """One burst delivered to these subscribers: events/s and walhook's peak RSS."""
-        n_tx = self.args.changes // 100
+    def end_to_end_run(self, subscribers, run, factor=1, rules=PLAIN_RULES, extra_sub="", changes=None):
+        """One burst delivered to these subscribers: events/s and walhook's peak RSS; its
+        CPU per event (microseconds) is left in `last_cpu_us`."""
+        changes = changes or self.args.changes
+        n_tx = changes // 100
         receivers = [self.start_receiver() for _ in subscribers]
         subs = [(f"s{i}", url, events) for i, ((_, url), events) in enumerate(zip(receivers, subscribers))]
         proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra + extra_sub, rules=rules)
-        expected = self.args.changes * factor
+        cpu0 = proc.cpu_seconds()
+        expected = changes * factor
         start = time.time()
         burst = self.burst_async(n_tx, run + 200)
 
@@ -422,11 +425,12 @@ class Bench:
         last = max(s["last_us"] for s in stats) / 1e6
         rate = expected / (last - start)
         rss = proc.peak_rss_mb()
+        self.last_cpu_us = (proc.cpu_seconds() - cpu0) / expected * 1e6
         bad = sum(s["bad_signatures"] for s in stats)
         sampled = sum(s["sampled"] for s in stats)
         assert bad == 0, f"{bad} bad signatures"
         log(f"  run {run + 1}: {expected:,.0f} events in {last - start:.1f}s = {rate:,.0f} events/s, "
-            f"peak RSS {rss:.0f} MB, {sampled} signatures verified")
+            f"walhook {self.last_cpu_us:.1f} us CPU/event, peak RSS {rss:.0f} MB, {sampled} signatures verified")
         proc.stop()
         for r, _ in receivers:
             r.stop()
@@ -488,23 +492,33 @@ class Bench:
     def mapping_cost(self):
         """Scenario 7: one subscriber, plain rules against the same events through `when`,
         `changed` and `ignore_changes` conditions and a body template, run by run in
-        turning order; the ratio is taken per pair."""
-        plain, rich, ratios = [], [], []
+        turning order; the ratios are taken per pair."""
+        log("  warm-up: a 100,000-change burst (not counted)")
+        self.end_to_end_run([["*"]], 399, changes=100_000)
+        plain, rich, ratios, cpu_plain, cpu_rich, cpu_ratios = [], [], [], [], [], []
         for run in range(self.args.runs):
-            rates = {}
+            rates, cpu = {}, {}
             for kind in (("plain", "rich") if run % 2 == 0 else ("rich", "plain")):
                 log(f"  run {run + 1}: {kind} rules")
                 if kind == "plain":
                     rates[kind], _ = self.end_to_end_run([["*"]], run + 400)
                 else:
                     rates[kind], _ = self.end_to_end_run([["*"]], run + 400, rules=RICH_RULES, extra_sub=RICH_SUB)
+                cpu[kind] = self.last_cpu_us
             plain.append(rates["plain"])
             rich.append(rates["rich"])
             ratios.append(rates["rich"] / rates["plain"])
-            log(f"  run {run + 1}: conditions and template / plain = {ratios[-1]:.2f}")
+            cpu_plain.append(cpu["plain"])
+            cpu_rich.append(cpu["rich"])
+            cpu_ratios.append(cpu["rich"] / cpu["plain"])
+            log(f"  run {run + 1}: conditions and template / plain = {ratios[-1]:.2f} in events/s, "
+                f"{cpu_ratios[-1]:.2f} in walhook's CPU per event")
         self.record("mapping_plain", plain, "events/s")
         self.record("mapping_rich", rich, "events/s")
         self.results["mapping_ratio"] = self.record("mapping_ratio", ratios, "x plain")
+        self.record("mapping_cpu_plain", cpu_plain, "us/event")
+        self.record("mapping_cpu_rich", cpu_rich, "us/event")
+        self.results["mapping_cpu_ratio"] = self.record("mapping_cpu_ratio", cpu_ratios, "x plain")
 
     def latency(self):
         p50, p99, mx = [], [], []

@@ -572,7 +572,20 @@ impl Config {
                 }
             }
         }
-        let mut names = std::collections::HashSet::new();
+        // Every event name the rules can make, for checking subscriber patterns.
+        let names: std::collections::BTreeSet<String> = self
+            .events
+            .iter()
+            .filter_map(|r| {
+                let table = TableName::parse(&r.table).ok()?;
+                Some(r.on.iter().map(move |op| match &r.name {
+                    Some(n) => n.clone(),
+                    None => format!("{}.{}", table.name, op.default_suffix()),
+                }))
+            })
+            .flatten()
+            .collect();
+        let mut sub_names = std::collections::HashSet::new();
         if self.subscribers.is_empty() {
             bad(
                 "subscribers".into(),
@@ -586,7 +599,7 @@ impl Config {
                     p("name"),
                     format!("{:?} must be letters, digits, '.', '_' or '-'", sub.name),
                 );
-            } else if !names.insert(sub.name.as_str()) {
+            } else if !sub_names.insert(sub.name.as_str()) {
                 bad(p("name"), format!("{:?} is used by two subscribers", sub.name));
             }
             match url::Url::parse(&sub.url) {
@@ -606,6 +619,25 @@ impl Config {
                     p("events"),
                     "empty: list event patterns such as \"price.*\" or \"*\"".into(),
                 );
+            }
+            for (j, pattern) in sub.events.iter().enumerate() {
+                let key = format!("subscribers[{i}].events[{j}]");
+                if !valid_event_name(&pattern.replace('*', "x")) {
+                    bad(
+                        key,
+                        format!("{pattern:?} must be an event name, with * for any run of characters (\"price.*\")"),
+                    );
+                } else if !names.is_empty()
+                    && !names.iter().any(|n| crate::mapping::pattern_matches(pattern, n))
+                {
+                    bad(
+                        key,
+                        format!(
+                            "{pattern:?} matches no event the rules make ({}): check the spelling",
+                            names.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
             }
             if sub.secrets.is_empty() {
                 bad(

@@ -213,3 +213,39 @@ fn bad_urls_and_ssl_settings_are_named() {
     .unwrap();
     assert!(c.source.url.contains("verify-full"));
 }
+
+#[test]
+fn subscriber_patterns_that_are_malformed_or_match_nothing_are_named() {
+    let text = r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "prices"
+name = "price.changed"
+[[events]]
+table = "catalog.products"
+on = ["delete"]
+coalesce = { window = "0s", max_wait = "48h" }
+[[subscribers]]
+name = "x"
+url = "https://example.com"
+events = ["price.*", "prcie.*", "price changed", "products.deleted", "*.deleted"]
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+"#;
+    let p = problems(text);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "events[1].coalesce.window",
+            "events[1].coalesce.max_wait",
+            "subscribers[0].events[1]",
+            "subscribers[0].events[2]"
+        ],
+        "{p:?}"
+    );
+    assert!(p[2]
+        .message
+        .contains("matches no event the rules make (price.changed, products.deleted)"));
+    assert!(p[3].message.contains("must be an event name"));
+}

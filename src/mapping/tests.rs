@@ -4,6 +4,13 @@ use serde_json::json;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn config(rules: &str) -> Config {
+    // The second subscriber wants price.*: some rule must make such events.
+    let price_rule = if rules.contains("price.") {
+        ""
+    } else {
+        "[[events]]\ntable = \"prices\"\nname = \"price.changed\"\n"
+    };
+    let rules = format!("{rules}\n{price_rule}");
     let text = format!(
         r#"
 [source]
