@@ -163,7 +163,23 @@ fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.add_filter("truncate", truncate);
+    env.add_filter("tojson", tojson);
     env
+}
+
+/// `tojson`, which writes a map or list of the body as it is stored (compact JSON with
+/// every digit) without decoding it; anything else as minijinja's own `tojson` does.
+fn tojson(
+    value: &JValue,
+    indent: Option<JValue>,
+    args: minijinja::value::Kwargs,
+) -> Result<JValue, minijinja::Error> {
+    if indent.is_none() && args.args().next().is_none() {
+        if let Some(raw) = value.downcast_object_ref::<JsonNode>().and_then(JsonNode::raw) {
+            return Ok(JValue::from_safe_string(raw.to_string()));
+        }
+    }
+    minijinja::filters::tojson(value, indent, args)
 }
 
 /// `truncate(length=255, end="...")`: at most `length` characters, the last ones
@@ -597,6 +613,13 @@ impl JsonNode {
         };
         item.value = Some(v.clone());
         Some(v)
+    }
+
+    /// The map or list as stored: its JSON text.
+    fn raw(&self) -> Option<&str> {
+        let b = self.bytes();
+        let end = skip_value(b, self.start)?;
+        std::str::from_utf8(b.get(self.start..end)?).ok()
     }
 
     fn keys(&self) -> Vec<JValue> {
