@@ -59,7 +59,9 @@ struct Window {
     /// different event names): the coalesced event goes where its name is wanted.
     first_routes: Arc<[usize]>,
     last_routes: Arc<[usize]>,
-    first_body: Value,
+    /// The first change's `data.op` and `data.old` (absent when the rule leaves it out).
+    first_op: String,
+    first_old: Option<Value>,
     last_body: Value,
     last_type: String,
     /// Every `new` image merged in order (a later image's columns win; a column a later
@@ -97,10 +99,9 @@ pub struct Coalescer {
     next_id: u64,
     /// Closed, waiting for a position.
     closing: Vec<Window>,
-    /// Windows closed early because their rule had `max_open` open.
+    /// Windows closed early because their rule had `max_open` open, since the caller
+    /// last took the count.
     pub closed_early: u64,
-    /// Changes taken into windows.
-    pub absorbed: u64,
 }
 
 impl Coalescer {
@@ -118,7 +119,6 @@ impl Coalescer {
     /// Takes one change's event (of a coalescing rule) committed at `time`; `routes` are
     /// the subscribers its name goes to among those wanting `numbers`.
     pub fn add(&mut self, event: EventRef, routes: Arc<[usize]>, numbers: Numbers, spec: Spec, time: i64) {
-        self.absorbed += 1;
         let body: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
         let key: WindowKey = (spec.rule, event.key.clone(), numbers);
         if let Some(&id) = self.by_key.get(&key) {
@@ -152,7 +152,8 @@ impl Coalescer {
             numbers,
             first_routes: routes.clone(),
             last_routes: routes.clone(),
-            first_body: body.clone(),
+            first_op: body["data"]["op"].as_str().unwrap_or_default().to_string(),
+            first_old: body["data"].get("old").cloned(),
             last_body: Value::Null,
             last_type: String::new(),
             new: None,
@@ -258,22 +259,14 @@ impl Window {
     /// The coalesced event: the last change's body with the first `old`, the merged
     /// `new`, the union of `changed`, and `coalesced`.
     fn into_closed(self, pos: Pos) -> Closed {
-        let first_data = &self.first_body["data"];
         let last_data = &self.last_body["data"];
-        let first_op = first_data["op"].as_str().unwrap_or("");
         let last_op = last_data["op"].as_str().unwrap_or("");
-        // An insert and the updates after it are an insert of the last row.
-        let op = if first_op == "insert" && last_op != "delete" {
-            "insert"
+        // An insert and the updates after it are an insert of the last row, named (and so
+        // routed) as the insert; any other window is named as its last change.
+        let (op, kind, routes) = if self.first_op == "insert" && last_op != "delete" {
+            ("insert", self.first.event_type.clone(), self.first_routes.clone())
         } else {
-            last_op
-        };
-        // The event's name (and so who wants it) is the first change's when that insert
-        // stands for the window, else the last change's.
-        let (kind, routes) = if first_op == "insert" && last_op != "delete" {
-            (self.first.event_type.clone(), self.first_routes.clone())
-        } else {
-            (self.last_type.clone(), self.last_routes.clone())
+            (last_op, self.last_type.clone(), self.last_routes.clone())
         };
         let mut data = Map::new();
         if let Some(src) = last_data.as_object() {
@@ -282,7 +275,7 @@ impl Window {
                     "op" => Value::from(op),
                     "new" if last_op == "delete" => Value::Null,
                     "new" => self.new.clone().map_or(Value::Null, Value::Object),
-                    "old" => first_data.get("old").cloned().unwrap_or(Value::Null),
+                    "old" => self.first_old.clone().unwrap_or(Value::Null),
                     "changed" => match (&self.changed, op) {
                         (Some(cols), "update") => Value::from(cols.clone()),
                         _ => Value::Null,
@@ -309,8 +302,8 @@ impl Window {
                 data.insert(k.clone(), v);
             }
             // A window whose first change carried `old` but whose last (an insert) did not.
-            if !src.contains_key("old") && first_data.get("old").is_some() {
-                data.insert("old".into(), first_data["old"].clone());
+            if let Some(old) = self.first_old.as_ref().filter(|_| !src.contains_key("old")) {
+                data.insert("old".into(), old.clone());
             }
         }
         data.insert("coalesced".into(), Value::from(self.count));

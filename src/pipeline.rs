@@ -118,8 +118,6 @@ pub struct Pipeline {
     swaps: Option<tokio::sync::mpsc::Receiver<Swap>>,
     /// The position of the last coalesced event handed over.
     last_closed: Pos,
-    /// `Coalescer::closed_early` as last counted in the metrics.
-    closed_early_seen: u64,
 }
 
 /// A reloaded config whose rules (only) changed, with its compiled mapper.
@@ -200,7 +198,6 @@ impl Pipeline {
             spans: Default::default(),
             swaps: None,
             last_closed: Pos::ZERO,
-            closed_early_seen: 0,
             tx: None,
             frontier: 0,
             received: 0,
@@ -227,7 +224,6 @@ impl Pipeline {
             // The stream restarts at the confirmed LSN, at or before the first change of
             // every window, so windows are formed again from it.
             self.coalescer = Coalescer::default();
-            self.closed_early_seen = 0;
             self.progress.open_windows.store(0, Ordering::Relaxed);
             match result {
                 Ok(()) => return Ok(()),
@@ -374,19 +370,7 @@ impl Pipeline {
         for (first, _) in self.held.values() {
             lsn = lsn.min(*first);
         }
-        // Never inside a coalesced event's span of changes.
-        loop {
-            let inside = self
-                .spans
-                .iter()
-                .filter(|(first, last)| *first < lsn && *last >= lsn)
-                .map(|(first, _)| *first)
-                .min();
-            match inside {
-                Some(first) => lsn = first,
-                None => return lsn,
-            }
-        }
+        outside_spans(lsn, &self.spans)
     }
 
     /// Forgets coalesced events no lane can still hold, and spans wholly confirmed.
@@ -575,17 +559,10 @@ impl Pipeline {
     /// still hold it.
     async fn hand_over_closed(&mut self, lsn: u64, first_k: u64, cancel: &CancellationToken) -> bool {
         let closed = self.coalescer.take_closed(lsn, first_k);
-        let early = self.coalescer.closed_early;
         self.metrics
             .coalesce_closed_early
-            .add(early.saturating_sub(self.closed_early_seen));
-        self.closed_early_seen = early;
-        self.metrics
-            .coalesce_open
-            .set(self.coalescer.open_windows() as u64);
-        self.progress
-            .open_windows
-            .store(self.coalescer.open_windows(), Ordering::Relaxed);
+            .add(std::mem::take(&mut self.coalescer.closed_early));
+        self.count_open_windows();
         let Some(group_low) = closed.iter().map(|c| c.first_lsn).min() else {
             return true;
         };
@@ -608,6 +585,13 @@ impl Pipeline {
             }
         }
         true
+    }
+
+    /// Publishes how many coalescing windows are open (metric, and the ticker's cue).
+    fn count_open_windows(&self) {
+        let open = self.coalescer.open_windows();
+        self.metrics.coalesce_open.set(open as u64);
+        self.progress.open_windows.store(open, Ordering::Relaxed);
     }
 
     /// Hands one event to the lanes of `routes`, in stream order. Returns false when
@@ -721,9 +705,7 @@ impl Pipeline {
             if let Some(spec) = coalesce.filter(|_| !routes.is_empty()) {
                 self.coalescer.add(event, routes, numbers, spec, self.tx_time);
                 self.metrics.changes_coalesced.add(1);
-                self.progress
-                    .open_windows
-                    .store(self.coalescer.open_windows(), Ordering::Relaxed);
+                self.count_open_windows();
                 continue;
             }
             // An event rendered twice (for both ways of writing numbers) counts once.
@@ -743,6 +725,19 @@ impl Pipeline {
             tracing::warn!(error = %e, ?oids, "cannot look up column types; their values are sent as text");
         }
     }
+}
+
+/// The highest LSN at or below `lsn` that is inside no span (first, last] of coalesced
+/// changes, so a replay from it forms every window whole. One pass from the latest first
+/// change down is enough: lowering to a span's first change can only put spans that
+/// start earlier around the new value.
+fn outside_spans(mut lsn: u64, spans: &std::collections::BTreeSet<(u64, u64)>) -> u64 {
+    for (first, last) in spans.iter().rev() {
+        if *first < lsn && *last >= lsn {
+            lsn = *first;
+        }
+    }
+    lsn
 }
 
 /// The next swap, or never when there is no channel (or it closed).
@@ -820,5 +815,24 @@ pub async fn ticker(source: PgTarget, progress: Arc<Progress>, every: Duration, 
                 last_warning = Some(Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_confirmed_lsn_never_falls_inside_a_coalesced_span() {
+        let spans: std::collections::BTreeSet<(u64, u64)> = [(10, 20), (5, 12), (1, 3), (30, 40)].into();
+        assert_eq!(outside_spans(50, &spans), 50);
+        assert_eq!(outside_spans(40, &spans), 30);
+        assert_eq!(outside_spans(25, &spans), 25);
+        // 15 is inside (10, 20], 10 inside (5, 12]: a chain down to 5.
+        assert_eq!(outside_spans(15, &spans), 5);
+        assert_eq!(outside_spans(10, &spans), 5);
+        assert_eq!(outside_spans(5, &spans), 5);
+        assert_eq!(outside_spans(2, &spans), 1);
+        assert_eq!(outside_spans(1, &spans), 1);
     }
 }
