@@ -8,7 +8,6 @@
 //! sends the same bytes under the same signature.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JValue};
 use serde::{Deserialize, Serialize};
@@ -50,7 +49,11 @@ enum Kind {
         source: String,
         type_prefix: Option<String>,
     },
-    Template(Box<Environment<'static>>),
+    Template {
+        env: Box<Environment<'static>>,
+        /// The body template's fast form, when it has one (see `fast`).
+        fast: Option<fast::Fast>,
+    },
 }
 
 /// A method or Content-Type: fixed, or a template (named in the environment).
@@ -175,7 +178,10 @@ fn tojson(
     args: minijinja::value::Kwargs,
 ) -> Result<JValue, minijinja::Error> {
     if indent.is_none() && args.args().next().is_none() {
-        if let Some(raw) = value.downcast_object_ref::<JsonNode>().and_then(JsonNode::raw) {
+        if let Some(raw) = value
+            .downcast_object_ref::<doc::JsonNode>()
+            .and_then(doc::JsonNode::raw)
+        {
             return Ok(JValue::from_safe_string(raw.to_string()));
         }
     }
@@ -220,6 +226,7 @@ impl Formatter {
             },
             BodyFormat::Template => {
                 let mut env = environment();
+                let fast = sub.template.as_deref().and_then(fast::Fast::compile);
                 for (key, source) in template_sources(sub) {
                     let name = match key.as_str() {
                         "template" => "body".to_string(),
@@ -240,7 +247,10 @@ impl Formatter {
                     env.add_template_owned(name, source)
                         .map_err(|e| format!("{key}: {}", describe(&e)))?;
                 }
-                Kind::Template(Box::new(env))
+                Kind::Template {
+                    env: Box::new(env),
+                    fast,
+                }
             }
         };
         Ok(Formatter {
@@ -273,7 +283,7 @@ impl Formatter {
                 headers: Vec::new(),
                 body: Cow::Owned(cloud_event(id, body, source, type_prefix.as_deref())?),
             }),
-            Kind::Template(env) => self.render(env, id, body),
+            Kind::Template { env, fast } => self.render(env, fast.as_ref(), id, body),
         }
     }
 
@@ -287,13 +297,17 @@ impl Formatter {
     fn render<'a>(
         &'a self,
         env: &Environment<'static>,
+        fast: Option<&fast::Fast>,
         id: &str,
         body: &'a [u8],
     ) -> Result<Request<'a>, String> {
-        let ctx = context(id, body)?;
+        let doc = doc::index(body)?;
+        // The minijinja context, made only when some template is rendered by minijinja.
+        let ctx = std::cell::OnceCell::new();
+        let ctx = || ctx.get_or_init(|| doc::context(id, doc.clone())).clone();
         let render = |name: &str, key: &str| -> Result<String, String> {
             env.get_template(name)
-                .and_then(|t| t.render(&ctx))
+                .and_then(|t| t.render(ctx()))
                 .map_err(|e| format!("{}.{key} failed: {}", self.label, describe(&e)))
         };
         let method = match &self.method {
@@ -334,7 +348,10 @@ impl Formatter {
             }
             headers.push((name.clone(), v));
         }
-        let body = render("body", "template")?;
+        let body = match fast.and_then(|f| f.render(&doc, id)) {
+            Some(body) => body,
+            None => render("body", "template")?,
+        };
         Ok(Request {
             method,
             content_type,
@@ -436,348 +453,8 @@ fn encode_segment(s: &str) -> String {
     utf8_percent_encode(s, SET).to_string()
 }
 
-/// The template context: `id` and the standard body's `type`, `timestamp` and `data`.
-/// Nothing is parsed up front beyond checking the body is a JSON object; each map or list
-/// the template reads is split into its entries once (`JsonNode`), and values it never
-/// reads (a long description in `data.new`, say) are never decoded.
-fn context(id: &str, body: &[u8]) -> Result<JValue, String> {
-    let start = skip_ws(body, 0);
-    let root = JsonNode::new(Arc::from(body), start, body.len());
-    if !root.is_map() {
-        return Err("the stored body is not a walhook event: not an object".into());
-    }
-
-    Ok(JValue::from_object(Context {
-        id: JValue::from(id),
-        body: Arc::new(root),
-    }))
-}
-
-/// The context object: `id`, then the body's fields.
-#[derive(Debug)]
-struct Context {
-    id: JValue,
-    body: Arc<JsonNode>,
-}
-
-impl minijinja::value::Object for Context {
-    fn get_value(self: &Arc<Self>, key: &JValue) -> Option<JValue> {
-        match key.as_str()? {
-            "id" => Some(self.id.clone()),
-            _ => self.body.get_value(key),
-        }
-    }
-
-    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
-        let mut keys = vec![JValue::from("id")];
-        keys.extend(self.body.keys());
-        minijinja::value::Enumerator::Iter(Box::new(keys.into_iter()))
-    }
-}
-
-/// A map or list inside a body, read as far as a template asks: looking up a key scans
-/// the entries up to it and no further, values are decoded when read (once), and what
-/// a template never reads (a long description in `data.new`, say) is skipped unread.
-#[derive(Debug)]
-struct JsonNode {
-    body: Arc<[u8]>,
-    /// Where the value starts (`{` or `[`).
-    start: usize,
-    /// A bound on where it ends (its parent's end).
-    end: usize,
-    scan: std::sync::Mutex<Scan>,
-}
-
-#[derive(Debug, Default)]
-struct Scan {
-    /// Map entries (with keys) or list items (keys empty) found so far.
-    entries: Vec<(String, Item)>,
-    /// Where scanning goes on: just inside the opening bracket, or just after an entry
-    /// whose value has not been skipped yet; `None` once the closing bracket was seen.
-    next: Option<Next>,
-    /// The value is not a well-formed map or list.
-    broken: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Next {
-    /// At the first entry (after the opening bracket).
-    First(usize),
-    /// The last entry's value starts here; skip it, then `,` or the closing bracket.
-    After(usize),
-}
-
-#[derive(Debug)]
-struct Item {
-    start: usize,
-    value: Option<JValue>,
-}
-
-impl JsonNode {
-    fn new(body: Arc<[u8]>, start: usize, end: usize) -> JsonNode {
-        let open = body.get(start).copied();
-        let scan = Scan {
-            entries: Vec::new(),
-            next: matches!(open, Some(b'{') | Some(b'[')).then_some(Next::First(start + 1)),
-            broken: !matches!(open, Some(b'{') | Some(b'[')),
-        };
-        JsonNode {
-            body,
-            start,
-            end,
-            scan: std::sync::Mutex::new(scan),
-        }
-    }
-
-    fn is_map(&self) -> bool {
-        self.body.get(self.start) == Some(&b'{')
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.body.get(..self.end).unwrap_or_default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Scan> {
-        self.scan.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Scans one more entry; false when there are no more (or the JSON is broken).
-    fn step(&self, scan: &mut Scan) -> bool {
-        let b = self.bytes();
-        let close = if self.is_map() { b'}' } else { b']' };
-        let Some(next) = scan.next else { return false };
-        let mut i = match next {
-            Next::First(i) => skip_ws(b, i),
-            Next::After(value) => match skip_value(b, value).map(|e| skip_ws(b, e)) {
-                Some(i) if b.get(i) == Some(&b',') => skip_ws(b, i + 1),
-                Some(i) if b.get(i) == Some(&close) => {
-                    scan.next = None;
-                    return false;
-                }
-                _ => return self.broken(scan),
-            },
-        };
-        if matches!(next, Next::First(_)) && b.get(i) == Some(&close) {
-            scan.next = None;
-            return false;
-        }
-        let key = if self.is_map() {
-            let Some(key_end) = (b.get(i) == Some(&b'"')).then(|| skip_string(b, i)).flatten() else {
-                return self.broken(scan);
-            };
-            let Some(key) = b.get(i..key_end).and_then(decode_key) else {
-                return self.broken(scan);
-            };
-            i = skip_ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return self.broken(scan);
-            }
-            i = skip_ws(b, i + 1);
-            key
-        } else {
-            String::new()
-        };
-        if i >= b.len() {
-            return self.broken(scan);
-        }
-        scan.entries.push((
-            key,
-            Item {
-                start: i,
-                value: None,
-            },
-        ));
-        scan.next = Some(Next::After(i));
-        true
-    }
-
-    fn broken(&self, scan: &mut Scan) -> bool {
-        scan.broken = true;
-        scan.next = None;
-        false
-    }
-
-    /// The template value of entry `n`: decoded once; maps and lists become nodes.
-    fn value_of(&self, scan: &mut Scan, n: usize) -> Option<JValue> {
-        let (_, item) = scan.entries.get_mut(n)?;
-        if let Some(v) = &item.value {
-            return Some(v.clone());
-        }
-        let b = self.bytes();
-        let v = match b.get(item.start)? {
-            b'{' | b'[' => JValue::from_object(JsonNode::new(self.body.clone(), item.start, self.end)),
-            _ => {
-                let end = skip_value(b, item.start)?;
-                scalar_value(b.get(item.start..end)?)
-            }
-        };
-        item.value = Some(v.clone());
-        Some(v)
-    }
-
-    /// The map or list as stored: its JSON text.
-    fn raw(&self) -> Option<&str> {
-        let b = self.bytes();
-        let end = skip_value(b, self.start)?;
-        std::str::from_utf8(b.get(self.start..end)?).ok()
-    }
-
-    fn keys(&self) -> Vec<JValue> {
-        let mut scan = self.lock();
-        while self.step(&mut scan) {}
-        scan.entries
-            .iter()
-            .map(|(k, _)| JValue::from(k.as_str()))
-            .collect()
-    }
-}
-
-/// A key's text (with its quotes) as a string.
-fn decode_key(raw: &[u8]) -> Option<String> {
-    if raw.contains(&b'\\') {
-        serde_json::from_slice::<String>(raw).ok()
-    } else {
-        std::str::from_utf8(raw.get(1..raw.len().checked_sub(1)?)?)
-            .ok()
-            .map(str::to_string)
-    }
-}
-
-impl minijinja::value::Object for JsonNode {
-    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
-        if self.is_map() {
-            minijinja::value::ObjectRepr::Map
-        } else {
-            minijinja::value::ObjectRepr::Seq
-        }
-    }
-
-    fn get_value(self: &Arc<Self>, key: &JValue) -> Option<JValue> {
-        let mut scan = self.lock();
-        if self.is_map() {
-            let k = key.as_str()?;
-            let n = match scan.entries.iter().position(|(name, _)| name == k) {
-                Some(n) => n,
-                None => loop {
-                    if !self.step(&mut scan) {
-                        return None;
-                    }
-                    if scan.entries.last().is_some_and(|(name, _)| name == k) {
-                        break scan.entries.len() - 1;
-                    }
-                },
-            };
-            self.value_of(&mut scan, n)
-        } else {
-            let n = key.as_usize()?;
-            while scan.entries.len() <= n {
-                if !self.step(&mut scan) {
-                    return None;
-                }
-            }
-            self.value_of(&mut scan, n)
-        }
-    }
-
-    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
-        if self.is_map() {
-            minijinja::value::Enumerator::Iter(Box::new(self.keys().into_iter()))
-        } else {
-            let mut scan = self.lock();
-            while self.step(&mut scan) {}
-            minijinja::value::Enumerator::Seq(scan.entries.len())
-        }
-    }
-}
-
-// A small JSON scanner for the bodies templates read: it finds where each entry of a map
-// or list starts and ends without decoding anything, jumping over strings with memchr.
-// Bodies are walhook's own JSON; on anything malformed it gives None, never panics.
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
-        i += 1;
-    }
-    i
-}
-
-/// Just past the string starting at `i` (at its opening quote).
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    loop {
-        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b.get(j) == Some(&b'\\') {
-            j += 2;
-        } else {
-            return Some(j + 1);
-        }
-    }
-}
-
-/// Just past the value starting at `i` (after whitespace).
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    let mut i = skip_ws(b, i);
-    match b.get(i)? {
-        b'"' => skip_string(b, i),
-        &open @ (b'{' | b'[') => {
-            // In balanced JSON only this kind of bracket needs counting.
-            let close = if open == b'{' { b'}' } else { b']' };
-            let mut depth = 0usize;
-            loop {
-                i += memchr::memchr3(b'"', open, close, b.get(i..)?)?;
-                match b.get(i)? {
-                    b'"' => {
-                        i = skip_string(b, i)?;
-                        continue;
-                    }
-                    c if *c == open => depth += 1,
-                    _ => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                }
-                i += 1;
-            }
-        }
-        _ => {
-            let rest = b.get(i..)?;
-            let len = rest
-                .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace())
-                .unwrap_or(rest.len());
-            (len > 0).then_some(i + len)
-        }
-    }
-}
-
-/// A JSON scalar (its text) as a template value. Integers stay integers; other numbers
-/// become floats when a float prints them with the same digits, else strings of their
-/// exact digits (so `19.90` is never shown as `19.9`).
-fn scalar_value(raw: &[u8]) -> JValue {
-    match raw.first() {
-        Some(b'"') => serde_json::from_slice::<String>(raw).map_or(JValue::from(()), JValue::from),
-        Some(b't') => JValue::from(true),
-        Some(b'f') => JValue::from(false),
-        Some(b'n') | None => JValue::from(()),
-        Some(_) => {
-            let Ok(text) = std::str::from_utf8(raw) else {
-                return JValue::from(());
-            };
-            if let Ok(i) = text.parse::<i64>() {
-                JValue::from(i)
-            } else if let Ok(i) = text.parse::<i128>() {
-                JValue::from(i)
-            } else {
-                match text.parse::<f64>() {
-                    Ok(f) if f.is_finite() && JValue::from(f).to_string() == text => JValue::from(f),
-                    _ => JValue::from(text),
-                }
-            }
-        }
-    }
-}
+mod doc;
+mod fast;
 
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,9 @@ pub struct Condition {
     /// The only columns of `new`/`old` the expression reads (by name, as CEL keys), when
     /// it reads them by constant name only; `None` when it uses a row as a whole.
     reads: Option<Vec<(String, Key)>>,
+    /// The same expression as a plan evaluated without CEL, when it is in the plan's
+    /// subset (most are); CEL answers what the plan leaves open.
+    plan: Option<super::plan::Plan>,
 }
 
 /// Which variables an expression reads, so evaluation builds only those.
@@ -54,7 +57,7 @@ pub struct Facts<'a> {
     /// differs in an update with a full old row; `None` when it cannot be known.
     pub changed: Option<&'a [&'a str]>,
     pub commit_time: &'a str,
-    pub lsn: &'a str,
+    pub commit_lsn: u64,
     pub xid: u32,
 }
 
@@ -97,12 +100,26 @@ impl Condition {
                 })
                 .collect()
         });
+        let plan = super::plan::Plan::compile(program.expression());
         Ok(Condition {
             program,
             env,
             uses,
             reads,
+            plan,
         })
+    }
+
+    /// Whether the plan (no CEL) handles this expression.
+    #[cfg(test)]
+    pub(super) fn has_plan(&self) -> bool {
+        self.plan.is_some()
+    }
+
+    /// The plan's answer alone (`None`: it leaves this change to CEL).
+    #[cfg(test)]
+    pub(super) fn eval_plan(&self, f: &Facts<'_>) -> Option<bool> {
+        self.planned(f)
     }
 
     /// Whether the expression reads the old row or the changed columns, which an update
@@ -123,6 +140,24 @@ impl Condition {
     /// Evaluates the condition: Ok(true) fires, Ok(false) does not, Err says why the
     /// expression could not be evaluated for this change.
     pub fn eval(&self, f: &Facts<'_>) -> Result<bool, String> {
+        match self.planned(f) {
+            Some(known) => Ok(known),
+            None => self.eval_cel(f),
+        }
+    }
+
+    /// The plan's answer, when there is a plan and it is sure. An expression using
+    /// `changed` fails as a whole when `changed` is unknown (CEL's context cannot be
+    /// built), even where `&&` or `||` would skip the part that reads it.
+    fn planned(&self, f: &Facts<'_>) -> Option<bool> {
+        if self.uses.changed && f.changed.is_none() {
+            return None;
+        }
+        self.plan.as_ref()?.eval(f)
+    }
+
+    /// Evaluates the condition with CEL only.
+    pub(super) fn eval_cel(&self, f: &Facts<'_>) -> Result<bool, String> {
         let mut ctx = Context::with_env(self.env.clone());
         ctx.add_variable_from_value("op", f.op.as_str());
         ctx.add_variable_from_value("table", f.table);
@@ -144,7 +179,10 @@ impl Condition {
             let mut meta: HashMap<Key, Value> = HashMap::with_capacity(3);
             // RFC 3339 in UTC with fixed digits: compares in time order as text.
             meta.insert(Key::from("commit_time"), Value::from(f.commit_time));
-            meta.insert(Key::from("lsn"), Value::from(f.lsn));
+            meta.insert(
+                Key::from("lsn"),
+                Value::from(crate::event::format_lsn(f.commit_lsn)),
+            );
             meta.insert(Key::from("xid"), Value::Int(i64::from(f.xid)));
             ctx.add_variable_from_value("meta", Value::Map(Map { map: Arc::new(meta) }));
         }
@@ -390,7 +428,7 @@ mod tests {
             full_old: old,
             changed,
             commit_time: "2026-11-22T10:00:00.123456Z",
-            lsn: "0/16B3748",
+            commit_lsn: 0x16B3748,
             xid: 731,
         }
     }

@@ -7,6 +7,7 @@
 
 mod condition;
 mod pattern;
+mod plan;
 mod render;
 
 use std::collections::{HashMap, HashSet};

@@ -203,7 +203,6 @@ fn fires(
             Op::Delete | Op::Truncate => Some(&[][..]),
             Op::Update => changed,
         };
-        let lsn = format_lsn(tx.commit_lsn);
         let facts = Facts {
             op: c.op,
             table: &rule.table,
@@ -212,7 +211,7 @@ fn fires(
             full_old,
             changed,
             commit_time: &tx.commit_time,
-            lsn: &lsn,
+            commit_lsn: tx.commit_lsn,
             xid: tx.xid,
         };
         return when.eval(&facts);
