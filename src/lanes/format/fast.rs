@@ -138,7 +138,9 @@ fn node(e: &Expr<'_>) -> Option<Node> {
 fn eval<'a>(n: &'a Node, doc: &'a Doc, id: &'a str) -> Option<V<'a>> {
     Some(match n {
         Node::Var(name) if name == "id" => V::Str(Cow::Borrowed(id)),
-        Node::Var(name) => lookup(doc, 0, name)?,
+        // A name the body lacks may be one of minijinja's globals (`range`, `dict`):
+        // minijinja's to resolve.
+        Node::Var(name) => value(doc, doc.child(0, name)?)?,
         Node::Attr(base, key) => match eval(base, doc, id)? {
             V::Node(at) if doc.is_map(at) => lookup(doc, at, key)?,
             _ => return None,

@@ -12,7 +12,7 @@ const BODIES: [&str; 3] = [
     r#"{ "id" : "evt_3", "type":"stock.depleted","timestamp":"2026-11-22T10:00:02Z","data":{"table":"public.stock","op":"update","key":{"product_id":9,"warehouse":"w1"},"new":{"qty":-1,"tags":[{"a":1}],"nums":[1.5]},"changed":[]} }"#,
 ];
 
-const PATHS: [&str; 26] = [
+const PATHS: [&str; 27] = [
     "id",
     "type",
     "timestamp",
@@ -39,6 +39,7 @@ const PATHS: [&str; 26] = [
     "data.changed[5]",
     "data.missing",
     "nope",
+    "range",
 ];
 
 fn expr(rng: &mut StdRng, depth: u32) -> String {
