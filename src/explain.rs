@@ -276,8 +276,11 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
             ),
             true,
         ),
-        Attempt::Failed(error) => (
-            format!("{name} ({}): not delivered after {ms:.1} ms: {error}", sub.url),
+        Attempt::Failed(failure) => (
+            format!(
+                "{name} ({}): not delivered after {ms:.1} ms: {}",
+                sub.url, failure.error
+            ),
             false,
         ),
     })

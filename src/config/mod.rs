@@ -24,11 +24,9 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
-pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
-pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(300);
+pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// One problem in a configuration, with the key path it concerns.
@@ -243,8 +241,8 @@ pub struct Subscriber {
     pub timeout: Duration,
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
+    /// Attempts at most, with exponential retries (see `lanes::retry`).
+    pub max_attempts: Option<u32>,
     #[serde(default)]
     pub allow_private_targets: bool,
     /// A lane whose oldest undelivered event is older than this spills to the state database.
@@ -253,11 +251,20 @@ pub struct Subscriber {
     /// A lane holding more undelivered events than this in memory spills.
     #[serde(default = "default_max_buffered")]
     pub max_buffered: usize,
-    /// First retry delay; doubles per attempt (with jitter) up to `retry_max`.
-    #[serde(default = "default_retry_initial", with = "humantime_serde")]
-    pub retry_initial: Duration,
-    #[serde(default = "default_retry_max", with = "humantime_serde")]
-    pub retry_max: Duration,
+    /// Exponential retries: the first delay, doubling per attempt up to `retry_max`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub retry_max: Option<Duration>,
+    /// Listed retries: the delays before the 2nd, 3rd, ... attempt (default: the
+    /// Standard Webhooks schedule).
+    pub retry_schedule: Option<Vec<String>>,
+    /// The longest `Retry-After` honoured.
+    #[serde(default = "default_retry_after_max", with = "humantime_serde")]
+    pub retry_after_max: Duration,
+    /// 4xx statuses that end an event at once (410 always does).
+    #[serde(default)]
+    pub final_statuses: Vec<u16>,
     /// The shape of each request body.
     #[serde(default)]
     pub format: BodyFormat,
@@ -325,20 +332,14 @@ fn default_timeout() -> Duration {
 fn default_max_in_flight() -> usize {
     DEFAULT_MAX_IN_FLIGHT
 }
-fn default_max_attempts() -> u32 {
-    DEFAULT_MAX_ATTEMPTS
-}
 fn default_spill_after() -> Duration {
     DEFAULT_SPILL_AFTER
 }
 fn default_max_buffered() -> usize {
     DEFAULT_MAX_BUFFERED
 }
-fn default_retry_initial() -> Duration {
-    DEFAULT_RETRY_INITIAL
-}
-fn default_retry_max() -> Duration {
-    DEFAULT_RETRY_MAX
+fn default_retry_after_max() -> Duration {
+    DEFAULT_RETRY_AFTER_MAX
 }
 
 impl Config {
@@ -670,21 +671,16 @@ impl Config {
             for (key, message) in crate::lanes::format::check(sub) {
                 bad(p(&key), message);
             }
-            for (k, d) in [
-                ("timeout", sub.timeout),
-                ("spill_after", sub.spill_after),
-                ("retry_initial", sub.retry_initial),
-            ] {
+            for (key, message) in crate::lanes::retry::check(sub) {
+                bad(p(&key), message);
+            }
+            for (k, d) in [("timeout", sub.timeout), ("spill_after", sub.spill_after)] {
                 if d.is_zero() {
                     bad(p(k), "must be above 0".into());
                 }
             }
-            if sub.retry_max < sub.retry_initial {
-                bad(p("retry_max"), "must not be below retry_initial".into());
-            }
             for (k, v) in [
                 ("max_in_flight", sub.max_in_flight),
-                ("max_attempts", sub.max_attempts as usize),
                 ("max_buffered", sub.max_buffered),
             ] {
                 if v == 0 {

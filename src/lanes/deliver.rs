@@ -1,11 +1,11 @@
-//! One HTTP delivery attempt with Standard Webhooks headers, and the retry schedule.
+//! One HTTP delivery attempt with Standard Webhooks headers, and what a failure means
+//! under the subscriber's retry policy.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
-
 use super::format::Formatter;
 use super::http::{Client, Options};
+use super::retry::{Policy, Verdict};
 use super::sign::{signature_header, Secret};
 use crate::config::Subscriber;
 
@@ -13,8 +13,39 @@ use crate::config::Subscriber;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
     Delivered,
-    /// Worth retrying: network error, timeout, 5xx, 429, other 4xx.
-    Failed(String),
+    Failed(Failure),
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong, for logs and dead letters.
+    pub error: String,
+    /// The status answered; `None` when no answer came (network error, timeout) or the
+    /// request was never sent.
+    pub status: Option<u16>,
+    /// The answer's `Retry-After`, as a delay.
+    pub retry_after: Option<Duration>,
+    /// The event could not be shaped for this subscriber (a template failed on it).
+    pub unshapeable: bool,
+}
+
+impl Failure {
+    /// A failure without an answer (network error, timeout).
+    pub fn unanswered(error: impl Into<String>) -> Failure {
+        Failure {
+            error: error.into(),
+            status: None,
+            retry_after: None,
+            unshapeable: false,
+        }
+    }
+
+    /// Whether it says the subscriber is unreachable or overloaded (network errors,
+    /// timeouts, 5xx, 408, 429) rather than refusing this one event.
+    pub fn suggests_down(&self) -> bool {
+        !self.unshapeable && self.status.is_none_or(|s| s >= 500 || s == 408 || s == 429)
+    }
 }
 
 /// The HTTP side of a lane: client with keep-alive, target, format, headers and secrets.
@@ -22,8 +53,7 @@ pub struct Target {
     client: Client,
     format: Formatter,
     secrets: Vec<Secret>,
-    retry_initial: Duration,
-    retry_max: Duration,
+    policy: Policy,
 }
 
 /// What a failed attempt's error starts with when the event could not be shaped for the
@@ -62,8 +92,7 @@ impl Target {
             client,
             format,
             secrets,
-            retry_initial: sub.retry_initial,
-            retry_max: sub.retry_max,
+            policy: Policy::new(sub),
         })
     }
 
@@ -73,16 +102,27 @@ impl Target {
         let started = Instant::now();
         let request = match self.request(id, body, unix_now()) {
             Ok(r) => r,
-            Err(e) => return (Attempt::Failed(e), started.elapsed()),
+            Err(error) => {
+                let failure = Failure {
+                    unshapeable: true,
+                    ..Failure::unanswered(error)
+                };
+                return (Attempt::Failed(failure), started.elapsed());
+            }
         };
         let outcome = match self.client.send(&request).await {
             Ok(resp) if (200..300).contains(&resp.status) => Attempt::Delivered,
-            Ok(resp) => Attempt::Failed(format!(
-                "HTTP {}: {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.excerpt).trim()
-            )),
-            Err(e) => Attempt::Failed(e.to_string()),
+            Ok(resp) => Attempt::Failed(Failure {
+                error: format!(
+                    "HTTP {}: {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.excerpt).trim()
+                ),
+                status: Some(resp.status),
+                retry_after: resp.retry_after,
+                unshapeable: false,
+            }),
+            Err(e) => Attempt::Failed(Failure::unanswered(e.to_string())),
         };
         (outcome, started.elapsed())
     }
@@ -108,22 +148,15 @@ impl Target {
             .request(&req.method, &req.content_type, &headers, &req.body))
     }
 
-    /// Delay before the attempt after `attempts` failed ones: exponential from
-    /// `retry_initial`, capped at `retry_max`, with ±25% jitter.
-    pub fn backoff(&self, attempts: u32) -> Duration {
-        backoff(self.retry_initial, self.retry_max, attempts)
+    /// What follows failed attempt number `attempts` (1 for the first) of an event.
+    pub fn verdict(&self, attempts: u32, failure: &Failure) -> Verdict {
+        self.policy
+            .after_failure(attempts, failure.status, failure.retry_after)
     }
-}
 
-/// Whether a failed attempt's error says the subscriber is unreachable or overloaded
-/// (network errors, timeouts, 5xx, 408, 429) rather than refusing this one event.
-pub fn suggests_down(error: &str) -> bool {
-    if error.starts_with(UNSHAPEABLE) {
-        return false;
-    }
-    match error.strip_prefix("HTTP ") {
-        Some(rest) => rest.starts_with('5') || rest.starts_with("408") || rest.starts_with("429"),
-        None => true,
+    /// The wait before probe number `probes + 1` of a subscriber that seems down.
+    pub fn probe_delay(&self, probes: u32) -> Duration {
+        self.policy.probe_delay(probes)
     }
 }
 
@@ -135,51 +168,32 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
-    let exp = attempts.saturating_sub(1).min(30);
-    let base = initial.saturating_mul(1u32 << exp.min(20)).min(max);
-    let jitter = rand::thread_rng().gen_range(0.75..=1.25);
-    base.mul_f64(jitter).min(max)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn which_failures_suggest_the_subscriber_is_down() {
+        let status = |s: u16| Failure {
+            status: Some(s),
+            ..Failure::unanswered(format!("HTTP {s}"))
+        };
         for down in [
-            "timed out",
-            "connect failed: refused",
-            "request failed: reset",
-            "HTTP 503: busy",
-            "HTTP 429: slow down",
+            Failure::unanswered("timed out"),
+            Failure::unanswered("connect failed: refused"),
+            status(503),
+            status(500),
+            status(429),
+            status(408),
         ] {
-            assert!(suggests_down(down), "{down}");
+            assert!(down.suggests_down(), "{down:?}");
         }
-        for refused in [
-            "HTTP 400: bad",
-            "HTTP 404: ",
-            "HTTP 422: no",
-            "cannot shape the request: subscribers[0].template failed: undefined value",
-        ] {
-            assert!(!suggests_down(refused), "{refused}");
+        let unshapeable = Failure {
+            unshapeable: true,
+            ..Failure::unanswered("cannot shape the request: template failed")
+        };
+        for refused in [status(400), status(404), status(422), status(410), unshapeable] {
+            assert!(!refused.suggests_down(), "{refused:?}");
         }
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let (i, m) = (Duration::from_millis(100), Duration::from_secs(2));
-        let first = backoff(i, m, 1);
-        assert!(
-            first >= Duration::from_millis(75) && first <= Duration::from_millis(125),
-            "{first:?}"
-        );
-        let third = backoff(i, m, 3);
-        assert!(
-            third >= Duration::from_millis(300) && third <= Duration::from_millis(500),
-            "{third:?}"
-        );
-        assert!(backoff(i, m, 40) <= m);
     }
 }

@@ -37,6 +37,8 @@ pub struct Response {
     pub status: u16,
     /// The first `EXCERPT` bytes of the body.
     pub excerpt: Vec<u8>,
+    /// The `Retry-After` header as a delay from now, when it has a valid one.
+    pub retry_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +310,19 @@ struct Head {
     content_length: Option<u64>,
     chunked: bool,
     keep_alive: bool,
+    retry_after: Option<Duration>,
+}
+
+/// A `Retry-After` value as a delay from `now`: delay-seconds or an HTTP date (a date in
+/// the past is no delay). `None` when it is neither.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Past u64 seconds it is "very long"; the caller clamps it anyway.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
@@ -327,6 +342,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         content_length: None,
         chunked: false,
         keep_alive: resp.version == Some(1),
+        retry_after: None,
     };
     for h in resp.headers.iter() {
         let value = String::from_utf8_lossy(h.value);
@@ -344,6 +360,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
                 .split(',')
                 .next_back()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            head.retry_after = parse_retry_after(&value, std::time::SystemTime::now());
         } else if h.name.eq_ignore_ascii_case("connection")
             && value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
         {
@@ -418,6 +436,7 @@ async fn roundtrip(conn: &mut Conn, req: &[u8]) -> Result<(Response, bool), Fail
         Response {
             status: head.status,
             excerpt,
+            retry_after: head.retry_after,
         },
         keep,
     ))

@@ -32,6 +32,7 @@
 pub mod deliver;
 pub mod format;
 pub mod http;
+pub mod retry;
 pub mod sign;
 pub mod target;
 
@@ -52,6 +53,7 @@ use crate::metrics::LaneMetrics;
 use crate::pipeline::Progress;
 use crate::state::{SpillOutcome, SpillRow, State};
 use deliver::{Attempt, Target};
+use retry::{DeadWhy, Verdict};
 
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
@@ -280,8 +282,8 @@ enum ChunkOutcome {
     Done,
     /// The chunks became rows meanwhile: the outcome for its row.
     AsRow(SpillOutcome),
-    /// Failed `max_attempts` times, with the last error.
-    Dead(u32, String),
+    /// Given up after this many attempts, with the last error and why.
+    Dead(u32, String, DeadWhy),
 }
 
 /// In hot mode, takes the first event of the next ready key and marks the key busy.
@@ -624,26 +626,32 @@ impl Lane {
             attempts += 1;
             let (result, took) = self.target.send(&event.id, &event.body).await;
             self.metrics.observe(took.as_secs_f64());
-            let error = match result {
+            let failure = match result {
                 Attempt::Delivered => {
                     self.failing.store(false, Ordering::Relaxed);
                     self.metrics.delivered.add(1);
                     break HotOutcome::Done;
                 }
-                Attempt::Failed(error) => error,
+                Attempt::Failed(failure) => failure,
             };
             self.failing.store(true, Ordering::Relaxed);
-            self.metrics.retried.add(1);
-            tracing::debug!(subscriber = %self.name, id = %event.id, attempts, %error, "delivery failed");
-            if attempts >= self.cfg.max_attempts {
-                if self.record_dead(&event, attempts, &error, cancel).await {
-                    break HotOutcome::Done;
+            let wait = match self.target.verdict(attempts, &failure) {
+                Verdict::Retry(wait) => wait,
+                Verdict::Dead(why) => {
+                    if self
+                        .record_dead(&event, attempts, &failure.error, why, cancel)
+                        .await
+                    {
+                        break HotOutcome::Done;
+                    }
+                    break HotOutcome::Again(attempts, Duration::ZERO);
                 }
-                break HotOutcome::Again(attempts, Duration::ZERO);
-            }
+            };
+            self.metrics.retried.add(1);
+            tracing::debug!(subscriber = %self.name, id = %event.id, attempts, error = %failure.error, "delivery failed");
             // Sleep before the next attempt, but hand the event to the spill log as soon
             // as the lane spills.
-            let until = Instant::now() + self.target.backoff(attempts);
+            let until = Instant::now() + wait;
             loop {
                 if self.mode() == Mode::Spill || cancel.is_cancelled() {
                     break;
@@ -726,9 +734,10 @@ impl Lane {
         event: &EventRef,
         attempts: u32,
         error: &str,
+        why: DeadWhy,
         cancel: &CancellationToken,
     ) -> bool {
-        tracing::warn!(subscriber = %self.name, id = %event.id, attempts, %error, "event is dead after max_attempts");
+        log_dead(&self.name, &event.id, attempts, error, why);
         let written = self
             .retry_state(cancel, "record a dead letter", || {
                 self.state.dead_letter(&self.name, event, attempts as i32, error)
@@ -1119,9 +1128,9 @@ impl Lane {
                     as_rows.push((event.pos, outcome));
                     continue;
                 }
-                ChunkOutcome::Dead(attempts, error) => (attempts, error),
+                ChunkOutcome::Dead(attempts, error, why) => (attempts, error, why),
             };
-            if self.record_dead(&event, dead.0, &dead.1, cancel).await {
+            if self.record_dead(&event, dead.0, &dead.1, dead.2, cancel).await {
                 let mut inner = self.lock();
                 if inner.chunked {
                     if let Some(chunk) = inner.mirror.delivered(&event.key) {
@@ -1130,7 +1139,7 @@ impl Lane {
                 } else {
                     // The chunks became rows meanwhile: its row goes too (the dead
                     // letter, written already, stays as it is).
-                    let (attempts, reason) = dead;
+                    let (attempts, reason, _) = dead;
                     as_rows.push((
                         event.pos,
                         SpillOutcome::Dead {
@@ -1179,7 +1188,7 @@ impl Lane {
             return ChunkOutcome::AsRow(self.spill_outcome(&event.id, before as i32, result));
         }
         let m = &mut inner.mirror;
-        let error = match result {
+        let failure = match result {
             Attempt::Delivered => {
                 self.failing.store(false, Ordering::Relaxed);
                 self.metrics.delivered.add(1);
@@ -1193,14 +1202,14 @@ impl Lane {
                 }
                 return ChunkOutcome::Done;
             }
-            Attempt::Failed(error) => error,
+            Attempt::Failed(failure) => failure,
         };
         self.failing.store(true, Ordering::Relaxed);
         let attempts = before + 1;
         let now = Instant::now();
         // Only failures that say the subscriber is unreachable or overloaded count
         // towards an outage; refusals of particular events (most 4xx) do not.
-        if deliver::suggests_down(&error) {
+        if failure.suggests_down() {
             m.failures_in_row += 1;
         } else {
             m.failures_in_row = 0;
@@ -1208,24 +1217,25 @@ impl Lane {
         match m.outage {
             // Each failed probe doubles the wait before the next.
             Some((probes, _)) if probe => {
-                m.outage = Some((probes + 1, now + self.target.backoff(probes + 1)))
+                m.outage = Some((probes + 1, now + self.target.probe_delay(probes + 1)))
             }
             // An attempt that started before: it says nothing new.
             Some(_) => {}
             None if m.failures_in_row >= OUTAGE_AFTER => {
-                tracing::warn!(subscriber = %self.name, failures = m.failures_in_row, %error,
+                tracing::warn!(subscriber = %self.name, failures = m.failures_in_row, error = %failure.error,
                     "subscriber seems down: its backlog stays in the spill log, probed one attempt at a time");
                 self.metrics.down.store(true, Ordering::Relaxed);
-                m.outage = Some((1, now + self.target.backoff(1)));
+                m.outage = Some((1, now + self.target.probe_delay(1)));
             }
             None => {}
         }
-        if attempts >= self.cfg.max_attempts {
-            return ChunkOutcome::Dead(attempts, error);
-        }
+        let wait = match self.target.verdict(attempts, &failure) {
+            Verdict::Retry(wait) => wait,
+            Verdict::Dead(why) => return ChunkOutcome::Dead(attempts, failure.error, why),
+        };
         self.metrics.retried.add(1);
-        tracing::debug!(subscriber = %self.name, id = %event.id, attempts, %error, "delivery failed");
-        m.failed(&event.key, attempts, now + self.target.backoff(attempts));
+        tracing::debug!(subscriber = %self.name, id = %event.id, attempts, error = %failure.error, "delivery failed");
+        m.failed(&event.key, attempts, now + wait);
         ChunkOutcome::Done
     }
 
@@ -1296,22 +1306,25 @@ impl Lane {
                 self.metrics.delivered.add(1);
                 SpillOutcome::Delivered
             }
-            Attempt::Failed(error) if attempts as u32 >= self.cfg.max_attempts => {
+            Attempt::Failed(failure) => {
                 self.failing.store(true, Ordering::Relaxed);
-                self.metrics.dead.add(1);
-                tracing::warn!(subscriber = %self.name, id = %id, attempts, %error, "event is dead after max_attempts");
-                SpillOutcome::Dead {
-                    attempts,
-                    reason: error,
-                }
-            }
-            Attempt::Failed(error) => {
-                self.failing.store(true, Ordering::Relaxed);
-                self.metrics.retried.add(1);
-                SpillOutcome::Retry {
-                    attempts,
-                    after: self.target.backoff(attempts as u32),
-                    error,
+                match self.target.verdict(attempts as u32, &failure) {
+                    Verdict::Dead(why) => {
+                        self.metrics.dead.add(1);
+                        log_dead(&self.name, id, attempts as u32, &failure.error, why);
+                        SpillOutcome::Dead {
+                            attempts,
+                            reason: failure.error,
+                        }
+                    }
+                    Verdict::Retry(after) => {
+                        self.metrics.retried.add(1);
+                        SpillOutcome::Retry {
+                            attempts,
+                            after,
+                            error: failure.error,
+                        }
+                    }
                 }
             }
         }
@@ -1330,5 +1343,17 @@ impl Lane {
         let (result, took) = self.target.send(&h.id, &h.body).await;
         self.metrics.observe(took.as_secs_f64());
         (h.pos, self.spill_outcome(&h.id, h.attempts, result))
+    }
+}
+
+/// The log line of an event given up.
+fn log_dead(subscriber: &str, id: &str, attempts: u32, error: &str, why: DeadWhy) {
+    match why {
+        DeadWhy::Exhausted => {
+            tracing::warn!(%subscriber, %id, attempts, %error, "event is dead: every attempt the retry policy allows failed")
+        }
+        DeadWhy::Final(status) => {
+            tracing::warn!(%subscriber, %id, attempts, %error, status, "event is dead: the subscriber answered a final status")
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod pg;
 pub mod receiver;
+pub mod scripted;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

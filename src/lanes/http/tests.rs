@@ -426,3 +426,24 @@ fn header_checks() {
     assert!(!valid_header_value("a\r\nInjected: 1"));
     assert!(reserved_header("Content-Length") && reserved_header("webhook-id") && !reserved_header("X-Id"));
 }
+
+#[test]
+fn retry_after_is_seconds_or_an_http_date() {
+    let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+    assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+    // 2023-11-14T22:13:20Z is `now`; ten seconds later:
+    assert_eq!(
+        parse_retry_after("Tue, 14 Nov 2023 22:13:30 GMT", now),
+        Some(Duration::from_secs(10))
+    );
+    // A date in the past is no delay.
+    assert_eq!(
+        parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now),
+        Some(Duration::ZERO)
+    );
+    for bad in ["", "soon", "-5", "1.5", "Tue, 99 Nov 2023 22:13:30 GMT"] {
+        assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+    }
+    assert!(parse_retry_after("99999999999999999999999", now).is_some());
+}
