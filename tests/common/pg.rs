@@ -229,6 +229,11 @@ impl PgCluster {
         }
     }
 
+    /// Starts a stopped server again on the same data directory and port.
+    pub async fn start_again(&self) {
+        self.launch().await;
+    }
+
     /// Stops and starts the server on the same data directory and port.
     pub async fn restart(&self) {
         self.stop();

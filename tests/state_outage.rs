@@ -1,0 +1,128 @@
+//! The state database (a cluster of its own) is unreachable for 30 s mid-workload while
+//! one subscriber fails and spills: the slot is never confirmed past what is durable,
+//! the healthy subscriber's deliveries go on, readiness says the state database is
+//! down, and once it is back nothing is lost and every key arrives in order.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
+const KEYS: i64 = 20;
+const OUTAGE: Duration = Duration::from_secs(30);
+
+async fn update(db: &tokio_postgres::Client, round: i64, written: &mut BTreeMap<i64, Vec<i64>>) {
+    db.batch_execute(&format!("UPDATE stock SET qty = {round}"))
+        .await
+        .unwrap();
+    for k in 1..=KEYS {
+        written.entry(k).or_default().push(round);
+    }
+}
+
+async fn lsn(db: &tokio_postgres::Client) -> u64 {
+    let row = db
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) as u64
+}
+
+fn unique(got: &[Received]) -> usize {
+    got.iter().map(|r| &r.id).collect::<HashSet<_>>().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_state_database_holds_the_slot_and_loses_nothing() {
+    let pg = PgCluster::start().await;
+    let state = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let state_url = state.create_db("walhook_state", "").await;
+    let healthy = Receiver::start().await;
+    let flaky = Receiver::start().await;
+    flaky.set_status(500);
+    let failing =
+        "spill_after = \"1s\"\nretry_initial = \"100ms\"\nretry_max = \"300ms\"\nmax_attempts = 100000";
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[state]\nurl = \"{state_url}\"\n[[events]]\ntable = \"stock\"\n{}{}",
+        subscriber("healthy", &healthy.url(), "\"*\"", ""),
+        subscriber("flaky", &flaky.url(), "\"*\"", failing)
+    );
+    let w = Walhook::start(&config);
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute(&format!(
+        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {KEYS}) g"
+    ))
+    .await
+    .unwrap();
+    let mut written: BTreeMap<i64, Vec<i64>> = (1..=KEYS).map(|k| (k, vec![0])).collect();
+    for round in 1..10 {
+        update(&db, round, &mut written).await;
+    }
+    eventually(Duration::from_secs(20), "the failing lane spills", || async {
+        w.metric("walhook_lane_spilling{subscriber=\"flaky\"}").await == Some(1.0)
+    })
+    .await;
+    healthy
+        .wait_for(Duration::from_secs(20), "the first rounds", |g| {
+            g.len() >= 10 * KEYS as usize
+        })
+        .await;
+
+    // The state database goes away for OUTAGE while rounds go on, one a second.
+    state.stop();
+    let down_at = lsn(&db).await;
+    let outage_start = Instant::now();
+    let mut round = 10;
+    let mut not_ready_seen = false;
+    while outage_start.elapsed() < OUTAGE {
+        update(&db, round, &mut written).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let confirmed = confirmed_flush(&db, "shop").await;
+        assert!(
+            confirmed <= down_at,
+            "the slot was confirmed to {confirmed:X} past {down_at:X}, where the state database went away"
+        );
+        if let Ok(r) = reqwest::get(format!("http://{}/readyz", w.admin)).await {
+            not_ready_seen |= r.status().as_u16() == 503;
+        }
+    }
+    assert!(not_ready_seen, "/readyz says the state database is down");
+    // The healthy lane went on meanwhile: every round but the last one or two arrived.
+    let during: usize = written.values().map(Vec::len).sum::<usize>() - 2 * KEYS as usize;
+    let got = unique(&healthy.delivered());
+    println!("during the outage the healthy subscriber had {got} of {during} events");
+    assert!(got >= during, "the healthy lane stalled: {got} of {during}");
+
+    // Back: the failing subscriber recovers too, and everything arrives in order.
+    state.start_again().await;
+    flaky.set_status(204);
+    for r in round..round + 5 {
+        update(&db, r, &mut written).await;
+    }
+    let total: usize = written.values().map(Vec::len).sum();
+    for (name, rx) in [("healthy", &healthy), ("flaky", &flaky)] {
+        let got = rx
+            .wait_for(Duration::from_secs(90), name, |g| {
+                g.iter().map(|r| &r.id).collect::<HashSet<_>>().len() >= total
+            })
+            .await;
+        assert_eq!(qty_sequences(&got), written, "{name}: per-key order and content");
+    }
+    w.wait_ready().await;
+    let end = lsn(&db).await;
+    eventually(Duration::from_secs(30), "the slot catches up", || async {
+        confirmed_flush(&db, "shop").await >= end
+    })
+    .await;
+    assert!(
+        w.log().contains("reconnected to the state database"),
+        "{}",
+        w.log()
+    );
+}
