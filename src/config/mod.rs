@@ -233,8 +233,9 @@ pub struct Subscriber {
     pub url: String,
     /// Event type patterns: exact names, `price.*`, `*`.
     pub events: Vec<String>,
-    /// One or more `whsec_<base64>` secrets; every one signs each request.
-    pub secrets: Vec<String>,
+    /// One or more `whsec_<base64>` secrets, each optionally with an expiry; every
+    /// unexpired one signs each request.
+    pub secrets: Vec<SecretEntry>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -279,6 +280,50 @@ pub struct Subscriber {
     /// How int8 and numeric values are written.
     #[serde(default)]
     pub numbers: Numbers,
+    /// Requests per second, minute or hour at most (`"50/s"`), over all of this
+    /// subscriber's deliveries.
+    pub rate_limit: Option<String>,
+}
+
+/// A signing secret: `"whsec_..."`, or `{ secret = "whsec_...", expires = "2026-12-01T00:00:00Z" }`
+/// for one being rotated out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum SecretEntry {
+    Plain(String),
+    Expiring(ExpiringSecret),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiringSecret {
+    pub secret: String,
+    /// RFC 3339 time after which it no longer signs.
+    pub expires: String,
+}
+
+impl SecretEntry {
+    pub fn secret(&self) -> &str {
+        match self {
+            SecretEntry::Plain(s) => s,
+            SecretEntry::Expiring(e) => &e.secret,
+        }
+    }
+
+    /// When it stops signing; `Err` names what is wrong with the time given.
+    pub fn expires(&self) -> Result<Option<std::time::SystemTime>, String> {
+        match self {
+            SecretEntry::Plain(_) => Ok(None),
+            SecretEntry::Expiring(e) => humantime::parse_rfc3339_weak(&e.expires)
+                .map(Some)
+                .map_err(|err| {
+                    format!(
+                        "{:?} is not a time ({err}): write it like \"2026-12-01T00:00:00Z\" (UTC)",
+                        e.expires
+                    )
+                }),
+        }
+    }
 }
 
 /// A subscriber's body format.
@@ -646,9 +691,31 @@ impl Config {
                     "empty: give at least one \"whsec_<base64>\" secret, e.g. \"${WEBSHOP_SECRET}\"".into(),
                 );
             }
+            let now = std::time::SystemTime::now();
+            let mut unexpired = 0;
             for (j, secret) in sub.secrets.iter().enumerate() {
-                if let Err(e) = crate::lanes::sign::Secret::parse(secret) {
-                    bad(format!("subscribers[{i}].secrets[{j}]"), e.to_string());
+                let key = match secret {
+                    SecretEntry::Plain(_) => format!("subscribers[{i}].secrets[{j}]"),
+                    SecretEntry::Expiring(_) => format!("subscribers[{i}].secrets[{j}].secret"),
+                };
+                if let Err(e) = crate::lanes::sign::Secret::parse(secret.secret()) {
+                    bad(key, e.to_string());
+                }
+                match secret.expires() {
+                    Ok(Some(at)) if at <= now => {}
+                    Ok(_) => unexpired += 1,
+                    Err(e) => bad(format!("subscribers[{i}].secrets[{j}].expires"), e),
+                }
+            }
+            if !sub.secrets.is_empty() && unexpired == 0 {
+                bad(
+                    p("secrets"),
+                    "every secret has expired: add a new \"whsec_<base64>\" secret".into(),
+                );
+            }
+            if let Some(rate) = &sub.rate_limit {
+                if let Err(e) = crate::lanes::limit::parse(rate) {
+                    bad(p("rate_limit"), e);
                 }
             }
             for (name, value) in &sub.headers {

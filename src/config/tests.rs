@@ -66,7 +66,7 @@ fn defaults_apply() {
     // No [state] section: its field defaults hold all the same.
     assert_eq!(c.state.watermark_interval, DEFAULT_WATERMARK_INTERVAL);
     let s = &c.subscribers[0];
-    assert_eq!(s.secrets, vec![SECRET.to_string()]);
+    assert_eq!(s.secrets, vec![SecretEntry::Plain(SECRET.to_string())]);
     assert_eq!(s.timeout, DEFAULT_TIMEOUT);
     assert_eq!(s.spill_after, DEFAULT_SPILL_AFTER);
     assert_eq!(s.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
@@ -248,4 +248,50 @@ secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
         .message
         .contains("matches no event the rules make (price.changed, products.deleted)"));
     assert!(p[3].message.contains("must be an event name"));
+}
+
+#[test]
+fn secrets_may_expire_and_rate_limits_are_checked() {
+    let with = |secrets: &str, extra: &str| {
+        MINIMAL.replace(
+            "secrets = [\"${SECRET}\"]",
+            &format!("secrets = {secrets}\n{extra}"),
+        )
+    };
+    let rotating = format!(
+        "[{{ secret = \"{SECRET}\", expires = \"2020-01-01T00:00:00Z\" }}, \"{SECRET}\", {{ secret = \"{SECRET}\", expires = \"2999-01-01T00:00:00Z\" }}]"
+    );
+    let c = parse(&with(&rotating, "rate_limit = \"50/s\"")).unwrap();
+    let s = &c.subscribers[0];
+    assert_eq!(s.secrets.len(), 3);
+    assert!(s.secrets[0].expires().unwrap().is_some());
+    assert_eq!(s.secrets[1].expires(), Ok(None));
+    assert_eq!(s.rate_limit.as_deref(), Some("50/s"));
+
+    let paths = |text: String| problems(&text).into_iter().map(|p| p.path).collect::<Vec<_>>();
+    assert_eq!(
+        paths(with(
+            &format!("[{{ secret = \"{SECRET}\", expires = \"next week\" }}, \"{SECRET}\"]"),
+            ""
+        )),
+        ["subscribers[0].secrets[0].expires"]
+    );
+    assert_eq!(
+        paths(with(
+            "[{ secret = \"nope\", expires = \"2999-01-01T00:00:00Z\" }]",
+            ""
+        )),
+        ["subscribers[0].secrets[0].secret"]
+    );
+    assert_eq!(
+        paths(with(
+            &format!("[{{ secret = \"{SECRET}\", expires = \"2020-01-01T00:00:00Z\" }}]"),
+            ""
+        )),
+        ["subscribers[0].secrets"]
+    );
+    assert_eq!(
+        paths(with(&format!("[\"{SECRET}\"]"), "rate_limit = \"fast\"")),
+        ["subscribers[0].rate_limit"]
+    );
 }

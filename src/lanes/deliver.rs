@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::Formatter;
 use super::http::{Client, Options};
+use super::limit::{self, Limiter};
 use super::retry::{Policy, Verdict};
 use super::sign::{signature_header, Secret};
 use crate::config::Subscriber;
@@ -52,8 +53,12 @@ impl Failure {
 pub struct Target {
     client: Client,
     format: Formatter,
-    secrets: Vec<Secret>,
+    /// Each secret with the Unix time it expires at, if it does.
+    secrets: Vec<(Secret, Option<i64>)>,
     policy: Policy,
+    limiter: Option<Limiter>,
+    /// The "every secret has expired" warning was logged.
+    warned_expired: std::sync::atomic::AtomicBool,
 }
 
 /// What a failed attempt's error starts with when the event could not be shaped for the
@@ -86,19 +91,35 @@ impl Target {
         let secrets = sub
             .secrets
             .iter()
-            .map(|s| Secret::parse(s).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|s| {
+                let secret = Secret::parse(s.secret()).map_err(|e| e.to_string())?;
+                let expires = s.expires()?.map(|at| {
+                    at.duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                });
+                Ok((secret, expires))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let limiter = match &sub.rate_limit {
+            Some(rate) => Some(Limiter::new(limit::parse(rate)?)),
+            None => None,
+        };
         Ok(Target {
             client,
             format,
             secrets,
             policy: Policy::new(sub),
+            limiter,
+            warned_expired: Default::default(),
         })
     }
 
     /// Sends one signed request for the event `id` with standard body `body`. Returns
     /// the outcome and the time it took.
     pub async fn send(&self, id: &str, body: &[u8]) -> (Attempt, Duration) {
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
         let started = Instant::now();
         let request = match self.request(id, body, unix_now()) {
             Ok(r) => r,
@@ -135,7 +156,7 @@ impl Target {
             .format
             .format(id, body)
             .map_err(|e| format!("{UNSHAPEABLE}{e}"))?;
-        let signature = signature_header(&self.secrets, id, ts, &req.body);
+        let signature = signature_header(&self.signing(ts), id, ts, &req.body);
         let ts = ts.to_string();
         let mut headers: Vec<(&str, &str)> = vec![
             ("webhook-id", id),
@@ -146,6 +167,36 @@ impl Target {
         Ok(self
             .client
             .request(&req.method, &req.content_type, &headers, &req.body))
+    }
+
+    /// The secrets that sign at Unix time `ts`: the unexpired ones. Should every one
+    /// have expired (the config was checked when it loaded, so only a long-running
+    /// process gets here), those that expired last go on signing, with a warning: an
+    /// unsigned request would be refused anyway.
+    fn signing(&self, ts: i64) -> Vec<Secret> {
+        let live: Vec<Secret> = self
+            .secrets
+            .iter()
+            .filter(|(_, exp)| exp.is_none_or(|e| e > ts))
+            .map(|(s, _)| s.clone())
+            .collect();
+        if !live.is_empty() {
+            return live;
+        }
+        let last = self.secrets.iter().filter_map(|(_, e)| *e).max();
+        if !self
+            .warned_expired
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "every secret of this subscriber has expired; signing with the last to expire: add a new one"
+            );
+        }
+        self.secrets
+            .iter()
+            .filter(|(_, e)| *e == last)
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 
     /// What follows failed attempt number `attempts` (1 for the first) of an event.

@@ -32,6 +32,7 @@
 pub mod deliver;
 pub mod format;
 pub mod http;
+pub mod limit;
 pub mod retry;
 pub mod sign;
 pub mod target;

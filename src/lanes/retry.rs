@@ -173,7 +173,11 @@ impl Policy {
         if attempts >= self.max_attempts() {
             return Verdict::Dead(DeadWhy::Exhausted);
         }
-        let delay = jitter(self.delay(attempts));
+        let delay = match &self.schedule {
+            // retry_max is the longest delay, jitter included.
+            Schedule::Exponential { max, .. } => jitter(self.delay(attempts)).min(*max),
+            Schedule::Listed(_) => jitter(self.delay(attempts)),
+        };
         let told = match status {
             Some(429 | 503) => retry_after.map(|d| d.min(self.retry_after_max)),
             _ => None,
@@ -270,8 +274,14 @@ mod tests {
             matches!(p.after_failure(3, None, None), Verdict::Retry(d) if within(d, Duration::from_millis(400)))
         );
         assert!(
-            matches!(p.after_failure(4, None, None), Verdict::Retry(d) if within(d, Duration::from_secs(1)))
+            matches!(p.after_failure(4, None, None), Verdict::Retry(d) if within(d, Duration::from_millis(800)) && d <= Duration::from_secs(1))
         );
+        let capped = Policy::new(&sub("retry_initial = \"1s\"\nretry_max = \"2s\""));
+        for _ in 0..50 {
+            assert!(
+                matches!(capped.after_failure(5, None, None), Verdict::Retry(d) if d <= Duration::from_secs(2) && d >= Duration::from_millis(1500))
+            );
+        }
         assert_eq!(p.after_failure(5, None, None), Verdict::Dead(DeadWhy::Exhausted));
         // Any exponential key alone selects exponential retries with the other defaults.
         assert_eq!(Policy::new(&sub("max_attempts = 3")).max_attempts(), 3);

@@ -1,0 +1,116 @@
+//! A subscriber's `rate_limit` (`"50/s"`, `"600/m"`, `"1000/h"`): a token bucket that
+//! holds as many tokens as the limit allows in one second (at least one), refilled
+//! continuously. Every request of the lane, first attempts, retries and probes alike,
+//! takes a token first; a lane at its limit waits on its own bucket, so it never slows
+//! another lane.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Parses a rate limit into requests per second; the error names the expected form.
+pub fn parse(text: &str) -> Result<f64, String> {
+    let bad = || {
+        format!("{text:?} is not a rate: write requests per second, minute or hour, e.g. \"50/s\", \"600/m\"")
+    };
+    let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let n: f64 = n.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(bad()),
+    };
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("{text:?}: the number of requests must be above 0"));
+    }
+    Ok(n / per)
+}
+
+pub struct Limiter {
+    /// Tokens per second.
+    rate: f64,
+    burst: f64,
+    bucket: Mutex<Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Limiter {
+    /// A limiter of `rate` requests per second, starting full.
+    pub fn new(rate: f64) -> Limiter {
+        let burst = rate.max(1.0);
+        Limiter {
+            rate,
+            burst,
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                at: Instant::now(),
+            }),
+        }
+    }
+
+    /// Takes a token now, or says how long until one is there.
+    fn try_take(&self, now: Instant) -> Result<(), Duration> {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.rate;
+        b.tokens = (b.tokens + refill).min(self.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
+        }
+    }
+
+    /// Waits for a token.
+    pub async fn acquire(&self) {
+        while let Err(wait) = self.try_take(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_per_second_minute_and_hour() {
+        assert_eq!(parse("50/s"), Ok(50.0));
+        assert_eq!(parse(" 600 / m "), Ok(10.0));
+        assert_eq!(parse("3600/h"), Ok(1.0));
+        assert_eq!(parse("0.5/s"), Ok(0.5));
+        for bad in ["50", "50/d", "x/s", "0/s", "-1/s", "inf/s", ""] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let l = Limiter::new(10.0);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(l.try_take(t0), Ok(()));
+        }
+        let wait = l.try_take(t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(99) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // A second later ten more, never more than the burst.
+        let t1 = t0 + Duration::from_secs(5);
+        for _ in 0..10 {
+            assert_eq!(l.try_take(t1), Ok(()));
+        }
+        assert!(l.try_take(t1).is_err());
+        // Slow rates still let one request through at a time.
+        let slow = Limiter::new(1.0 / 60.0);
+        assert_eq!(slow.try_take(t0), Ok(()));
+        let wait = slow.try_take(t0).unwrap_err();
+        assert!(wait > Duration::from_secs(59), "{wait:?}");
+    }
+}

@@ -1,0 +1,82 @@
+//! Per-subscriber limits and secrets: a rate-limited subscriber gets its events no
+//! faster than its limit while an unlimited one beside it is not held back, and during a
+//! secret rotation every unexpired secret signs and the expired one no longer does.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
+const EVENTS: i64 = 100;
+const OLD: &str = "whsec_d2FsaG9vayByb3RhdGlvbiB0ZXN0IG9sZC4uLi4uLi4=";
+const CURRENT: &str = "whsec_d2FsaG9vayByb3RhdGlvbiB0ZXN0IGN1cnJlbnQuLi4=";
+const NEXT: &str = "whsec_d2FsaG9vayByb3RhdGlvbiB0ZXN0IG5leHQuLi4uLi4=";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_paces_one_subscriber_only_and_rotating_secrets_all_sign() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let limited = Receiver::start().await;
+    let free = Receiver::start().await;
+    let rotating = format!(
+        "[[subscribers]]\nname = \"limited\"\nurl = \"{}\"\nevents = [\"*\"]\nallow_private_targets = true\n\
+         rate_limit = \"20/s\"\nsecrets = [{{ secret = \"{OLD}\", expires = \"2020-01-01T00:00:00Z\" }}, \"{CURRENT}\", \
+         {{ secret = \"{NEXT}\", expires = \"2999-01-01T00:00:00Z\" }}]\n",
+        limited.url()
+    );
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[[events]]\ntable = \"stock\"\n{rotating}{}",
+        subscriber("free", &free.url(), "\"*\"", "")
+    );
+    let w = Walhook::start(&config);
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    let start = Instant::now();
+    db.batch_execute(&format!(
+        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {EVENTS}) g"
+    ))
+    .await
+    .unwrap();
+    let n = EVENTS as usize;
+    free.wait_for(Duration::from_secs(30), "the free subscriber's events", |g| {
+        g.len() >= n
+    })
+    .await;
+    let free_took = start.elapsed();
+    let got = limited
+        .wait_for(Duration::from_secs(30), "the limited subscriber's events", |g| {
+            g.len() >= n
+        })
+        .await;
+    let limited_took = start.elapsed();
+    println!("{n} events: unlimited subscriber {free_took:?}, limited to 20/s {limited_took:?}");
+    // 20 at once (the bucket starts full), then 20 a second: 4 s for the other 80.
+    let first = got.first().unwrap().at;
+    let last = got.last().unwrap().at;
+    assert!(
+        last - first >= Duration::from_millis(3800),
+        "too fast: {:?}",
+        last - first
+    );
+    // In no second did more than the burst and the rate get through.
+    for r in &got {
+        let within = got
+            .iter()
+            .filter(|x| x.at >= r.at && x.at < r.at + Duration::from_secs(1))
+            .count();
+        assert!(within <= 40, "{within} requests within a second");
+    }
+    assert!(
+        free_took * 2 < limited_took,
+        "the unlimited subscriber was held back: {free_took:?}"
+    );
+
+    // Every request carries two signatures, by the current and the next secret.
+    for r in &got {
+        assert_eq!(r.signature.split(' ').count(), 2, "{}", r.signature);
+        assert!(r.verifies(CURRENT) && r.verifies(NEXT), "{}", r.signature);
+        assert!(!r.verifies(OLD), "the expired secret still signs");
+    }
+}
