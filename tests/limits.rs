@@ -80,3 +80,55 @@ async fn a_rate_limit_paces_one_subscriber_only_and_rotating_secrets_all_sign() 
         assert!(!r.verifies(OLD), "the expired secret still signs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ordering_one_keys_events_go_out_in_parallel() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let ordered = Receiver::start().await;
+    let unordered = Receiver::start().await;
+    for rx in [&ordered, &unordered] {
+        rx.set_delay(Duration::from_millis(300));
+    }
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[[events]]\ntable = \"stock\"\n{}{}",
+        subscriber("ordered", &ordered.url(), "\"*\"", ""),
+        subscriber("unordered", &unordered.url(), "\"*\"", "ordering = \"none\"")
+    );
+    let w = Walhook::start(&config);
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute("INSERT INTO stock VALUES (1, 0)").await.unwrap();
+    for qty in 1..20 {
+        db.batch_execute(&format!("UPDATE stock SET qty = {qty}"))
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    let got = unordered
+        .wait_for(
+            Duration::from_secs(30),
+            "the unordered subscriber's events",
+            |g| g.len() >= 20,
+        )
+        .await;
+    let unordered_took = start.elapsed();
+    let in_order = ordered
+        .wait_for(Duration::from_secs(30), "the ordered subscriber's events", |g| {
+            g.len() >= 20
+        })
+        .await;
+    let ordered_took = start.elapsed();
+    println!("20 events of one key, 300 ms each: in order {ordered_took:?}, unordered {unordered_took:?}");
+    // One at a time takes 20 x 300 ms; in parallel (16 at once) two rounds.
+    assert!(ordered_took >= Duration::from_millis(5500), "{ordered_took:?}");
+    assert!(unordered_took < Duration::from_millis(2500), "{unordered_took:?}");
+    let qty = |r: &Received| r.json()["data"]["new"]["qty"].as_i64().unwrap();
+    assert_eq!(
+        in_order.iter().map(qty).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    let mut all: Vec<i64> = got.iter().map(qty).collect();
+    all.sort();
+    assert_eq!(all, (0..20).collect::<Vec<_>>(), "every event once");
+}

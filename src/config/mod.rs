@@ -283,6 +283,20 @@ pub struct Subscriber {
     /// Requests per second, minute or hour at most (`"50/s"`), over all of this
     /// subscriber's deliveries.
     pub rate_limit: Option<String>,
+    /// Whether events of one key reach this subscriber in order.
+    #[serde(default)]
+    pub ordering: EventOrder,
+}
+
+/// How a subscriber's events are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOrder {
+    /// Events of one ordering key are delivered one at a time, in commit order.
+    #[default]
+    PerKey,
+    /// Every event on its own: in parallel up to `max_in_flight`, in any order.
+    None,
 }
 
 /// A signing secret: `"whsec_..."`, or `{ secret = "whsec_...", expires = "2026-12-01T00:00:00Z" }`

@@ -48,8 +48,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Subscriber;
-use crate::event::{EventRef, Pos};
+use crate::config::{EventOrder, Subscriber};
+use crate::event::{Event, EventRef, Pos};
 use crate::metrics::LaneMetrics;
 use crate::pipeline::Progress;
 use crate::state::{SpillOutcome, SpillRow, State};
@@ -405,6 +405,17 @@ impl Lane {
         cancel: &CancellationToken,
         others_busy: &dyn Fn() -> bool,
     ) -> bool {
+        let event = match self.cfg.ordering {
+            EventOrder::PerKey => event,
+            // Each event its own key: nothing waits for another.
+            EventOrder::None => Arc::new(Event {
+                pos: event.pos,
+                id: event.id.clone(),
+                event_type: event.event_type.clone(),
+                key: event.id.clone(),
+                body: event.body.clone(),
+            }),
+        };
         let mut held: Option<Instant> = None;
         loop {
             let mut room = pin!(self.room.notified());
