@@ -91,6 +91,12 @@ pub enum Command {
         #[arg(long)]
         subscriber: String,
     },
+    /// Dead and pending deliveries of a running walhook (through its admin API, with
+    /// admin.token): list them, show one, replay dead ones.
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesAction,
+    },
     /// Run a receiver that verifies signatures and prints every webhook (for trying walhook out).
     Receive {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -98,5 +104,78 @@ pub enum Command {
         /// Signing secret(s), `whsec_...`.
         #[arg(long = "secret", env = "WALHOOK_RECEIVER_SECRET", required = true)]
         secrets: Vec<String>,
+    },
+}
+
+/// The config file of a command that talks to a running walhook.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    #[arg(
+        long,
+        short,
+        env = "WALHOOK_CONFIG",
+        default_value = "/etc/walhook/walhook.toml"
+    )]
+    pub config: PathBuf,
+}
+
+/// Which deliveries: every flag narrows the selection.
+#[derive(Debug, Default, clap::Args)]
+pub struct DeliveryFilter {
+    /// The subscriber's name.
+    #[arg(long)]
+    pub subscriber: Option<String>,
+    /// The event type, e.g. price.changed.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// The ordering key, e.g. 'public.prices|{"product_id":7,"currency":"EUR"}'.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Died (or, pending, spilled) at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// ... and before this time.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesAction {
+    /// List deliveries, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: DeliveryFilter,
+        /// dead (gave up) or pending (in the spill log).
+        #[arg(long, default_value = "dead")]
+        status: String,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one delivery: attempts, last error and body.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        subscriber: String,
+        /// The event id (webhook-id).
+        id: String,
+    },
+    /// Replay dead deliveries of one subscriber: one by id, those a filter selects, or
+    /// with --all every one. They go out again with their ids and bodies.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: DeliveryFilter,
+        /// The event id (webhook-id) of one delivery.
+        id: Option<String>,
+        /// Every dead delivery of the subscriber.
+        #[arg(long)]
+        all: bool,
     },
 }

@@ -83,6 +83,7 @@ fn main() {
                     }
                 }
             }
+            Command::Deliveries { action } => deliveries(action).await,
             Command::Ping { config, subscriber } => {
                 let config = match load(&config) {
                     Ok(c) => c,
@@ -125,4 +126,104 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+/// `walhook deliveries ...`: calls the running walhook's admin API and prints the answer.
+async fn deliveries(action: walhook::cli::DeliveriesAction) -> i32 {
+    use walhook::admin::client::{call, error_of, table};
+    use walhook::cli::DeliveriesAction;
+    let (config, method, path, body, json_out) = match action {
+        DeliveriesAction::List {
+            config,
+            filter,
+            status,
+            limit,
+            json,
+        } => {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("status", &status)
+                .append_pair("limit", &limit.to_string());
+            for (k, v) in [
+                ("subscriber", &filter.subscriber),
+                ("type", &filter.event_type),
+                ("key", &filter.key),
+                ("since", &filter.since),
+                ("until", &filter.until),
+            ] {
+                if let Some(v) = v {
+                    q.append_pair(k, v);
+                }
+            }
+            (config, "GET", format!("/deliveries?{}", q.finish()), None, json)
+        }
+        DeliveriesAction::Show {
+            config,
+            subscriber,
+            id,
+        } => {
+            let seg = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            (
+                config,
+                "GET",
+                format!("/deliveries/{}/{}", seg(&subscriber), seg(&id)),
+                None,
+                true,
+            )
+        }
+        DeliveriesAction::Replay {
+            config,
+            filter,
+            id,
+            all,
+        } => {
+            let Some(subscriber) = filter.subscriber else {
+                eprintln!("walhook: replay needs --subscriber NAME");
+                return 2;
+            };
+            let body = serde_json::json!({
+                "subscriber": subscriber, "id": id, "type": filter.event_type, "key": filter.key,
+                "since": filter.since, "until": filter.until, "all": all,
+            });
+            (
+                config,
+                "POST",
+                "/deliveries/replay".to_string(),
+                Some(body),
+                false,
+            )
+        }
+    };
+    let config = match load(&config.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match call(&config, method, &path, body.as_ref()).await {
+        Ok((200, answer)) => {
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+            } else if let Some(list) = answer["deliveries"].as_array() {
+                print!("{}", table(list));
+            } else {
+                let ids: Vec<&str> = answer["ids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "replayed {} deliveries{}{}",
+                    ids.len(),
+                    if ids.is_empty() { "" } else { ": " },
+                    ids.join(" ")
+                );
+            }
+            0
+        }
+        Ok((status, answer)) => {
+            eprintln!("walhook: {}", error_of(status, &answer));
+            1
+        }
+        Err(e) => {
+            eprintln!("walhook: {e}");
+            1
+        }
+    }
 }

@@ -142,6 +142,7 @@ pub async fn run(
             lanes: lanes.clone(),
             state: state.clone(),
             progress: progress.clone(),
+            token: config.admin.token.clone(),
         };
         tracker.spawn(admin::serve(listener, admin, lanes_cancel.clone()));
     }

@@ -1,5 +1,9 @@
 //! Admin HTTP server: `/healthz` (the process runs), `/readyz` (replication streaming and
-//! the state database reachable), `/metrics` (Prometheus text).
+//! the state database reachable), `/metrics` (Prometheus text), and with `admin.token`
+//! the deliveries API (`deliveries.rs`).
+
+pub mod client;
+mod deliveries;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,6 +26,8 @@ pub struct Admin {
     pub lanes: Vec<Arc<Lane>>,
     pub state: Arc<State>,
     pub progress: Arc<Progress>,
+    /// The deliveries API's bearer token; None turns that API off.
+    pub token: Option<String>,
 }
 
 pub fn router(admin: Admin) -> Router {
@@ -29,6 +35,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(deliveries::routes())
         .with_state(admin)
 }
 

@@ -115,6 +115,9 @@ pub struct AdminConfig {
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`); "" disables it.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Bearer token of the `/deliveries` API (and of `walhook deliveries`); without one
+    /// that API is off.
+    pub token: Option<String>,
 }
 
 // Not derived: without a [state] section the field defaults must hold too (a derived
@@ -132,6 +135,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            token: None,
         }
     }
 }
@@ -521,6 +525,14 @@ impl Config {
                     self.admin.listen
                 ),
             );
+        }
+        if let Some(token) = &self.admin.token {
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                bad(
+                    "admin.token".into(),
+                    "use at least 16 visible characters, e.g. the output of `openssl rand -hex 32` (usually \"${WALHOOK_ADMIN_TOKEN}\")".into(),
+                );
+            }
         }
         if self.events.is_empty() {
             bad(

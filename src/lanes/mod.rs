@@ -895,6 +895,35 @@ impl Lane {
         }
     }
 
+    /// Moves this subscriber's dead letters matching `filter` back into its spill log and
+    /// has the lane serve them: a hot or draining lane spills (its queued events follow
+    /// the replayed ones into the log), a lane spilling in chunks turns them into rows,
+    /// and the rows are served per key, oldest first, on the full retry schedule. Returns
+    /// the ids replayed.
+    pub async fn replay(
+        &self,
+        filter: &crate::state::deliveries::Filter,
+    ) -> Result<Vec<String>, crate::state::StateError> {
+        let _io = self.log_io.lock().await;
+        let ids = self.state.replay_dead(&self.name, filter).await?;
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let why = "dead letters replayed";
+        let mut inner = self.lock();
+        if inner.mode != Mode::Spill {
+            self.enter_spill(&mut inner, why);
+        }
+        if inner.chunked {
+            self.leave_chunks(&mut inner, why);
+        }
+        drop(inner);
+        tracing::info!(subscriber = %self.name, events = ids.len(), "dead letters replayed: served from the spill log");
+        self.wake_writer.notify_one();
+        self.wake_server.notify_one();
+        Ok(ids)
+    }
+
     /// Called when this process starts streaming the slot, before any event is handed
     /// over: from now on it owns the lane's log, which another process (one that held the
     /// slot while this one waited) may have filled. Chunks become rows, and a hot lane

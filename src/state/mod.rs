@@ -17,6 +17,8 @@ use tokio_postgres::Client;
 
 use crate::event::{Event, Pos};
 
+pub mod deliveries;
+
 /// Migrations, applied in order at start; the version is the index + 1.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/001_init.sql"),

@@ -31,6 +31,16 @@ pub struct Walhook {
 impl Walhook {
     /// Starts `walhook run` with this config text (an `[admin]` section is added).
     pub fn start(config: &str) -> Walhook {
+        Walhook::start_with_admin(config, "")
+    }
+
+    /// The config file walhook runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("walhook.toml")
+    }
+
+    /// As `start`, with these lines added to the `[admin]` section (e.g. a token).
+    pub fn start_with_admin(config: &str, admin_extra: &str) -> Walhook {
         let dir = tempfile::Builder::new()
             .prefix("walhook-run-")
             .tempdir()
@@ -42,7 +52,7 @@ impl Walhook {
             .unwrap()
             .port();
         let admin = format!("127.0.0.1:{port}");
-        let text = format!("{config}\n[admin]\nlisten = \"{admin}\"\n");
+        let text = format!("{config}\n[admin]\nlisten = \"{admin}\"\n{admin_extra}\n");
         std::fs::write(dir.join("walhook.toml"), text).unwrap();
         let mut w = Walhook {
             child: None,

@@ -1,0 +1,203 @@
+//! The deliveries API, behind `Authorization: Bearer <admin.token>`:
+//! - `GET /deliveries?status=dead|pending&subscriber=&type=&key=&id=&since=&until=&limit=`
+//!   lists deliveries, newest first (dead ones by default, at most 100 unless `limit`);
+//! - `GET /deliveries/{subscriber}/{id}` shows one, with its standard body;
+//! - `POST /deliveries/replay` with `{"subscriber": ..., "id"|"type"|"key"|"since"|"until": ...}`
+//!   (or `"all": true`) replays that subscriber's matching dead letters with their ids and
+//!   bodies.
+
+use axum::extract::{Path, Query, State as AxumState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Admin;
+use crate::state::deliveries::{Filter, Status};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 10_000;
+
+pub fn routes() -> Router<Admin> {
+    Router::new()
+        .route("/deliveries", get(list))
+        .route("/deliveries/replay", post(replay))
+        .route("/deliveries/:subscriber/:id", get(show))
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// None when the request carries the token; else the answer to give.
+fn refuse(a: &Admin, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &a.token else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "the deliveries API is off: set admin.token in the config",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return None;
+    }
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "send the admin token as `Authorization: Bearer <admin.token>`",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    Some(r)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<Status>,
+    subscriber: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    key: Option<String>,
+    id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(
+    AxumState(a): AxumState<Admin>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let filter = Filter {
+        subscriber: q.subscriber,
+        event_type: q.event_type,
+        key: q.key,
+        id: q.id,
+        since: q.since,
+        until: q.until,
+    };
+    if let Err(e) = filter.check() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    match a
+        .state
+        .deliveries(q.status.unwrap_or_default(), &filter, limit, false)
+        .await
+    {
+        Ok(d) => Json(json!({ "deliveries": d })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn show(
+    AxumState(a): AxumState<Admin>,
+    headers: HeaderMap,
+    Path((subscriber, id)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    let filter = Filter {
+        subscriber: Some(subscriber.clone()),
+        id: Some(id.clone()),
+        ..Filter::default()
+    };
+    for status in [Status::Dead, Status::Pending] {
+        match a.state.deliveries(status, &filter, 1, true).await {
+            Ok(mut d) if !d.is_empty() => return Json(d.remove(0)).into_response(),
+            Ok(_) => {}
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no dead or pending delivery {id} for subscriber {subscriber:?}"),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    subscriber: String,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    key: Option<String>,
+    id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    /// Every dead letter of the subscriber (required when no other filter is given).
+    #[serde(default)]
+    all: bool,
+}
+
+async fn replay(
+    AxumState(a): AxumState<Admin>,
+    headers: HeaderMap,
+    body: Result<Json<ReplayRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(lane) = a.lanes.iter().find(|l| l.name == req.subscriber) else {
+        let names: Vec<&str> = a.lanes.iter().map(|l| l.name.as_str()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no subscriber {:?} (there are: {})",
+                req.subscriber,
+                names.join(", ")
+            ),
+        );
+    };
+    let filter = Filter {
+        subscriber: Some(req.subscriber.clone()),
+        event_type: req.event_type,
+        key: req.key,
+        id: req.id,
+        since: req.since,
+        until: req.until,
+    };
+    if let Err(e) = filter.check() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let narrowed = filter.event_type.is_some()
+        || filter.key.is_some()
+        || filter.id.is_some()
+        || filter.since.is_some()
+        || filter.until.is_some();
+    if !narrowed && !req.all {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name what to replay (id, type, key, since, until) or send \"all\": true for every dead letter of the subscriber",
+        );
+    }
+    match lane.replay(&filter).await {
+        Ok(ids) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

@@ -1,0 +1,183 @@
+//! Dead and pending deliveries as operators see them: listed by subscriber, event type,
+//! key and time, shown one at a time with their body, and dead ones replayed (moved
+//! back into their subscriber's spill log with the same id, position and body).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{State, StateError};
+
+/// Which deliveries an operator asks for. Times are RFC 3339.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub subscriber: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub key: Option<String>,
+    pub id: Option<String>,
+    /// Died (dead) or spilled (pending) at or after this time.
+    pub since: Option<String>,
+    /// ... and before this one.
+    pub until: Option<String>,
+}
+
+impl Filter {
+    /// The first problem with the filter's values, if any.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, t) in [("since", &self.since), ("until", &self.until)] {
+            if let Some(t) = t {
+                humantime::parse_rfc3339_weak(t).map_err(|e| {
+                    format!("{name}: {t:?} is not a time ({e}); write it like 2026-11-23T10:00:00Z")
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Gave up: in `walhook.dead_letters`.
+    #[default]
+    Dead,
+    /// In the spill log, waiting for an attempt (`walhook.spill`; events spilled in
+    /// chunks are not listed one by one).
+    Pending,
+}
+
+/// One delivery as listed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Delivery {
+    pub status: Status,
+    pub subscriber: String,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub key: String,
+    pub attempts: i32,
+    /// The last error (a dead letter's reason).
+    pub error: Option<String>,
+    /// When it died, or when it was spilled.
+    pub at: String,
+    /// A pending delivery's next attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The standard body, when shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+const UTC: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+impl State {
+    /// Deliveries matching `filter`, newest first, at most `limit`; with `body`, each
+    /// with its standard body.
+    pub async fn deliveries(
+        &self,
+        status: Status,
+        filter: &Filter,
+        limit: i64,
+        body: bool,
+    ) -> Result<Vec<Delivery>, StateError> {
+        let sql = match status {
+            Status::Dead => format!(
+                "SELECT subscriber, event_id, event_type, ordering_key, attempts, reason,
+                        to_char(died_at AT TIME ZONE 'UTC', {UTC}), NULL::text,
+                        CASE WHEN $9 THEN body END
+                 FROM walhook.dead_letters
+                 WHERE slot = $1 AND ($2::text IS NULL OR subscriber = $2)
+                   AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
+                   AND ($5::text IS NULL OR event_id = $5)
+                   AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
+                 ORDER BY died_at DESC, lsn DESC, seq DESC LIMIT $8"
+            ),
+            Status::Pending => format!(
+                "SELECT subscriber, event_id, event_type, ordering_key, attempts, last_error,
+                        to_char(spilled_at AT TIME ZONE 'UTC', {UTC}),
+                        to_char(next_attempt_at AT TIME ZONE 'UTC', {UTC}),
+                        CASE WHEN $9 THEN body END
+                 FROM walhook.spill
+                 WHERE slot = $1 AND ($2::text IS NULL OR subscriber = $2)
+                   AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
+                   AND ($5::text IS NULL OR event_id = $5)
+                   AND ($6::timestamptz IS NULL OR spilled_at >= $6) AND ($7::timestamptz IS NULL OR spilled_at < $7)
+                 ORDER BY spilled_at DESC, lsn DESC, seq DESC LIMIT $8"
+            ),
+        };
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[
+                    &self.slot,
+                    &filter.subscriber,
+                    &filter.event_type,
+                    &filter.key,
+                    &filter.id,
+                    &filter.since.as_deref().map(timestamptz),
+                    &filter.until.as_deref().map(timestamptz),
+                    &limit,
+                    &body,
+                ],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Delivery {
+                status,
+                subscriber: r.get(0),
+                id: r.get(1),
+                event_type: r.get(2),
+                key: r.get(3),
+                attempts: r.get(4),
+                error: r.get(5),
+                at: r.get(6),
+                next_attempt_at: r.get(7),
+                body: r.get::<_, Option<Vec<u8>>>(8).map(|b| {
+                    serde_json::from_slice(&b)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned()))
+                }),
+            })
+            .collect())
+    }
+
+    /// Moves the dead letters of `subscriber` that match `filter` back into its spill
+    /// log, with their ids, positions and bodies and no attempts. Returns their ids.
+    pub async fn replay_dead(&self, subscriber: &str, filter: &Filter) -> Result<Vec<String>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "WITH moved AS (
+                   DELETE FROM walhook.dead_letters
+                   WHERE slot = $1 AND subscriber = $2
+                     AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
+                     AND ($5::text IS NULL OR event_id = $5)
+                     AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
+                   RETURNING lsn, seq, event_id, event_type, ordering_key, body)
+                 INSERT INTO walhook.spill (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
+                 SELECT $1, $2, lsn, seq, event_id, event_type, ordering_key, body FROM moved
+                 ON CONFLICT DO NOTHING
+                 RETURNING event_id",
+                &[
+                    &self.slot,
+                    &subscriber,
+                    &filter.event_type,
+                    &filter.key,
+                    &filter.id,
+                    &filter.since.as_deref().map(timestamptz),
+                    &filter.until.as_deref().map(timestamptz),
+                ],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+}
+
+/// An RFC 3339 time (checked by `Filter::check`) as a timestamp parameter.
+fn timestamptz(t: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339_weak(t).unwrap_or(std::time::UNIX_EPOCH)
+}

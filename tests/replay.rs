@@ -1,0 +1,200 @@
+//! Dead letters listed, shown and replayed through `walhook deliveries` and through the
+//! admin API: replayed deliveries go out with their original ids and bodies, each key in
+//! order, and the API refuses requests without the token.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
+const TOKEN: &str = "replay-test-token-0123456789";
+const POISON: i64 = 3;
+
+async fn api(
+    w: &Walhook,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{}{path}", w.admin);
+    let mut req = if method == "POST" {
+        client.post(url)
+    } else {
+        client.get(url)
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replay_with_their_ids_and_bodies() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let rx = Receiver::start().await;
+    rx.set_poison(POISON);
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber(
+            "shop",
+            &rx.url(),
+            "\"*\"",
+            "max_attempts = 2\nretry_initial = \"50ms\""
+        )
+    );
+    let w = Walhook::start_with_admin(&config, &format!("token = \"{TOKEN}\""));
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute("INSERT INTO stock SELECT g, 0 FROM generate_series(1, 5) g")
+        .await
+        .unwrap();
+    for round in 1..=3 {
+        db.batch_execute(&format!("UPDATE stock SET qty = {round}"))
+            .await
+            .unwrap();
+    }
+    // 16 of the 20 events arrive; the poisoned key's 4 die after 2 attempts each.
+    rx.wait_for(Duration::from_secs(30), "the healthy keys", |g| g.len() >= 16)
+        .await;
+    eventually(Duration::from_secs(30), "four dead letters", || async {
+        let (_, v) = api(&w, "GET", "/deliveries?subscriber=shop", Some(TOKEN), None).await;
+        v["deliveries"].as_array().is_some_and(|d| d.len() == 4)
+    })
+    .await;
+
+    // The API wants the token.
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let (status, v) = api(&w, "GET", "/deliveries", token, None).await;
+        assert_eq!(status, 401, "{v}");
+        let (status, _) = api(
+            &w,
+            "POST",
+            "/deliveries/replay",
+            token,
+            Some(serde_json::json!({"subscriber": "shop", "all": true})),
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    let (status, v) = api(
+        &w,
+        "POST",
+        "/deliveries/replay",
+        Some(TOKEN),
+        Some(serde_json::json!({"subscriber": "shop"})),
+    )
+    .await;
+    assert_eq!(status, 400, "replay without a filter or all: {v}");
+    let (status, v) = api(&w, "GET", "/deliveries?since=yesterday", Some(TOKEN), None).await;
+    assert_eq!(status, 400, "{v}");
+
+    // What failed, by id: the body each failed attempt carried.
+    let failed: BTreeMap<String, bytes::Bytes> = rx
+        .all()
+        .into_iter()
+        .filter(|r| r.status == 500)
+        .map(|r| (r.id.clone(), r.body.clone()))
+        .collect();
+    assert_eq!(failed.len(), 4);
+    let cfg = w.config_path();
+    let cfg = cfg.to_str().unwrap();
+
+    // The CLI lists and shows them.
+    let (code, out, err) = walhook_output(&["deliveries", "list", "--config", cfg, "--subscriber", "shop"]);
+    assert_eq!(code, 0, "{err}");
+    for id in failed.keys() {
+        assert!(out.contains(id.as_str()), "{out}");
+    }
+    assert!(out.contains("4 deliveries"), "{out}");
+    let first = failed.keys().next().unwrap().clone();
+    let (code, out, err) = walhook_output(&[
+        "deliveries",
+        "show",
+        "--config",
+        cfg,
+        "--subscriber",
+        "shop",
+        &first,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["attempts"], 2);
+    assert!(
+        shown["error"].as_str().unwrap().starts_with("HTTP 500"),
+        "{shown}"
+    );
+    let original: serde_json::Value = serde_json::from_slice(&failed[&first]).unwrap();
+    assert_eq!(shown["body"], original);
+
+    // The receiver is fixed; the CLI replays one by id ...
+    rx.set_poison(0);
+    let (code, out, err) = walhook_output(&[
+        "deliveries",
+        "replay",
+        "--config",
+        cfg,
+        "--subscriber",
+        "shop",
+        &first,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("replayed 1 deliveries: {first}")), "{out}");
+    rx.wait_for(Duration::from_secs(30), "the replayed delivery", |g| {
+        g.iter().any(|r| r.id == first)
+    })
+    .await;
+
+    // ... and the API the rest.
+    let (status, v) = api(
+        &w,
+        "POST",
+        "/deliveries/replay",
+        Some(TOKEN),
+        Some(serde_json::json!({"subscriber": "shop", "all": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["replayed"], 3);
+    let got = rx
+        .wait_for(Duration::from_secs(30), "every replayed delivery", |g| {
+            g.len() >= 20
+        })
+        .await;
+
+    // Same ids, same bytes, and the poisoned key's events in order.
+    for (id, body) in &failed {
+        let r = got.iter().find(|r| &r.id == id).expect("replayed");
+        assert_eq!(&r.body, body, "{id}: the body changed");
+        assert!(r.verifies(SECRET));
+    }
+    let qty: Vec<i64> = got
+        .iter()
+        .filter(|r| r.json()["data"]["key"]["product_id"] == POISON)
+        .map(|r| r.json()["data"]["new"]["qty"].as_i64().unwrap())
+        .collect();
+    assert_eq!(qty, vec![0, 1, 2, 3]);
+    let (_, v) = api(&w, "GET", "/deliveries?subscriber=shop", Some(TOKEN), None).await;
+    assert_eq!(v["deliveries"].as_array().map(Vec::len), Some(0), "{v}");
+    // The lane is hot again, and new changes flow.
+    eventually(Duration::from_secs(30), "the lane back to hot", || async {
+        w.metric("walhook_lane_spilling{subscriber=\"shop\"}").await == Some(0.0)
+    })
+    .await;
+    db.batch_execute("UPDATE stock SET qty = 4").await.unwrap();
+    rx.wait_for(Duration::from_secs(30), "new changes after the replay", |g| {
+        g.len() >= 25
+    })
+    .await;
+}
