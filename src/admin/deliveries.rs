@@ -196,8 +196,19 @@ async fn replay(
             "name what to replay (id, type, key, since, until) or send \"all\": true for every dead letter of the subscriber",
         );
     }
-    match lane.replay(&filter).await {
-        Ok(ids) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    if !a.progress.leading.load(std::sync::atomic::Ordering::Relaxed) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this walhook is a standby (it does not hold the slot): replay through the one that delivers",
+        );
+    }
+    // In a task of its own: a request dropped half-way must not leave the moved rows
+    // unserved.
+    let lane = lane.clone();
+    let replayed = tokio::spawn(async move { lane.replay(&filter).await }).await;
+    match replayed {
+        Ok(Ok(ids)) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

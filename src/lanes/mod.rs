@@ -905,9 +905,11 @@ impl Lane {
         filter: &crate::state::deliveries::Filter,
     ) -> Result<Vec<String>, crate::state::StateError> {
         let _io = self.log_io.lock().await;
-        let ids = self.state.replay_dead(&self.name, filter).await?;
-        if ids.is_empty() {
-            return Ok(ids);
+        let moved = self.state.replay_dead(&self.name, filter).await;
+        // On an error the statement may still have committed: the lane must look at
+        // its log either way.
+        if moved.as_ref().is_ok_and(Vec::is_empty) {
+            return moved;
         }
         let why = "dead letters replayed";
         let mut inner = self.lock();
@@ -918,10 +920,12 @@ impl Lane {
             self.leave_chunks(&mut inner, why);
         }
         drop(inner);
-        tracing::info!(subscriber = %self.name, events = ids.len(), "dead letters replayed: served from the spill log");
+        if let Ok(ids) = &moved {
+            tracing::info!(subscriber = %self.name, events = ids.len(), "dead letters replayed: served from the spill log");
+        }
         self.wake_writer.notify_one();
         self.wake_server.notify_one();
-        Ok(ids)
+        moved
     }
 
     /// Called when this process starts streaming the slot, before any event is handed
@@ -1049,7 +1053,13 @@ impl Lane {
     /// anything was attempted.
     async fn serve_round(&self, cancel: &CancellationToken) -> Result<bool, crate::state::StateError> {
         let limit = SPILL_ROUND.max(self.cfg.max_in_flight) as i64;
-        let heads = self.state.due_heads(&self.name, limit).await?;
+        let mut heads = self.state.due_heads(&self.name, limit).await?;
+        {
+            // A key with a hot delivery still in flight waits for it (only a replay puts
+            // rows of such a key in the log): one event per key at a time.
+            let inner = self.lock();
+            heads.retain(|h| !inner.queues.get(&h.key).is_some_and(|q| q.busy));
+        }
         if heads.is_empty() {
             return Ok(false);
         }

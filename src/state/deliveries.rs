@@ -151,17 +151,24 @@ impl State {
             .client()
             .await?
             .query(
-                "WITH moved AS (
-                   DELETE FROM walhook.dead_letters
+                // Inserted first, and only what was inserted leaves the dead letters: an
+                // event already in the log (the same position) keeps its dead letter.
+                "WITH picked AS (
+                   SELECT lsn, seq, event_id, event_type, ordering_key, body FROM walhook.dead_letters
                    WHERE slot = $1 AND subscriber = $2
                      AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
                      AND ($5::text IS NULL OR event_id = $5)
                      AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
-                   RETURNING lsn, seq, event_id, event_type, ordering_key, body)
-                 INSERT INTO walhook.spill (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
-                 SELECT $1, $2, lsn, seq, event_id, event_type, ordering_key, body FROM moved
-                 ON CONFLICT DO NOTHING
-                 RETURNING event_id",
+                   FOR UPDATE),
+                 moved AS (
+                   INSERT INTO walhook.spill (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
+                   SELECT $1, $2, lsn, seq, event_id, event_type, ordering_key, body FROM picked
+                   ON CONFLICT DO NOTHING
+                   RETURNING lsn, seq, event_id),
+                 gone AS (
+                   DELETE FROM walhook.dead_letters d USING moved m
+                   WHERE d.slot = $1 AND d.subscriber = $2 AND d.lsn = m.lsn AND d.seq = m.seq)
+                 SELECT event_id FROM moved ORDER BY lsn, seq",
                 &[
                     &self.slot,
                     &subscriber,
