@@ -79,6 +79,7 @@ async fn a_rate_limit_paces_one_subscriber_only_and_rotating_secrets_all_sign() 
         assert!(r.verifies(CURRENT) && r.verifies(NEXT), "{}", r.signature);
         assert!(!r.verifies(OLD), "the expired secret still signs");
     }
+    assert_no_secrets(&w.log(), &[OLD, CURRENT, NEXT, SECRET]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,4 +197,6 @@ async fn dead_letters_replay_with_their_ids_and_bodies() {
         g.len() >= 25
     })
     .await;
+    // Failures, dead letters, replays and API calls logged at debug: no secret, no token.
+    assert_no_secrets(&w.log(), &[SECRET, TOKEN]);
 }

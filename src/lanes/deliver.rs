@@ -86,6 +86,7 @@ impl Target {
                 max_idle: sub.max_in_flight,
                 idle_timeout: Duration::from_secs(60),
                 roots: None,
+                allow_private: sub.allow_private_targets,
             },
         )?;
         let secrets = sub

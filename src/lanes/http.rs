@@ -69,6 +69,10 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Trusted roots for https (the Mozilla set when None).
     pub roots: Option<rustls::RootCertStore>,
+    /// Connect to loopback, private, link-local and CGNAT addresses. Checked on every
+    /// connection, after resolving the host anew, so a name whose DNS answer changes to
+    /// such an address (DNS rebinding) is not reached.
+    pub allow_private: bool,
 }
 
 /// One subscriber's client: a fixed origin and path, pooled connections.
@@ -245,6 +249,15 @@ impl Client {
                 .map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
             let mut last = format!("{} resolves to no address", self.host);
             for addr in addrs {
+                if !self.opts.allow_private && super::target::is_private(addr.ip()) {
+                    last = format!(
+                        "{} now resolves to {}, a loopback, private or link-local address: refused \
+                         (set allow_private_targets = true if that is intended)",
+                        self.host,
+                        addr.ip()
+                    );
+                    continue;
+                }
                 match TcpStream::connect(addr).await {
                     Ok(tcp) => {
                         let _ = tcp.set_nodelay(true);

@@ -263,3 +263,12 @@ pub fn qty_sequences(got: &[Received]) -> std::collections::BTreeMap<i64, Vec<i6
     }
     out
 }
+
+/// Panics when the log holds any of these secrets, or the key part of a `whsec_` one.
+pub fn assert_no_secrets(log: &str, secrets: &[&str]) {
+    for s in secrets {
+        let key = s.strip_prefix("whsec_").unwrap_or(s);
+        assert!(!log.contains(key), "a secret is in the log: {key}");
+    }
+    assert!(!log.is_empty(), "no log to check");
+}

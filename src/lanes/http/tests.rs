@@ -138,6 +138,7 @@ fn opts(timeout: Duration) -> Options {
         max_idle: 4,
         idle_timeout: Duration::from_secs(60),
         roots: None,
+        allow_private: true,
     }
 }
 
@@ -446,4 +447,32 @@ fn retry_after_is_seconds_or_an_http_date() {
         assert_eq!(parse_retry_after(bad, now), None, "{bad}");
     }
     assert!(parse_retry_after("99999999999999999999999", now).is_some());
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_at_every_connection_unless_allowed() {
+    let server = Scripted::start(vec![Answer::Keep(OK_HELLO)], None).await;
+    // "localhost" resolves to loopback now, whatever it resolved to when walhook started.
+    for host in ["localhost", "127.0.0.1"] {
+        let url = server.url("http", host);
+        let strict = Client::new(
+            &url,
+            &[],
+            Options {
+                allow_private: false,
+                ..opts(Duration::from_secs(2))
+            },
+        )
+        .unwrap();
+        match strict.post(&[], b"{}").await {
+            Err(Error::Connect(e)) => assert!(e.contains("private") && e.contains("refused"), "{e}"),
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+    assert_eq!(server.accepted(), 0, "no connection was made");
+    let resp = client(&server.url("http", "localhost"))
+        .post(&[], b"{}")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
 }
