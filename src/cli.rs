@@ -97,6 +97,12 @@ pub enum Command {
         #[command(subcommand)]
         action: DeliveriesAction,
     },
+    /// Subscribers of a running walhook (through its admin API, with admin.token): list
+    /// them with their status, pause one, resume a paused or disabled one.
+    Subscribers {
+        #[command(subcommand)]
+        action: SubscribersAction,
+    },
     /// Run a receiver that verifies signatures and prints every webhook (for trying walhook out).
     Receive {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -177,5 +183,31 @@ pub enum DeliveriesAction {
         /// Every dead delivery of the subscriber.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscribersAction {
+    /// Every subscriber with its status (active, paused, disabled) and why.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Stop sending to a subscriber; its events wait in the spill log.
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The subscriber's name.
+        name: String,
+        /// Why (shown by list).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Send again to a paused or disabled subscriber, from where it stopped, in order.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The subscriber's name.
+        name: String,
     },
 }

@@ -84,6 +84,7 @@ fn main() {
                 }
             }
             Command::Deliveries { action } => deliveries(action).await,
+            Command::Subscribers { action } => subscribers(action).await,
             Command::Ping { config, subscriber } => {
                 let config = match load(&config) {
                     Ok(c) => c,
@@ -214,6 +215,65 @@ async fn deliveries(action: walhook::cli::DeliveriesAction) -> i32 {
                     if ids.is_empty() { "" } else { ": " },
                     ids.join(" ")
                 );
+            }
+            0
+        }
+        Ok((status, answer)) => {
+            eprintln!("walhook: {}", error_of(status, &answer));
+            1
+        }
+        Err(e) => {
+            eprintln!("walhook: {e}");
+            1
+        }
+    }
+}
+
+/// `walhook subscribers ...`: calls the running walhook's admin API and prints the answer.
+async fn subscribers(action: walhook::cli::SubscribersAction) -> i32 {
+    use walhook::admin::client::{call, error_of};
+    use walhook::cli::SubscribersAction;
+    let seg = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let (config, method, path, body) = match action {
+        SubscribersAction::List { config } => (config, "GET", "/subscribers".to_string(), None),
+        SubscribersAction::Pause { config, name, reason } => (
+            config,
+            "POST",
+            format!("/subscribers/{}/pause", seg(&name)),
+            Some(
+                serde_json::json!({ "reason": reason.unwrap_or_else(|| "paused with walhook subscribers pause".into()) }),
+            ),
+        ),
+        SubscribersAction::Resume { config, name } => (
+            config,
+            "POST",
+            format!("/subscribers/{}/resume", seg(&name)),
+            None,
+        ),
+    };
+    let config = match load(&config.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match call(&config, method, &path, body.as_ref()).await {
+        Ok((200, answer)) => {
+            match answer["subscribers"].as_array() {
+                Some(list) => {
+                    for s in list {
+                        let get = |k: &str| s[k].as_str().unwrap_or("").to_string();
+                        let why = if get("status") == "active" {
+                            String::new()
+                        } else {
+                            format!(" since {}: {}", get("since"), get("reason"))
+                        };
+                        println!("{:<20} {:<9} {:<9}{why}", get("name"), get("status"), get("mode"));
+                    }
+                }
+                None => println!(
+                    "{}: {}",
+                    answer["name"].as_str().unwrap_or(""),
+                    answer["status"].as_str().unwrap_or("")
+                ),
             }
             0
         }

@@ -11,6 +11,7 @@ pub const DELIVERIES: &str = "walhook_deliveries_total";
 pub const DELIVERY_SECONDS: &str = "walhook_delivery_duration_seconds";
 pub const LANE_SPILLING: &str = "walhook_lane_spilling";
 pub const LANE_DOWN: &str = "walhook_lane_down";
+pub const SUBSCRIBER_STOPPED: &str = "walhook_subscriber_stopped";
 pub const LANE_BACKLOG: &str = "walhook_lane_backlog_events";
 pub const SPILL_ROWS: &str = "walhook_spill_rows_written_total";
 pub const LANE_HELD: &str = "walhook_lane_held_seconds_total";
@@ -52,6 +53,8 @@ pub struct LaneMetrics {
     pub held_micros: Counter,
     /// The subscriber seems down: probed one attempt at a time.
     pub down: std::sync::atomic::AtomicBool,
+    /// The subscriber is paused or disabled: nothing is sent to it.
+    pub stopped: std::sync::atomic::AtomicBool,
     buckets: [Counter; LATENCY_BUCKETS.len()],
     count: Counter,
     sum_micros: Counter,
@@ -236,6 +239,21 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
     for l in lanes {
         let down = l.metrics.down.load(std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(out, "{LANE_DOWN}{{subscriber=\"{}\"}} {}", l.name, u8::from(down));
+    }
+    head(
+        &mut out,
+        SUBSCRIBER_STOPPED,
+        "gauge",
+        "1 while the subscriber is paused or disabled: its events wait in the spill log.",
+    );
+    for l in lanes {
+        let stopped = l.metrics.stopped.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{SUBSCRIBER_STOPPED}{{subscriber=\"{}\"}} {}",
+            l.name,
+            u8::from(stopped)
+        );
     }
     head(
         &mut out,

@@ -112,6 +112,10 @@ pub async fn run(
         tracing::warn!("--no-delivery: events are decoded and mapped, then dropped; nothing is sent");
     }
     let database = config.database_name();
+    let stops = state
+        .stops()
+        .await
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
     for (i, sub) in config.subscribers.iter().enumerate().filter(|_| !no_delivery) {
         let (backlog, _) = state
             .backlog(&sub.name)
@@ -122,6 +126,9 @@ pub async fn run(
             .map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
         if backlog {
             tracing::info!(subscriber = %sub.name, "spill log has events: lane resumes in spill mode");
+        }
+        if let Some(stop) = stops.get(&sub.name) {
+            lane.restore_stop(stop.clone());
         }
         lane.spawn(&tracker, &lanes_cancel);
         lanes.push(lane);

@@ -4,7 +4,11 @@
 //! - `GET /deliveries/{subscriber}/{id}` shows one, with its standard body;
 //! - `POST /deliveries/replay` with `{"subscriber": ..., "id"|"type"|"key"|"since"|"until": ...}`
 //!   (or `"all": true`) replays that subscriber's matching dead letters with their ids and
-//!   bodies.
+//!   bodies;
+//! - `GET /subscribers` lists the subscribers with their status (active, paused,
+//!   disabled), reason, lane mode and backlog;
+//! - `POST /subscribers/{name}/pause` (optional `{"reason": ...}`) and
+//!   `POST /subscribers/{name}/resume` stop and restart a subscriber's deliveries.
 
 use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -25,6 +29,89 @@ pub fn routes() -> Router<Admin> {
         .route("/deliveries", get(list))
         .route("/deliveries/replay", post(replay))
         .route("/deliveries/:subscriber/:id", get(show))
+        .route("/subscribers", get(subscribers))
+        .route("/subscribers/:name/:action", post(pause_or_resume))
+}
+
+async fn subscribers(AxumState(a): AxumState<Admin>, headers: HeaderMap) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    let list: Vec<serde_json::Value> = a
+        .lanes
+        .iter()
+        .map(|l| {
+            let stop = l.stop_info();
+            json!({
+                "name": l.name,
+                "status": stop.as_ref().map_or("active", |s| s.status.as_str()),
+                "reason": stop.as_ref().map(|s| s.reason.clone()),
+                "since": stop.as_ref().map(|s| s.since.clone()),
+                "mode": format!("{:?}", l.mode()).to_lowercase(),
+                "backlog_in_memory": l.backlog(),
+            })
+        })
+        .collect();
+    Json(json!({ "subscribers": list })).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseRequest {
+    reason: Option<String>,
+}
+
+async fn pause_or_resume(
+    AxumState(a): AxumState<Admin>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    let Some(lane) = a.lanes.iter().find(|l| l.name == name) else {
+        let names: Vec<&str> = a.lanes.iter().map(|l| l.name.as_str()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no subscriber {name:?} (there are: {})", names.join(", ")),
+        );
+    };
+    let lane = lane.clone();
+    let result = match action.as_str() {
+        "pause" => {
+            let req: PauseRequest = if body.is_empty() {
+                PauseRequest::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a pause request: {e}")),
+                }
+            };
+            let reason = req
+                .reason
+                .unwrap_or_else(|| "paused through the admin API".into());
+            tokio::spawn(async move { lane.pause(&reason).await.map(|_| ()) }).await
+        }
+        "resume" => tokio::spawn(async move { lane.resume().await.map(|_| ()) }).await,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?}: use pause or resume"),
+            )
+        }
+    };
+    match result {
+        Ok(Ok(())) => {
+            let l = a.lanes.iter().find(|l| l.name == name);
+            let status = l
+                .and_then(|l| l.stop_info())
+                .map_or("active", |s| s.status.as_str());
+            Json(json!({ "name": name, "status": status })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {

@@ -27,6 +27,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
 pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// One problem in a configuration, with the key path it concerns.
@@ -290,6 +291,11 @@ pub struct Subscriber {
     /// Whether events of one key reach this subscriber in order.
     #[serde(default)]
     pub ordering: EventOrder,
+    /// Circuit breaker: a subscriber failing this long without a success is disabled.
+    #[serde(default = "default_disable_after", with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// ... or after this many failed attempts in a row (none: no such limit).
+    pub disable_after_attempts: Option<u32>,
 }
 
 /// How a subscriber's events are ordered.
@@ -400,6 +406,9 @@ fn default_spill_after() -> Duration {
 }
 fn default_max_buffered() -> usize {
     DEFAULT_MAX_BUFFERED
+}
+fn default_disable_after() -> Duration {
+    DEFAULT_DISABLE_AFTER
 }
 fn default_retry_after_max() -> Duration {
     DEFAULT_RETRY_AFTER_MAX
@@ -767,7 +776,17 @@ impl Config {
             for (key, message) in crate::lanes::retry::check(sub) {
                 bad(p(&key), message);
             }
-            for (k, d) in [("timeout", sub.timeout), ("spill_after", sub.spill_after)] {
+            if sub.disable_after_attempts == Some(0) {
+                bad(
+                    p("disable_after_attempts"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                );
+            }
+            for (k, d) in [
+                ("timeout", sub.timeout),
+                ("spill_after", sub.spill_after),
+                ("disable_after", sub.disable_after),
+            ] {
                 if d.is_zero() {
                     bad(p(k), "must be above 0".into());
                 }

@@ -17,6 +17,16 @@ pub enum Attempt {
     Failed(Failure),
 }
 
+impl Attempt {
+    /// The failure, when it failed.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Attempt::Delivered => None,
+            Attempt::Failed(f) => Some(f),
+        }
+    }
+}
+
 /// A failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

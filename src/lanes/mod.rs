@@ -35,6 +35,7 @@ pub mod http;
 pub mod limit;
 pub mod retry;
 pub mod sign;
+mod stop;
 pub mod target;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -330,6 +331,12 @@ pub struct Lane {
     /// from chunks to rows, so each sees the log and the mirror agree.
     log_io: tokio::sync::Mutex<()>,
     pub metrics: LaneMetrics,
+    /// Paused or disabled (see `stop.rs`), and a flag mirroring it for quick checks.
+    stop: Mutex<Option<crate::state::subscribers::Stop>>,
+    stopped: AtomicBool,
+    /// A disable not yet recorded in the state database.
+    stop_dirty: AtomicBool,
+    breaker: Mutex<stop::Breaker>,
 }
 
 impl Lane {
@@ -372,6 +379,10 @@ impl Lane {
             failing: AtomicBool::new(false),
             log_io: tokio::sync::Mutex::new(()),
             metrics: LaneMetrics::default(),
+            stop: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+            stop_dirty: AtomicBool::new(false),
+            breaker: Mutex::new(stop::Breaker::default()),
         }))
     }
 
@@ -581,6 +592,9 @@ impl Lane {
         loop {
             {
                 let mut inner = self.lock();
+                if inner.mode != Mode::Spill && self.is_stopped() {
+                    self.enter_spill(&mut inner, "the subscriber is paused or disabled");
+                }
                 if inner.mode != Mode::Spill {
                     if let Some(arrived) = inner.pending.values().next() {
                         if arrived.elapsed() > self.cfg.spill_after {
@@ -611,7 +625,9 @@ impl Lane {
             let event = {
                 let mut woken = pin!(self.wake_workers.notified());
                 woken.as_mut().enable();
-                let next = {
+                let next = if self.is_stopped() {
+                    None
+                } else {
                     let mut inner = self.lock();
                     next_hot(&mut inner)
                 };
@@ -638,6 +654,7 @@ impl Lane {
             attempts += 1;
             let (result, took) = self.target.send(&event.id, &event.body).await;
             self.metrics.observe(took.as_secs_f64());
+            self.count_outcome(result.failure());
             let failure = match result {
                 Attempt::Delivered => {
                     self.failing.store(false, Ordering::Relaxed);
@@ -665,7 +682,7 @@ impl Lane {
             // as the lane spills.
             let until = Instant::now() + wait;
             loop {
-                if self.mode() == Mode::Spill || cancel.is_cancelled() {
+                if self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled() {
                     break;
                 }
                 let left = until.saturating_duration_since(Instant::now());
@@ -674,7 +691,7 @@ impl Lane {
                 }
                 tokio::time::sleep(TICK.min(left)).await;
             }
-            if self.mode() == Mode::Spill || cancel.is_cancelled() {
+            if self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled() {
                 break HotOutcome::Again(attempts, until.saturating_duration_since(Instant::now()));
             }
         };
@@ -971,6 +988,7 @@ impl Lane {
             }
         }
         loop {
+            self.persist_stop(&cancel).await;
             let mut woken = pin!(self.wake_server.notified());
             woken.as_mut().enable();
             let (mode, writes, chunked) = {
@@ -1014,6 +1032,10 @@ impl Lane {
     /// Nothing was due: moves towards hot mode when the log is empty. Returns how long to
     /// wait before looking again.
     async fn after_idle_round(&self, writes_before: u64) -> Duration {
+        if self.is_stopped() {
+            // Stays spilled: nothing is served, so the log does not drain.
+            return SPILL_POLL;
+        }
         match self.state.backlog(&self.name).await {
             Ok((false, _)) => {
                 let mut inner = self.lock();
@@ -1052,6 +1074,9 @@ impl Lane {
     /// `max_in_flight` at a time), record the outcomes in one statement. Returns whether
     /// anything was attempted.
     async fn serve_round(&self, cancel: &CancellationToken) -> Result<bool, crate::state::StateError> {
+        if self.is_stopped() {
+            return Ok(false);
+        }
         let limit = SPILL_ROUND.max(self.cfg.max_in_flight) as i64;
         let mut heads = self.state.due_heads(&self.name, limit).await?;
         {
@@ -1121,6 +1146,7 @@ impl Lane {
                 }
                 let stop = !chunked || ended || starved_out || error.is_some() || cancel.is_cancelled();
                 let (limit, probe_at) = match m.outage {
+                    _ if self.is_stopped() => (0, None),
                     Some((_, at)) if at > now => (0, Some(at)),
                     Some(_) => (1, None),
                     None => (self.cfg.max_in_flight, None),
@@ -1132,6 +1158,7 @@ impl Lane {
                         let (event, before) = (h.event.clone(), h.attempts);
                         inflight.push(async move {
                             let (result, took) = self.target.send(&event.id, &event.body).await;
+                            self.count_outcome(result.failure());
                             (event, before, probe, result, took)
                         });
                     }
@@ -1392,6 +1419,7 @@ impl Lane {
     /// One attempt of a spilled event, and what it means for its row.
     async fn attempt_spilled(&self, h: crate::state::Spilled) -> (Pos, SpillOutcome) {
         let (result, took) = self.target.send(&h.id, &h.body).await;
+        self.count_outcome(result.failure());
         self.metrics.observe(took.as_secs_f64());
         (h.pos, self.spill_outcome(&h.id, h.attempts, result))
     }

@@ -7,7 +7,8 @@
 //! `retry_max`, `max_attempts` in all). Every delay gets ±25% jitter, so retries of
 //! many events do not arrive together. A `Retry-After` on a 429 or 503 answer is
 //! honoured (never retried sooner), clamped to `retry_after_max`. Statuses listed in
-//! `final_statuses`, and 410 Gone, end an event at once.
+//! `final_statuses` end an event at once. (410 Gone is not final: it disables the whole
+//! subscriber, and the event waits with the others until it is resumed.)
 
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub enum Verdict {
 pub enum DeadWhy {
     /// Every attempt the policy allows failed.
     Exhausted,
-    /// The subscriber answered a status that ends the event (`final_statuses`, 410).
+    /// The subscriber answered a status that ends the event (`final_statuses`).
     Final(u16),
 }
 
@@ -108,10 +109,12 @@ pub fn check(sub: &Subscriber) -> Vec<(String, String)> {
         out.push(("retry_after_max".into(), "must not be longer than 7 days".into()));
     }
     for (i, s) in sub.final_statuses.iter().enumerate() {
-        if !(400..500).contains(s) || *s == 408 || *s == 429 {
+        if !(400..500).contains(s) || *s == 408 || *s == 429 || *s == 410 {
             out.push((
                 format!("final_statuses[{i}]"),
-                format!("{s} cannot be final: list 4xx statuses other than 408 and 429 (410 always is)"),
+                format!(
+                    "{s} cannot be final: list 4xx statuses other than 408, 429 and 410 (410 Gone disables the subscriber)"
+                ),
             ));
         }
     }
@@ -167,7 +170,7 @@ impl Policy {
         status: Option<u16>,
         retry_after: Option<Duration>,
     ) -> Verdict {
-        if let Some(s) = status.filter(|s| *s == 410 || self.final_statuses.contains(s)) {
+        if let Some(s) = status.filter(|s| self.final_statuses.contains(s)) {
             return Verdict::Dead(DeadWhy::Final(s));
         }
         if attempts >= self.max_attempts() {
@@ -315,15 +318,16 @@ mod tests {
     }
 
     #[test]
-    fn final_statuses_and_410_end_an_event() {
+    fn final_statuses_end_an_event() {
         let p = Policy::new(&sub("final_statuses = [400, 422]"));
-        for s in [400, 422, 410] {
+        for s in [400, 422] {
             assert_eq!(
                 p.after_failure(1, Some(s), None),
                 Verdict::Dead(DeadWhy::Final(s))
             );
         }
-        for s in [401, 404, 500] {
+        // 410 disables the subscriber (the lane's business): the event itself waits.
+        for s in [401, 404, 410, 500] {
             assert!(p.after_failure(1, Some(s), None).is_retry(), "{s}");
         }
     }
@@ -351,8 +355,8 @@ mod tests {
         );
         assert_eq!(keys("retry_schedule = [\"8d\"]"), ["retry_schedule[0]"]);
         assert_eq!(
-            keys("final_statuses = [500, 404, 429]"),
-            ["final_statuses[0]", "final_statuses[2]"]
+            keys("final_statuses = [500, 404, 429, 410]"),
+            ["final_statuses[0]", "final_statuses[2]", "final_statuses[3]"]
         );
         assert_eq!(keys("retry_initial = \"10s\"\nretry_max = \"1s\""), ["retry_max"]);
         assert_eq!(keys("max_attempts = 0"), ["max_attempts"]);

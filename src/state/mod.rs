@@ -18,11 +18,13 @@ use tokio_postgres::Client;
 use crate::event::{Event, Pos};
 
 pub mod deliveries;
+pub mod subscribers;
 
 /// Migrations, applied in order at start; the version is the index + 1.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/001_init.sql"),
     include_str!("../../sql/002_spill_chunks.sql"),
+    include_str!("../../sql/003_subscribers.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,237 @@
+//! Stopped subscribers: 410 Gone disables a subscriber, and so does the circuit breaker;
+//! an operator pauses and resumes one. A stopped subscriber gets nothing, its events are
+//! kept (the slot moves on), the stop survives a SIGKILL, and after a resume everything
+//! arrives, each key in order.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
+const TOKEN: &str = "lifecycle-test-token-0123456789";
+const KEYS: i64 = 5;
+
+async fn api(
+    w: &Walhook,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{}{path}", w.admin);
+    let mut req = if method == "POST" {
+        client.post(url)
+    } else {
+        client.get(url)
+    };
+    req = req.bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// The status and reason the API gives for `name`.
+async fn status(w: &Walhook, name: &str) -> (String, String) {
+    let (_, v) = api(w, "GET", "/subscribers", None).await;
+    let s = v["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+        .clone();
+    (
+        s["status"].as_str().unwrap().to_string(),
+        s["reason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+async fn rounds(
+    db: &tokio_postgres::Client,
+    range: std::ops::Range<i64>,
+    written: &mut BTreeMap<i64, Vec<i64>>,
+) {
+    for round in range {
+        db.batch_execute(&format!("UPDATE stock SET qty = {round}"))
+            .await
+            .unwrap();
+        for k in 1..=KEYS {
+            written.entry(k).or_default().push(round);
+        }
+    }
+}
+
+async fn setup(
+    extra: &str,
+) -> (
+    PgCluster,
+    Receiver,
+    Walhook,
+    tokio_postgres::Client,
+    BTreeMap<i64, Vec<i64>>,
+) {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber(
+            "s",
+            &rx.url(),
+            "\"*\"",
+            &format!("retry_initial = \"50ms\"\nretry_max = \"100ms\"\n{extra}")
+        )
+    );
+    let w = Walhook::start_with_admin(&config, &format!("token = \"{TOKEN}\""));
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute(&format!(
+        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {KEYS}) g"
+    ))
+    .await
+    .unwrap();
+    let written = (1..=KEYS).map(|k| (k, vec![0])).collect();
+    (pg, rx, w, db, written)
+}
+
+async fn stopped(w: &Walhook) {
+    eventually(Duration::from_secs(20), "the subscriber stopped", || async {
+        w.metric("walhook_subscriber_stopped{subscriber=\"s\"}").await == Some(1.0)
+    })
+    .await;
+}
+
+/// Asserts the receiver gets no request for `quiet`.
+async fn nothing_sent(rx: &Receiver, quiet: Duration, what: &str) {
+    let before = rx.all().len();
+    tokio::time::sleep(quiet).await;
+    assert_eq!(
+        rx.all().len(),
+        before,
+        "{what}: requests were sent to a stopped subscriber"
+    );
+}
+
+/// The slot reaches the current WAL position: what waits for the subscriber is durable.
+async fn slot_moves_on(db: &tokio_postgres::Client) {
+    let row = db
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+        .await
+        .unwrap();
+    let end = row.get::<_, i64>(0) as u64;
+    eventually(
+        Duration::from_secs(20),
+        "the slot past the stopped subscriber's events",
+        || async { confirmed_flush(db, "shop").await >= end },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_subscriber_across_a_restart_until_it_is_resumed() {
+    let (_pg, rx, mut w, db, mut written) = setup("").await;
+    rx.set_status(410);
+    rounds(&db, 1..3, &mut written).await;
+    stopped(&w).await;
+    let (st, reason) = status(&w, "s").await;
+    assert_eq!(st, "disabled");
+    assert!(reason.contains("410 Gone"), "{reason}");
+    nothing_sent(&rx, Duration::from_millis(1500), "disabled").await;
+    rounds(&db, 3..5, &mut written).await;
+    slot_moves_on(&db).await;
+    assert!(w.log().contains("subscriber disabled"), "{}", w.log());
+
+    // The stop holds across a SIGKILL.
+    w.sigkill();
+    w.restart();
+    w.wait_ready().await;
+    stopped(&w).await;
+    assert_eq!(status(&w, "s").await.0, "disabled");
+    nothing_sent(&rx, Duration::from_millis(1500), "disabled after a restart").await;
+
+    // Resumed with the CLI: everything arrives, each key in order.
+    rx.set_status(204);
+    let cfg = w.config_path();
+    let (code, out, err) = walhook_output(&["subscribers", "resume", "--config", cfg.to_str().unwrap(), "s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("s: active"), "{out}");
+    let total: usize = written.values().map(Vec::len).sum();
+    let got = rx
+        .wait_for(Duration::from_secs(30), "everything after the resume", |g| {
+            g.iter()
+                .map(|r| &r.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= total
+        })
+        .await;
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    assert_eq!(
+        w.metric("walhook_subscriber_stopped{subscriber=\"s\"}").await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_disables_and_an_operator_pauses_and_resumes() {
+    let (_pg, rx, w, db, mut written) = setup("disable_after_attempts = 5").await;
+    rx.set_status(500);
+    rounds(&db, 1..3, &mut written).await;
+    stopped(&w).await;
+    let (st, reason) = status(&w, "s").await;
+    assert_eq!(st, "disabled");
+    assert!(reason.contains("attempts in a row"), "{reason}");
+    let failed = rx.all().len();
+    // Five failures trip it; attempts already in flight may add a few.
+    assert!((5..=5 + 16).contains(&failed), "{failed} requests");
+    nothing_sent(&rx, Duration::from_millis(1500), "disabled").await;
+
+    // The receiver is fixed and the subscriber resumed through the API.
+    rx.set_status(204);
+    let (code, v) = api(&w, "POST", "/subscribers/s/resume", None).await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("active")), "{v}");
+    let n: usize = written.values().map(Vec::len).sum();
+    rx.wait_for(Duration::from_secs(30), "the backlog", |g| g.len() >= n)
+        .await;
+
+    // Paused by an operator: nothing is sent, the slot moves on; resumed, all arrives.
+    let (code, v) = api(
+        &w,
+        "POST",
+        "/subscribers/s/pause",
+        Some(serde_json::json!({"reason": "receiver maintenance"})),
+    )
+    .await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("paused")), "{v}");
+    assert_eq!(
+        status(&w, "s").await,
+        ("paused".to_string(), "receiver maintenance".to_string())
+    );
+    let before = rx.delivered().len();
+    rounds(&db, 3..6, &mut written).await;
+    slot_moves_on(&db).await;
+    nothing_sent(&rx, Duration::from_millis(1000), "paused").await;
+    assert_eq!(rx.delivered().len(), before);
+    let (code, _) = api(&w, "POST", "/subscribers/s/resume", None).await;
+    assert_eq!(code, 200);
+    let total: usize = written.values().map(Vec::len).sum();
+    let got = rx
+        .wait_for(Duration::from_secs(30), "everything after the pause", |g| {
+            g.iter()
+                .map(|r| &r.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= total
+        })
+        .await;
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    let (code, _) = api(&w, "POST", "/subscribers/nope/pause", None).await;
+    assert_eq!(code, 404);
+}
