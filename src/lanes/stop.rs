@@ -35,13 +35,11 @@ impl Lane {
     }
 
     /// Stops delivery now (the age watch moves a hot lane to spill mode within a tick).
-    /// A pause is not turned into a disable. Returns whether anything changed.
+    /// A stopped subscriber stays stopped as it is (attempts in flight that fail too do
+    /// not restate it); `pause` clears a disable first. Returns whether it stopped now.
     fn halt(&self, stop: Stop) -> bool {
         let mut current = self.stop.lock().unwrap_or_else(|p| p.into_inner());
-        if current
-            .as_ref()
-            .is_some_and(|c| c.status == StopKind::Paused || *c == stop)
-        {
+        if current.is_some() {
             return false;
         }
         match stop.status {
