@@ -153,6 +153,12 @@ pub async fn run(
         };
         tracker.spawn(admin::serve(listener, admin, lanes_cancel.clone()));
     }
+    tracker.spawn(prune(
+        state.clone(),
+        config.state.dead_letter_retention,
+        config.state.prune_interval,
+        lanes_cancel.clone(),
+    ));
     tracker.spawn(watermarks(
         lanes.clone(),
         state.clone(),
@@ -253,6 +259,22 @@ async fn watermarks(
         match state.save_watermarks(&marks).await {
             Ok(()) => last = marks,
             Err(e) => tracing::warn!(error = %e, "cannot save lane watermarks; will retry"),
+        }
+    }
+}
+
+/// Deletes dead letters older than `retention`, at start and every `every`.
+async fn prune(state: Arc<State>, retention: Duration, every: Duration, cancel: CancellationToken) {
+    loop {
+        match state.prune_dead(retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, retention = %humantime::format_duration(retention),
+                "old dead letters deleted (state.dead_letter_retention)"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete old dead letters; will retry"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

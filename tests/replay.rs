@@ -200,3 +200,47 @@ async fn dead_letters_replay_with_their_ids_and_bodies() {
     // Failures, dead letters, replays and API calls logged at debug: no secret, no token.
     assert_no_secrets(&w.log(), &[SECRET, TOKEN]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_past_their_retention_are_deleted() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[state]\ndead_letter_retention = \"30d\"\nprune_interval = \"1s\"\n\
+         [[events]]\ntable = \"stock\"\n{}",
+        subscriber("shop", &rx.url(), "\"*\"", "")
+    );
+    let w = Walhook::start(&config);
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    for (seq, age) in [(1, "40 days"), (2, "29 days"), (3, "1 minute")] {
+        db.execute(
+            &format!(
+                "INSERT INTO walhook.dead_letters (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason, died_at)
+                 VALUES ('shop', 'shop', 1, {seq}, 'evt_{seq}', 'stock.updated', 'k', '{{}}', 10, 'HTTP 500', now() - interval '{age}')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    eventually(Duration::from_secs(10), "the old dead letter deleted", || async {
+        let left: i64 = db
+            .query_one("SELECT count(*) FROM walhook.dead_letters", &[])
+            .await
+            .unwrap()
+            .get(0);
+        left == 2
+    })
+    .await;
+    let kept: Vec<String> = db
+        .query("SELECT event_id FROM walhook.dead_letters ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, ["evt_2", "evt_3"]);
+    w.wait_log("old dead letters deleted", 1).await;
+}

@@ -28,6 +28,8 @@ pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
 pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
+pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// One problem in a configuration, with the key path it concerns.
@@ -108,6 +110,12 @@ pub struct StateConfig {
     /// How often lane watermarks are persisted.
     #[serde(default = "default_watermark_interval", with = "humantime_serde")]
     pub watermark_interval: Duration,
+    /// Dead letters older than this are deleted.
+    #[serde(default = "default_dead_letter_retention", with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
+    /// How often old dead letters are looked for (and once at start).
+    #[serde(default = "default_prune_interval", with = "humantime_serde")]
+    pub prune_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -128,6 +136,8 @@ impl Default for StateConfig {
         Self {
             url: None,
             watermark_interval: default_watermark_interval(),
+            dead_letter_retention: default_dead_letter_retention(),
+            prune_interval: default_prune_interval(),
         }
     }
 }
@@ -407,6 +417,12 @@ fn default_spill_after() -> Duration {
 fn default_max_buffered() -> usize {
     DEFAULT_MAX_BUFFERED
 }
+fn default_dead_letter_retention() -> Duration {
+    DEFAULT_DEAD_LETTER_RETENTION
+}
+fn default_prune_interval() -> Duration {
+    DEFAULT_PRUNE_INTERVAL
+}
 fn default_disable_after() -> Duration {
     DEFAULT_DISABLE_AFTER
 }
@@ -523,8 +539,14 @@ impl Config {
         if self.source.status_interval.is_zero() {
             bad("source.status_interval".into(), "must be above 0".into());
         }
-        if self.state.watermark_interval.is_zero() {
-            bad("state.watermark_interval".into(), "must be above 0".into());
+        for (key, d) in [
+            ("state.watermark_interval", self.state.watermark_interval),
+            ("state.dead_letter_retention", self.state.dead_letter_retention),
+            ("state.prune_interval", self.state.prune_interval),
+        ] {
+            if d.is_zero() {
+                bad(key.into(), "must be above 0".into());
+            }
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(

@@ -188,3 +188,30 @@ impl State {
 fn timestamptz(t: &str) -> std::time::SystemTime {
     humantime::parse_rfc3339_weak(t).unwrap_or(std::time::UNIX_EPOCH)
 }
+
+impl State {
+    /// Deletes dead letters that died more than `retention` ago, in batches. Returns how
+    /// many went.
+    pub async fn prune_dead(&self, retention: std::time::Duration) -> Result<u64, StateError> {
+        let before = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut total = 0;
+        loop {
+            let n = self
+                .client()
+                .await?
+                .execute(
+                    "DELETE FROM walhook.dead_letters WHERE ctid IN (
+                       SELECT ctid FROM walhook.dead_letters
+                       WHERE slot = $1 AND died_at < $2 LIMIT 10000)",
+                    &[&self.slot, &before],
+                )
+                .await?;
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+}
