@@ -131,7 +131,7 @@ fn main() {
 
 /// `walhook deliveries ...`: calls the running walhook's admin API and prints the answer.
 async fn deliveries(action: walhook::cli::DeliveriesAction) -> i32 {
-    use walhook::admin::client::{call, error_of, table};
+    use walhook::admin::client::table;
     use walhook::cli::DeliveriesAction;
     let (config, method, path, body, json_out) = match action {
         DeliveriesAction::List {
@@ -194,44 +194,31 @@ async fn deliveries(action: walhook::cli::DeliveriesAction) -> i32 {
             )
         }
     };
-    let config = match load(&config.config) {
-        Ok(c) => c,
+    let answer = match admin_call(&config.config, method, &path, body.as_ref()).await {
+        Ok(a) => a,
         Err(code) => return code,
     };
-    match call(&config, method, &path, body.as_ref()).await {
-        Ok((200, answer)) => {
-            if json_out {
-                println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
-            } else if let Some(list) = answer["deliveries"].as_array() {
-                print!("{}", table(list));
-            } else {
-                let ids: Vec<&str> = answer["ids"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                    .unwrap_or_default();
-                println!(
-                    "replayed {} deliveries{}{}",
-                    ids.len(),
-                    if ids.is_empty() { "" } else { ": " },
-                    ids.join(" ")
-                );
-            }
-            0
-        }
-        Ok((status, answer)) => {
-            eprintln!("walhook: {}", error_of(status, &answer));
-            1
-        }
-        Err(e) => {
-            eprintln!("walhook: {e}");
-            1
-        }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    } else if let Some(list) = answer["deliveries"].as_array() {
+        print!("{}", table(list));
+    } else {
+        let ids: Vec<&str> = answer["ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "replayed {} deliveries{}{}",
+            ids.len(),
+            if ids.is_empty() { "" } else { ": " },
+            ids.join(" ")
+        );
     }
+    0
 }
 
 /// `walhook subscribers ...`: calls the running walhook's admin API and prints the answer.
 async fn subscribers(action: walhook::cli::SubscribersAction) -> i32 {
-    use walhook::admin::client::{call, error_of};
     use walhook::cli::SubscribersAction;
     let seg = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let (config, method, path, body) = match action {
@@ -251,39 +238,50 @@ async fn subscribers(action: walhook::cli::SubscribersAction) -> i32 {
             None,
         ),
     };
-    let config = match load(&config.config) {
-        Ok(c) => c,
+    let answer = match admin_call(&config.config, method, &path, body.as_ref()).await {
+        Ok(a) => a,
         Err(code) => return code,
     };
-    match call(&config, method, &path, body.as_ref()).await {
-        Ok((200, answer)) => {
-            match answer["subscribers"].as_array() {
-                Some(list) => {
-                    for s in list {
-                        let get = |k: &str| s[k].as_str().unwrap_or("").to_string();
-                        let why = if get("status") == "active" {
-                            String::new()
-                        } else {
-                            format!(" since {}: {}", get("since"), get("reason"))
-                        };
-                        println!("{:<20} {:<9} {:<9}{why}", get("name"), get("status"), get("mode"));
-                    }
-                }
-                None => println!(
-                    "{}: {}",
-                    answer["name"].as_str().unwrap_or(""),
-                    answer["status"].as_str().unwrap_or("")
-                ),
+    match answer["subscribers"].as_array() {
+        Some(list) => {
+            for s in list {
+                let get = |k: &str| s[k].as_str().unwrap_or("").to_string();
+                let why = if get("status") == "active" {
+                    String::new()
+                } else {
+                    format!(" since {}: {}", get("since"), get("reason"))
+                };
+                println!("{:<20} {:<9} {:<9}{why}", get("name"), get("status"), get("mode"));
             }
-            0
         }
+        None => println!(
+            "{}: {}",
+            answer["name"].as_str().unwrap_or(""),
+            answer["status"].as_str().unwrap_or("")
+        ),
+    }
+    0
+}
+
+/// Loads the config and calls the running walhook's admin API: the answer of a 200, or
+/// the exit code after printing why not.
+async fn admin_call(
+    path: &std::path::Path,
+    method: &str,
+    api_path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, i32> {
+    use walhook::admin::client::{call, error_of};
+    let config = load(path)?;
+    match call(&config, method, api_path, body).await {
+        Ok((200, answer)) => Ok(answer),
         Ok((status, answer)) => {
             eprintln!("walhook: {}", error_of(status, &answer));
-            1
+            Err(1)
         }
         Err(e) => {
             eprintln!("walhook: {e}");
-            1
+            Err(1)
         }
     }
 }

@@ -14,32 +14,9 @@ const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty int
 const TOKEN: &str = "lifecycle-test-token-0123456789";
 const KEYS: i64 = 5;
 
-async fn api(
-    w: &Walhook,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let client = reqwest::Client::new();
-    let url = format!("http://{}{path}", w.admin);
-    let mut req = if method == "POST" {
-        client.post(url)
-    } else {
-        client.get(url)
-    };
-    req = req.bearer_auth(TOKEN);
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or_default())
-}
-
 /// The status and reason the API gives for `name`.
 async fn status(w: &Walhook, name: &str) -> (String, String) {
-    let (_, v) = api(w, "GET", "/subscribers", None).await;
+    let (_, v) = w.api("GET", "/subscribers", Some(TOKEN), None).await;
     let s = v["subscribers"]
         .as_array()
         .unwrap()
@@ -164,13 +141,7 @@ async fn gone_disables_the_subscriber_across_a_restart_until_it_is_resumed() {
     assert!(out.contains("s: active"), "{out}");
     let total: usize = written.values().map(Vec::len).sum();
     let got = rx
-        .wait_for(Duration::from_secs(30), "everything after the resume", |g| {
-            g.iter()
-                .map(|r| &r.id)
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                >= total
-        })
+        .wait_unique(Duration::from_secs(30), "everything after the resume", total)
         .await;
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
     assert_eq!(
@@ -195,20 +166,21 @@ async fn the_circuit_breaker_disables_and_an_operator_pauses_and_resumes() {
 
     // The receiver is fixed and the subscriber resumed through the API.
     rx.set_status(204);
-    let (code, v) = api(&w, "POST", "/subscribers/s/resume", None).await;
+    let (code, v) = w.api("POST", "/subscribers/s/resume", Some(TOKEN), None).await;
     assert_eq!((code, v["status"].as_str()), (200, Some("active")), "{v}");
     let n: usize = written.values().map(Vec::len).sum();
     rx.wait_for(Duration::from_secs(30), "the backlog", |g| g.len() >= n)
         .await;
 
     // Paused by an operator: nothing is sent, the slot moves on; resumed, all arrives.
-    let (code, v) = api(
-        &w,
-        "POST",
-        "/subscribers/s/pause",
-        Some(serde_json::json!({"reason": "receiver maintenance"})),
-    )
-    .await;
+    let (code, v) = w
+        .api(
+            "POST",
+            "/subscribers/s/pause",
+            Some(TOKEN),
+            Some(serde_json::json!({"reason": "receiver maintenance"})),
+        )
+        .await;
     assert_eq!((code, v["status"].as_str()), (200, Some("paused")), "{v}");
     assert_eq!(
         status(&w, "s").await,
@@ -219,19 +191,13 @@ async fn the_circuit_breaker_disables_and_an_operator_pauses_and_resumes() {
     slot_moves_on(&db).await;
     nothing_sent(&rx, Duration::from_millis(1000), "paused").await;
     assert_eq!(rx.delivered().len(), before);
-    let (code, _) = api(&w, "POST", "/subscribers/s/resume", None).await;
+    let (code, _) = w.api("POST", "/subscribers/s/resume", Some(TOKEN), None).await;
     assert_eq!(code, 200);
     let total: usize = written.values().map(Vec::len).sum();
     let got = rx
-        .wait_for(Duration::from_secs(30), "everything after the pause", |g| {
-            g.iter()
-                .map(|r| &r.id)
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                >= total
-        })
+        .wait_unique(Duration::from_secs(30), "everything after the pause", total)
         .await;
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
-    let (code, _) = api(&w, "POST", "/subscribers/nope/pause", None).await;
+    let (code, _) = w.api("POST", "/subscribers/nope/pause", Some(TOKEN), None).await;
     assert_eq!(code, 404);
 }

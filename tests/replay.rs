@@ -13,32 +13,6 @@ const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty int
 const TOKEN: &str = "replay-test-token-0123456789";
 const POISON: i64 = 3;
 
-async fn api(
-    w: &Walhook,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let client = reqwest::Client::new();
-    let url = format!("http://{}{path}", w.admin);
-    let mut req = if method == "POST" {
-        client.post(url)
-    } else {
-        client.get(url)
-    };
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or_default())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_replay_with_their_ids_and_bodies() {
     let pg = PgCluster::start().await;
@@ -69,35 +43,39 @@ async fn dead_letters_replay_with_their_ids_and_bodies() {
     rx.wait_for(Duration::from_secs(30), "the healthy keys", |g| g.len() >= 16)
         .await;
     eventually(Duration::from_secs(30), "four dead letters", || async {
-        let (_, v) = api(&w, "GET", "/deliveries?subscriber=shop", Some(TOKEN), None).await;
+        let (_, v) = w
+            .api("GET", "/deliveries?subscriber=shop", Some(TOKEN), None)
+            .await;
         v["deliveries"].as_array().is_some_and(|d| d.len() == 4)
     })
     .await;
 
     // The API wants the token.
     for token in [None, Some("wrong-token-wrong-token")] {
-        let (status, v) = api(&w, "GET", "/deliveries", token, None).await;
+        let (status, v) = w.api("GET", "/deliveries", token, None).await;
         assert_eq!(status, 401, "{v}");
-        let (status, _) = api(
-            &w,
-            "POST",
-            "/deliveries/replay",
-            token,
-            Some(serde_json::json!({"subscriber": "shop", "all": true})),
-        )
-        .await;
+        let (status, _) = w
+            .api(
+                "POST",
+                "/deliveries/replay",
+                token,
+                Some(serde_json::json!({"subscriber": "shop", "all": true})),
+            )
+            .await;
         assert_eq!(status, 401);
     }
-    let (status, v) = api(
-        &w,
-        "POST",
-        "/deliveries/replay",
-        Some(TOKEN),
-        Some(serde_json::json!({"subscriber": "shop"})),
-    )
-    .await;
+    let (status, v) = w
+        .api(
+            "POST",
+            "/deliveries/replay",
+            Some(TOKEN),
+            Some(serde_json::json!({"subscriber": "shop"})),
+        )
+        .await;
     assert_eq!(status, 400, "replay without a filter or all: {v}");
-    let (status, v) = api(&w, "GET", "/deliveries?since=yesterday", Some(TOKEN), None).await;
+    let (status, v) = w
+        .api("GET", "/deliveries?since=yesterday", Some(TOKEN), None)
+        .await;
     assert_eq!(status, 400, "{v}");
 
     // What failed, by id: the body each failed attempt carried.
@@ -157,14 +135,14 @@ async fn dead_letters_replay_with_their_ids_and_bodies() {
     .await;
 
     // ... and the API the rest.
-    let (status, v) = api(
-        &w,
-        "POST",
-        "/deliveries/replay",
-        Some(TOKEN),
-        Some(serde_json::json!({"subscriber": "shop", "all": true})),
-    )
-    .await;
+    let (status, v) = w
+        .api(
+            "POST",
+            "/deliveries/replay",
+            Some(TOKEN),
+            Some(serde_json::json!({"subscriber": "shop", "all": true})),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["replayed"], 3);
     let got = rx
@@ -185,7 +163,9 @@ async fn dead_letters_replay_with_their_ids_and_bodies() {
         .map(|r| r.json()["data"]["new"]["qty"].as_i64().unwrap())
         .collect();
     assert_eq!(qty, vec![0, 1, 2, 3]);
-    let (_, v) = api(&w, "GET", "/deliveries?subscriber=shop", Some(TOKEN), None).await;
+    let (_, v) = w
+        .api("GET", "/deliveries?subscriber=shop", Some(TOKEN), None)
+        .await;
     assert_eq!(v["deliveries"].as_array().map(Vec::len), Some(0), "{v}");
     // The lane is hot again, and new changes flow.
     eventually(Duration::from_secs(30), "the lane back to hot", || async {

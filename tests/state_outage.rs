@@ -107,11 +107,7 @@ async fn an_unreachable_state_database_holds_the_slot_and_loses_nothing() {
     }
     let total: usize = written.values().map(Vec::len).sum();
     for (name, rx) in [("healthy", &healthy), ("flaky", &flaky)] {
-        let got = rx
-            .wait_for(Duration::from_secs(90), name, |g| {
-                g.iter().map(|r| &r.id).collect::<HashSet<_>>().len() >= total
-            })
-            .await;
+        let got = rx.wait_unique(Duration::from_secs(90), name, total).await;
         assert_eq!(qty_sequences(&got), written, "{name}: per-key order and content");
     }
     w.wait_ready().await;

@@ -70,14 +70,9 @@ async fn pause_or_resume(
     if let Some(r) = refuse(&a, &headers) {
         return r;
     }
-    let Some(lane) = a.lanes.iter().find(|l| l.name == name) else {
-        let names: Vec<&str> = a.lanes.iter().map(|l| l.name.as_str()).collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no subscriber {name:?} (there are: {})", names.join(", ")),
-        );
+    let Some(lane) = lane_named(&a, &name) else {
+        return no_subscriber(&a, &name);
     };
-    let lane = lane.clone();
     let result = match action.as_str() {
         "pause" => {
             let req: PauseRequest = if body.is_empty() {
@@ -91,9 +86,13 @@ async fn pause_or_resume(
             let reason = req
                 .reason
                 .unwrap_or_else(|| "paused through the admin API".into());
-            tokio::spawn(async move { lane.pause(&reason).await.map(|_| ()) }).await
+            let l = lane.clone();
+            tokio::spawn(async move { l.pause(&reason).await.map(|_| ()) }).await
         }
-        "resume" => tokio::spawn(async move { lane.resume().await.map(|_| ()) }).await,
+        "resume" => {
+            let l = lane.clone();
+            tokio::spawn(async move { l.resume().await.map(|_| ()) }).await
+        }
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -103,10 +102,7 @@ async fn pause_or_resume(
     };
     match result {
         Ok(Ok(())) => {
-            let l = a.lanes.iter().find(|l| l.name == name);
-            let status = l
-                .and_then(|l| l.stop_info())
-                .map_or("active", |s| s.status.as_str());
+            let status = lane.stop_info().map_or("active", |s| s.status.as_str());
             Json(json!({ "name": name, "status": status })).into_response()
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -143,6 +139,20 @@ fn refuse(a: &Admin, headers: &HeaderMap) -> Option<Response> {
         header::HeaderValue::from_static("Bearer"),
     );
     Some(r)
+}
+
+/// The lane of subscriber `name`.
+fn lane_named(a: &Admin, name: &str) -> Option<std::sync::Arc<crate::lanes::Lane>> {
+    a.lanes.iter().find(|l| l.name == name).cloned()
+}
+
+/// The 404 for a subscriber there is not, with the names there are.
+fn no_subscriber(a: &Admin, name: &str) -> Response {
+    let names: Vec<&str> = a.lanes.iter().map(|l| l.name.as_str()).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no subscriber {name:?} (there are: {})", names.join(", ")),
+    )
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -250,16 +260,8 @@ async fn replay(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let Some(lane) = a.lanes.iter().find(|l| l.name == req.subscriber) else {
-        let names: Vec<&str> = a.lanes.iter().map(|l| l.name.as_str()).collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no subscriber {:?} (there are: {})",
-                req.subscriber,
-                names.join(", ")
-            ),
-        );
+    let Some(lane) = lane_named(&a, &req.subscriber) else {
+        return no_subscriber(&a, &req.subscriber);
     };
     let filter = Filter {
         subscriber: Some(req.subscriber.clone()),
@@ -291,7 +293,6 @@ async fn replay(
     }
     // In a task of its own: a request dropped half-way must not leave the moved rows
     // unserved.
-    let lane = lane.clone();
     let replayed = tokio::spawn(async move { lane.replay(&filter).await }).await;
     match replayed {
         Ok(Ok(ids)) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),

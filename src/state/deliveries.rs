@@ -70,6 +70,10 @@ pub struct Delivery {
 }
 
 const UTC: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+/// The filter's conditions on subscriber ($2), type ($3), key ($4) and id ($5).
+const FILTER: &str = "($2::text IS NULL OR subscriber = $2)
+    AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
+    AND ($5::text IS NULL OR event_id = $5)";
 
 impl State {
     /// Deliveries matching `filter`, newest first, at most `limit`; with `body`, each
@@ -81,31 +85,20 @@ impl State {
         limit: i64,
         body: bool,
     ) -> Result<Vec<Delivery>, StateError> {
-        let sql = match status {
-            Status::Dead => format!(
-                "SELECT subscriber, event_id, event_type, ordering_key, attempts, reason,
-                        to_char(died_at AT TIME ZONE 'UTC', {UTC}), NULL::text,
-                        CASE WHEN $9 THEN body END
-                 FROM walhook.dead_letters
-                 WHERE slot = $1 AND ($2::text IS NULL OR subscriber = $2)
-                   AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
-                   AND ($5::text IS NULL OR event_id = $5)
-                   AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
-                 ORDER BY died_at DESC, lsn DESC, seq DESC LIMIT $8"
-            ),
-            Status::Pending => format!(
-                "SELECT subscriber, event_id, event_type, ordering_key, attempts, last_error,
-                        to_char(spilled_at AT TIME ZONE 'UTC', {UTC}),
-                        to_char(next_attempt_at AT TIME ZONE 'UTC', {UTC}),
-                        CASE WHEN $9 THEN body END
-                 FROM walhook.spill
-                 WHERE slot = $1 AND ($2::text IS NULL OR subscriber = $2)
-                   AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
-                   AND ($5::text IS NULL OR event_id = $5)
-                   AND ($6::timestamptz IS NULL OR spilled_at >= $6) AND ($7::timestamptz IS NULL OR spilled_at < $7)
-                 ORDER BY spilled_at DESC, lsn DESC, seq DESC LIMIT $8"
-            ),
+        // The two tables differ in where the error, the time and the next attempt are.
+        let (table, error, at, next) = match status {
+            Status::Dead => ("dead_letters", "reason", "died_at", "NULL::timestamptz"),
+            Status::Pending => ("spill", "last_error", "spilled_at", "next_attempt_at"),
         };
+        let sql = format!(
+            "SELECT subscriber, event_id, event_type, ordering_key, attempts, {error},
+                    to_char({at} AT TIME ZONE 'UTC', {UTC}), to_char({next} AT TIME ZONE 'UTC', {UTC}),
+                    CASE WHEN $9 THEN body END
+             FROM walhook.{table}
+             WHERE slot = $1 AND {FILTER}
+               AND ($6::timestamptz IS NULL OR {at} >= $6) AND ($7::timestamptz IS NULL OR {at} < $7)
+             ORDER BY {at} DESC, lsn DESC, seq DESC LIMIT $8"
+        );
         let rows = self
             .client()
             .await?
@@ -153,11 +146,10 @@ impl State {
             .query(
                 // Inserted first, and only what was inserted leaves the dead letters: an
                 // event already in the log (the same position) keeps its dead letter.
-                "WITH picked AS (
+                &format!(
+                    "WITH picked AS (
                    SELECT lsn, seq, event_id, event_type, ordering_key, body FROM walhook.dead_letters
-                   WHERE slot = $1 AND subscriber = $2
-                     AND ($3::text IS NULL OR event_type = $3) AND ($4::text IS NULL OR ordering_key = $4)
-                     AND ($5::text IS NULL OR event_id = $5)
+                   WHERE slot = $1 AND subscriber = $2 AND {FILTER}
                      AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
                    FOR UPDATE),
                  moved AS (
@@ -168,7 +160,8 @@ impl State {
                  gone AS (
                    DELETE FROM walhook.dead_letters d USING moved m
                    WHERE d.slot = $1 AND d.subscriber = $2 AND d.lsn = m.lsn AND d.seq = m.seq)
-                 SELECT event_id FROM moved ORDER BY lsn, seq",
+                 SELECT event_id FROM moved ORDER BY lsn, seq"
+                ),
                 &[
                     &self.slot,
                     &subscriber,

@@ -148,6 +148,34 @@ impl Walhook {
         resp.text().await.ok()
     }
 
+    /// Calls the admin API, with a bearer token and a JSON body when given: the status
+    /// and the JSON answer (null when it is not JSON).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}{path}", self.admin);
+        let mut req = if method == "POST" {
+            client.post(url)
+        } else {
+            client.get(url)
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -134,6 +134,19 @@ impl Receiver {
         }
     }
 
+    /// Waits until `n` distinct events were delivered (retries and replays of one count
+    /// once), or panics after `timeout`.
+    pub async fn wait_unique(&self, timeout: Duration, what: &str, n: usize) -> Vec<Received> {
+        self.wait_for(timeout, what, |g| {
+            g.iter()
+                .map(|r| &r.id)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= n
+        })
+        .await
+    }
+
     /// Waits until `cond` holds on the delivered requests, or panics after `timeout`.
     pub async fn wait_for(
         &self,
