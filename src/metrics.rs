@@ -18,6 +18,7 @@ pub const LANE_HELD: &str = "walhook_lane_held_seconds_total";
 pub const REPLICATION_LAG: &str = "walhook_replication_lag_bytes";
 pub const CONFIRMED_LSN: &str = "walhook_confirmed_flush_lsn";
 pub const STREAMING: &str = "walhook_replication_streaming";
+pub const LEADER: &str = "walhook_leader";
 pub const COALESCE_OPEN: &str = "walhook_coalesce_open_windows";
 pub const COALESCE_CLOSED_EARLY: &str = "walhook_coalesce_closed_early_total";
 pub const CHANGES_COALESCED: &str = "walhook_changes_coalesced_total";
@@ -82,6 +83,8 @@ pub struct Metrics {
     pub lag_bytes: Counter,
     pub confirmed_lsn: Counter,
     pub streaming: Counter,
+    /// 1 while this process holds the slot's lease, 0 while it stands by.
+    pub leader: Counter,
     /// Coalescing windows open now.
     pub coalesce_open: Counter,
     /// Windows closed early because their rule had `max_open` open.
@@ -163,6 +166,13 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         "1 while the replication stream is up.",
     );
     let _ = writeln!(out, "{STREAMING} {}", m.streaming.get());
+    head(
+        &mut out,
+        LEADER,
+        "gauge",
+        "1 while this walhook holds the slot's lease (leads), 0 while it stands by.",
+    );
+    let _ = writeln!(out, "{LEADER} {}", m.leader.get());
     head(
         &mut out,
         DELIVERIES,

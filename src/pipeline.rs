@@ -35,6 +35,8 @@ use crate::source::{setup, ReplConn, ReplMessage, SourceError};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Retry interval while the slot is still held by another process.
+const SLOT_BUSY_RETRY: Duration = Duration::from_millis(500);
 /// How often the confirmed LSN is recomputed and sent when it moved.
 const CONFIRM_TICK: Duration = Duration::from_millis(250);
 
@@ -46,6 +48,12 @@ pub struct Progress {
     pub streaming: AtomicBool,
     /// Set once this process has started streaming the slot (so it owns the lanes' logs).
     pub leading: AtomicBool,
+    /// Cancelled when this process must stop delivering at once: its lease was lost, or
+    /// lapsed while a standby waits (see `state::lease`).
+    pub fence: tokio_util::sync::CancellationToken,
+    /// The lease lapsed but no standby was seen: delivery goes on, but losing the slot's
+    /// connection now fences.
+    pub lapsed: AtomicBool,
     /// Commit time of the transaction being handed over, on this host's clock (unix
     /// microseconds; 0 between transactions).
     pub reading_commit_us: AtomicI64,
@@ -215,6 +223,7 @@ impl Pipeline {
     /// for problems reconnecting cannot fix.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), SourceError> {
         let mut backoff = RECONNECT_MIN;
+        let mut slot_busy = false;
         loop {
             let started = Instant::now();
             let result = self.stream(&cancel).await;
@@ -228,14 +237,29 @@ impl Pipeline {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_fatal() => return Err(e),
+                Err(e) if self.progress.lapsed.load(Ordering::Relaxed) => {
+                    // Without a lease and without the slot, a standby may be taking
+                    // over: stop delivering now.
+                    tracing::error!(error = %e,
+                        "replication stream lost while the lease is lapsed: this walhook stops delivering at once and stands by");
+                    self.progress.fence.cancel();
+                    return Ok(());
+                }
                 Err(e) => {
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = RECONNECT_MIN;
                     }
                     if e.code() == Some("55006") {
-                        tracing::warn!(slot = %self.config.source.slot, retry_in = ?backoff,
-                            "replication slot is in use by another process (another walhook?); waiting for it to be released");
+                        // This process holds the lease: the slot's last user is gone or
+                        // about to be (its server process notices the closed connection).
+                        backoff = SLOT_BUSY_RETRY;
+                        if !slot_busy {
+                            tracing::warn!(slot = %self.config.source.slot,
+                                "replication slot is still in use by another process (the previous leader?); waiting for it to be released");
+                        }
+                        slot_busy = true;
                     } else {
+                        slot_busy = false;
                         tracing::warn!(error = %e, retry_in = ?backoff, "replication stream lost; reconnecting");
                     }
                     tokio::select! {

@@ -9,12 +9,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
-use crate::lanes::{target, Lane};
+use crate::lanes::{fenced, target, Lane};
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
 use crate::pipeline::{frontier_pos, Pipeline, Progress};
 use crate::reload::{Reloads, Restart};
+use crate::state::lease::Lease;
 use crate::state::State;
 
 /// How long in-flight deliveries may take to finish at shutdown.
@@ -29,6 +30,8 @@ pub enum RunError {
     Prerequisite(String),
     #[error("{0}")]
     Runtime(String),
+    #[error("this walhook lost the slot's lease")]
+    Fenced,
 }
 
 impl RunError {
@@ -36,7 +39,7 @@ impl RunError {
         match self {
             RunError::Config(_) => 2,
             RunError::Prerequisite(_) => 3,
-            RunError::Runtime(_) => 1,
+            RunError::Runtime(_) | RunError::Fenced => 1,
         }
     }
 }
@@ -52,7 +55,7 @@ pub async fn serve(
     loop {
         let restart: Restart = Default::default();
         let result = run(
-            config,
+            config.clone(),
             no_delivery,
             cancel.clone(),
             reloads.clone(),
@@ -61,7 +64,10 @@ pub async fn serve(
         .await;
         let next = restart.lock().unwrap_or_else(|p| p.into_inner()).take();
         match next {
-            Some(new) if result.is_ok() && !cancel.is_cancelled() => config = new,
+            _ if cancel.is_cancelled() => return result.or_else(fenced_ok),
+            Some(new) if result.is_ok() => config = new,
+            // Stand by again, so that this process can take over once more.
+            _ if matches!(result, Err(RunError::Fenced)) => {}
             _ => return result,
         }
     }
@@ -99,14 +105,118 @@ pub async fn run(
             .await
             .map_err(|e| RunError::Prerequisite(format!("state database: {e}")))?,
     );
-    let marks = state
-        .load_watermarks()
-        .await
-        .map_err(|e| RunError::Runtime(e.to_string()))?;
     let metrics = Arc::new(Metrics::default());
     let progress = Arc::new(Progress::default());
     let tracker = TaskTracker::new();
     let lanes_cancel = CancellationToken::new();
+    let lane_list = Arc::new(std::sync::OnceLock::new());
+    if !config.admin.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+            .await
+            .map_err(|e| {
+                RunError::Config(format!(
+                    "admin.listen: cannot listen on {}: {e}",
+                    config.admin.listen
+                ))
+            })?;
+        tracing::info!(listen = %config.admin.listen, "admin server up");
+        let admin = Admin {
+            metrics: metrics.clone(),
+            lanes: lane_list.clone(),
+            state: state.clone(),
+            progress: progress.clone(),
+            token: config.admin.token.clone(),
+        };
+        tracker.spawn(admin::serve(listener, admin, lanes_cancel.clone()));
+    }
+
+    // Only the holder of the slot's lease goes on; others stand by here.
+    let lease = Lease::acquire(
+        config.state_url(),
+        &config.source.slot,
+        config.state.lease,
+        &cancel,
+    )
+    .await;
+    let Some(lease) = lease else {
+        lanes_cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        return Ok(());
+    };
+    let lease_stop = CancellationToken::new();
+    let keeper = tokio::spawn(lease.keep(progress.clone(), metrics.clone(), lease_stop.clone()));
+    let result = lead(LeadArgs {
+        config,
+        no_delivery,
+        cancel,
+        reloads,
+        restart,
+        source,
+        catalog,
+        mapper,
+        types: info.types,
+        state,
+        metrics,
+        progress: progress.clone(),
+        tracker,
+        lanes_cancel,
+        lane_list,
+    })
+    .await;
+    if progress.fence.is_cancelled() {
+        keeper.abort();
+        return Err(RunError::Fenced);
+    }
+    lease_stop.cancel();
+    let _ = keeper.await;
+    result
+}
+
+/// What `lead` runs with.
+struct LeadArgs {
+    config: Arc<Config>,
+    no_delivery: bool,
+    cancel: CancellationToken,
+    reloads: Option<Reloads>,
+    restart: Restart,
+    source: PgTarget,
+    catalog: tokio_postgres::Client,
+    mapper: Mapper,
+    types: crate::decode::TypeRegistry,
+    state: Arc<State>,
+    metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
+    tracker: TaskTracker,
+    lanes_cancel: CancellationToken,
+    lane_list: Arc<std::sync::OnceLock<Vec<Arc<Lane>>>>,
+}
+
+/// Runs as the leader: lanes, pipeline, and at the end the shutdown (unless fenced:
+/// then everything stops at once and nothing more is written).
+async fn lead(args: LeadArgs) -> Result<(), RunError> {
+    let LeadArgs {
+        config,
+        no_delivery,
+        cancel,
+        reloads,
+        restart,
+        source,
+        catalog,
+        mapper,
+        types,
+        state,
+        metrics,
+        progress,
+        tracker,
+        lanes_cancel,
+        lane_list,
+    } = args;
+    let fence = progress.fence.clone();
+    let marks = state
+        .load_watermarks()
+        .await
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
     let mut lanes = Vec::new();
     if no_delivery {
         tracing::warn!("--no-delivery: events are decoded and mapped, then dropped; nothing is sent");
@@ -134,45 +244,31 @@ pub async fn run(
         lanes.push(lane);
     }
 
-    if !config.admin.listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&config.admin.listen)
-            .await
-            .map_err(|e| {
-                RunError::Config(format!(
-                    "admin.listen: cannot listen on {}: {e}",
-                    config.admin.listen
-                ))
-            })?;
-        tracing::info!(listen = %config.admin.listen, "admin server up");
-        let admin = Admin {
-            metrics: metrics.clone(),
-            lanes: lanes.clone(),
-            state: state.clone(),
-            progress: progress.clone(),
-            token: config.admin.token.clone(),
-        };
-        tracker.spawn(admin::serve(listener, admin, lanes_cancel.clone()));
-    }
-    tracker.spawn(prune(
-        state.clone(),
-        config.state.dead_letter_retention,
-        config.state.prune_interval,
-        lanes_cancel.clone(),
+    let _ = lane_list.set(lanes.clone());
+    tracker.spawn(fenced(
+        &fence,
+        prune(
+            state.clone(),
+            config.state.dead_letter_retention,
+            config.state.prune_interval,
+            lanes_cancel.clone(),
+        ),
     ));
-    tracker.spawn(watermarks(
-        lanes.clone(),
-        state.clone(),
-        progress.clone(),
-        config.state.watermark_interval,
-        lanes_cancel.clone(),
+    tracker.spawn(fenced(
+        &fence,
+        watermarks(
+            lanes.clone(),
+            state.clone(),
+            progress.clone(),
+            config.state.watermark_interval,
+            lanes_cancel.clone(),
+        ),
     ));
 
     if let Some(every) = crate::pipeline::tick_interval(&config) {
-        tracker.spawn(crate::pipeline::ticker(
-            source.clone(),
-            progress.clone(),
-            every,
-            lanes_cancel.clone(),
+        tracker.spawn(fenced(
+            &fence,
+            crate::pipeline::ticker(source.clone(), progress.clone(), every, lanes_cancel.clone()),
         ));
     }
     let (swap_tx, swap_rx) = tokio::sync::mpsc::channel(1);
@@ -192,13 +288,30 @@ pub async fn run(
         catalog,
         mapper,
         lanes.clone(),
-        info.types,
+        types,
         metrics,
         progress.clone(),
     )
     .map_err(|e| RunError::Config(e.to_string()))?
     .with_swaps(swap_rx);
-    let result = pipeline.run(cancel.clone()).await;
+    let result = tokio::select! {
+        r = pipeline.run(cancel.clone()) => r,
+        _ = fence.cancelled() => Ok(()),
+    };
+    if fence.is_cancelled() {
+        // Lanes, watermarks and pruning have stopped where they were; the slot's
+        // connection is closed. Nothing more is written: the next leader resumes from
+        // the slot's confirmed LSN and the spill log.
+        lanes_cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop in time");
+        }
+        return Err(RunError::Fenced);
+    }
 
     tracing::info!("shutting down: letting in-flight deliveries finish");
     tracker.close();
@@ -276,6 +389,14 @@ async fn prune(state: Arc<State>, retention: Duration, every: Duration, cancel: 
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+/// A run that was fenced and then cancelled ends well.
+fn fenced_ok(e: RunError) -> Result<(), RunError> {
+    match e {
+        RunError::Fenced => Ok(()),
+        e => Err(e),
     }
 }
 

@@ -383,8 +383,8 @@ async fn a_standby_serves_a_killed_leaders_chunks_first() {
     let standby = Walhook::start(&config);
     eventually(
         Duration::from_secs(20),
-        "the standby to wait for the slot",
-        || async { standby.log().contains("replication slot is in use") },
+        "the standby to wait for the lease",
+        || async { standby.log().contains("standing by: another walhook leads") },
     )
     .await;
 
@@ -405,7 +405,7 @@ async fn a_standby_serves_a_killed_leaders_chunks_first() {
     assert!(
         standby
             .log()
-            .contains("spill log has events: lane serves them first"),
+            .contains("spill log has events: lane resumes in spill mode"),
         "{}",
         standby.log()
     );

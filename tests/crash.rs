@@ -175,6 +175,12 @@ async fn crash_run(failure_rate: f64, extra: &str) {
         })
         .await;
     println!("caught up {:?} after the workload ended", started.elapsed());
+    // A restart does not wait out the killed process's lease: that process is gone.
+    let log = walhook.log();
+    assert!(
+        log.contains("is gone (its process has exited): taking over now"),
+        "{log}"
+    );
 
     // Same id => same body; every request is signed.
     let mut by_id: HashMap<&str, &[u8]> = HashMap::new();

@@ -38,7 +38,7 @@ async fn subscribers(AxumState(a): AxumState<Admin>, headers: HeaderMap) -> Resp
         return r;
     }
     let list: Vec<serde_json::Value> = a
-        .lanes
+        .lanes()
         .iter()
         .map(|l| {
             let stop = l.stop_info();
@@ -143,15 +143,26 @@ fn refuse(a: &Admin, headers: &HeaderMap) -> Option<Response> {
 
 /// The lane of subscriber `name`.
 fn lane_named(a: &Admin, name: &str) -> Option<std::sync::Arc<crate::lanes::Lane>> {
-    a.lanes.iter().find(|l| l.name == name).cloned()
+    a.lanes().iter().find(|l| l.name == name).cloned()
 }
 
 /// The 404 for a subscriber there is not, with the names there are.
 fn no_subscriber(a: &Admin, name: &str) -> Response {
-    let names: Vec<&str> = a.lanes.iter().map(|l| l.name.as_str()).collect();
+    if a.lanes.get().is_none() {
+        return standby();
+    }
+    let names: Vec<&str> = a.lanes().iter().map(|l| l.name.as_str()).collect();
     error(
         StatusCode::NOT_FOUND,
         format!("no subscriber {name:?} (there are: {})", names.join(", ")),
+    )
+}
+
+/// The 503 for what only the leader does.
+fn standby() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this walhook is a standby (another one holds the slot's lease): ask the one that leads",
     )
 }
 
@@ -286,14 +297,18 @@ async fn replay(
         );
     }
     if !a.progress.leading.load(std::sync::atomic::Ordering::Relaxed) {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this walhook is a standby (it does not hold the slot): replay through the one that delivers",
-        );
+        return standby();
     }
     // In a task of its own: a request dropped half-way must not leave the moved rows
     // unserved.
-    let replayed = tokio::spawn(async move { lane.replay(&filter).await }).await;
+    let fence = a.progress.fence.clone();
+    let replayed = tokio::spawn(async move {
+        tokio::select! {
+            _ = fence.cancelled() => Err(crate::state::StateError::Fenced),
+            r = lane.replay(&filter) => r,
+        }
+    })
+    .await;
     match replayed {
         Ok(Ok(ids)) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

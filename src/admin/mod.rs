@@ -23,11 +23,19 @@ use crate::state::State;
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub lanes: Vec<Arc<Lane>>,
+    /// Set once this process leads (a standby has no lanes).
+    pub lanes: Arc<std::sync::OnceLock<Vec<Arc<Lane>>>>,
     pub state: Arc<State>,
     pub progress: Arc<Progress>,
     /// The deliveries API's bearer token; None turns that API off.
     pub token: Option<String>,
+}
+
+impl Admin {
+    /// The lanes; none while this process stands by.
+    pub fn lanes(&self) -> &[Arc<Lane>] {
+        self.lanes.get().map_or(&[], Vec::as_slice)
+    }
 }
 
 pub fn router(admin: Admin) -> Router {
@@ -42,7 +50,12 @@ pub fn router(admin: Admin) -> Router {
 async fn readyz(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
     let streaming = a.progress.streaming.load(Ordering::Relaxed);
     let state = a.state.ping().await;
-    let body = format!("replication_streaming={streaming}\nstate_reachable={state}\n");
+    let role = if a.metrics.leader.get() == 1 {
+        "leader"
+    } else {
+        "standby"
+    };
+    let body = format!("role={role}\nreplication_streaming={streaming}\nstate_reachable={state}\n");
     let code = if streaming && state {
         StatusCode::OK
     } else {
@@ -53,7 +66,7 @@ async fn readyz(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
 
 async fn metrics_text(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
     let samples: Vec<LaneSample<'_>> = a
-        .lanes
+        .lanes()
         .iter()
         .map(|l| LaneSample {
             name: &l.name,

@@ -30,6 +30,7 @@ pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// One problem in a configuration, with the key path it concerns.
@@ -116,6 +117,10 @@ pub struct StateConfig {
     /// How often old dead letters are looked for (and once at start).
     #[serde(default = "default_prune_interval", with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// How long the leader's lease in the state database lasts without renewal: a
+    /// standby takes over this long after the leader died.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -138,6 +143,7 @@ impl Default for StateConfig {
             watermark_interval: default_watermark_interval(),
             dead_letter_retention: default_dead_letter_retention(),
             prune_interval: default_prune_interval(),
+            lease: default_lease(),
         }
     }
 }
@@ -423,6 +429,9 @@ fn default_dead_letter_retention() -> Duration {
 fn default_prune_interval() -> Duration {
     DEFAULT_PRUNE_INTERVAL
 }
+fn default_lease() -> Duration {
+    DEFAULT_LEASE
+}
 fn default_disable_after() -> Duration {
     DEFAULT_DISABLE_AFTER
 }
@@ -547,6 +556,15 @@ impl Config {
             if d.is_zero() {
                 bad(key.into(), "must be above 0".into());
             }
+        }
+        if self.state.lease < Duration::from_secs(3) || self.state.lease > Duration::from_secs(300) {
+            bad(
+                "state.lease".into(),
+                format!(
+                    "{} is outside 3s..5m (a standby takes over this long after the leader died)",
+                    humantime::format_duration(self.state.lease)
+                ),
+            );
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(

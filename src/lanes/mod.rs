@@ -392,13 +392,16 @@ impl Lane {
 
     /// Starts the lane's tasks: `max_in_flight` hot workers, the age watch, the spill
     /// writer and the spill server.
+    /// Every task ends at once, mid-delivery or mid-write, when `progress.fence` is
+    /// cancelled (this process lost its lease).
     pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, cancel: &CancellationToken) {
+        let fence = &self.progress.fence;
         for _ in 0..self.cfg.max_in_flight {
-            tracker.spawn(self.clone().hot_worker(cancel.clone()));
+            tracker.spawn(fenced(fence, self.clone().hot_worker(cancel.clone())));
         }
-        tracker.spawn(self.clone().age_watch(cancel.clone()));
-        tracker.spawn(self.clone().spill_writer(cancel.clone()));
-        tracker.spawn(self.clone().spill_server(cancel.clone()));
+        tracker.spawn(fenced(fence, self.clone().age_watch(cancel.clone())));
+        tracker.spawn(fenced(fence, self.clone().spill_writer(cancel.clone())));
+        tracker.spawn(fenced(fence, self.clone().spill_server(cancel.clone())));
     }
 
     /// Hands an event to the lane. Events below what the lane already accepted (a replay
@@ -1433,6 +1436,23 @@ fn log_dead(subscriber: &str, id: &str, attempts: u32, error: &str, why: DeadWhy
         }
         DeadWhy::Final(status) => {
             tracing::warn!(%subscriber, %id, attempts, %error, status, "event is dead: the subscriber answered a final status")
+        }
+    }
+}
+
+/// Runs `task` until it ends or `fence` is cancelled, whichever comes first (then the
+/// task is dropped where it waits: a request in flight is abandoned, its connection
+/// closed).
+pub fn fenced<F>(fence: &CancellationToken, task: F) -> impl std::future::Future<Output = ()>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let fence = fence.clone();
+    async move {
+        tokio::select! {
+            biased;
+            _ = fence.cancelled() => {}
+            _ = task => {}
         }
     }
 }

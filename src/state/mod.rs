@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use crate::event::{Event, Pos};
 
 pub mod deliveries;
+pub mod lease;
 pub mod subscribers;
 
 /// Migrations, applied in order at start; the version is the index + 1.
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/001_init.sql"),
     include_str!("../../sql/002_spill_chunks.sql"),
     include_str!("../../sql/003_subscribers.sql"),
+    include_str!("../../sql/004_leases.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum StateError {
     Query(#[from] tokio_postgres::Error),
     #[error("state.url: {0}")]
     Url(String),
+    #[error("this walhook lost the slot's lease and stopped; a standby takes over: list what is left and ask the one that leads")]
+    Fenced,
 }
 
 /// A spilled event read back for delivery.

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod procnet;
+pub mod proxy;
 pub mod receiver;
 pub mod scripted;
 
@@ -26,6 +28,7 @@ pub struct Walhook {
     child: Option<Child>,
     dir: PathBuf,
     pub admin: String,
+    env: Vec<(String, String)>,
 }
 
 impl Walhook {
@@ -41,6 +44,16 @@ impl Walhook {
 
     /// As `start`, with these lines added to the `[admin]` section (e.g. a token).
     pub fn start_with_admin(config: &str, admin_extra: &str) -> Walhook {
+        Walhook::launch(config, admin_extra, &[])
+    }
+
+    /// As `start`, with these environment variables set (e.g. HOSTNAME, so that two
+    /// instances on this host look like two hosts).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Walhook {
+        Walhook::launch(config, "", env)
+    }
+
+    fn launch(config: &str, admin_extra: &str, env: &[(&str, &str)]) -> Walhook {
         let dir = tempfile::Builder::new()
             .prefix("walhook-run-")
             .tempdir()
@@ -58,6 +71,7 @@ impl Walhook {
             child: None,
             dir,
             admin,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         w.spawn();
         w
@@ -73,6 +87,7 @@ impl Walhook {
             .args(["run", "--config"])
             .arg(self.dir.join("walhook.toml"))
             .env("RUST_LOG", "info,walhook=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

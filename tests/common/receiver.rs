@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::any;
 use axum::Router;
@@ -14,7 +14,14 @@ use walhook::lanes::sign::{verify_header, Secret};
 
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When the answer was sent.
     pub at: Instant,
+    /// When the request arrived (before any delay).
+    pub arrived: Instant,
+    /// The sender's address.
+    pub peer: std::net::SocketAddr,
+    /// What the tagger (see `Receiver::set_tagger`) said of the sender; "" without one.
+    pub tag: String,
     pub id: String,
     pub timestamp: i64,
     pub signature: String,
@@ -51,7 +58,10 @@ struct Inner {
     fail_per_mille: AtomicU64,
     /// Events of this `product_id` (in `data.key`) get a 500; 0 for none.
     poison: AtomicI64,
+    tagger: Mutex<Option<Tagger>>,
 }
+
+type Tagger = Arc<dyn Fn(std::net::SocketAddr) -> String + Send + Sync>;
 
 pub struct Receiver {
     inner: Arc<Inner>,
@@ -69,6 +79,7 @@ impl Receiver {
             delay_ms: AtomicU64::new(0),
             fail_per_mille: AtomicU64::new(0),
             poison: AtomicI64::new(0),
+            tagger: Mutex::new(None),
         });
         let app = Router::new()
             .route("/", any(handle))
@@ -76,6 +87,7 @@ impl Receiver {
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(inner.clone());
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app).await.unwrap();
         });
         Receiver { inner, addr, task }
@@ -99,6 +111,12 @@ impl Receiver {
     /// Answers 500 to every event whose `data.key.product_id` is `key` (0: none).
     pub fn set_poison(&self, key: i64) {
         self.inner.poison.store(key, Ordering::SeqCst);
+    }
+
+    /// Names the sender of every request from here on, when it arrives (e.g. which
+    /// process owns the connection).
+    pub fn set_tagger(&self, tagger: impl Fn(std::net::SocketAddr) -> String + Send + Sync + 'static) {
+        *self.inner.tagger.lock().unwrap() = Some(Arc::new(tagger));
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -179,11 +197,15 @@ impl Drop for Receiver {
 
 async fn handle(
     State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let arrived = Instant::now();
+    let tagger = inner.tagger.lock().unwrap().clone();
+    let tag = tagger.map(|t| t(peer)).unwrap_or_default();
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -209,6 +231,9 @@ async fn handle(
     };
     inner.log.lock().unwrap().push(Received {
         at: Instant::now(),
+        arrived,
+        peer,
+        tag,
         id: get("webhook-id"),
         timestamp: get("webhook-timestamp").parse().unwrap_or(0),
         signature: get("webhook-signature"),

@@ -1,0 +1,204 @@
+//! Two walhook processes on one slot: one leads, the other stands by. The standby takes
+//! over within 10 s when the leader is SIGKILLed mid-workload, and when the leader loses
+//! its state database (a frozen proxy); nothing is lost, every key arrives in order, and
+//! no event is ever in flight from both: the receiver tells each request's sender by the
+//! process that owns the connection.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::*;
+
+const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
+const KEYS: i64 = 20;
+/// Each answer takes this long, so requests are in flight at any moment.
+const ANSWER: Duration = Duration::from_millis(20);
+/// The longest a takeover may take (the default `state.lease` is 6 s).
+const TAKEOVER: Duration = Duration::from_secs(10);
+
+fn config(url: &str, state_url: &str, rx: &str) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[state]\nurl = \"{state_url}\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber("s", rx, "\"*\"", "")
+    )
+}
+
+/// Writes one round (every key) every 50 ms until `stop`; returns the values per key.
+fn writer(
+    db: tokio_postgres::Client,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeMap<i64, Vec<i64>>> {
+    tokio::spawn(async move {
+        let mut written: BTreeMap<i64, Vec<i64>> = (1..=KEYS).map(|k| (k, vec![0])).collect();
+        let mut round = 1;
+        while !stop.load(Ordering::SeqCst) {
+            db.batch_execute(&format!("UPDATE stock SET qty = {round}"))
+                .await
+                .unwrap();
+            for k in 1..=KEYS {
+                written.entry(k).or_default().push(round);
+            }
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        written
+    })
+}
+
+/// Tags each request "a" or "b" by the walhook process that sent it ("?" for neither).
+fn tag_senders(rx: &Receiver, a: &Walhook, b: &Walhook) {
+    let (pa, pb) = (a.pid().as_raw() as u32, b.pid().as_raw() as u32);
+    rx.set_tagger(move |peer| match procnet::socket_owner(peer, &[pa, pb]) {
+        Some(p) if p == pa => "a".into(),
+        Some(_) => "b".into(),
+        None => "?".into(),
+    });
+}
+
+/// Checks the handover in what the receiver saw: every request of the old leader "a"
+/// arrived before `a_stopped`, every one of "b" after it (and after a's last answer
+/// was due), and "b" started within TAKEOVER of `since`. Returns b's takeover time.
+fn handover(rx: &Receiver, a_stopped: Instant, since: Instant) -> Duration {
+    let all = rx.all();
+    let from = |t: &'static str| all.iter().filter(move |r| r.tag == t);
+    let a_last = from("a").map(|r| r.arrived).max().expect("a delivered");
+    let b_first = from("b").map(|r| r.arrived).min().expect("b delivered");
+    assert!(
+        a_last < a_stopped,
+        "the old leader sent after it should have stopped"
+    );
+    for r in from("?") {
+        // A connection whose owner cannot be found is one of the killed leader's.
+        assert!(r.arrived < a_stopped, "a request from an unknown sender: {r:?}");
+    }
+    assert!(
+        b_first > a_last + ANSWER,
+        "the standby sent while the leader's requests could still be in flight"
+    );
+    let took = b_first - since;
+    assert!(took <= TAKEOVER, "the standby took {took:?} to take over");
+    took
+}
+
+async fn start_pair(
+    pg: &PgCluster,
+    a_state: &str,
+    b_state: &str,
+    rx: &Receiver,
+) -> (Walhook, Walhook, tokio_postgres::Client) {
+    let url = pg.url("shop");
+    let a = Walhook::start(&config(&url, a_state, &rx.url()));
+    a.wait_ready().await;
+    // As if on another host: the standby cannot see that the leader's process is gone,
+    // and waits for its lease to expire.
+    let b = Walhook::start_with_env(&config(&url, b_state, &rx.url()), &[("HOSTNAME", "standby-host")]);
+    b.wait_log("standing by: another walhook leads", 1).await;
+    // The leader has seen the standby, so it fences itself should its lease lapse.
+    a.wait_log("a standby is waiting", 1).await;
+    assert_eq!(a.metric("walhook_leader").await, Some(1.0));
+    assert_eq!(b.metric("walhook_leader").await, Some(0.0));
+    let ready = reqwest::get(format!("http://{}/readyz", b.admin)).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.text().await.unwrap().contains("role=standby"));
+    tag_senders(rx, &a, &b);
+    let db = pg.client("shop").await;
+    db.batch_execute(&format!(
+        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {KEYS}) g"
+    ))
+    .await
+    .unwrap();
+    (a, b, db)
+}
+
+async fn all_arrive(rx: &Receiver, written: &BTreeMap<i64, Vec<i64>>) {
+    let total: usize = written.values().map(Vec::len).sum();
+    let got = rx
+        .wait_unique(Duration::from_secs(60), "every event", total)
+        .await;
+    assert_eq!(qty_sequences(&got), *written, "per-key order and content");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_a_killed_leader_within_10s() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let rx = Receiver::start().await;
+    rx.set_delay(ANSWER);
+    let (mut a, b, db) = start_pair(&pg, &url, &url, &rx).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writer(db, stop.clone());
+    rx.wait_for(Duration::from_secs(20), "the leader delivering", |g| {
+        g.len() > 100
+    })
+    .await;
+    a.sigkill();
+    let killed = Instant::now();
+    rx.wait_for(Duration::from_secs(30), "the standby delivering", |_| {
+        rx.all().iter().any(|r| r.tag == "b")
+    })
+    .await;
+    // Writes go on a little after the takeover, then stop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let written = writing.await.unwrap();
+    all_arrive(&rx, &written).await;
+
+    let took = handover(&rx, killed, killed);
+    println!("standby took over {took:?} after the leader was killed");
+    assert!(b.log().contains("leading: this walhook holds the slot's lease"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_state_database_stops_before_the_standby_starts() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    // The leader reaches the state database (here the source database) through a proxy
+    // that freezes; the standby reaches it directly.
+    let proxy = Proxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let a_state = format!("postgres://postgres@{}/shop", proxy.addr);
+    let rx = Receiver::start().await;
+    rx.set_delay(ANSWER);
+    let (a, b, db) = start_pair(&pg, &a_state, &url, &rx).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writer(db, stop.clone());
+    rx.wait_for(Duration::from_secs(20), "the leader delivering", |g| {
+        g.len() > 100
+    })
+    .await;
+    proxy.freeze();
+    let cut = Instant::now();
+    rx.wait_for(Duration::from_secs(30), "the standby delivering", |_| {
+        rx.all().iter().any(|r| r.tag == "b")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let written = writing.await.unwrap();
+    all_arrive(&rx, &written).await;
+
+    // The leader stopped within the lease (6 s) of losing the state database, before
+    // the lease could expire for the standby.
+    let log = a.log();
+    assert!(log.contains("lease lapsed"), "{log}");
+    let took = handover(&rx, cut + Duration::from_secs(6), cut);
+    let a_last = rx
+        .all()
+        .iter()
+        .filter(|r| r.tag == "a")
+        .map(|r| r.arrived)
+        .max()
+        .unwrap();
+    println!(
+        "the leader sent its last request {:?} after it was cut off; the standby took over after {took:?}",
+        a_last.saturating_duration_since(cut)
+    );
+    assert!(b.log().contains("leading: this walhook holds the slot's lease"));
+    drop(a);
+}
