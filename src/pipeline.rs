@@ -227,7 +227,7 @@ impl Pipeline {
         loop {
             let started = Instant::now();
             let result = self.stream(&cancel).await;
-            self.progress.streaming.store(false, Ordering::Relaxed);
+            self.progress.streaming.store(false, Ordering::SeqCst);
             self.metrics.streaming.set(0);
             self.tx = None;
             // The stream restarts at the confirmed LSN, at or before the first change of
@@ -237,7 +237,7 @@ impl Pipeline {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_fatal() => return Err(e),
-                Err(e) if self.progress.lapsed.load(Ordering::Relaxed) => {
+                Err(e) if self.progress.lapsed.load(Ordering::SeqCst) => {
                     // Without a lease and without the slot, a standby may be taking
                     // over: stop delivering now.
                     tracing::error!(error = %e,

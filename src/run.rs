@@ -52,6 +52,11 @@ pub async fn serve(
     cancel: CancellationToken,
     reloads: Option<Reloads>,
 ) -> Result<(), RunError> {
+    // Set once this process lost its lease: from then on, what stops a start (the state
+    // database or the source not answering yet) is waited out, so that it stands by
+    // again instead of exiting.
+    let mut fenced = false;
+    let mut backoff = RESTANDBY_MIN;
     loop {
         let restart: Restart = Default::default();
         let result = run(
@@ -62,16 +67,38 @@ pub async fn serve(
             restart.clone(),
         )
         .await;
+        if cancel.is_cancelled() {
+            return result.or_else(fenced_ok);
+        }
         let next = restart.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match next {
-            _ if cancel.is_cancelled() => return result.or_else(fenced_ok),
-            Some(new) if result.is_ok() => config = new,
+        match result {
+            Ok(()) => match next {
+                Some(new) => config = new,
+                None => return Ok(()),
+            },
             // Stand by again, so that this process can take over once more.
-            _ if matches!(result, Err(RunError::Fenced)) => {}
-            _ => return result,
+            Err(RunError::Fenced) => {
+                fenced = true;
+                backoff = RESTANDBY_MIN;
+                if let Some(new) = next {
+                    config = new;
+                }
+            }
+            Err(RunError::Prerequisite(e) | RunError::Runtime(e)) if fenced => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot stand by again yet; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
+
+/// The first wait before standing by again after a failed start.
+const RESTANDBY_MIN: Duration = Duration::from_secs(1);
 
 /// Runs until `cancel` or a reload that needs a restart (then `restart` holds its config).
 /// With `no_delivery`, events are mapped and dropped (no lanes).
@@ -91,20 +118,26 @@ pub async fn run(
 
     let source =
         PgTarget::parse(&config.source.url).map_err(|e| RunError::Config(format!("source.url: {e}")))?;
-    let catalog = source
-        .connect("catalog")
-        .await
-        .map_err(|e| RunError::Prerequisite(connect_message("source.url", &e)))?;
-    let info = crate::source::setup::prepare(&catalog, &config)
-        .await
-        .map_err(|e| RunError::Prerequisite(e.to_string()))?;
-    let mapper = Mapper::new(&config, &info.tables).map_err(RunError::Config)?;
-
-    let state = Arc::new(
-        State::connect(config.state_url(), &config.source.slot)
+    let prelude = async {
+        let catalog = source
+            .connect("catalog")
             .await
-            .map_err(|e| RunError::Prerequisite(format!("state database: {e}")))?,
-    );
+            .map_err(|e| RunError::Prerequisite(connect_message("source.url", &e)))?;
+        let info = crate::source::setup::prepare(&catalog, &config)
+            .await
+            .map_err(|e| RunError::Prerequisite(e.to_string()))?;
+        let state = State::connect(config.state_url(), &config.source.slot)
+            .await
+            .map_err(|e| RunError::Prerequisite(format!("state database: {e}")))?;
+        Ok::<_, RunError>((catalog, info, state))
+    };
+    // Connecting waits as long as the network does; a stop must not.
+    let (catalog, info, state) = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        r = prelude => r?,
+    };
+    let mapper = Mapper::new(&config, &info.tables).map_err(RunError::Config)?;
+    let state = Arc::new(state);
     let metrics = Arc::new(Metrics::default());
     let progress = Arc::new(Progress::default());
     let tracker = TaskTracker::new();
@@ -139,9 +172,7 @@ pub async fn run(
     )
     .await;
     let Some(lease) = lease else {
-        lanes_cancel.cancel();
-        tracker.close();
-        tracker.wait().await;
+        stop_tasks(&tracker, &lanes_cancel).await;
         return Ok(());
     };
     let lease_stop = CancellationToken::new();
@@ -159,11 +190,13 @@ pub async fn run(
         state,
         metrics,
         progress: progress.clone(),
-        tracker,
-        lanes_cancel,
+        tracker: tracker.clone(),
+        lanes_cancel: lanes_cancel.clone(),
         lane_list,
     })
     .await;
+    // Whichever way `lead` ended (a failed start included), nothing of it runs on.
+    stop_tasks(&tracker, &lanes_cancel).await;
     if progress.fence.is_cancelled() {
         keeper.abort();
         return Err(RunError::Fenced);
@@ -302,32 +335,47 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         // Lanes, watermarks and pruning have stopped where they were; the slot's
         // connection is closed. Nothing more is written: the next leader resumes from
         // the slot's confirmed LSN and the spill log.
-        lanes_cancel.cancel();
-        tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some tasks did not stop in time");
-        }
         return Err(RunError::Fenced);
     }
 
-    tracing::info!("shutting down: letting in-flight deliveries finish");
-    tracker.close();
-    tokio::select! {
-        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
-        _ = wait_idle(&lanes) => {}
+    if progress.lapsed.load(std::sync::atomic::Ordering::SeqCst) {
+        // The slot is closed and the lease is not known to be ours: a standby may take
+        // over at any moment, so nothing more goes out.
+        tracing::warn!("shutting down with the lease lapsed: in-flight deliveries are abandoned");
+    } else {
+        tracing::info!("shutting down: letting in-flight deliveries finish");
+        tokio::select! {
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+            _ = wait_idle(&lanes) => {}
+            _ = fence.cancelled() => {}
+        }
     }
-    lanes_cancel.cancel();
+    stop_tasks(&tracker, &lanes_cancel).await;
+    if fence.is_cancelled() || progress.lapsed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RunError::Fenced);
+    }
+    if tokio::time::timeout(SAVE_TIMEOUT, save_marks(&lanes, &state, &progress))
+        .await
+        .is_err()
+    {
+        tracing::warn!("cannot save lane watermarks in time; the next start re-sends a little more");
+    }
+    result.map_err(|e| RunError::Prerequisite(e.to_string()))
+}
+
+/// How long the last watermark save at shutdown may take.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cancels the tasks of a run and waits (at most 5 s) for them to end.
+async fn stop_tasks(tracker: &TaskTracker, cancel: &CancellationToken) {
+    cancel.cancel();
+    tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!("some tasks did not stop in time");
     }
-    save_marks(&lanes, &state, &progress).await;
-    result.map_err(|e| RunError::Prerequisite(e.to_string()))
 }
 
 async fn wait_idle(lanes: &[Arc<Lane>]) {

@@ -49,7 +49,10 @@ pub fn router(admin: Admin) -> Router {
 
 async fn readyz(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
     let streaming = a.progress.streaming.load(Ordering::Relaxed);
-    let state = a.state.ping().await;
+    // A state database that does not answer in time is as good as down.
+    let state = tokio::time::timeout(std::time::Duration::from_secs(2), a.state.ping())
+        .await
+        .unwrap_or(false);
     let role = if a.metrics.leader.get() == 1 {
         "leader"
     } else {

@@ -34,8 +34,9 @@ use crate::pipeline::Progress;
 /// How often a standby polls the lease (at most).
 const POLL: Duration = Duration::from_secs(1);
 
-/// This process's name in the lease table: host, pid namespace, pid and a random tag (a
-/// pid is reused across restarts, and containers all run as pid 1).
+/// This process's name in the lease table: host, boot id, pid namespace, pid and a random
+/// tag (a pid is reused across restarts, containers all run as pid 1, and host names and
+/// namespace ids repeat across machines; the boot id does not).
 pub fn holder_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
@@ -51,17 +52,20 @@ pub fn holder_id() -> &'static str {
         let pidns = std::fs::read_link("/proc/self/ns/pid")
             .map(|l| l.to_string_lossy().chars().filter(char::is_ascii_digit).collect())
             .unwrap_or_else(|_| String::from("0"));
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default();
         format!(
-            "{host}:{pidns}:{}:{:08x}",
+            "{host}:{boot}:{pidns}:{}:{:08x}",
             std::process::id(),
             rand::random::<u32>()
         )
     })
 }
 
-/// True when `holder` was a process on this host (and pid namespace) that is gone: its
-/// pid no longer runs, or is this process's own (a restart with the same pid). Then its
-/// lease needs no waiting out.
+/// True when `holder` was a process on this machine and boot (and pid namespace) that is
+/// gone: its pid no longer runs, or is this process's own (a restart with the same pid).
+/// Then its lease needs no waiting out. Never true without a boot id to compare.
 fn is_gone(holder: &str) -> bool {
     fn split(id: &str) -> Option<(&str, &str)> {
         let mut parts = id.rsplitn(3, ':');
@@ -74,6 +78,7 @@ fn is_gone(holder: &str) -> bool {
     };
     holder != holder_id()
         && place == here
+        && !place.contains("::")
         && (pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
@@ -84,6 +89,8 @@ pub struct Lease {
     period: Duration,
     conn: Option<Client>,
     epoch: i64,
+    /// When the poll that took the lease was sent: the lease is this process's from then.
+    since: Instant,
 }
 
 /// What a standby learnt from one poll.
@@ -106,12 +113,17 @@ impl Lease {
             period,
             conn: None,
             epoch: 0,
+            since: Instant::now(),
         };
         let poll = POLL.min(period / 3);
         let mut shown: Option<String> = None;
         let mut unreachable = false;
         let mut gone = String::new();
         loop {
+            if cancel.is_cancelled() {
+                return None;
+            }
+            lease.since = Instant::now();
             match timeout(period / 3, lease.poll(&gone)).await {
                 Ok(Ok(Poll::Acquired(epoch))) => {
                     lease.epoch = epoch;
@@ -215,7 +227,7 @@ impl Lease {
             .query_opt(
                 "UPDATE walhook.leases
                  SET expires_at = now() + make_interval(secs => $3),
-                     fences = fences OR coalesce(standby_seen_at > now() - make_interval(secs => $3), false)
+                     fences = coalesce(standby_seen_at > now() - make_interval(secs => $3), false)
                  WHERE slot = $1 AND holder = $2 AND epoch = $4
                  RETURNING fences",
                 &[&slot, &holder_id(), &secs, &epoch],
@@ -258,7 +270,7 @@ impl Lease {
         let every = self.period / 3;
         let hold = self.period - every;
         metrics.leader.set(1);
-        let mut confirmed = Instant::now();
+        let mut confirmed = self.since;
         let mut next = confirmed + every;
         let mut fences = false;
         let mut failing = false;
@@ -287,10 +299,18 @@ impl Lease {
                     progress.fence.cancel();
                     return;
                 }
+                progress.lapsed.store(true, Ordering::SeqCst);
+                if !progress.streaming.load(Ordering::SeqCst) {
+                    tracing::error!(
+                        "lease lapsed (the state database did not answer) while the slot's connection is down: this walhook stops delivering at once and stands by"
+                    );
+                    metrics.leader.set(0);
+                    progress.fence.cancel();
+                    return;
+                }
                 tracing::warn!(
                     "lease lapsed (the state database did not answer); no standby was seen, so delivery goes on until the slot's connection is lost"
                 );
-                progress.lapsed.store(true, Ordering::Relaxed);
             }
             if now < next {
                 continue;

@@ -50,8 +50,18 @@ impl Received {
     }
 }
 
+/// A request as it arrived, before any answer (kept even when the sender gave up or
+/// died before the answer).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub arrived: Instant,
+    pub id: String,
+    pub tag: String,
+}
+
 struct Inner {
     log: Mutex<Vec<Received>>,
+    arrivals: Mutex<Vec<Arrival>>,
     status: AtomicU16,
     delay_ms: AtomicU64,
     /// Out of 1000 requests, how many get a 500 (on top of `status`).
@@ -75,6 +85,7 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Inner {
             log: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
             status: AtomicU16::new(204),
             delay_ms: AtomicU64::new(0),
             fail_per_mille: AtomicU64::new(0),
@@ -128,6 +139,11 @@ impl Receiver {
     /// Every request so far, in arrival order.
     pub fn all(&self) -> Vec<Received> {
         self.inner.log.lock().unwrap().clone()
+    }
+
+    /// Every request so far as it arrived, answered or not.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.inner.arrivals.lock().unwrap().clone()
     }
 
     /// Requests answered with 2xx.
@@ -206,6 +222,15 @@ async fn handle(
     let arrived = Instant::now();
     let tagger = inner.tagger.lock().unwrap().clone();
     let tag = tagger.map(|t| t(peer)).unwrap_or_default();
+    inner.arrivals.lock().unwrap().push(Arrival {
+        arrived,
+        id: headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        tag: tag.clone(),
+    });
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
