@@ -115,6 +115,15 @@ async fn dead_letters_replay_with_their_ids_and_bodies() {
     );
     let original: serde_json::Value = serde_json::from_slice(&failed[&first]).unwrap();
     assert_eq!(shown["body"], original);
+    // Both attempts, each with its status, duration and the answer's excerpt.
+    let history = shown["history"].as_array().expect("history shown");
+    assert_eq!(history.len(), 2, "{shown}");
+    for h in history {
+        assert_eq!(h["status"], 500, "{h}");
+        assert!(h["ms"].as_u64().is_some(), "{h}");
+        assert!(h["error"].as_str().unwrap().starts_with("HTTP 500"), "{h}");
+        assert!(humantime::parse_rfc3339(h["at"].as_str().unwrap()).is_ok(), "{h}");
+    }
 
     // The receiver is fixed; the CLI replays one by id ...
     rx.set_poison(0);

@@ -53,7 +53,7 @@ use crate::config::{EventOrder, Subscriber};
 use crate::event::{Event, EventRef, Pos};
 use crate::metrics::LaneMetrics;
 use crate::pipeline::Progress;
-use crate::state::{SpillOutcome, SpillRow, State};
+use crate::state::{AttemptLog, SpillOutcome, SpillRow, State};
 use deliver::{Attempt, Target};
 use retry::{DeadWhy, Verdict};
 
@@ -92,6 +92,33 @@ struct Buffered {
     event: EventRef,
     attempts: i32,
     retry_after: Duration,
+    /// Its failed attempts so far.
+    history: Vec<AttemptLog>,
+}
+
+impl Buffered {
+    /// An event not attempted yet.
+    fn fresh(event: EventRef) -> Buffered {
+        Buffered {
+            event,
+            attempts: 0,
+            retry_after: Duration::ZERO,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// The history entry of a failed attempt that took `took` and ended just now.
+fn attempt_log(took: Duration, failure: &deliver::Failure) -> AttemptLog {
+    let at = std::time::SystemTime::now()
+        .checked_sub(took)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    AttemptLog {
+        at: humantime::format_rfc3339_millis(at).to_string(),
+        status: failure.status,
+        ms: took.as_millis() as u64,
+        error: failure.error.clone(),
+    }
 }
 
 #[derive(Default)]
@@ -284,8 +311,8 @@ enum ChunkOutcome {
     Done,
     /// The chunks became rows meanwhile: the outcome for its row.
     AsRow(SpillOutcome),
-    /// Given up after this many attempts, with the last error and why.
-    Dead(u32, String, DeadWhy),
+    /// Given up after this many attempts, with the last error, why, and that attempt.
+    Dead(u32, String, DeadWhy, AttemptLog),
 }
 
 /// In hot mode, takes the first event of the next ready key and marks the key busy.
@@ -308,8 +335,8 @@ fn next_hot(inner: &mut Inner) -> Option<EventRef> {
 /// What a finished hot delivery hands back.
 enum HotOutcome {
     Done,
-    /// Not delivered yet: attempts made and the delay before the next.
-    Again(u32, Duration),
+    /// Not delivered yet: attempts made, the delay before the next, and their history.
+    Again(u32, Duration, Vec<AttemptLog>),
 }
 
 pub struct Lane {
@@ -503,11 +530,7 @@ impl Lane {
             // Behind a key's in-flight delivery, or a hot/draining queue.
             (Mode::Spill, Some(q)) => q.events.push_back(event),
             (Mode::Spill, None) => {
-                inner.spill_buf.push_back(Buffered {
-                    event,
-                    attempts: 0,
-                    retry_after: Duration::ZERO,
-                });
+                inner.spill_buf.push_back(Buffered::fresh(event));
                 drop(inner);
                 self.wake_writer.notify_one();
             }
@@ -578,11 +601,7 @@ impl Lane {
         });
         moved.sort_by_key(|e| e.pos);
         let count = moved.len();
-        inner.spill_buf.extend(moved.into_iter().map(|event| Buffered {
-            event,
-            attempts: 0,
-            retry_after: Duration::ZERO,
-        }));
+        inner.spill_buf.extend(moved.into_iter().map(Buffered::fresh));
         inner.ready.clear();
         tracing::warn!(subscriber = %self.name, reason = why, moved = count, in_flight = inner.hot_in_flight,
             chunked = inner.chunked, "lane switches to spill mode");
@@ -653,6 +672,7 @@ impl Lane {
     /// Delivers one event from memory, retrying quickly while the lane stays hot.
     async fn deliver_hot(&self, event: EventRef, cancel: &CancellationToken) {
         let mut attempts: u32 = 0;
+        let mut history = Vec::new();
         let outcome = loop {
             attempts += 1;
             let (result, took) = self.target.send(&event.id, &event.body).await;
@@ -667,16 +687,17 @@ impl Lane {
                 Attempt::Failed(failure) => failure,
             };
             self.failing.store(true, Ordering::Relaxed);
+            history.push(attempt_log(took, &failure));
             let wait = match self.target.verdict(attempts, &failure) {
                 Verdict::Retry(wait) => wait,
                 Verdict::Dead(why) => {
                     if self
-                        .record_dead(&event, attempts, &failure.error, why, cancel)
+                        .record_dead(&event, attempts, &failure.error, why, &history, cancel)
                         .await
                     {
                         break HotOutcome::Done;
                     }
-                    break HotOutcome::Again(attempts, Duration::ZERO);
+                    break HotOutcome::Again(attempts, Duration::ZERO, history);
                 }
             };
             self.metrics.retried.add(1);
@@ -695,7 +716,7 @@ impl Lane {
                 tokio::time::sleep(TICK.min(left)).await;
             }
             if self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled() {
-                break HotOutcome::Again(attempts, until.saturating_duration_since(Instant::now()));
+                break HotOutcome::Again(attempts, until.saturating_duration_since(Instant::now()), history);
             }
         };
         let mut inner = self.lock();
@@ -710,21 +731,18 @@ impl Lane {
             }
             // Cancelled while hot: it stays pending, so it is replayed after a restart.
             HotOutcome::Again(..) if mode != Mode::Spill => queue.events.push_front(event.clone()),
-            HotOutcome::Again(attempts, retry_after) => inner.spill_buf.push_back(Buffered {
+            HotOutcome::Again(attempts, retry_after, history) => inner.spill_buf.push_back(Buffered {
                 event: event.clone(),
                 attempts: attempts as i32,
                 retry_after,
+                history,
             }),
         }
         if mode == Mode::Spill {
             // The events parked behind this one follow it, in order.
             inner
                 .spill_buf
-                .extend(queue.events.drain(..).map(|event| Buffered {
-                    event,
-                    attempts: 0,
-                    retry_after: Duration::ZERO,
-                }));
+                .extend(queue.events.drain(..).map(Buffered::fresh));
         } else if !queue.events.is_empty() {
             // The worker that finishes here looks for work next, so no one is woken.
             inner.ready.push_back(event.key.clone());
@@ -767,12 +785,14 @@ impl Lane {
         attempts: u32,
         error: &str,
         why: DeadWhy,
+        history: &[AttemptLog],
         cancel: &CancellationToken,
     ) -> bool {
         log_dead(&self.name, &event.id, attempts, error, why);
         let written = self
             .retry_state(cancel, "record a dead letter", || {
-                self.state.dead_letter(&self.name, event, attempts as i32, error)
+                self.state
+                    .dead_letter(&self.name, event, attempts as i32, error, history)
             })
             .await;
         if written.is_some() {
@@ -786,14 +806,14 @@ impl Lane {
         loop {
             let mut woken = pin!(self.wake_writer.notified());
             woken.as_mut().enable();
-            let batch: Vec<(EventRef, i32, Duration)> = {
+            let batch: Vec<(EventRef, i32, Duration, Vec<AttemptLog>)> = {
                 let mut inner = self.lock();
                 inner.writing = !inner.spill_buf.is_empty();
                 inner
                     .spill_buf
                     .iter()
                     .take(SPILL_BATCH)
-                    .map(|b| (b.event.clone(), b.attempts, b.retry_after))
+                    .map(|b| (b.event.clone(), b.attempts, b.retry_after, b.history.clone()))
                     .collect()
             };
             if batch.is_empty() {
@@ -807,15 +827,16 @@ impl Lane {
             let io = self.log_io.lock().await;
             let chunked = self.lock().chunked;
             let written = if chunked {
-                let events: Vec<&crate::event::Event> = batch.iter().map(|(e, _, _)| &**e).collect();
+                let events: Vec<&crate::event::Event> = batch.iter().map(|(e, ..)| &**e).collect();
                 self.state.spill_chunk(&self.name, &events).await.map(Some)
             } else {
                 let rows: Vec<SpillRow<'_>> = batch
                     .iter()
-                    .map(|(e, a, r)| SpillRow {
+                    .map(|(e, a, r, h)| SpillRow {
                         event: e,
                         attempts: *a,
                         retry_after: *r,
+                        history: h,
                     })
                     .collect();
                 self.state.spill(&self.name, &rows).await.map(|()| None)
@@ -827,7 +848,7 @@ impl Lane {
                         self.state.note_spilled(batch.len());
                     }
                     let mut inner = self.lock();
-                    for (event, _, _) in &batch {
+                    for (event, ..) in &batch {
                         inner.pending.remove(&event.pos);
                     }
                     inner.spill_buf.drain(..batch.len());
@@ -838,7 +859,7 @@ impl Lane {
                         // waits in the log; loaded from the log later otherwise.
                         let m = &mut inner.mirror;
                         if !m.behind && m.size() < self.cfg.max_buffered {
-                            m.add(chunk, batch.into_iter().map(|(e, a, _)| (e, a as u32)).collect());
+                            m.add(chunk, batch.into_iter().map(|(e, a, ..)| (e, a as u32)).collect());
                         } else {
                             m.behind = true;
                         }
@@ -1203,15 +1224,19 @@ impl Lane {
             };
             attempted = true;
             self.metrics.observe(took.as_secs_f64());
-            let dead = match self.chunk_outcome(&event, before, probe, result, &mut to_delete) {
+            let dead = match self.chunk_outcome(&event, before, probe, result, took, &mut to_delete) {
                 ChunkOutcome::Done => continue,
                 ChunkOutcome::AsRow(outcome) => {
                     as_rows.push((event.pos, outcome));
                     continue;
                 }
-                ChunkOutcome::Dead(attempts, error, why) => (attempts, error, why),
+                ChunkOutcome::Dead(attempts, error, why, log) => (attempts, error, why, log),
             };
-            if self.record_dead(&event, dead.0, &dead.1, dead.2, cancel).await {
+            let history = std::slice::from_ref(&dead.3);
+            if self
+                .record_dead(&event, dead.0, &dead.1, dead.2, history, cancel)
+                .await
+            {
                 let mut inner = self.lock();
                 if inner.chunked {
                     if let Some(chunk) = inner.mirror.delivered(&event.key) {
@@ -1220,12 +1245,13 @@ impl Lane {
                 } else {
                     // The chunks became rows meanwhile: its row goes too (the dead
                     // letter, written already, stays as it is).
-                    let (attempts, reason, _) = dead;
+                    let (attempts, reason, ..) = dead;
                     as_rows.push((
                         event.pos,
                         SpillOutcome::Dead {
                             attempts: attempts as i32,
                             reason,
+                            attempt: None,
                         },
                     ));
                 }
@@ -1261,12 +1287,13 @@ impl Lane {
         before: u32,
         probe: bool,
         result: Attempt,
+        took: Duration,
         to_delete: &mut Vec<i64>,
     ) -> ChunkOutcome {
         let mut inner = self.lock();
         if !inner.chunked {
             drop(inner);
-            return ChunkOutcome::AsRow(self.spill_outcome(&event.id, before as i32, result));
+            return ChunkOutcome::AsRow(self.spill_outcome(&event.id, before as i32, result, took));
         }
         let m = &mut inner.mirror;
         let failure = match result {
@@ -1312,7 +1339,10 @@ impl Lane {
         }
         let wait = match self.target.verdict(attempts, &failure) {
             Verdict::Retry(wait) => wait,
-            Verdict::Dead(why) => return ChunkOutcome::Dead(attempts, failure.error, why),
+            Verdict::Dead(why) => {
+                let log = attempt_log(took, &failure);
+                return ChunkOutcome::Dead(attempts, failure.error, why, log);
+            }
         };
         self.metrics.retried.add(1);
         tracing::debug!(subscriber = %self.name, id = %event.id, attempts, error = %failure.error, "delivery failed");
@@ -1379,7 +1409,7 @@ impl Lane {
     }
 
     /// What one attempt of a spilled event means for its row, counted in the metrics.
-    fn spill_outcome(&self, id: &str, attempts_before: i32, result: Attempt) -> SpillOutcome {
+    fn spill_outcome(&self, id: &str, attempts_before: i32, result: Attempt, took: Duration) -> SpillOutcome {
         let attempts = attempts_before + 1;
         match result {
             Attempt::Delivered => {
@@ -1389,6 +1419,7 @@ impl Lane {
             }
             Attempt::Failed(failure) => {
                 self.failing.store(true, Ordering::Relaxed);
+                let attempt = attempt_log(took, &failure);
                 match self.target.verdict(attempts as u32, &failure) {
                     Verdict::Dead(why) => {
                         self.metrics.dead.add(1);
@@ -1396,6 +1427,7 @@ impl Lane {
                         SpillOutcome::Dead {
                             attempts,
                             reason: failure.error,
+                            attempt: Some(attempt),
                         }
                     }
                     Verdict::Retry(after) => {
@@ -1404,6 +1436,7 @@ impl Lane {
                             attempts,
                             after,
                             error: failure.error,
+                            attempt,
                         }
                     }
                 }
@@ -1424,7 +1457,7 @@ impl Lane {
         let (result, took) = self.target.send(&h.id, &h.body).await;
         self.count_outcome(result.failure());
         self.metrics.observe(took.as_secs_f64());
-        (h.pos, self.spill_outcome(&h.id, h.attempts, result))
+        (h.pos, self.spill_outcome(&h.id, h.attempts, result, took))
     }
 }
 

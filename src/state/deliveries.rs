@@ -67,6 +67,9 @@ pub struct Delivery {
     /// The standard body, when shown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// Its last failed attempts, oldest first (`at`, `status`, `ms`, `error`), when shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Value>,
 }
 
 const UTC: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
@@ -93,7 +96,7 @@ impl State {
         let sql = format!(
             "SELECT subscriber, event_id, event_type, ordering_key, attempts, {error},
                     to_char({at} AT TIME ZONE 'UTC', {UTC}), to_char({next} AT TIME ZONE 'UTC', {UTC}),
-                    CASE WHEN $9 THEN body END
+                    CASE WHEN $9 THEN body END, CASE WHEN $9 THEN history::text END
              FROM walhook.{table}
              WHERE slot = $1 AND {FILTER}
                AND ($6::timestamptz IS NULL OR {at} >= $6) AND ($7::timestamptz IS NULL OR {at} < $7)
@@ -133,6 +136,9 @@ impl State {
                     serde_json::from_slice(&b)
                         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned()))
                 }),
+                history: r
+                    .get::<_, Option<String>>(9)
+                    .and_then(|h| serde_json::from_str(&h).ok()),
             })
             .collect())
     }
@@ -148,13 +154,14 @@ impl State {
                 // event already in the log (the same position) keeps its dead letter.
                 &format!(
                     "WITH picked AS (
-                   SELECT lsn, seq, event_id, event_type, ordering_key, body FROM walhook.dead_letters
+                   SELECT lsn, seq, event_id, event_type, ordering_key, body, history FROM walhook.dead_letters
                    WHERE slot = $1 AND subscriber = $2 AND {FILTER}
                      AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
                    FOR UPDATE),
                  moved AS (
-                   INSERT INTO walhook.spill (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
-                   SELECT $1, $2, lsn, seq, event_id, event_type, ordering_key, body FROM picked
+                   INSERT INTO walhook.spill
+                     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, history)
+                   SELECT $1, $2, lsn, seq, event_id, event_type, ordering_key, body, history FROM picked
                    ON CONFLICT DO NOTHING
                    RETURNING lsn, seq, event_id),
                  gone AS (

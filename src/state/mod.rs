@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/002_spill_chunks.sql"),
     include_str!("../../sql/003_subscribers.sql"),
     include_str!("../../sql/004_leases.sql"),
+    include_str!("../../sql/005_attempt_history.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,24 @@ pub struct Spilled {
     pub attempts: i32,
 }
 
+/// One failed delivery attempt, as kept in a spilled event's or a dead letter's history
+/// (the last 20; the answer's excerpt is in `error`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AttemptLog {
+    /// When it was sent (RFC 3339, UTC).
+    pub at: String,
+    /// The status answered; none when no answer came.
+    pub status: Option<u16>,
+    /// How long it took, in milliseconds.
+    pub ms: u64,
+    pub error: String,
+}
+
+/// A history as the JSON array stored.
+pub fn history_json(history: &[AttemptLog]) -> String {
+    serde_json::to_string(history).unwrap_or_else(|_| "[]".into())
+}
+
 /// The result of one delivery attempt of a spilled event.
 #[derive(Debug, Clone)]
 pub enum SpillOutcome {
@@ -60,10 +79,14 @@ pub enum SpillOutcome {
         attempts: i32,
         after: Duration,
         error: String,
+        attempt: AttemptLog,
     },
     Dead {
         attempts: i32,
         reason: String,
+        /// The attempt that ended it, added to its history (none when its dead letter
+        /// was written already).
+        attempt: Option<AttemptLog>,
     },
 }
 
@@ -183,16 +206,21 @@ impl State {
         let bodies: Vec<&[u8]> = events.iter().map(|e| &e.event.body[..]).collect();
         let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
         let delays: Vec<i64> = events.iter().map(|e| e.retry_after.as_millis() as i64).collect();
+        let histories: Vec<String> = events.iter().map(|e| history_json(e.history)).collect();
         self.client()
             .await?
             .execute(
                 "INSERT INTO walhook.spill
-                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, next_attempt_at)
-                 SELECT $1, $2, l, q, i, t, k, b, a, now() + d * interval '1 millisecond'
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, next_attempt_at,
+                    history)
+                 SELECT $1, $2, l, q, i, t, k, b, a, now() + d * interval '1 millisecond', h::jsonb
                  FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::bytea[],
-                             $9::int[], $10::bigint[]) AS u(l, q, i, t, k, b, a, d)
+                             $9::int[], $10::bigint[], $11::text[]) AS u(l, q, i, t, k, b, a, d, h)
                  ON CONFLICT DO NOTHING",
-                &[&self.slot, &subscriber, &lsns, &seqs, &ids, &types, &keys, &bodies, &attempts, &delays],
+                &[
+                    &self.slot, &subscriber, &lsns, &seqs, &ids, &types, &keys, &bodies, &attempts, &delays,
+                    &histories,
+                ],
             )
             .await?;
         Ok(())
@@ -418,8 +446,15 @@ impl State {
         outcomes: &[(Pos, SpillOutcome)],
     ) -> Result<(), StateError> {
         let mut done = (Vec::new(), Vec::new());
-        let mut retry = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut dead = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut retry = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut dead = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (pos, outcome) in outcomes {
             let (l, q) = (pos.lsn as i64, pos.seq as i64);
             match outcome {
@@ -431,18 +466,25 @@ impl State {
                     attempts,
                     after,
                     error,
+                    attempt,
                 } => {
                     retry.0.push(l);
                     retry.1.push(q);
                     retry.2.push(*attempts);
                     retry.3.push(after.as_millis() as i64);
                     retry.4.push(error.as_str());
+                    retry.5.push(history_json(std::slice::from_ref(attempt)));
                 }
-                SpillOutcome::Dead { attempts, reason } => {
+                SpillOutcome::Dead {
+                    attempts,
+                    reason,
+                    attempt,
+                } => {
                     dead.0.push(l);
                     dead.1.push(q);
                     dead.2.push(*attempts);
                     dead.3.push(reason.as_str());
+                    dead.4.push(history_json(attempt.as_slice()));
                 }
             }
         }
@@ -454,22 +496,25 @@ impl State {
                    WHERE s.slot = $1 AND s.subscriber = $2 AND s.lsn = u.l AND s.seq = u.q),
                  retry AS (
                    UPDATE walhook.spill s
-                   SET attempts = u.a, next_attempt_at = now() + u.d * interval '1 millisecond', last_error = u.e
-                   FROM unnest($5::bigint[], $6::bigint[], $7::int[], $8::bigint[], $9::text[]) AS u(l, q, a, d, e)
+                   SET attempts = u.a, next_attempt_at = now() + u.d * interval '1 millisecond', last_error = u.e,
+                       history = walhook.last_attempts(s.history || u.h::jsonb)
+                   FROM unnest($5::bigint[], $6::bigint[], $7::int[], $8::bigint[], $9::text[], $10::text[])
+                     AS u(l, q, a, d, e, h)
                    WHERE s.slot = $1 AND s.subscriber = $2 AND s.lsn = u.l AND s.seq = u.q),
                  gone AS (
-                   DELETE FROM walhook.spill s USING unnest($10::bigint[], $11::bigint[]) AS u(l, q)
+                   DELETE FROM walhook.spill s USING unnest($11::bigint[], $12::bigint[]) AS u(l, q)
                    WHERE s.slot = $1 AND s.subscriber = $2 AND s.lsn = u.l AND s.seq = u.q
                    RETURNING s.*)
                  INSERT INTO walhook.dead_letters
-                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason)
-                 SELECT g.slot, g.subscriber, g.lsn, g.seq, g.event_id, g.event_type, g.ordering_key, g.body, u.a, u.r
-                 FROM gone g JOIN unnest($10::bigint[], $11::bigint[], $12::int[], $13::text[]) AS u(l, q, a, r)
-                   ON g.lsn = u.l AND g.seq = u.q
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason, history)
+                 SELECT g.slot, g.subscriber, g.lsn, g.seq, g.event_id, g.event_type, g.ordering_key, g.body, u.a, u.r,
+                        walhook.last_attempts(g.history || u.h::jsonb)
+                 FROM gone g JOIN unnest($11::bigint[], $12::bigint[], $13::int[], $14::text[], $15::text[])
+                   AS u(l, q, a, r, h) ON g.lsn = u.l AND g.seq = u.q
                  ON CONFLICT DO NOTHING",
                 &[
                     &self.slot, &subscriber, &done.0, &done.1, &retry.0, &retry.1, &retry.2, &retry.3, &retry.4,
-                    &dead.0, &dead.1, &dead.2, &dead.3,
+                    &retry.5, &dead.0, &dead.1, &dead.2, &dead.3, &dead.4,
                 ],
             )
             .await?;
@@ -483,13 +528,15 @@ impl State {
         event: &Event,
         attempts: i32,
         reason: &str,
+        history: &[AttemptLog],
     ) -> Result<(), StateError> {
         self.client()
             .await?
             .execute(
                 "INSERT INTO walhook.dead_letters
-                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason, history)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, walhook.last_attempts($11::text::jsonb))
+                 ON CONFLICT DO NOTHING",
                 &[
                     &self.slot,
                     &subscriber,
@@ -501,6 +548,7 @@ impl State {
                     &&event.body[..],
                     &attempts,
                     &reason,
+                    &history_json(history),
                 ],
             )
             .await?;
@@ -513,6 +561,8 @@ pub struct SpillRow<'a> {
     pub event: &'a Event,
     pub attempts: i32,
     pub retry_after: Duration,
+    /// Its failed attempts so far.
+    pub history: &'a [AttemptLog],
 }
 
 async fn open(url: &str) -> Result<Client, StateError> {

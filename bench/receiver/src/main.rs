@@ -1,10 +1,12 @@
-//! Benchmark receiver: answers every POST with 204 (or 500 with `--fail`), counts
+//! Benchmark receiver: answers every POST with 204 (or 500 with `--fail`, or 500 to a
+//! share of requests with `--fail-rate 0.2`), counts
 //! requests, records the arrival time of the first and last, the commit-to-receipt
 //! latency of every event (from the body's `timestamp`), and verifies the signature of one
 //! request in `--sample` (default 100). `GET /stats` returns the figures as JSON;
 //! `POST /reset` clears them. Runs on one thread so it takes at most one core.
 //!
-//! Usage: walhook-bench-receiver --listen 127.0.0.1:PORT --secret whsec_... [--fail] [--sample N]
+//! Usage: walhook-bench-receiver --listen 127.0.0.1:PORT --secret whsec_... [--fail]
+//!        [--fail-rate R] [--sample N]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,8 @@ struct Stats {
 struct App {
     key: Vec<u8>,
     fail: AtomicBool,
+    /// Out of 1,000 requests, how many get a 500 (spread evenly, not in runs).
+    fail_per_mille: u64,
     sample: u64,
     stats: Stats,
 }
@@ -99,7 +103,10 @@ fn hook(app: &App, signed: &Signed, body: &[u8]) -> u16 {
             s.bad_signatures.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if app.fail.load(Ordering::Relaxed) {
+    // A multiplicative hash of the request number: failures spread without a random
+    // number generator, the same in every run.
+    let spread = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 1000;
+    if app.fail.load(Ordering::Relaxed) || spread < app.fail_per_mille {
         500
     } else {
         204
@@ -242,6 +249,9 @@ fn main() {
     let app = Arc::new(App {
         key,
         fail: AtomicBool::new(args.iter().any(|a| a == "--fail")),
+        fail_per_mille: arg("--fail-rate")
+            .and_then(|r| r.parse::<f64>().ok())
+            .map_or(0, |r| (r.clamp(0.0, 1.0) * 1000.0) as u64),
         sample,
         stats: Stats::default(),
     });
