@@ -5,7 +5,19 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The pid, among `pids`, owning the client socket whose local address is `addr`
 /// (the peer address a server saw). None when none of them does (or it has exited).
+/// /proc/net/tcp is read a page at a time while sockets come and go, so a line can be
+/// missed: a miss is looked up again a few times.
 pub fn socket_owner(addr: SocketAddr, pids: &[u32]) -> Option<u32> {
+    for _ in 0..10 {
+        if let Some(pid) = lookup(addr, pids) {
+            return Some(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    None
+}
+
+fn lookup(addr: SocketAddr, pids: &[u32]) -> Option<u32> {
     let IpAddr::V4(ip) = addr.ip() else {
         return None;
     };
