@@ -2,6 +2,11 @@
 //! one subscriber fails and spills: the slot is never confirmed past what is durable,
 //! the healthy subscriber's deliveries go on, readiness says the state database is
 //! down, and once it is back nothing is lost and every key arrives in order.
+//!
+//! "Durable" is exact here: the first transaction written during the outage cannot be
+//! spilled, so the slot may be confirmed up to that transaction's commit LSN (the server
+//! sends again every transaction whose commit LSN is not below the confirmed one) and no
+//! further. That commit LSN is read from the event ids the healthy subscriber received.
 
 mod common;
 
@@ -29,6 +34,14 @@ async fn lsn(db: &tokio_postgres::Client) -> u64 {
         .await
         .unwrap();
     row.get::<_, i64>(0) as u64
+}
+
+/// The commit LSN an event id (`evt_<commit lsn, 16 hex digits>_...`) carries.
+fn commit_lsn(id: &str) -> u64 {
+    id.strip_prefix("evt_")
+        .and_then(|rest| rest.get(..16))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("{id} is not an event id"))
 }
 
 fn unique(got: &[Received]) -> usize {
@@ -77,17 +90,15 @@ async fn an_unreachable_state_database_holds_the_slot_and_loses_nothing() {
     state.stop();
     let down_at = lsn(&db).await;
     let outage_start = Instant::now();
-    let mut round = 10;
+    let first_outage_round = 10;
+    let mut round = first_outage_round;
     let mut not_ready_seen = false;
+    let mut confirmed_during = Vec::new();
     while outage_start.elapsed() < OUTAGE {
         update(&db, round, &mut written).await;
         round += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let confirmed = confirmed_flush(&db, "shop").await;
-        assert!(
-            confirmed <= down_at,
-            "the slot was confirmed to {confirmed:X} past {down_at:X}, where the state database went away"
-        );
+        confirmed_during.push(confirmed_flush(&db, "shop").await);
         if let Ok(r) = reqwest::get(format!("http://{}/readyz", w.admin)).await {
             not_ready_seen |= r.status().as_u16() == 503;
         }
@@ -95,9 +106,26 @@ async fn an_unreachable_state_database_holds_the_slot_and_loses_nothing() {
     assert!(not_ready_seen, "/readyz says the state database is down");
     // The healthy lane went on meanwhile: every round but the last one or two arrived.
     let during: usize = written.values().map(Vec::len).sum::<usize>() - 2 * KEYS as usize;
-    let got = unique(&healthy.delivered());
+    let delivered = healthy.delivered();
+    let got = unique(&delivered);
     println!("during the outage the healthy subscriber had {got} of {during} events");
     assert!(got >= during, "the healthy lane stalled: {got} of {during}");
+    // The slot never passed the first transaction the failing lane could not spill.
+    let undurable = delivered
+        .iter()
+        .filter(|r| r.json()["data"]["new"]["qty"].as_i64() >= Some(first_outage_round))
+        .map(|r| commit_lsn(&r.id))
+        .min()
+        .expect("the healthy subscriber has the outage's rounds");
+    assert!(undurable > down_at, "{undurable:X} is an outage round's commit");
+    let most = confirmed_during.iter().copied().max().unwrap_or(0);
+    println!(
+        "during the outage the slot was confirmed up to {most:X}; the first commit that could not be spilled is {undurable:X}"
+    );
+    assert!(
+        most <= undurable,
+        "the slot was confirmed to {most:X}, past {undurable:X}, the commit of the first transaction written while the state database was down (confirmed each second: {confirmed_during:X?})"
+    );
 
     // Back: the failing subscriber recovers too, and everything arrives in order.
     state.start_again().await;
