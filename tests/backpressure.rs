@@ -296,6 +296,16 @@ async fn a_down_subscriber_keeps_its_backlog_in_chunks_and_is_probed() {
         Some(1.0)
     );
 
+    // A probe answered with a refusal of that one event (a 4xx other than 408 and 429)
+    // shows the subscriber is up: the lane leaves the outage and tries every key again.
+    rx.set_status(422);
+    eventually(
+        Duration::from_secs(5),
+        "a refused probe to end the outage",
+        || async { w.metric("walhook_lane_down{subscriber=\"shop\"}").await == Some(0.0) },
+    )
+    .await;
+
     rx.set_status(204);
     let got = rx
         .wait_for(Duration::from_secs(90), "every event", |g| distinct(g) >= 3000)

@@ -74,9 +74,29 @@ fn faults() -> Vec<(&'static str, Vec<Reply>)> {
             "throttled",
             vec![Reply::Status(429, after("2")), Reply::Status(503, after("1"))],
         ),
+        // Its Retry-After outlasts spill_after (see `extra`): the lane spills while the
+        // event waits, and the wait still holds.
+        ("spilled_throttled", vec![Reply::Status(429, after("3"))]),
         ("gone", vec![Reply::status(410)]),
         ("slow", vec![Reply::Slow(Duration::from_secs(1), 204); 3]),
     ]
+}
+
+/// A subscriber's settings beyond `FAST`.
+fn extra(name: &str) -> &'static str {
+    match name {
+        "spilled_throttled" => "\nspill_after = \"1s\"",
+        _ => "",
+    }
+}
+
+/// The Retry-After waits a subscriber was told, by the index of the answer that told it.
+fn told_waits(name: &str) -> &'static [(usize, u64)] {
+    match name {
+        "throttled" => &[(0, 2), (1, 1)],
+        "spilled_throttled" => &[(0, 3)],
+        _ => &[],
+    }
 }
 
 /// Runs the workload against a healthy receiver and the scripted ones (all healthy when
@@ -99,7 +119,7 @@ async fn run(
     let mut subs = subscriber("healthy", &healthy.url(), "\"*\"", FAST);
     for (name, script) in faults() {
         let rx = Scripted::start(if faulty { script } else { Vec::new() }).await;
-        subs += &subscriber(name, &rx.url(), "\"*\"", FAST);
+        subs += &subscriber(name, &rx.url(), "\"*\"", &format!("{FAST}{}", extra(name)));
         scripted.push((name, rx));
     }
     let w = Walhook::start(&config(&url, &subs));
@@ -130,7 +150,7 @@ async fn each_fault_ends_as_specified_and_a_healthy_subscriber_loses_no_time() {
 
     let (stormy, healthy, scripted, written, mut w) = run(&pg, "stormy", true).await;
     println!(
-        "healthy subscriber, {n} events: beside healthy ones {calm:?}, beside six failing ones {stormy:?}"
+        "healthy subscriber, {n} events: beside healthy ones {calm:?}, beside seven failing ones {stormy:?}"
     );
     assert!(
         stormy <= calm * 2 + Duration::from_secs(1),
@@ -193,16 +213,23 @@ async fn each_fault_ends_as_specified_and_a_healthy_subscriber_loses_no_time() {
             let retried = hits.iter().filter(|x| x.id == h.id).count();
             assert!(retried >= 2, "{name}: {} was not retried", h.id);
         }
-        if *name == "throttled" {
-            // The 429 and the 503 said when to come back: not a moment sooner.
-            for (i, wait) in [(0, 2), (1, 1)] {
+        if *name == "spilled_throttled" {
+            assert!(
+                w.log()
+                    .contains("lane switches to spill mode subscriber=spilled_throttled"),
+                "the lane spilled while its event waited out the Retry-After"
+            );
+        }
+        {
+            // A 429 or 503 said when to come back: not a moment sooner.
+            for &(i, wait) in told_waits(name) {
                 let told = &hits[i];
                 let next = hits
                     .iter()
                     .find(|h| h.id == told.id && h.at > told.at)
                     .expect("retried");
                 let gap = next.at - told.at;
-                println!("throttled: retried {gap:?} after a Retry-After of {wait} s");
+                println!("{name}: retried {gap:?} after a Retry-After of {wait} s");
                 assert!(
                     gap >= Duration::from_secs(wait),
                     "retried after {gap:?}, told {wait} s"

@@ -196,22 +196,29 @@ struct Mirror {
 }
 
 impl Mirror {
-    /// Takes in a written chunk: its events with the attempts they already had.
-    fn add(&mut self, chunk: i64, events: Vec<(EventRef, u32)>) {
+    /// Takes in a written chunk: its events with the attempts they already had and when
+    /// the next may start (a backoff or a Retry-After begun in hot mode).
+    fn add(&mut self, chunk: i64, events: Vec<(EventRef, u32, Option<Instant>)>) {
         self.open.insert(chunk, (events.len(), Vec::new()));
         self.loaded = chunk;
         self.events += events.len();
-        for (event, attempts) in events {
+        for (event, attempts, not_before) in events {
             let key = event.key.clone();
             let q = self.keys.entry(key.clone()).or_default();
             q.push_back(Held {
                 event,
                 chunk,
                 attempts,
-                not_before: None,
+                not_before,
             });
             if q.len() == 1 {
-                self.ready.push_back(key);
+                match not_before {
+                    Some(at) => {
+                        self.waiting_seq += 1;
+                        self.waiting.insert((at, self.waiting_seq), key);
+                    }
+                    None => self.ready.push_back(key),
+                }
             }
         }
     }
@@ -859,7 +866,12 @@ impl Lane {
                         // waits in the log; loaded from the log later otherwise.
                         let m = &mut inner.mirror;
                         if !m.behind && m.size() < self.cfg.max_buffered {
-                            m.add(chunk, batch.into_iter().map(|(e, a, ..)| (e, a as u32)).collect());
+                            // A wait begun in hot mode (a Retry-After) is kept.
+                            let now = Instant::now();
+                            let held = batch
+                                .into_iter()
+                                .map(|(e, a, r, _)| (e, a as u32, (!r.is_zero()).then(|| now + r)));
+                            m.add(chunk, held.collect());
                         } else {
                             m.behind = true;
                         }
@@ -1323,6 +1335,13 @@ impl Lane {
             m.failures_in_row = 0;
         }
         match m.outage {
+            // The subscriber answered, refusing this one event: it is up again.
+            Some(_) if probe && !failure.suggests_down() => {
+                m.outage = None;
+                self.metrics.down.store(false, Ordering::Relaxed);
+                tracing::info!(subscriber = %self.name, status = failure.status,
+                    "subscriber answers again (refusing one event); delivery resumes");
+            }
             // Each failed probe doubles the wait before the next.
             Some((probes, _)) if probe => {
                 m.outage = Some((probes + 1, now + self.target.probe_delay(probes + 1)))
@@ -1382,9 +1401,10 @@ impl Lane {
         let next = self.state.chunk_after(&self.name, loaded).await?;
         let mut inner = self.lock();
         match next {
-            Some((chunk, events)) => inner
-                .mirror
-                .add(chunk, events.into_iter().map(|e| (Arc::new(e), 0)).collect()),
+            Some((chunk, events)) => inner.mirror.add(
+                chunk,
+                events.into_iter().map(|e| (Arc::new(e), 0, None)).collect(),
+            ),
             None => inner.mirror.behind = false,
         }
         Ok(false)
