@@ -16,6 +16,8 @@ use common::*;
 
 const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
 const KEYS: i64 = 20;
+const TOKEN: &str = "standby-test-token-0123456789";
+const TOKEN_LINE: &str = "token = \"standby-test-token-0123456789\"";
 /// Each answer takes this long, so requests are in flight at any moment.
 const ANSWER: Duration = Duration::from_millis(20);
 /// The longest a takeover may take (the default `state.lease` is 6 s).
@@ -97,11 +99,15 @@ async fn start_pair(
     rx: &Receiver,
 ) -> (Walhook, Walhook, tokio_postgres::Client) {
     let url = pg.url("shop");
-    let a = Walhook::start(&config(&url, a_state, &rx.url()));
+    let a = Walhook::start_with_admin(&config(&url, a_state, &rx.url()), TOKEN_LINE);
     a.wait_ready().await;
     // As if on another host: the standby cannot see that the leader's process is gone,
     // and waits for its lease to expire.
-    let b = Walhook::start_with_env(&config(&url, b_state, &rx.url()), &[("HOSTNAME", "standby-host")]);
+    let b = Walhook::start_with_env(
+        &config(&url, b_state, &rx.url()),
+        TOKEN_LINE,
+        &[("HOSTNAME", "standby-host")],
+    );
     b.wait_log("standing by: another walhook leads", 1).await;
     // The leader has seen the standby, so it fences itself should its lease lapse.
     a.wait_log("a standby is waiting", 1).await;
@@ -110,6 +116,17 @@ async fn start_pair(
     let ready = reqwest::get(format!("http://{}/readyz", b.admin)).await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
     assert!(ready.text().await.unwrap().contains("role=standby"));
+    // Changes go to the leader; the standby says so.
+    for path in [
+        "/subscribers/s/pause",
+        "/subscribers/s/resume",
+        "/deliveries/replay",
+    ] {
+        let body = serde_json::json!({ "subscriber": "s", "all": true });
+        let (status, answer) = b.api("POST", path, Some(TOKEN), Some(body)).await;
+        assert_eq!(status, 503, "{path} on the standby: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains("standby"), "{answer}");
+    }
     tag_senders(rx, &a, &b);
     let db = pg.client("shop").await;
     db.batch_execute(&format!(
@@ -120,12 +137,31 @@ async fn start_pair(
     (a, b, db)
 }
 
-async fn all_arrive(rx: &Receiver, written: &BTreeMap<i64, Vec<i64>>) {
+/// Writes on while the leader delivers, strikes it with `fault`, and waits for the
+/// standby to deliver; writes go on a little longer, then stop, and every event must
+/// arrive, each key in order. Returns when the fault struck.
+async fn fault_mid_workload(rx: &Receiver, db: tokio_postgres::Client, fault: impl FnOnce()) -> Instant {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writer(db, stop.clone());
+    rx.wait_for(Duration::from_secs(20), "the leader delivering", |g| {
+        g.len() > 100
+    })
+    .await;
+    fault();
+    let struck = Instant::now();
+    rx.wait_for(Duration::from_secs(30), "the standby delivering", |_| {
+        rx.arrivals().iter().any(|r| r.tag == "b")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let written = writing.await.unwrap();
     let total: usize = written.values().map(Vec::len).sum();
     let got = rx
         .wait_unique(Duration::from_secs(60), "every event", total)
         .await;
-    assert_eq!(qty_sequences(&got), *written, "per-key order and content");
+    assert_eq!(qty_sequences(&got), written, "per-key order and content");
+    struck
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,24 +172,7 @@ async fn the_standby_takes_over_a_killed_leader_within_10s() {
     rx.set_delay(ANSWER);
     let (mut a, b, db) = start_pair(&pg, &url, &url, &rx).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writing = writer(db, stop.clone());
-    rx.wait_for(Duration::from_secs(20), "the leader delivering", |g| {
-        g.len() > 100
-    })
-    .await;
-    a.sigkill();
-    let killed = Instant::now();
-    rx.wait_for(Duration::from_secs(30), "the standby delivering", |_| {
-        rx.arrivals().iter().any(|r| r.tag == "b")
-    })
-    .await;
-    // Writes go on a little after the takeover, then stop.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::SeqCst);
-    let written = writing.await.unwrap();
-    all_arrive(&rx, &written).await;
-
+    let killed = fault_mid_workload(&rx, db, || a.sigkill()).await;
     let took = handover(&rx, killed, killed);
     println!("standby took over {took:?} after the leader was killed");
     assert!(b.log().contains("leading: this walhook holds the slot's lease"));
@@ -171,22 +190,7 @@ async fn a_leader_cut_off_from_the_state_database_stops_before_the_standby_start
     rx.set_delay(ANSWER);
     let (a, b, db) = start_pair(&pg, &a_state, &url, &rx).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writing = writer(db, stop.clone());
-    rx.wait_for(Duration::from_secs(20), "the leader delivering", |g| {
-        g.len() > 100
-    })
-    .await;
-    proxy.freeze();
-    let cut = Instant::now();
-    rx.wait_for(Duration::from_secs(30), "the standby delivering", |_| {
-        rx.arrivals().iter().any(|r| r.tag == "b")
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::SeqCst);
-    let written = writing.await.unwrap();
-    all_arrive(&rx, &written).await;
+    let cut = fault_mid_workload(&rx, db, || proxy.freeze()).await;
 
     // The leader stopped within the lease (6 s) of losing the state database, before
     // the lease could expire for the standby.

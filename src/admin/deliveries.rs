@@ -87,11 +87,11 @@ async fn pause_or_resume(
                 .reason
                 .unwrap_or_else(|| "paused through the admin API".into());
             let l = lane.clone();
-            tokio::spawn(async move { l.pause(&reason).await.map(|_| ()) }).await
+            as_leader(&a, async move { l.pause(&reason).await.map(|_| ()) }).await
         }
         "resume" => {
             let l = lane.clone();
-            tokio::spawn(async move { l.resume().await.map(|_| ()) }).await
+            as_leader(&a, async move { l.resume().await.map(|_| ()) }).await
         }
         _ => {
             return error(
@@ -101,12 +101,39 @@ async fn pause_or_resume(
         }
     };
     match result {
-        Ok(Ok(())) => {
+        Ok(()) => {
             let status = lane.stop_info().map_or("active", |s| s.status.as_str());
             Json(json!({ "name": name, "status": status })).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => r,
+    }
+}
+
+/// Runs a change `op` as the leader: refused while this process stands by, run in a task
+/// of its own (a request dropped half-way must not leave it half done), and given up at
+/// once when this process loses its lease (nothing more may be written then). A failure
+/// becomes the answer to give.
+async fn as_leader<T, F>(a: &Admin, op: F) -> Result<T, Response>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, crate::state::StateError>> + Send + 'static,
+{
+    if !a.progress.leading.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(standby());
+    }
+    let fence = a.progress.fence.clone();
+    let done = tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = fence.cancelled() => Err(crate::state::StateError::Fenced),
+            r = op => r,
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
@@ -296,22 +323,9 @@ async fn replay(
             "name what to replay (id, type, key, since, until) or send \"all\": true for every dead letter of the subscriber",
         );
     }
-    if !a.progress.leading.load(std::sync::atomic::Ordering::Relaxed) {
-        return standby();
-    }
-    // In a task of its own: a request dropped half-way must not leave the moved rows
-    // unserved.
-    let fence = a.progress.fence.clone();
-    let replayed = tokio::spawn(async move {
-        tokio::select! {
-            _ = fence.cancelled() => Err(crate::state::StateError::Fenced),
-            r = lane.replay(&filter) => r,
-        }
-    })
-    .await;
-    match replayed {
-        Ok(Ok(ids)) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    // A request dropped half-way must not leave the moved rows unserved.
+    match as_leader(&a, async move { lane.replay(&filter).await }).await {
+        Ok(ids) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),
+        Err(r) => r,
     }
 }

@@ -1254,6 +1254,11 @@ impl Lane {
                     if let Some(chunk) = inner.mirror.delivered(&event.key) {
                         to_delete.push(chunk);
                     }
+                } else if let Some(left_out) = inner.unexploded.as_mut() {
+                    // The chunks are to become rows (only this task turns them): it
+                    // gets no row. A row for it would be recorded dead again later,
+                    // undoing a replay of the dead letter written just now.
+                    left_out.push(event.pos);
                 } else {
                     // The chunks became rows meanwhile: its row goes too (the dead
                     // letter, written already, stays as it is).

@@ -47,10 +47,10 @@ impl Walhook {
         Walhook::launch(config, admin_extra, &[])
     }
 
-    /// As `start`, with these environment variables set (e.g. HOSTNAME, so that two
-    /// instances on this host look like two hosts).
-    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Walhook {
-        Walhook::launch(config, "", env)
+    /// As `start_with_admin`, with these environment variables set (e.g. HOSTNAME, so
+    /// that two instances on this host look like two hosts).
+    pub fn start_with_env(config: &str, admin_extra: &str, env: &[(&str, &str)]) -> Walhook {
+        Walhook::launch(config, admin_extra, env)
     }
 
     fn launch(config: &str, admin_extra: &str, env: &[(&str, &str)]) -> Walhook {
