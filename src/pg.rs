@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -64,6 +65,7 @@ impl PgTarget {
         let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
+        tcp_defaults(&mut config, url);
         config.ssl_mode(match ssl {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -97,6 +99,32 @@ impl PgTarget {
                 Ok(drive(client, conn, what))
             }
         }
+    }
+}
+
+/// TCP keepalive probes after 15 s idle, 5 s apart, 3 of them.
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(15), Duration::from_secs(5), 3);
+/// How long sent data may stay unacknowledged before the connection counts as dead.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A path that dies without a word (a partition, a vanished host) would otherwise go
+/// unnoticed for hours on an idle connection and for about 15 minutes on a busy one:
+/// keepalives and a TCP user timeout find it within about 30 s. Settings the URL names
+/// (`keepalives_idle`, `keepalives_interval`, `keepalives_retries`, `tcp_user_timeout`)
+/// stay as given.
+fn tcp_defaults(config: &mut tokio_postgres::Config, url: &str) {
+    let given = |key: &str| url.contains(key);
+    if !given("keepalives_idle") {
+        config.keepalives_idle(KEEPALIVE.0);
+    }
+    if !given("keepalives_interval") {
+        config.keepalives_interval(KEEPALIVE.1);
+    }
+    if !given("keepalives_retries") {
+        config.keepalives_retries(KEEPALIVE.2);
+    }
+    if !given("tcp_user_timeout") {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
 }
 
@@ -387,6 +415,16 @@ mod tests {
     #[test]
     fn modes_parse_and_bad_ones_are_named() {
         assert_eq!(PgTarget::parse("postgres://h/db").unwrap().ssl, SslMode::Prefer);
+        let plain = PgTarget::parse("postgres://h/db").unwrap().config;
+        assert_eq!(plain.get_keepalives_idle(), KEEPALIVE.0);
+        assert_eq!(plain.get_keepalives_interval(), Some(KEEPALIVE.1));
+        assert_eq!(plain.get_keepalives_retries(), Some(KEEPALIVE.2));
+        assert_eq!(plain.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        let given = PgTarget::parse("postgres://h/db?keepalives_idle=60&tcp_user_timeout=90")
+            .unwrap()
+            .config;
+        assert_eq!(given.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(given.get_tcp_user_timeout(), Some(&Duration::from_secs(90)));
         assert!(PgTarget::parse("postgres://h/db?sslmode=disable")
             .unwrap()
             .tls

@@ -37,6 +37,8 @@ const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Retry interval while the slot is still held by another process.
 const SLOT_BUSY_RETRY: Duration = Duration::from_millis(500);
+/// The longest a lookup of column types may take.
+const CATALOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the confirmed LSN is recomputed and sent when it moved.
 const CONFIRM_TICK: Duration = Duration::from_millis(250);
 
@@ -97,7 +99,8 @@ struct Rel {
 pub struct Pipeline {
     config: Arc<Config>,
     source: PgTarget,
-    catalog: Client,
+    /// For type lookups; None after one failed (the next opens a new connection).
+    catalog: Option<Client>,
     mapper: Mapper,
     lanes: Vec<Arc<Lane>>,
     types: TypeRegistry,
@@ -192,7 +195,7 @@ impl Pipeline {
         Ok(Pipeline {
             config,
             source,
-            catalog,
+            catalog: Some(catalog),
             mapper,
             lanes,
             types,
@@ -321,6 +324,9 @@ impl Pipeline {
         let mut tick = tokio::time::interval(CONFIRM_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sent = (0u64, Instant::now());
+        // When the server was last heard from, and whether a reply was asked for since.
+        let mut heard = (Instant::now(), false);
+        let silence = self.config.source.receive_timeout;
         loop {
             tokio::select! {
                 biased;
@@ -335,8 +341,9 @@ impl Pipeline {
                         conn.close().await;
                         return Ok(());
                     }
+                    heard.0 = Instant::now();
                 }
-                msg = conn.recv() => match msg? {
+                msg = conn.recv() => match msg.inspect(|_| heard = (Instant::now(), false))? {
                     ReplMessage::XLogData { wal_start, wal_end, send_time, data } => {
                         self.received = self.received.max(wal_end);
                         self.clock.observe(send_time);
@@ -344,6 +351,9 @@ impl Pipeline {
                             conn.close().await;
                             return Ok(());
                         }
+                        // Time spent handing events over (a full lane holds the reader)
+                        // is not silence.
+                        heard.0 = Instant::now();
                     }
                     ReplMessage::Keepalive { wal_end, send_time, reply_requested } => {
                         self.received = self.received.max(wal_end);
@@ -363,8 +373,16 @@ impl Pipeline {
                 _ = tick.tick() => {
                     self.prune_held();
                     let flush = self.confirm_lsn();
-                    if flush != last_sent.0 || last_sent.1.elapsed() >= self.config.source.status_interval {
-                        conn.send_status(self.received.max(flush), flush, false).await?;
+                    // A connection the network dropped without a word stays open here
+                    // forever: ask for a reply halfway, give up at the end.
+                    let quiet = heard.0.elapsed();
+                    if quiet >= silence {
+                        return Err(SourceError::Silent(silence));
+                    }
+                    let ask = quiet >= silence / 2 && !heard.1;
+                    if ask || flush != last_sent.0 || last_sent.1.elapsed() >= self.config.source.status_interval {
+                        conn.send_status(self.received.max(flush), flush, ask).await?;
+                        heard.1 |= ask;
                         last_sent = (flush, Instant::now());
                         self.metrics.confirmed_lsn.set(flush);
                     }
@@ -744,10 +762,27 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// Looks up column types the registry does not know yet. The catalog connection is
+    /// opened again when it closed (a server restart), and a lookup may take at most
+    /// `CATALOG_TIMEOUT`, so a dead connection cannot stall the stream.
     async fn resolve_types(&mut self, oids: &[u32]) {
-        if let Err(e) = setup::load_types(&self.catalog, &mut self.types, Some(oids)).await {
-            tracing::warn!(error = %e, ?oids, "cannot look up column types; their values are sent as text");
-        }
+        let looked_up = tokio::time::timeout(CATALOG_TIMEOUT, async {
+            let catalog = match self.catalog.take().filter(|c| !c.is_closed()) {
+                Some(c) => c,
+                None => self.source.connect("catalog").await?,
+            };
+            let catalog = self.catalog.insert(catalog);
+            setup::load_types(catalog, &mut self.types, Some(oids)).await
+        })
+        .await;
+        let error = match looked_up {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {CATALOG_TIMEOUT:?}"),
+        };
+        // The next lookup uses a new connection.
+        self.catalog = None;
+        tracing::warn!(%error, ?oids, "cannot look up column types; their values are sent as text");
     }
 }
 

@@ -1,5 +1,6 @@
 //! Reconnects: the walsender terminated mid-workload (57P01), the server restarted
-//! mid-workload, and a second instance that stands by until the first is killed.
+//! mid-workload, the path to the server dead without a word, and a second instance that
+//! stands by until the first is killed.
 //! Nothing is lost, and the admin server shows the stream and metrics.
 
 mod common;
@@ -7,6 +8,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use common::proxy::Proxy;
 use common::*;
 
 const SCHEMA: &str = "CREATE TABLE stock (product_id bigint PRIMARY KEY, qty integer NOT NULL);";
@@ -107,6 +109,27 @@ async fn server_restart_mid_workload_loses_nothing() {
     all_arrive(&rx, &written).await;
     w.wait_ready().await;
     assert!(w.log().contains("reconnecting"));
+
+    // A type created after the restart is looked up on a new catalog connection: a
+    // domain over integer arrives as a number, not as text.
+    let db = pg.client("shop").await;
+    db.batch_execute(
+        "CREATE DOMAIN units AS integer; ALTER TABLE stock ADD COLUMN units units;
+         UPDATE stock SET units = 7 WHERE product_id = 1",
+    )
+    .await
+    .unwrap();
+    let got = rx
+        .wait_for(Duration::from_secs(20), "the change with units", |g| {
+            g.iter().any(|r| !r.json()["data"]["new"]["units"].is_null())
+        })
+        .await;
+    let units = got
+        .iter()
+        .map(|r| r.json()["data"]["new"]["units"].clone())
+        .find(|u| !u.is_null())
+        .unwrap();
+    assert_eq!(units, serde_json::json!(7), "{}", w.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,4 +171,55 @@ async fn a_second_instance_waits_for_the_slot_and_takes_over() {
             .unwrap()
             > 0.0
     );
+}
+
+/// The path to the source dies without a word mid-workload: the replication connection
+/// stays open and silent. Walhook asks for a reply halfway through
+/// `source.receive_timeout`, drops the connection at its end, and streams again on a new
+/// one; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_connection_gone_silent_is_replaced() {
+    let pg = PgCluster::start().await;
+    let state_url = pg.create_db("shop", SCHEMA).await;
+    // The server gives up on the cut connection soon too, which frees the slot.
+    let admin = pg.client("postgres").await;
+    for sql in [
+        "ALTER SYSTEM SET wal_sender_timeout = '3s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let proxy = Proxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let url = format!("postgres://postgres@{}/shop", proxy.addr);
+    let rx = Receiver::start().await;
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nreceive_timeout = \"4s\"\n[state]\nurl = \"{state_url}\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber("s", &rx.url(), "\"*\"", "")
+    );
+    let w = Walhook::start(&config);
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute(&format!(
+        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {KEYS}) g"
+    ))
+    .await
+    .unwrap();
+    let mut written = (1..=KEYS).map(|k| (k, vec![0])).collect();
+    workload(&pg, 1..20, &mut written).await;
+    rx.wait_for(Duration::from_secs(20), "the first rounds", |g| {
+        g.len() >= 20 * KEYS as usize
+    })
+    .await;
+
+    proxy.cut();
+    let cut = std::time::Instant::now();
+    workload(&pg, 20..40, &mut written).await;
+    all_arrive(&rx, &written).await;
+    println!(
+        "every change arrived {:?} after the connection was cut",
+        cut.elapsed()
+    );
+    let log = w.log();
+    assert!(log.contains("not even when asked for a reply"), "{log}");
+    w.wait_ready().await;
 }

@@ -22,6 +22,7 @@ pub const DEFAULT_SLOT: &str = "walhook";
 pub const DEFAULT_PUBLICATION: &str = "walhook";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
@@ -101,6 +102,11 @@ pub struct SourceConfig {
     /// How often a standby status update is sent even when nothing changed.
     #[serde(default = "default_status_interval", with = "humantime_serde")]
     pub status_interval: Duration,
+    /// How long the replication connection may stay silent: after half of it walhook asks
+    /// the server for a reply, after all of it the connection counts as dead and walhook
+    /// reconnects.
+    #[serde(default = "default_receive_timeout", with = "humantime_serde")]
+    pub receive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -402,6 +408,9 @@ fn default_true() -> bool {
 fn default_status_interval() -> Duration {
     DEFAULT_STATUS_INTERVAL
 }
+fn default_receive_timeout() -> Duration {
+    DEFAULT_RECEIVE_TIMEOUT
+}
 fn default_watermark_interval() -> Duration {
     DEFAULT_WATERMARK_INTERVAL
 }
@@ -547,6 +556,12 @@ impl Config {
         }
         if self.source.status_interval.is_zero() {
             bad("source.status_interval".into(), "must be above 0".into());
+        }
+        if self.source.receive_timeout < Duration::from_secs(2) {
+            bad(
+                "source.receive_timeout".into(),
+                "must be at least 2s (the server needs time to answer a request for a reply)".into(),
+            );
         }
         for (key, d) in [
             ("state.watermark_interval", self.state.watermark_interval),

@@ -31,6 +31,8 @@ pub enum SourceError {
     },
     #[error("the server ended the replication stream")]
     StreamEnded,
+    #[error("the server sent nothing for {0:?}, not even when asked for a reply (source.receive_timeout); the connection counts as dead")]
+    Silent(std::time::Duration),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("catalog query failed: {0}")]
