@@ -231,14 +231,21 @@ class Proc:
         self.f = open(log_path, "ab")
         self.p = subprocess.Popen(args, stdout=self.f, stderr=subprocess.STDOUT, env=env)
 
-    def peak_rss_mb(self):
+    def status_mb(self, field):
+        """A size field of /proc/PID/status (VmHWM, VmRSS) in MB; 0 once it has exited."""
         try:
             for line in open(f"/proc/{self.p.pid}/status"):
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
         except OSError:
             pass
         return 0.0
+
+    def peak_rss_mb(self):
+        return self.status_mb("VmHWM")
+
+    def rss_mb(self):
+        return self.status_mb("VmRSS")
 
     def cpu_seconds(self):
         """User plus system CPU time used so far."""
@@ -301,11 +308,15 @@ class Bench:
         """A command prefix that runs a program on these CPUs (none when not pinning)."""
         return ["taskset", "-c", cpus] if cpus else []
 
-    def start_receiver(self, fail=False):
+    def start_receiver(self, fail=False, fail_rate=None):
+        """A bench receiver: healthy, failing every request (fail), or failing that share
+        of them (fail_rate)."""
         port = free_port()
         args = self.pinned(self.client_cpus) + [self.receiver, "--listen", f"127.0.0.1:{port}", "--secret", SECRET]
         if fail:
             args.append("--fail")
+        if fail_rate is not None:
+            args += ["--fail-rate", str(fail_rate)]
         proc = Proc(args, self.work / f"receiver-{port}.log")
         for _ in range(100):
             try:

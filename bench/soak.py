@@ -36,16 +36,6 @@ WHERE n.nspname = 'walhook' AND c.relkind = 'r' ORDER BY 1
 """
 
 
-def rss_mb(pid):
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 class Soak:
     def __init__(self, args):
         self.args = args
@@ -69,7 +59,7 @@ class Soak:
         got = {name: b.http_json(url + "/stats")["count"] for name, (_, url) in receivers.items()}
         s = {
             "t": round(t),
-            "rss_mb": round(rss_mb(walhook.p.pid), 1),
+            "rss_mb": round(walhook.rss_mb(), 1),
             "state_bytes": sum(v["bytes"] for v in tables.values()),
             "tables": tables,
             "spill_rows": spill,
@@ -111,7 +101,7 @@ class Soak:
             b.log("loading the dataset")
             bench.pg.sql(b.SCHEMA)
             receivers["healthy"] = bench.start_receiver()
-            receivers["flaky"] = self.flaky_receiver()
+            receivers["flaky"] = bench.start_receiver(fail_rate=0.2)
             walhook, admin = self.start_walhook(receivers)
             writer = threading.Thread(target=self.steady, daemon=True)
             start = time.monotonic()
@@ -130,18 +120,6 @@ class Soak:
             for proc, _ in receivers.values():
                 proc.stop()
             bench.pg.stop()
-
-    def flaky_receiver(self):
-        port = b.free_port()
-        args = [self.bench.receiver, "--listen", f"127.0.0.1:{port}", "--secret", b.SECRET, "--fail-rate", "0.2"]
-        proc = b.Proc(args, self.bench.work / f"receiver-{port}.log")
-        for _ in range(100):
-            try:
-                b.http_json(f"http://127.0.0.1:{port}/stats")
-                break
-            except OSError:
-                time.sleep(0.05)
-        return proc, f"http://127.0.0.1:{port}"
 
     def start_walhook(self, receivers):
         admin = f"127.0.0.1:{b.free_port()}"

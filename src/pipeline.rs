@@ -278,6 +278,12 @@ impl Pipeline {
     async fn stream(&mut self, cancel: &CancellationToken) -> Result<(), SourceError> {
         let mut conn = ReplConn::connect(&self.source).await?;
         let ident = conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let silence = silence_limit(
+            self.config.source.receive_timeout,
+            conn.simple_query("SHOW wal_sender_timeout")
+                .await
+                .unwrap_or_default(),
+        );
         let slot = &self.config.source.slot;
         let rows = conn
             .simple_query(&format!(
@@ -326,7 +332,6 @@ impl Pipeline {
         let mut last_sent = (0u64, Instant::now());
         // When the server was last heard from, and whether a reply was asked for since.
         let mut heard = (Instant::now(), false);
-        let silence = self.config.source.receive_timeout;
         loop {
             tokio::select! {
                 biased;
@@ -799,6 +804,24 @@ fn outside_spans(mut lsn: u64, spans: &std::collections::BTreeSet<(u64, u64)>) -
     lsn
 }
 
+/// How long the replication connection may stay silent before it counts as dead:
+/// `receive_timeout`, but at least 1.5 times the server's `wal_sender_timeout` (the
+/// answer to `SHOW wal_sender_timeout`; 60 s when it cannot be read). While the server
+/// decodes a long transaction that sends nothing (changes of unpublished tables), it
+/// reads our messages, and so answers a request for a reply, only every half of its
+/// timeout: we ask at half of the limit and must wait past that.
+fn silence_limit(receive_timeout: Duration, show: Vec<Vec<Option<String>>>) -> Duration {
+    let server = show
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .and_then(|text| match text.trim() {
+            "0" => Some(Duration::ZERO),
+            t => humantime::parse_duration(t).ok(),
+        })
+        .unwrap_or(Duration::from_secs(60));
+    receive_timeout.max(server * 3 / 2)
+}
+
 /// The next swap, or never when there is no channel (or it closed).
 async fn next_swap(swaps: &mut Option<tokio::sync::mpsc::Receiver<Swap>>) -> Option<Swap> {
     match swaps {
@@ -893,5 +916,19 @@ mod tests {
         assert_eq!(outside_spans(5, &spans), 5);
         assert_eq!(outside_spans(2, &spans), 1);
         assert_eq!(outside_spans(1, &spans), 1);
+    }
+
+    #[test]
+    fn the_silence_limit_outlasts_the_servers_reply_cycle() {
+        let show = |v: &str| vec![vec![Some(v.to_string())]];
+        let secs = Duration::from_secs;
+        assert_eq!(silence_limit(secs(30), show("1min")), secs(90));
+        assert_eq!(silence_limit(secs(30), show("10s")), secs(30));
+        assert_eq!(silence_limit(secs(2), show("6s")), secs(9));
+        assert_eq!(silence_limit(secs(30), show("500ms")), secs(30));
+        assert_eq!(silence_limit(secs(30), show("0")), secs(30));
+        // Not readable: the server's default is assumed.
+        assert_eq!(silence_limit(secs(30), Vec::new()), secs(90));
+        assert_eq!(silence_limit(secs(30), show("soon")), secs(90));
     }
 }

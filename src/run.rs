@@ -2,13 +2,14 @@
 //! down in reverse on cancellation.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::event::Pos;
 use crate::lanes::{fenced, target, Lane};
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
@@ -404,6 +405,8 @@ async fn watermarks(
     cancel: CancellationToken,
 ) {
     let mut last = Vec::new();
+    let mut last_own = Vec::new();
+    let mut saved_at = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -414,15 +417,30 @@ async fn watermarks(
             .iter()
             .map(|l| (l.name.clone(), l.watermark(frontier)))
             .collect();
+        // What the lanes' own events say, without the stream's frontier.
+        let own: Vec<Pos> = lanes.iter().map(|l| l.watermark(Pos::ZERO)).collect();
         if marks == last {
             continue;
         }
+        // A mark moved only by the frontier (WAL without events for the lane) is saved
+        // now and then: each save is WAL too, and when the state database is the source
+        // database, saving every move would keep an idle database writing forever.
+        if own == last_own && saved_at.elapsed() < FRONTIER_SAVE_EVERY {
+            continue;
+        }
         match state.save_watermarks(&marks).await {
-            Ok(()) => last = marks,
+            Ok(()) => {
+                last = marks;
+                last_own = own;
+                saved_at = Instant::now();
+            }
             Err(e) => tracing::warn!(error = %e, "cannot save lane watermarks; will retry"),
         }
     }
 }
+
+/// How often lane watermarks moved only by the stream's frontier are saved.
+const FRONTIER_SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Deletes dead letters older than `retention`, at start and every `every`.
 async fn prune(state: Arc<State>, retention: Duration, every: Duration, cancel: CancellationToken) {

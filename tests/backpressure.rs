@@ -305,14 +305,21 @@ async fn a_down_subscriber_keeps_its_backlog_in_chunks_and_is_probed() {
         || async { w.metric("walhook_lane_down{subscriber=\"shop\"}").await == Some(0.0) },
     )
     .await;
+    assert!(w.log().contains("subscriber answers again (refusing one event)"));
 
+    // Down again, then back: a delivered probe ends the outage.
+    rx.set_status(500);
+    w.wait_log("subscriber seems down", 2).await;
     rx.set_status(204);
     let got = rx
         .wait_for(Duration::from_secs(90), "every event", |g| distinct(g) >= 3000)
         .await;
     assert_eq!(qty_sequences(&got), written, "per-key order and content");
     let log = w.log();
-    assert!(log.contains("subscriber answers again"), "{log}");
+    assert!(
+        log.contains("subscriber answers again; delivery resumes"),
+        "{log}"
+    );
     assert!(!log.contains("become rows"), "{log}");
     assert_eq!(
         w.metric("walhook_lane_down{subscriber=\"shop\"}").await,

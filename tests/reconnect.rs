@@ -174,17 +174,22 @@ async fn a_second_instance_waits_for_the_slot_and_takes_over() {
 }
 
 /// The path to the source dies without a word mid-workload: the replication connection
-/// stays open and silent. Walhook asks for a reply halfway through
-/// `source.receive_timeout`, drops the connection at its end, and streams again on a new
-/// one; nothing is lost.
+/// stays open and silent. Walhook asks for a reply halfway through its silence limit
+/// (here 9 s: 1.5 times the server's `wal_sender_timeout` of 6 s, above
+/// `receive_timeout`), drops the connection at the limit, and streams again on a new
+/// one; nothing is lost. Before that, an idle stream, on which the server sends nothing
+/// unasked (walhook reports every second), is not taken for a dead one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replication_connection_gone_silent_is_replaced() {
     let pg = PgCluster::start().await;
-    let state_url = pg.create_db("shop", SCHEMA).await;
-    // The server gives up on the cut connection soon too, which frees the slot.
+    pg.create_db("shop", SCHEMA).await;
+    // The state database is a cluster of its own: its writes (lease, watermarks) would
+    // be WAL of the source, which the server reports unasked.
+    let state = PgCluster::start().await;
+    let state_url = state.create_db("walhook_state", "").await;
     let admin = pg.client("postgres").await;
     for sql in [
-        "ALTER SYSTEM SET wal_sender_timeout = '3s'",
+        "ALTER SYSTEM SET wal_sender_timeout = '6s'",
         "SELECT pg_reload_conf()",
     ] {
         admin.batch_execute(sql).await.unwrap();
@@ -193,7 +198,7 @@ async fn a_replication_connection_gone_silent_is_replaced() {
     let url = format!("postgres://postgres@{}/shop", proxy.addr);
     let rx = Receiver::start().await;
     let config = format!(
-        "[source]\nurl = \"{url}\"\nreceive_timeout = \"4s\"\n[state]\nurl = \"{state_url}\"\n[[events]]\ntable = \"stock\"\n{}",
+        "[source]\nurl = \"{url}\"\nreceive_timeout = \"2s\"\nstatus_interval = \"1s\"\n[state]\nurl = \"{state_url}\"\n[[events]]\ntable = \"stock\"\n{}",
         subscriber("s", &rx.url(), "\"*\"", "")
     );
     let w = Walhook::start(&config);
@@ -206,11 +211,17 @@ async fn a_replication_connection_gone_silent_is_replaced() {
     .unwrap();
     let mut written = (1..=KEYS).map(|k| (k, vec![0])).collect();
     workload(&pg, 1..20, &mut written).await;
-    rx.wait_for(Duration::from_secs(20), "the first rounds", |g| {
-        g.len() >= 20 * KEYS as usize
-    })
-    .await;
+    all_arrive(&rx, &written).await;
 
+    // Idle for longer than the limit: the requests for a reply keep it alive.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let log = w.log();
+    assert!(
+        !log.contains("not even when asked for a reply") && !log.contains("reconnecting"),
+        "an idle stream was taken for a dead one: {log}"
+    );
+
+    assert_eq!(w.metric("walhook_replication_streaming").await, Some(1.0));
     proxy.cut();
     let cut = std::time::Instant::now();
     workload(&pg, 20..40, &mut written).await;
@@ -220,6 +231,9 @@ async fn a_replication_connection_gone_silent_is_replaced() {
         cut.elapsed()
     );
     let log = w.log();
-    assert!(log.contains("not even when asked for a reply"), "{log}");
+    assert!(
+        log.contains("the server sent nothing for 9s, not even when asked for a reply"),
+        "{log}"
+    );
     w.wait_ready().await;
 }

@@ -117,12 +117,14 @@ async fn start_pair(
     assert_eq!(ready.status().as_u16(), 503);
     assert!(ready.text().await.unwrap().contains("role=standby"));
     // Changes go to the leader; the standby says so.
-    for path in [
-        "/subscribers/s/pause",
-        "/subscribers/s/resume",
-        "/deliveries/replay",
+    for (path, body) in [
+        ("/subscribers/s/pause", serde_json::json!({ "reason": "test" })),
+        ("/subscribers/s/resume", serde_json::json!({})),
+        (
+            "/deliveries/replay",
+            serde_json::json!({ "subscriber": "s", "all": true }),
+        ),
     ] {
-        let body = serde_json::json!({ "subscriber": "s", "all": true });
         let (status, answer) = b.api("POST", path, Some(TOKEN), Some(body)).await;
         assert_eq!(status, 503, "{path} on the standby: {answer}");
         assert!(answer["error"].as_str().unwrap().contains("standby"), "{answer}");

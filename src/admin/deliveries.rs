@@ -109,18 +109,15 @@ async fn pause_or_resume(
     }
 }
 
-/// Runs a change `op` as the leader: refused while this process stands by, run in a task
-/// of its own (a request dropped half-way must not leave it half done), and given up at
-/// once when this process loses its lease (nothing more may be written then). A failure
-/// becomes the answer to give.
+/// Runs a change `op` of the leader (the caller found the subscriber's lane, which only
+/// a process holding the lease has) in a task of its own, so a request dropped half-way
+/// does not leave it half done, and gives it up at once when this process loses its
+/// lease (nothing more may be written then). A failure becomes the answer to give.
 async fn as_leader<T, F>(a: &Admin, op: F) -> Result<T, Response>
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T, crate::state::StateError>> + Send + 'static,
 {
-    if !a.progress.leading.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(standby());
-    }
     let fence = a.progress.fence.clone();
     let done = tokio::spawn(async move {
         tokio::select! {
@@ -321,6 +318,13 @@ async fn replay(
         return error(
             StatusCode::BAD_REQUEST,
             "name what to replay (id, type, key, since, until) or send \"all\": true for every dead letter of the subscriber",
+        );
+    }
+    if !a.progress.leading.load(std::sync::atomic::Ordering::Relaxed) {
+        // The lanes take over the spill log when the stream starts; a replay waits for it.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this walhook leads but has not started streaming the slot yet: try again in a moment",
         );
     }
     // A request dropped half-way must not leave the moved rows unserved.

@@ -104,7 +104,8 @@ pub struct SourceConfig {
     pub status_interval: Duration,
     /// How long the replication connection may stay silent: after half of it walhook asks
     /// the server for a reply, after all of it the connection counts as dead and walhook
-    /// reconnects.
+    /// reconnects. At least 1.5 times the server's `wal_sender_timeout` is used (see
+    /// `pipeline::silence_limit`).
     #[serde(default = "default_receive_timeout", with = "humantime_serde")]
     pub receive_timeout: Duration,
 }

@@ -1340,8 +1340,9 @@ impl Lane {
             m.failures_in_row = 0;
         }
         match m.outage {
-            // The subscriber answered, refusing this one event: it is up again.
-            Some(_) if probe && !failure.suggests_down() => {
+            // The subscriber answered, refusing this one event: it is up again. (A
+            // request that could not be made at all says nothing of the subscriber.)
+            Some(_) if probe && failure.status.is_some() && !failure.suggests_down() => {
                 m.outage = None;
                 self.metrics.down.store(false, Ordering::Relaxed);
                 tracing::info!(subscriber = %self.name, status = failure.status,

@@ -118,10 +118,12 @@ impl ReplConn {
     }
 
     async fn connect_one(target: &PgTarget, host: &Host, port: u16) -> Result<ReplConn, SourceError> {
-        let stream = open(host, port).await.map_err(|source| SourceError::Connect {
-            target: describe(host, port),
-            source,
-        })?;
+        let stream = open(host, port, &target.config)
+            .await
+            .map_err(|source| SourceError::Connect {
+                target: describe(host, port),
+                source,
+            })?;
         let stream = match (host, &target.tls) {
             (Host::Tcp(name), Some(tls)) => negotiate_tls(stream, name, tls.clone(), target.ssl).await?,
             _ => stream,
@@ -426,11 +428,12 @@ async fn negotiate_tls(
     }
 }
 
-async fn open(host: &Host, port: u16) -> std::io::Result<Box<dyn Stream>> {
+async fn open(host: &Host, port: u16, config: &tokio_postgres::Config) -> std::io::Result<Box<dyn Stream>> {
     match host {
         Host::Tcp(name) => {
             let s = tokio::net::TcpStream::connect((name.as_str(), port)).await?;
             s.set_nodelay(true)?;
+            keep_alive(&s, config)?;
             Ok(Box::new(s))
         }
         #[cfg(unix)]
@@ -439,6 +442,27 @@ async fn open(host: &Host, port: u16) -> std::io::Result<Box<dyn Stream>> {
             Ok(Box::new(tokio::net::UnixStream::connect(path).await?))
         }
     }
+}
+
+/// The keepalive and TCP user timeout settings of the URL (see `pg::tcp_defaults`), as
+/// libpq applies them, so a dead path fails the connection rather than leaving it open.
+fn keep_alive(s: &tokio::net::TcpStream, config: &tokio_postgres::Config) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    if config.get_keepalives() {
+        let mut keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+        if let Some(interval) = config.get_keepalives_interval() {
+            keepalive = keepalive.with_interval(interval);
+        }
+        if let Some(retries) = config.get_keepalives_retries() {
+            keepalive = keepalive.with_retries(retries);
+        }
+        sock.set_tcp_keepalive(&keepalive)?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = config.get_tcp_user_timeout() {
+        sock.set_tcp_user_timeout(Some(*timeout))?;
+    }
+    Ok(())
 }
 
 fn describe(host: &Host, port: u16) -> String {
