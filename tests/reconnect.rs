@@ -53,14 +53,19 @@ async fn setup() -> (PgCluster, Receiver, Walhook, BTreeMap<i64, Vec<i64>>) {
     let rx = Receiver::start().await;
     let w = Walhook::start(&config(&url, &rx.url()));
     w.wait_ready().await;
+    let written = seed(&pg).await;
+    (pg, rx, w, written)
+}
+
+/// Inserts every key with qty 0: the values written so far.
+async fn seed(pg: &PgCluster) -> BTreeMap<i64, Vec<i64>> {
     let db = pg.client("shop").await;
     db.batch_execute(&format!(
         "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {KEYS}) g"
     ))
     .await
     .unwrap();
-    let written = (1..=KEYS).map(|k| (k, vec![0])).collect();
-    (pg, rx, w, written)
+    (1..=KEYS).map(|k| (k, vec![0])).collect()
 }
 
 async fn all_arrive(rx: &Receiver, written: &BTreeMap<i64, Vec<i64>>) {
@@ -203,13 +208,7 @@ async fn a_replication_connection_gone_silent_is_replaced() {
     );
     let w = Walhook::start(&config);
     w.wait_ready().await;
-    let db = pg.client("shop").await;
-    db.batch_execute(&format!(
-        "INSERT INTO stock SELECT g, 0 FROM generate_series(1, {KEYS}) g"
-    ))
-    .await
-    .unwrap();
-    let mut written = (1..=KEYS).map(|k| (k, vec![0])).collect();
+    let mut written = seed(&pg).await;
     workload(&pg, 1..20, &mut written).await;
     all_arrive(&rx, &written).await;
 
