@@ -318,8 +318,8 @@ enum ChunkOutcome {
     Done,
     /// The chunks became rows meanwhile: the outcome for its row.
     AsRow(SpillOutcome),
-    /// Given up after this many attempts, with the last error, why, and that attempt.
-    Dead(u32, String, DeadWhy, AttemptLog),
+    /// Given up after this many attempts, why, and the last attempt.
+    Dead(u32, DeadWhy, AttemptLog),
 }
 
 /// In hot mode, takes the first event of the next ready key and marks the key busy.
@@ -698,10 +698,7 @@ impl Lane {
             let wait = match self.target.verdict(attempts, &failure) {
                 Verdict::Retry(wait) => wait,
                 Verdict::Dead(why) => {
-                    if self
-                        .record_dead(&event, attempts, &failure.error, why, &history, cancel)
-                        .await
-                    {
+                    if self.record_dead(&event, attempts, why, &history, cancel).await {
                         break HotOutcome::Done;
                     }
                     break HotOutcome::Again(attempts, Duration::ZERO, history);
@@ -785,16 +782,17 @@ impl Lane {
         }
     }
 
-    /// Writes a dead letter, retrying until it is written. False when cancelled first.
+    /// Writes a dead letter, retrying until it is written. `history` ends with the attempt
+    /// that ended it, whose error is the reason. False when cancelled first.
     async fn record_dead(
         &self,
         event: &EventRef,
         attempts: u32,
-        error: &str,
         why: DeadWhy,
         history: &[AttemptLog],
         cancel: &CancellationToken,
     ) -> bool {
+        let error = history.last().map_or("", |a| a.error.as_str());
         log_dead(&self.name, &event.id, attempts, error, why);
         let written = self
             .retry_state(cancel, "record a dead letter", || {
@@ -1242,35 +1240,21 @@ impl Lane {
                     as_rows.push((event.pos, outcome));
                     continue;
                 }
-                ChunkOutcome::Dead(attempts, error, why, log) => (attempts, error, why, log),
+                ChunkOutcome::Dead(attempts, why, attempt) => (attempts, why, attempt),
             };
-            let history = std::slice::from_ref(&dead.3);
-            if self
-                .record_dead(&event, dead.0, &dead.1, dead.2, history, cancel)
-                .await
-            {
+            let history = std::slice::from_ref(&dead.2);
+            if self.record_dead(&event, dead.0, dead.1, history, cancel).await {
                 let mut inner = self.lock();
                 if inner.chunked {
                     if let Some(chunk) = inner.mirror.delivered(&event.key) {
                         to_delete.push(chunk);
                     }
                 } else if let Some(left_out) = inner.unexploded.as_mut() {
-                    // The chunks are to become rows (only this task turns them): it
-                    // gets no row. A row for it would be recorded dead again later,
-                    // undoing a replay of the dead letter written just now.
+                    // Chunk mode ended under it, so its chunks are still to become rows
+                    // (`leave_chunks` set `unexploded`; only this task turns them, after
+                    // this loop): it gets no row. A row would be recorded dead again
+                    // later, undoing a replay of the dead letter written just now.
                     left_out.push(event.pos);
-                } else {
-                    // The chunks became rows meanwhile: its row goes too (the dead
-                    // letter, written already, stays as it is).
-                    let (attempts, reason, ..) = dead;
-                    as_rows.push((
-                        event.pos,
-                        SpillOutcome::Dead {
-                            attempts: attempts as i32,
-                            reason,
-                            attempt: None,
-                        },
-                    ));
                 }
             }
         }
@@ -1364,10 +1348,7 @@ impl Lane {
         }
         let wait = match self.target.verdict(attempts, &failure) {
             Verdict::Retry(wait) => wait,
-            Verdict::Dead(why) => {
-                let log = attempt_log(took, &failure);
-                return ChunkOutcome::Dead(attempts, failure.error, why, log);
-            }
+            Verdict::Dead(why) => return ChunkOutcome::Dead(attempts, why, attempt_log(took, &failure)),
         };
         self.metrics.retried.add(1);
         tracing::debug!(subscriber = %self.name, id = %event.id, attempts, error = %failure.error, "delivery failed");
@@ -1450,18 +1431,13 @@ impl Lane {
                     Verdict::Dead(why) => {
                         self.metrics.dead.add(1);
                         log_dead(&self.name, id, attempts as u32, &failure.error, why);
-                        SpillOutcome::Dead {
-                            attempts,
-                            reason: failure.error,
-                            attempt: Some(attempt),
-                        }
+                        SpillOutcome::Dead { attempts, attempt }
                     }
                     Verdict::Retry(after) => {
                         self.metrics.retried.add(1);
                         SpillOutcome::Retry {
                             attempts,
                             after,
-                            error: failure.error,
                             attempt,
                         }
                     }

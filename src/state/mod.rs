@@ -78,15 +78,13 @@ pub enum SpillOutcome {
     Retry {
         attempts: i32,
         after: Duration,
-        error: String,
+        /// The failed attempt (its error is the row's last error), added to the history.
         attempt: AttemptLog,
     },
     Dead {
         attempts: i32,
-        reason: String,
-        /// The attempt that ended it, added to its history (none when its dead letter
-        /// was written already).
-        attempt: Option<AttemptLog>,
+        /// The attempt that ended it (its error is the reason), added to the history.
+        attempt: AttemptLog,
     },
 }
 
@@ -465,26 +463,21 @@ impl State {
                 SpillOutcome::Retry {
                     attempts,
                     after,
-                    error,
                     attempt,
                 } => {
                     retry.0.push(l);
                     retry.1.push(q);
                     retry.2.push(*attempts);
                     retry.3.push(after.as_millis() as i64);
-                    retry.4.push(error.as_str());
+                    retry.4.push(attempt.error.as_str());
                     retry.5.push(history_json(std::slice::from_ref(attempt)));
                 }
-                SpillOutcome::Dead {
-                    attempts,
-                    reason,
-                    attempt,
-                } => {
+                SpillOutcome::Dead { attempts, attempt } => {
                     dead.0.push(l);
                     dead.1.push(q);
                     dead.2.push(*attempts);
-                    dead.3.push(reason.as_str());
-                    dead.4.push(history_json(attempt.as_slice()));
+                    dead.3.push(attempt.error.as_str());
+                    dead.4.push(history_json(std::slice::from_ref(attempt)));
                 }
             }
         }
