@@ -60,7 +60,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         return Err(bad("--op delete: give the deleted row as --old JSON".into()));
     }
 
-    // Rules without `key` use the primary key, and subscribers with `numbers = "string"`
+    // Rules without `key` use the primary key (or the replica identity index), and subscribers with `numbers = "string"`
     // need the int8 and numeric columns: both read from the source's catalog.
     let mut tables = HashMap::new();
     let mut exact = Vec::new();
@@ -69,8 +69,15 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
     if wants_key || wants_types {
         let catalog = catalog(config).await?;
         if wants_key {
-            let pk = catalog_column_names(&catalog, PRIMARY_KEY, &table).await?;
-            tables.insert(table.clone(), TableMeta { primary_key: pk });
+            let default_key =
+                catalog_column_names(&catalog, crate::source::setup::DEFAULT_KEY, &table).await?;
+            tables.insert(
+                table.clone(),
+                TableMeta {
+                    default_key,
+                    ..TableMeta::default()
+                },
+            );
         }
         if wants_types {
             exact = catalog_column_names(&catalog, EXACT_COLUMNS, &table)
@@ -195,14 +202,6 @@ async fn catalog(config: &Config) -> Result<tokio_postgres::Client, RunError> {
         ))
     })
 }
-
-/// The primary key columns of table ($1, $2), in key order.
-const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i
-     JOIN pg_class c ON c.oid = i.indrelid
-     JOIN pg_namespace n ON n.oid = c.relnamespace
-     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-     WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
-     ORDER BY array_position(i.indkey::int2[], a.attnum)";
 
 /// The int8 and numeric columns of table ($1, $2), also through a domain or an array.
 const EXACT_COLUMNS: &str = "SELECT a.attname::text FROM pg_attribute a

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const CHANGES_DECODED: &str = "walhook_changes_decoded_total";
 pub const EVENTS_EMITTED: &str = "walhook_events_emitted_total";
 pub const RULE_ERRORS: &str = "walhook_rule_errors_total";
+pub const CHANGES_UNMATCHED: &str = "walhook_changes_unmatched_total";
+pub const KEY_COLUMNS_MISSING: &str = "walhook_key_columns_missing_total";
 pub const DELIVERIES: &str = "walhook_deliveries_total";
 pub const DELIVERY_SECONDS: &str = "walhook_delivery_duration_seconds";
 pub const LANE_SPILLING: &str = "walhook_lane_spilling";
@@ -80,6 +82,10 @@ pub struct Metrics {
     pub events_emitted: Counter,
     /// Per rule (`events[N]`): changes it could not be evaluated for.
     pub rule_errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per table (as the stream names it): changes of a published table no rule takes.
+    pub unmatched: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per rule: changes whose ordering key names a column the table no longer has.
+    pub key_columns_missing: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     pub lag_bytes: Counter,
     pub confirmed_lsn: Counter,
     pub streaming: Counter,
@@ -99,6 +105,22 @@ pub struct LaneSample<'a> {
     pub metrics: &'a LaneMetrics,
     pub spilling: bool,
     pub backlog: usize,
+}
+
+/// A label value with `\\`, `"` and newlines escaped, as the text format wants.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Adds one to `key`'s count in a labelled counter.
+pub fn bump(counts: &std::sync::Mutex<std::collections::BTreeMap<String, u64>>, key: &str, n: u64) {
+    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+    match counts.get_mut(key) {
+        Some(c) => *c += n,
+        None => {
+            counts.insert(key.to_string(), n);
+        }
+    }
 }
 
 pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
@@ -128,6 +150,29 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
     );
     for (rule, n) in m.rule_errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let _ = writeln!(out, "{RULE_ERRORS}{{rule=\"{rule}\"}} {n}");
+    }
+    head(
+        &mut out,
+        CHANGES_UNMATCHED,
+        "counter",
+        "Changes of a published table that no rule takes (a table renamed since the rules were loaded, a partition of an uncaptured table, or a table left in the publication).",
+    );
+    for (table, n) in m.unmatched.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{CHANGES_UNMATCHED}{{table=\"{}\"}} {n}", label(table));
+    }
+    head(
+        &mut out,
+        KEY_COLUMNS_MISSING,
+        "counter",
+        "Changes whose rule orders by a column the table no longer has (its events share one null key).",
+    );
+    for (rule, n) in m
+        .key_columns_missing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(out, "{KEY_COLUMNS_MISSING}{{rule=\"{rule}\"}} {n}");
     }
     head(
         &mut out,

@@ -88,12 +88,22 @@ fn unix_micros() -> i64 {
 }
 
 struct Rel {
+    /// The table whose rules take its changes: the relation itself, or the partitioned
+    /// table it is a partition of (when its changes are published under its own name).
     table: TableName,
+    /// The relation as the stream names it, and its partitioned ancestors (nearest first)
+    /// once looked up.
+    own: TableName,
+    ancestors: Option<Vec<TableName>>,
     /// Name, type OID, and whether the column is part of the replica identity.
     columns: Vec<(Arc<str>, u32, bool)>,
     /// Columns of int8 or numeric type (`Change::exact`).
     exact: Vec<Arc<str>>,
     watched: bool,
+    /// Rules of `table` whose key names a column this relation lacks.
+    keyless_rules: Vec<String>,
+    /// A change no rule takes was logged for this relation.
+    unmatched_told: bool,
 }
 
 pub struct Pipeline {
@@ -490,11 +500,10 @@ impl Pipeline {
                 if !unknown.is_empty() {
                     self.resolve_types(&unknown).await;
                 }
-                let table = TableName {
+                let own = TableName {
                     schema: r.namespace,
                     name: r.name,
                 };
-                let watched = self.mapper.watches(&table);
                 let columns: Vec<(Arc<str>, u32, bool)> = r
                     .columns
                     .into_iter()
@@ -505,15 +514,18 @@ impl Pipeline {
                     .filter(|(_, oid, _)| self.types.is_exact(*oid))
                     .map(|(name, _, _)| name.clone())
                     .collect();
-                self.rels.insert(
-                    r.id,
-                    Rel {
-                        table,
-                        columns,
-                        exact,
-                        watched,
-                    },
-                );
+                let mut rel = Rel {
+                    table: own.clone(),
+                    own,
+                    ancestors: None,
+                    columns,
+                    exact,
+                    watched: false,
+                    keyless_rules: Vec::new(),
+                    unmatched_told: false,
+                };
+                self.map_relation(r.id, &mut rel).await;
+                self.rels.insert(r.id, rel);
             }
             LogicalMessage::Type { oid, .. } => {
                 if !self.types.contains(oid) {
@@ -587,9 +599,11 @@ impl Pipeline {
         self.coalescer = Coalescer::default();
         self.mapper = swap.mapper;
         self.config = swap.config;
-        for rel in self.rels.values_mut() {
-            rel.watched = self.mapper.watches(&rel.table);
+        let mut rels = std::mem::take(&mut self.rels);
+        for (oid, rel) in rels.iter_mut() {
+            self.map_relation(*oid, rel).await;
         }
+        self.rels = rels;
         tracing::info!(
             rules = self.config.events.len(),
             "config reloaded: new rules apply from the next transaction"
@@ -693,10 +707,18 @@ impl Pipeline {
         *index += 1;
         let rel = self
             .rels
-            .get(&rel_id)
+            .get_mut(&rel_id)
             .ok_or_else(|| SourceError::Protocol(format!("change for unknown relation {rel_id}")))?;
         if !rel.watched {
+            crate::metrics::bump(&self.metrics.unmatched, &rel.own.to_string(), 1);
+            if !std::mem::replace(&mut rel.unmatched_told, true) {
+                tell_unmatched(rel_id, rel, &self.mapper);
+            }
             return Ok(true);
+        }
+        let rel = &*rel;
+        for rule in &rel.keyless_rules {
+            crate::metrics::bump(&self.metrics.key_columns_missing, rule, 1);
         }
         self.metrics.changes_decoded.add(1);
         // A key-only old image carries every column, the non-key ones as nulls that
@@ -767,6 +789,58 @@ impl Pipeline {
         Ok(true)
     }
 
+    /// Decides which rules take a relation's changes: those of the relation itself, else
+    /// those of the nearest partitioned table it is a partition of (a publication without
+    /// `publish_via_partition_root` sends partitions' changes under their own names).
+    /// Warns once when a rule's key names a column the relation lacks.
+    async fn map_relation(&mut self, oid: u32, rel: &mut Rel) {
+        rel.table = rel.own.clone();
+        if !self.mapper.watches(&rel.own) {
+            if rel.ancestors.is_none() {
+                rel.ancestors = self.partition_ancestors(oid, &rel.own).await;
+            }
+            if let Some(root) = rel.ancestors.iter().flatten().find(|a| self.mapper.watches(a)) {
+                tracing::info!(partition = %rel.own, table = %root,
+                    "changes of a partition arrive under its own name: the partitioned table's rules take them");
+                rel.table = root.clone();
+            }
+        }
+        rel.watched = self.mapper.watches(&rel.table);
+        rel.unmatched_told = false;
+        let names: Vec<&str> = rel.columns.iter().map(|(n, _, _)| &**n).collect();
+        let missing = self.mapper.missing_key_columns(&rel.table, &names);
+        for (rule, col) in &missing {
+            tracing::warn!(rule = %rule, table = %rel.table, column = %col,
+                "the rule's ordering key names a column the table no longer has (dropped or renamed): \
+                 its events now carry a null key and all share one ordering key, so they go out one at a \
+                 time. Fix: set the rule's `key` to columns the table has (or restore the column), then \
+                 reload with SIGHUP");
+        }
+        rel.keyless_rules = missing.into_iter().map(|(rule, _)| rule).collect();
+    }
+
+    /// The partitioned tables `own` is a partition of, nearest first (empty when it is
+    /// none), looked up on the catalog connection; None when the lookup failed.
+    async fn partition_ancestors(&mut self, oid: u32, own: &TableName) -> Option<Vec<TableName>> {
+        let looked_up = tokio::time::timeout(CATALOG_TIMEOUT, async {
+            let catalog = match self.catalog.take().filter(|c| !c.is_closed()) {
+                Some(c) => c,
+                None => self.source.connect("catalog").await?,
+            };
+            let catalog = self.catalog.insert(catalog);
+            setup::ancestors(catalog, oid).await
+        })
+        .await;
+        let error = match looked_up {
+            Ok(Ok(list)) => return Some(list.into_iter().filter(|t| t != own).collect()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {CATALOG_TIMEOUT:?}"),
+        };
+        self.catalog = None;
+        tracing::warn!(%error, table = %own, "cannot look up whether the table is a partition");
+        None
+    }
+
     /// Looks up column types the registry does not know yet. The catalog connection is
     /// opened again when it closed (a server restart), and a lookup may take at most
     /// `CATALOG_TIMEOUT`, so a dead connection cannot stall the stream.
@@ -788,6 +862,20 @@ impl Pipeline {
         // The next lookup uses a new connection.
         self.catalog = None;
         tracing::warn!(%error, ?oids, "cannot look up column types; their values are sent as text");
+    }
+}
+
+/// Says once per relation that its changes reach walhook but no rule takes them, and
+/// what to do when that was not meant.
+fn tell_unmatched(oid: u32, rel: &Rel, mapper: &Mapper) {
+    match mapper.captured_as(oid) {
+        Some(was) if *was != rel.own => tracing::warn!(table = %was, now = %rel.own,
+            "a captured table was renamed: its changes are skipped (counted in walhook_changes_unmatched_total). \
+             Fix: name the new table in events[].table and reload with SIGHUP"),
+        _ => tracing::warn!(table = %rel.own,
+            "changes of this table reach walhook but no rule takes them; they are skipped (counted in \
+             walhook_changes_unmatched_total). If they should make events, add a rule for it (for a partition, \
+             name its partitioned table); otherwise remove it from the publication"),
     }
 }
 

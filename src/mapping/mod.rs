@@ -61,7 +61,13 @@ pub struct Change<'a> {
 /// What mapping needs to know about a captured table (read from the catalog at startup).
 #[derive(Debug, Clone, Default)]
 pub struct TableMeta {
-    pub primary_key: Vec<String>,
+    /// The ordering key of a rule without `key`: the primary key, or the replica identity
+    /// index's columns when the table logs those (`REPLICA IDENTITY USING INDEX`), so that
+    /// every operation of a row, its delete included, carries the same key.
+    pub default_key: Vec<String>,
+    /// The table's oid (0 when not known): a relation that arrives under another name
+    /// with this oid was renamed.
+    pub oid: u32,
 }
 
 struct Rule {
@@ -122,6 +128,8 @@ pub struct RuleFailure {
 
 pub struct Mapper {
     by_table: HashMap<TableName, Vec<Rule>>,
+    /// Captured tables by oid, as named in the rules.
+    oids: HashMap<u32, TableName>,
 }
 
 impl Mapper {
@@ -133,7 +141,7 @@ impl Mapper {
             let meta = tables.get(&table).cloned().unwrap_or_default();
             let key = match &r.key {
                 Some(k) => k.clone(),
-                None if !meta.primary_key.is_empty() => meta.primary_key.clone(),
+                None if !meta.default_key.is_empty() => meta.default_key.clone(),
                 None => {
                     return Err(format!(
                         "events[{i}]: table {table} has no primary key; set events[{i}].key to the columns that identify a row"
@@ -208,12 +216,36 @@ impl Mapper {
                 names,
             });
         }
-        Ok(Mapper { by_table })
+        let oids = tables
+            .iter()
+            .filter(|(t, m)| m.oid != 0 && by_table.contains_key(*t))
+            .map(|(t, m)| (m.oid, t.clone()))
+            .collect();
+        Ok(Mapper { by_table, oids })
     }
 
     /// True when some rule watches this table.
     pub fn watches(&self, table: &TableName) -> bool {
         self.by_table.contains_key(table)
+    }
+
+    /// The name rules know the table with this oid by, when they capture it.
+    pub fn captured_as(&self, oid: u32) -> Option<&TableName> {
+        self.oids.get(&oid)
+    }
+
+    /// The rules of `table` whose ordering key names a column that is not in `columns`
+    /// (dropped or renamed since the rule was loaded), with that column.
+    pub fn missing_key_columns(&self, table: &TableName, columns: &[&str]) -> Vec<(String, String)> {
+        self.by_table
+            .get(table)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let col = r.key.iter().find(|k| !columns.contains(&k.as_str()))?;
+                Some((r.label.clone(), col.clone()))
+            })
+            .collect()
     }
 
     /// Events for one change, each with the lanes it goes to. Events routed nowhere are

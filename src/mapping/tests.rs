@@ -42,7 +42,8 @@ fn mapper(rules: &str) -> Mapper {
         tables.insert(
             TableName::parse(t).unwrap(),
             TableMeta {
-                primary_key: pk.into_iter().map(String::from).collect(),
+                default_key: pk.into_iter().map(String::from).collect(),
+                ..TableMeta::default()
             },
         );
     }
@@ -322,7 +323,8 @@ numbers = "string"
     tables.insert(
         TableName::parse("prices").unwrap(),
         TableMeta {
-            primary_key: vec!["product_id".into()],
+            default_key: vec!["product_id".into()],
+            ..TableMeta::default()
         },
     );
     let m = Mapper::new(&config, &tables).unwrap();

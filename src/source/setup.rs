@@ -81,11 +81,13 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
         wanted.entry(t).or_default().push(i);
     }
     let mut tables = HashMap::new();
+    // Some captured table is partitioned, or a partition.
+    let mut partitioned = false;
     for (table, rules) in &wanted {
         let first = rules[0];
         let row = client
             .query_opt(
-                "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c
+                "SELECT c.oid, c.relreplident::text, c.relkind::text, c.relispartition FROM pg_class c
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relname = $2",
                 &[&table.schema, &table.name],
@@ -99,37 +101,40 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
                 ))
             })?;
         let oid: u32 = row.get(0);
-        let replident: String = row.get(1);
         let relkind: String = row.get(2);
+        let is_partition: bool = row.get(3);
         if relkind != "r" && relkind != "p" {
             return Err(need(format!(
                 "{} named in events[{first}].table is not a table (relkind '{relkind}'); only tables can be published",
                 table.quoted()
             )));
         }
+        if is_partition {
+            // Its changes arrive under the partitioned table a rule names, never its own.
+            let captured = ancestors(client, oid)
+                .await?
+                .into_iter()
+                .skip(1)
+                .find(|a| wanted.contains_key(a));
+            if let Some(root) = captured {
+                return Err(need(format!(
+                    "events[{first}].table names {t}, a partition of {r}, which another rule captures: \
+                     changes of a partition are published as changes of the partitioned table, so this rule \
+                     would never fire. Fix: name {r} in events[{first}].table and select the partition's rows \
+                     with `when` on the partition key",
+                    t = table.quoted(),
+                    r = root.quoted()
+                )));
+            }
+        }
         let pk: Vec<String> = client
-            .query(
-                "SELECT a.attname::text FROM pg_index i
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-                 WHERE i.indrelid = $1 AND i.indisprimary
-                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                &[&oid],
-            )
+            .query(PRIMARY_KEY_OF, &[&oid])
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let index_identity: Vec<String> = client
-            .query(
-                "SELECT a.attname::text FROM pg_index i
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-                 WHERE i.indrelid = $1 AND i.indisreplident",
-                &[&oid],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let identity = replica_identity(client, oid, &relkind, &row.get::<_, String>(1)).await?;
+        let (replident, index_identity) = (identity.kind.as_str(), &identity.index_columns);
         let columns: Vec<String> = client
             .query(
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
@@ -173,8 +178,9 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
             if writes && no_identity {
                 return Err(need(format!(
                     "table {t} has no replica identity, so PostgreSQL cannot publish its updates and deletes \
-                     (events[{i}].on). Fix: ALTER TABLE {t} REPLICA IDENTITY FULL; (or add a primary key)",
-                    t = table.quoted()
+                     (events[{i}].on). Fix: {fix} (or add a primary key)",
+                    t = table.quoted(),
+                    fix = identity.full_fix(table)
                 )));
             }
             // Keys whose conditions read the old row of updates (or deletes).
@@ -191,50 +197,69 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
                 if replident != "f" {
                     return Err(need(format!(
                         "events[{i}].{key} needs the old values of every column, but table {t} only logs its key. \
-                         Fix: ALTER TABLE {t} REPLICA IDENTITY FULL;",
-                        t = table.quoted()
+                         Fix: {fix}",
+                        t = table.quoted(),
+                        fix = identity.full_fix(table)
                     )));
                 }
             }
             // A delete carries only the identity columns: a key outside them would be null.
             if rule.on.contains(&Op::Delete) && replident != "f" {
-                let identity = if replident == "i" { &index_identity } else { &pk };
+                let full_fix = identity.full_fix(table);
+                let identity = if replident == "i" { index_identity } else { &pk };
                 if let Some(col) = rule.key.iter().flatten().find(|c| !identity.contains(c)) {
                     return Err(need(format!(
                         "events[{i}].key: column {col:?} is not part of table {t}'s replica identity, so deletes \
-                         cannot carry it. Fix: ALTER TABLE {t} REPLICA IDENTITY FULL; or key on identity columns ({})",
+                         cannot carry it. Fix: {fix} or key on identity columns ({})",
                         identity.join(", "),
-                        t = table.quoted()
+                        t = table.quoted(),
+                        fix = full_fix
                     )));
                 }
             }
         }
-        tables.insert(table.clone(), TableMeta { primary_key: pk });
+        // Every operation of a row must carry its ordering key, or a row's delete would
+        // not share the key of its insert and update: under REPLICA IDENTITY USING INDEX
+        // a delete carries only that index's columns, so they are the default key.
+        let default_key = match replident {
+            "i" if !index_identity.is_empty() => index_identity.clone(),
+            _ => pk,
+        };
+        tables.insert(table.clone(), TableMeta { default_key, oid });
+        partitioned |= relkind == "p" || is_partition;
     }
 
-    ensure_publication(client, config, wanted.keys()).await?;
+    ensure_publication(client, config, wanted.keys(), partitioned).await?;
     ensure_slot(client, config).await?;
     let mut types = TypeRegistry::with_builtins();
     load_types(client, &mut types, None).await?;
     Ok(SourceInfo { tables, types })
 }
 
+/// Makes sure the publication exists and holds every captured table. It publishes the
+/// changes of partitions as changes of their partitioned table
+/// (`publish_via_partition_root`), so a rule on a partitioned table sees every row of it,
+/// whichever partition holds the row, and partitions attached later are included.
 async fn ensure_publication<'a>(
     client: &Client,
     config: &Config,
     tables: impl Iterator<Item = &'a TableName>,
+    partitioned: bool,
 ) -> Result<(), SetupError> {
     let publication = &config.source.publication;
     let tables: Vec<&TableName> = tables.collect();
     let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
     let exists = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[publication],
         )
         .await?;
     let Some(row) = exists else {
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(publication));
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+            quote_ident(publication)
+        );
         if !config.source.create {
             return Err(need(format!(
                 "publication {publication:?} does not exist. Fix: {sql}; (or set source.create = true)"
@@ -249,21 +274,56 @@ async fn ensure_publication<'a>(
         tracing::info!(publication = %publication, tables = %list, "created publication");
         return Ok(());
     };
+    if partitioned && !row.get::<_, bool>(1) {
+        let sql = format!(
+            "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+            quote_ident(publication)
+        );
+        if config.source.create {
+            client.batch_execute(&sql).await.map_err(|e| {
+                need(format!(
+                    "cannot set publish_via_partition_root on publication {publication:?} ({sql}): {}",
+                    db_message(&e)
+                ))
+            })?;
+            tracing::info!(publication = %publication,
+                "publication now publishes partitions' changes as changes of their partitioned table");
+        } else {
+            // The pipeline maps a partition's changes to the rules of its partitioned table
+            // either way.
+            tracing::warn!(publication = %publication, fix = %sql,
+                "the publication sends changes of partitions under the partitions' own names; walhook maps \
+                 them to the partitioned table's rules, but publishing them via the root is cheaper");
+        }
+    }
     if row.get::<_, bool>(0) {
         return Ok(());
     }
-    let published: Vec<(String, String)> = client
+    // A table counts as published when it, a partitioned table it is a partition of, or
+    // one of its partitions is listed (without publish_via_partition_root the list names
+    // a partitioned table's partitions).
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let missing: Vec<TableName> = client
         .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[publication],
+            "SELECT u.s, u.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(s, n, i)
+             WHERE NOT EXISTS (
+               SELECT 1 FROM pg_publication_tables pt
+               JOIN pg_namespace pn ON pn.nspname = pt.schemaname
+               JOIN pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename
+               WHERE pt.pubname = $1 AND pc.oid IN (
+                 SELECT format('%I.%I', u.s, u.n)::regclass
+                 UNION ALL SELECT relid FROM pg_partition_ancestors(format('%I.%I', u.s, u.n)::regclass)
+                 UNION ALL SELECT relid FROM pg_partition_tree(format('%I.%I', u.s, u.n)::regclass)))
+             ORDER BY u.i",
+            &[publication, &schemas, &names],
         )
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let missing: Vec<&&TableName> = tables
-        .iter()
-        .filter(|t| !published.iter().any(|(s, n)| *s == t.schema && *n == t.name))
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -393,6 +453,162 @@ pub async fn load_types(
         types.insert(oid, kind);
     }
     Ok(())
+}
+
+/// The columns of the primary key of table `$1` (an oid), in key order.
+const PRIMARY_KEY_OF: &str = "SELECT a.attname::text FROM pg_index i
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+     WHERE i.indrelid = $1 AND i.indisprimary
+     ORDER BY array_position(i.indkey::int2[], a.attnum)";
+
+/// The columns of the replica identity index of table `$1` (an oid), in key order.
+const IDENTITY_INDEX_OF: &str = "SELECT a.attname::text FROM pg_index i
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+     WHERE i.indrelid = $1 AND i.indisreplident
+     ORDER BY array_position(i.indkey::int2[], a.attnum)";
+
+/// The columns a rule without `key` orders the events of table ($1, $2) by: the replica
+/// identity index's under `REPLICA IDENTITY USING INDEX` (a delete carries nothing
+/// else), otherwise the primary key's (see `prepare`, which also looks at partitions).
+pub const DEFAULT_KEY: &str = "SELECT a.attname::text FROM pg_class c
+     JOIN pg_namespace n ON n.oid = c.relnamespace
+     JOIN pg_index i ON i.indrelid = c.oid
+       AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END
+     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey::int2[])
+     WHERE n.nspname = $1 AND c.relname = $2
+     ORDER BY array_position(i.indkey::int2[], a.attnum)";
+
+/// A partition and its partitioned ancestors, nearest first (nothing for a table that is
+/// not a partition).
+pub async fn ancestors(client: &Client, oid: u32) -> Result<Vec<TableName>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_partition_ancestors($1::oid::regclass) WITH ORDINALITY AS a(relid, i)
+             JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+             ORDER BY a.i",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+/// What a table's changes carry of their old rows. For a partitioned table, what its
+/// partitions log: PostgreSQL takes the old row from the partition, and a partitioned
+/// table's own replica identity is not passed on to its partitions.
+struct Identity {
+    /// `relreplident`: 'd' (primary key), 'f' (full), 'i' (an index), 'n' (nothing).
+    kind: String,
+    /// The identity index's columns when `kind` is 'i'.
+    index_columns: Vec<String>,
+    /// Partitions not `REPLICA IDENTITY FULL` (empty for a plain table).
+    not_full: Vec<TableName>,
+}
+
+impl Identity {
+    /// The statements that make every old row whole.
+    fn full_fix(&self, table: &TableName) -> String {
+        if self.not_full.is_empty() {
+            return format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted());
+        }
+        let each: Vec<String> = self
+            .not_full
+            .iter()
+            .map(|p| format!("ALTER TABLE {} REPLICA IDENTITY FULL;", p.quoted()))
+            .collect();
+        format!(
+            "{} (a partitioned table's replica identity is not passed on to its partitions: \
+             set it on each, also on partitions created later)",
+            each.join(" ")
+        )
+    }
+}
+
+async fn replica_identity(
+    client: &Client,
+    oid: u32,
+    relkind: &str,
+    own: &str,
+) -> Result<Identity, SetupError> {
+    if relkind != "p" {
+        let index_columns = if own == "i" {
+            column_names(client, IDENTITY_INDEX_OF, oid).await?
+        } else {
+            Vec::new()
+        };
+        return Ok(Identity {
+            kind: own.to_string(),
+            index_columns,
+            not_full: Vec::new(),
+        });
+    }
+    let leaves = client
+        .query(
+            "SELECT c.oid, c.relreplident::text, n.nspname::text, c.relname::text
+             FROM pg_partition_tree($1::oid::regclass) p JOIN pg_class c ON c.oid = p.relid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE p.isleaf ORDER BY n.nspname, c.relname",
+            &[&oid],
+        )
+        .await?;
+    if leaves.is_empty() {
+        // No partition yet: those created later start with the default identity.
+        let kind = if own == "f" { "d" } else { own };
+        return Ok(Identity {
+            kind: kind.to_string(),
+            index_columns: Vec::new(),
+            not_full: Vec::new(),
+        });
+    }
+    let mut kinds = Vec::new();
+    let mut not_full = Vec::new();
+    let mut index_columns: Option<Vec<String>> = None;
+    for leaf in &leaves {
+        let kind: String = leaf.get(1);
+        if kind != "f" {
+            not_full.push(TableName {
+                schema: leaf.get(2),
+                name: leaf.get(3),
+            });
+        }
+        if kind == "i" {
+            // Only the columns every partition's identity index has.
+            let cols = column_names(client, IDENTITY_INDEX_OF, leaf.get(0)).await?;
+            index_columns = Some(match index_columns {
+                None => cols,
+                Some(prev) => prev.into_iter().filter(|c| cols.contains(c)).collect(),
+            });
+        }
+        kinds.push(kind);
+    }
+    // The weakest identity among the partitions is what a rule can rely on.
+    let kind = if kinds.iter().any(|k| k == "n") {
+        "n"
+    } else if kinds.iter().all(|k| k == "f") {
+        "f"
+    } else if kinds.iter().all(|k| k == "f" || k == "i") {
+        "i"
+    } else {
+        "d"
+    };
+    Ok(Identity {
+        kind: kind.to_string(),
+        index_columns: index_columns.unwrap_or_default(),
+        not_full,
+    })
+}
+
+async fn column_names(client: &Client, query: &str, oid: u32) -> Result<Vec<String>, SetupError> {
+    Ok(client
+        .query(query, &[&oid])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 fn db_message(e: &tokio_postgres::Error) -> String {

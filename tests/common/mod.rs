@@ -83,7 +83,7 @@ impl Walhook {
             .append(true)
             .open(self.dir.join("walhook.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        let child = Command::new(binary())
             .args(["run", "--config"])
             .arg(self.dir.join("walhook.toml"))
             .env("RUST_LOG", "info,walhook=debug")
@@ -228,6 +228,18 @@ impl Drop for Walhook {
     }
 }
 
+/// The walhook binary under test: this build's, or the one `TEST_WALHOOK_BIN` names (to
+/// show that a test fails on an older build, e.g. one made from the commit before a fix).
+pub fn binary() -> std::path::PathBuf {
+    match std::env::var_os("TEST_WALHOOK_BIN") {
+        Some(path) => {
+            eprintln!("testing the walhook binary at {path:?} (TEST_WALHOOK_BIN)");
+            path.into()
+        }
+        None => env!("CARGO_BIN_EXE_walhook").into(),
+    }
+}
+
 /// Runs `walhook` with arguments to completion: (exit code, stderr).
 pub fn walhook_cmd(args: &[&str]) -> (i32, String) {
     let (code, _, stderr) = walhook_output(args);
@@ -236,10 +248,7 @@ pub fn walhook_cmd(args: &[&str]) -> (i32, String) {
 
 /// Runs `walhook` with arguments to completion: (exit code, stdout, stderr).
 pub fn walhook_output(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(args)
-        .output()
-        .expect("run walhook");
+    let out = Command::new(binary()).args(args).output().expect("run walhook");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

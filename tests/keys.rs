@@ -1,0 +1,155 @@
+//! Ordering keys: every operation of a row reaches a subscriber under one key, in commit
+//! order, under each replica identity; and a rule's key that lost its column is said.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+
+const ROWS: i64 = 40;
+
+/// Per row id (the `id` of the new row, or of the old one for deletes): the ops in order
+/// of first receipt, and the distinct `data.key`s they carried.
+fn per_row(got: &[Received]) -> BTreeMap<(String, i64), (Vec<String>, HashSet<String>)> {
+    let mut ids = HashSet::new();
+    let mut out: BTreeMap<(String, i64), (Vec<String>, HashSet<String>)> = BTreeMap::new();
+    for r in got.iter().filter(|r| ids.insert(r.id.clone())) {
+        let b = r.json();
+        let d = &b["data"];
+        let row = if d["new"].is_null() { &d["old"] } else { &d["new"] };
+        // A delete's old row holds only the identity: the id, or the sku under USING INDEX.
+        let id = row["id"].as_i64().unwrap_or_else(|| {
+            row["sku"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("S-")
+                .parse()
+                .unwrap()
+        });
+        let e = out
+            .entry((d["table"].as_str().unwrap().to_string(), id))
+            .or_default();
+        e.0.push(d["op"].as_str().unwrap().to_string());
+        e.1.insert(d["key"].to_string());
+    }
+    out
+}
+
+/// Insert, update and delete of each of `ROWS` rows, under the default identity (the
+/// primary key), FULL, and USING INDEX on a unique column other than the primary key. A
+/// slow receiver and parallel keys give a row's events every chance to overtake each
+/// other if they were not on one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rows_events_share_one_key_under_every_replica_identity() {
+    let mut schema = String::new();
+    for t in ["t_default", "t_full", "t_index"] {
+        schema.push_str(&format!(
+            "CREATE TABLE {t} (id bigint PRIMARY KEY, sku text NOT NULL UNIQUE, title text);"
+        ));
+    }
+    schema.push_str(
+        "ALTER TABLE t_full REPLICA IDENTITY FULL;
+         ALTER TABLE t_index REPLICA IDENTITY USING INDEX t_index_sku_key;",
+    );
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", &schema).await;
+    let rx = Receiver::start().await;
+    rx.set_delay(Duration::from_millis(15));
+    let w = Walhook::start(&format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"t_default\"\n[[events]]\ntable = \"t_full\"\n\
+         [[events]]\ntable = \"t_index\"\n{}",
+        subscriber("shop", &rx.url(), "\"*\"", "max_in_flight = 32")
+    ));
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    for t in ["t_default", "t_full", "t_index"] {
+        for id in 1..=ROWS {
+            db.batch_execute(&format!(
+                "INSERT INTO {t} VALUES ({id}, 'S-{id}', 'a');
+                 UPDATE {t} SET title = 'b' WHERE id = {id};
+                 DELETE FROM {t} WHERE id = {id};"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    let got = rx
+        .wait_unique(Duration::from_secs(60), "every change", 3 * 3 * ROWS as usize)
+        .await;
+    let rows = per_row(&got);
+    assert_eq!(rows.len(), 3 * ROWS as usize);
+    for ((table, id), (ops, keys)) in &rows {
+        assert_eq!(ops, &["insert", "update", "delete"], "{table} row {id}: order");
+        assert_eq!(
+            keys.len(),
+            1,
+            "{table} row {id}: one key for all its events, got {keys:?}"
+        );
+        let key = keys.iter().next().unwrap();
+        let expected = if table == "public.t_index" {
+            format!("{{\"sku\":\"S-{id}\"}}")
+        } else {
+            format!("{{\"id\":{id}}}")
+        };
+        assert_eq!(key, &expected, "{table} row {id}");
+    }
+}
+
+/// Schema drift while walhook runs: a rule's key column dropped, and a captured table
+/// renamed. Each is said once at warn with the fix, and counted, never silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_key_column_and_a_renamed_table_are_said_and_counted() {
+    let pg = PgCluster::start().await;
+    let url = pg
+        .create_db(
+            "shop",
+            "CREATE TABLE products (id bigint PRIMARY KEY, code text, title text);
+             CREATE TABLE stock (id bigint PRIMARY KEY, qty int);",
+        )
+        .await;
+    let rx = Receiver::start().await;
+    let w = Walhook::start(&format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"products\"\nkey = [\"code\"]\non = [\"insert\", \"update\"]\n\
+         [[events]]\ntable = \"stock\"\n{}",
+        subscriber("shop", &rx.url(), "\"*\"", "")
+    ));
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute(
+        "INSERT INTO products VALUES (1, 'A', 'a');
+         INSERT INTO stock VALUES (1, 5);",
+    )
+    .await
+    .unwrap();
+    rx.wait_unique(Duration::from_secs(30), "the first changes", 2)
+        .await;
+
+    db.batch_execute(
+        "ALTER TABLE products DROP COLUMN code;
+         INSERT INTO products VALUES (2, 'b'), (3, 'c');
+         ALTER TABLE stock RENAME TO stock_old;
+         INSERT INTO stock_old VALUES (2, 7), (3, 9);
+         INSERT INTO products VALUES (4, 'd');",
+    )
+    .await
+    .unwrap();
+    rx.wait_unique(Duration::from_secs(30), "the products inserts", 5)
+        .await;
+    eventually(Duration::from_secs(10), "the drift counted", || async {
+        w.metric("walhook_key_columns_missing_total{rule=\"events[0]\"}")
+            .await
+            == Some(3.0)
+            && w.metric("walhook_changes_unmatched_total{table=\"public.stock_old\"}")
+                .await
+                == Some(2.0)
+    })
+    .await;
+    let log = w.log();
+    let dropped = "the rule's ordering key names a column the table no longer has";
+    assert_eq!(log.matches(dropped).count(), 1, "{log}");
+    let renamed = "a captured table was renamed: its changes are skipped";
+    assert_eq!(log.matches(renamed).count(), 1, "{log}");
+    assert!(log.contains("now=public.stock_old"), "{log}");
+}
