@@ -93,6 +93,8 @@ struct Rel {
     columns: Vec<(Arc<str>, u32, bool)>,
     /// Columns of int8 or numeric type (`Change::exact`).
     exact: Vec<Arc<str>>,
+    /// Columns of json or jsonb type (`Change::json`).
+    json: Vec<Arc<str>>,
     watched: bool,
 }
 
@@ -505,12 +507,18 @@ impl Pipeline {
                     .filter(|(_, oid, _)| self.types.is_exact(*oid))
                     .map(|(name, _, _)| name.clone())
                     .collect();
+                let json = columns
+                    .iter()
+                    .filter(|(_, oid, _)| self.types.is_json(*oid))
+                    .map(|(name, _, _)| name.clone())
+                    .collect();
                 self.rels.insert(
                     r.id,
                     Rel {
                         table,
                         columns,
                         exact,
+                        json,
                         watched,
                     },
                 );
@@ -733,6 +741,7 @@ impl Pipeline {
             old_is_key_only,
             index: this,
             exact: &rel.exact,
+            json: &rel.json,
         };
         let tx = tx.clone();
         let mut failures = Vec::new();

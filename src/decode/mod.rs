@@ -22,6 +22,7 @@
 //!   by [`time`] without any calendar library.
 
 mod array;
+pub mod json;
 pub mod pgoutput;
 pub mod time;
 pub mod value;
