@@ -32,6 +32,103 @@ pub fn parse(text: &str) -> Option<Value> {
     }
 }
 
+/// The JSON document `text` (walhook's own body, say) as a tree down to `max_depth`
+/// levels, maps and lists below that as deep values, so that a document holding deep
+/// values parses, and writes out again, without recursing past `max_depth`. `None` when
+/// it is not JSON.
+pub fn parse_bounded(text: &str, max_depth: usize) -> Option<Value> {
+    let mut p = Bounded {
+        s: text,
+        i: 0,
+        max_depth,
+    };
+    let v = p.value(0)?;
+    p.ws();
+    (p.i == text.len()).then_some(v)
+}
+
+struct Bounded<'a> {
+    s: &'a str,
+    i: usize,
+    max_depth: usize,
+}
+
+impl Bounded<'_> {
+    fn ws(&mut self) {
+        let b = self.s.as_bytes();
+        while b
+            .get(self.i)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.s.as_bytes().get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Value> {
+        self.ws();
+        let b = self.s.as_bytes();
+        let rest = self.s.get(self.i..)?;
+        match *b.get(self.i)? {
+            b'{' | b'[' if depth >= self.max_depth => {
+                // checked and measured without recursion
+                let mut de = serde_json::Deserializer::from_str(rest);
+                let raw: &RawValue = serde::Deserialize::deserialize(&mut de).ok()?;
+                self.i += raw.get().len();
+                Some(Value::Number(Number::from_string_unchecked(raw.get().to_owned())))
+            }
+            b'{' => {
+                self.i += 1;
+                let mut map = serde_json::Map::new();
+                if self.eat(b'}').is_some() {
+                    return Some(Value::Object(map));
+                }
+                loop {
+                    self.ws();
+                    let Value::String(key) = self.value(depth + 1)? else {
+                        return None;
+                    };
+                    self.eat(b':')?;
+                    let v = self.value(depth + 1)?;
+                    map.insert(key, v);
+                    if self.eat(b',').is_none() {
+                        self.eat(b'}')?;
+                        return Some(Value::Object(map));
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                let mut items = Vec::new();
+                if self.eat(b']').is_some() {
+                    return Some(Value::Array(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    if self.eat(b',').is_none() {
+                        self.eat(b']')?;
+                        return Some(Value::Array(items));
+                    }
+                }
+            }
+            _ => {
+                // a scalar: serde_json reads it and says where it ends
+                let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+                let v = match stream.next()? {
+                    Ok(v @ (Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_))) => v,
+                    _ => return None,
+                };
+                self.i += stream.byte_offset();
+                Some(v)
+            }
+        }
+    }
+}
+
 /// The JSON text of a deep value, `None` for any other value.
 pub fn deep(v: &Value) -> Option<&str> {
     match v {
@@ -220,6 +317,41 @@ mod tests {
             })
             .unwrap();
         handle.join().expect("no stack overflow");
+    }
+
+    #[test]
+    fn bounded_parses_keep_deeper_maps_and_lists_as_deep_values() {
+        let text = r#" {"a": [1, {"b": [2, [3]]}], "s": "x\"y", "n": null, "t": true, "big": 1.50e+400, "e": {}, "l": []} "#;
+        let full = parse_bounded(text, 100).unwrap();
+        assert_eq!(full, serde_json::from_str::<Value>(text).unwrap());
+        assert_eq!(
+            full.to_string(),
+            serde_json::from_str::<Value>(text).unwrap().to_string()
+        );
+        let cut = parse_bounded(text, 3).unwrap();
+        assert_eq!(deep(&cut["a"][1]["b"]), Some("[2, [3]]"));
+        assert_eq!(
+            cut.to_string(),
+            r#"{"a":[1,{"b":[2, [3]]}],"s":"x\"y","n":null,"t":true,"big":1.50e+400,"e":{},"l":[]}"#
+        );
+        let deep_text = format!(r#"{{"d": {}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let v = parse_bounded(&deep_text, 64).unwrap();
+        assert_eq!(v.to_string(), deep_text.replace(' ', ""));
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\" 1}",
+            "{1: 2}",
+            "[1] x",
+            "tru",
+            "[01]",
+            "\"x",
+            "{\"a\":1,}",
+        ] {
+            assert_eq!(parse_bounded(bad, 64), None, "{bad}");
+            assert_eq!(parse_bounded(bad, 0), None, "{bad}");
+        }
     }
 
     #[test]
