@@ -16,8 +16,15 @@ bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -n "$bindir" ] || bindir=$(dirname "$(command -v initdb)")
 
 echo "== building walhook"
-cargo build --quiet
-walhook="$root/target/debug/walhook"
+# The binary is wherever cargo put it (CARGO_TARGET_DIR, build.target-dir): cargo says.
+walhook=$(cargo build --quiet --bin walhook --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "walhook" and m.get("executable"):
+        print(m["executable"])
+')
+[ -x "$walhook" ] || { echo "cargo build did not report the walhook binary" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/walhook-quickstart.XXXXXX)
 as_pg=()

@@ -30,6 +30,9 @@ use serde_json::{Map, Value};
 use crate::config::Numbers;
 use crate::event::{Event, EventRef, Pos};
 
+/// Levels of a body parsed into a tree; deeper maps and lists are kept as their text.
+const BODY_DEPTH: usize = 64;
+
 /// Positions of coalesced events have this bit set in `seq`: they sort after every event
 /// of the transaction (or tick) that closed them.
 pub const CLOSED: u64 = 1 << 62;
@@ -119,7 +122,12 @@ impl Coalescer {
     /// Takes one change's event (of a coalescing rule) committed at `time`; `routes` are
     /// the subscribers its name goes to among those wanting `numbers`.
     pub fn add(&mut self, event: EventRef, routes: Arc<[usize]>, numbers: Numbers, spec: Spec, time: i64) {
-        let body: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
+        // A json value nested deeper than a tree holds stays as its text (bodies carry
+        // such values verbatim); `BODY_DEPTH` is far below serde_json's limit of 128.
+        let body: Value = std::str::from_utf8(&event.body)
+            .ok()
+            .and_then(|text| crate::decode::json::parse_bounded(text, BODY_DEPTH))
+            .unwrap_or(Value::Null);
         let key: WindowKey = (spec.rule, event.key.clone(), numbers);
         if let Some(&id) = self.by_key.get(&key) {
             let joins = self.open.get(&id).is_some_and(|w| time <= w.deadline);

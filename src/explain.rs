@@ -64,6 +64,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
     // need the int8 and numeric columns: both read from the source's catalog.
     let mut tables = HashMap::new();
     let mut exact = Vec::new();
+    let mut json = Vec::new();
     let wants_key = scoped.events.iter().any(|r| r.key.is_none());
     let wants_types = config.subscribers.iter().any(|s| s.numbers == Numbers::String);
     if wants_key || wants_types {
@@ -80,11 +81,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
             );
         }
         if wants_types {
-            exact = catalog_column_names(&catalog, EXACT_COLUMNS, &table)
-                .await?
-                .into_iter()
-                .map(|c| Arc::from(c.as_str()))
-                .collect();
+            (exact, json) = number_columns(&catalog, &table).await?;
         }
     }
     let mapper = Mapper::new(&scoped, &tables).map_err(RunError::Config)?;
@@ -101,6 +98,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         old_is_key_only: false,
         index: 0,
         exact: &exact,
+        json: &json,
     };
     let mut failures = Vec::new();
     let events = mapper.map(&tx, &change, &mut failures);
@@ -203,16 +201,42 @@ async fn catalog(config: &Config) -> Result<tokio_postgres::Client, RunError> {
     })
 }
 
-/// The int8 and numeric columns of table ($1, $2), also through a domain or an array.
-const EXACT_COLUMNS: &str = "SELECT a.attname::text FROM pg_attribute a
+/// The columns of table ($1, $2) and their type OIDs.
+const COLUMN_TYPES: &str = "SELECT a.attname::text, a.atttypid FROM pg_attribute a
      JOIN pg_class c ON c.oid = a.attrelid
      JOIN pg_namespace n ON n.oid = c.relnamespace
-     JOIN pg_type t ON t.oid = a.atttypid
      WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
-       AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype
-                 WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem
-                 ELSE t.oid END) IN (20, 1700)
      ORDER BY a.attnum";
+
+/// The int8/numeric columns and the json/jsonb columns of `table` (also through domains
+/// and arrays), with the types looked up as the pipeline looks them up.
+async fn number_columns(
+    client: &tokio_postgres::Client,
+    table: &TableName,
+) -> Result<(Vec<Arc<str>>, Vec<Arc<str>>), RunError> {
+    let failed = |e: String| RunError::Runtime(format!("catalog query failed: {e}"));
+    let rows = client
+        .query(COLUMN_TYPES, &[&table.schema, &table.name])
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let columns: Vec<(String, u32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut types = crate::decode::TypeRegistry::with_builtins();
+    let oids: Vec<u32> = columns.iter().map(|(_, oid)| *oid).collect();
+    crate::source::setup::load_types(client, &mut types, Some(&oids))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let named = |keep: &dyn Fn(u32) -> bool| {
+        columns
+            .iter()
+            .filter(|(_, oid)| keep(*oid))
+            .map(|(name, _)| Arc::from(name.as_str()))
+            .collect()
+    };
+    Ok((
+        named(&|oid| types.is_exact(oid)),
+        named(&|oid| types.is_json(oid)),
+    ))
+}
 
 async fn catalog_column_names(
     client: &tokio_postgres::Client,

@@ -99,6 +99,8 @@ struct Rel {
     columns: Vec<(Arc<str>, u32, bool)>,
     /// Columns of int8 or numeric type (`Change::exact`).
     exact: Vec<Arc<str>>,
+    /// Columns of json or jsonb type (`Change::json`).
+    json: Vec<Arc<str>>,
     watched: bool,
     /// Rules of `table` whose key names a column this relation lacks.
     keyless_rules: Vec<String>,
@@ -514,12 +516,18 @@ impl Pipeline {
                     .filter(|(_, oid, _)| self.types.is_exact(*oid))
                     .map(|(name, _, _)| name.clone())
                     .collect();
+                let json = columns
+                    .iter()
+                    .filter(|(_, oid, _)| self.types.is_json(*oid))
+                    .map(|(name, _, _)| name.clone())
+                    .collect();
                 let mut rel = Rel {
                     table: own.clone(),
                     own,
                     ancestors: None,
                     columns,
                     exact,
+                    json,
                     watched: false,
                     keyless_rules: Vec::new(),
                     unmatched_told: false,
@@ -755,6 +763,7 @@ impl Pipeline {
             old_is_key_only,
             index: this,
             exact: &rel.exact,
+            json: &rel.json,
         };
         let tx = tx.clone();
         let mut failures = Vec::new();

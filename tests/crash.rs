@@ -226,3 +226,83 @@ async fn crash_run(failure_rate: f64, extra: &str) {
     }
     walhook.stop();
 }
+
+/// A crash re-sends only the last moments' events: at a steady 600 changes/s against a
+/// healthy receiver, walhook is SIGKILLed 2 s into a run, twice (the second time 2 s
+/// after its restart). What was delivered before each kill is re-sent only back to the
+/// lane's saved watermark, which trails by about `watermark_interval` (250 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_steady_flow_re_sends_only_the_last_moments() {
+    const RATE: f64 = 600.0;
+    let schema = PIM_SQL.split("INSERT INTO").next().unwrap();
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", schema).await;
+    let rx = Receiver::start().await;
+    let mut walhook = Walhook::start(&format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber("shop", &rx.url(), "\"*\"", "")
+    ));
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    let mut seed = String::from("BEGIN;");
+    for id in 1..=KEYS {
+        seed.push_str(&format!(
+            "INSERT INTO products (id, sku, title) VALUES ({id}, 'SKU-{id}', 't0');
+             INSERT INTO stock (product_id, warehouse, qty) VALUES ({id}, 'berlin', 0);"
+        ));
+    }
+    seed.push_str("COMMIT;");
+    db.batch_execute(&seed).await.unwrap();
+    rx.wait_unique(Duration::from_secs(30), "the seed rows", KEYS as usize)
+        .await;
+
+    // 6 updates every 10 ms.
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut counter = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !done.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let mut sql = String::from("BEGIN;");
+                for _ in 0..6 {
+                    counter += 1;
+                    let id = counter as i64 % KEYS + 1;
+                    sql.push_str(&format!(
+                        "UPDATE stock SET qty = {counter} WHERE product_id = {id};"
+                    ));
+                }
+                sql.push_str("COMMIT;");
+                db.batch_execute(&sql).await.unwrap();
+            }
+            counter
+        })
+    };
+    let mut before_kills = Vec::new();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        walhook.sigkill();
+        let distinct: std::collections::HashSet<String> = rx.delivered().into_iter().map(|r| r.id).collect();
+        before_kills.push(distinct.len());
+        walhook.restart();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::SeqCst);
+    let changes = writer.await.unwrap() as usize + KEYS as usize;
+    let got = rx
+        .wait_unique(Duration::from_secs(60), "every change", changes)
+        .await;
+    let duplicates = got.len() - changes;
+    // 250 ms of events per kill, with 500 ms of slack for a loaded machine.
+    let bound = (2.0 * RATE * 0.75) as usize;
+    println!(
+        "delivered before the kills: {before_kills:?}; duplicates after two kills at {RATE}/s: {duplicates} (bound {bound})"
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} events were delivered twice after two crashes in steady flow; about {} is expected",
+        (2.0 * RATE * 0.25) as usize
+    );
+    walhook.stop();
+}

@@ -308,3 +308,49 @@ fn each_number_format_has_its_own_window_and_budget() {
     assert_eq!(seqs, [5, 6]);
     assert!(closed.iter().all(|e| e.count == 4));
 }
+
+/// A body carrying a json value nested thousands of levels deep (which mapping embeds
+/// verbatim) coalesces like any other, the value intact.
+#[test]
+fn bodies_with_deep_json_values_coalesce() {
+    let deep = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
+    let mut c = Coalescer::default();
+    let s = spec(2 * SEC, 30 * SEC, 100);
+    for (i, lsn) in [100u64, 101].into_iter().enumerate() {
+        let e = update(7, lsn, i as i64, i as i64 + 1, &["qty"]);
+        let text = String::from_utf8(e.body.to_vec()).unwrap();
+        let text = text.replace(r#""qty":"#, &format!(r#""doc":{deep},"qty":"#));
+        let e = Arc::new(Event {
+            pos: e.pos,
+            id: e.id.clone(),
+            event_type: e.event_type.clone(),
+            key: e.key.clone(),
+            body: text.into_bytes().into(),
+        });
+        c.add(e, routes(), Numbers::Exact, s, i as i64 * 1000);
+    }
+    c.advance(3 * SEC);
+    let closed = c.take_closed(1000, 0);
+    assert_eq!(closed.len(), 1);
+    let text = String::from_utf8(closed[0].event.body.to_vec()).unwrap();
+    assert!(
+        text.contains(r#""coalesced":2"#),
+        "{}",
+        &text[..text.len().min(100)]
+    );
+    assert!(
+        text.contains(r#""op":"update""#),
+        "{}",
+        &text[..text.len().min(100)]
+    );
+    assert!(
+        text.contains(&format!(r#""new":{{"id":7,"doc":{deep},"qty":2"#)),
+        "{}",
+        &text[..text.len().min(100)]
+    );
+    assert!(
+        text.contains(&format!(r#""old":{{"id":7,"doc":{deep},"qty":0"#)),
+        "{}",
+        &text[..text.len().min(100)]
+    );
+}

@@ -15,13 +15,14 @@
 //! * **Values are faithful.** [`TypeRegistry::to_json`] never fails and never
 //!   loses information: integers and `numeric` keep their exact digits (no
 //!   round trip through `f64`), `json`/`jsonb` is embedded with big numbers
-//!   intact, `bytea` becomes standard base64, arrays become nested JSON
+//!   intact (at any depth, see [`json`]), `bytea` becomes standard base64, arrays become nested JSON
 //!   arrays, and any text that does not parse as its declared type is passed
 //!   through unchanged as a JSON string.
 //! * Timestamps in the protocol (PostgreSQL epoch microseconds) are rendered
 //!   by [`time`] without any calendar library.
 
 mod array;
+pub mod json;
 pub mod pgoutput;
 pub mod time;
 pub mod value;

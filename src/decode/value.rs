@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use serde_json::{Number, Value};
 
-use super::array;
+use super::{array, json};
 
 /// How the text of one type becomes JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,16 +126,25 @@ impl TypeRegistry {
 
     /// Whether values of `oid` are int8 or numeric (also through domains and arrays):
     /// the types whose JSON numbers can hold more digits than a double.
-    pub fn is_exact(&self, mut oid: u32) -> bool {
+    pub fn is_exact(&self, oid: u32) -> bool {
+        self.base_kind(oid) == Some(&TypeKind::Exact)
+    }
+
+    /// Whether values of `oid` are json or jsonb (also through domains and arrays).
+    pub fn is_json(&self, oid: u32) -> bool {
+        self.base_kind(oid) == Some(&TypeKind::Json)
+    }
+
+    /// The kind of `oid`'s values past its domains and array element types.
+    fn base_kind(&self, mut oid: u32) -> Option<&TypeKind> {
         for _ in 0..=MAX_HOPS {
-            match self.types.get(&oid) {
-                Some(TypeKind::Exact) => return true,
-                Some(TypeKind::Domain { base }) => oid = *base,
-                Some(TypeKind::Array { elem, .. }) => oid = *elem,
-                _ => return false,
+            match self.types.get(&oid)? {
+                TypeKind::Domain { base } => oid = *base,
+                TypeKind::Array { elem, .. } => oid = *elem,
+                kind => return Some(kind),
             }
         }
-        false
+        None
     }
 
     /// Never fails: text that does not parse as its type becomes a JSON
@@ -187,7 +196,8 @@ fn scalar_to_json(kind: &TypeKind, text: &str) -> Value {
         TypeKind::Exact | TypeKind::Float => exact_number(text),
         TypeKind::Timestamptz => iso_timestamp(text, true).map(Value::String),
         TypeKind::Timestamp => iso_timestamp(text, false).map(Value::String),
-        TypeKind::Json => serde_json::from_str::<Value>(text).ok(),
+        TypeKind::Date => iso_date(text).map(Value::String),
+        TypeKind::Json => json::parse(text),
         TypeKind::Bytea => hex_bytea(text)
             .map(|bytes| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))),
         _ => None,
@@ -253,15 +263,14 @@ fn is_json_number(text: &str) -> bool {
     i == b.len()
 }
 
-/// ISO `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]]` -> RFC 3339 style with a
-/// `T`, `Z` for a zero offset and `+HH:MM` otherwise. `None` (keep the
-/// original text) for infinities, BC dates, second-precision offsets and
-/// anything unexpected.
+/// ISO `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]][ BC]` -> RFC 3339 style with a `T`, `Z`
+/// for a zero offset and `+HH:MM` otherwise, BC years as ISO 8601 astronomical years
+/// (see [`astronomical`]). `None` (keep the original text) for infinities,
+/// second-precision offsets and anything unexpected.
 fn iso_timestamp(text: &str, with_zone: bool) -> Option<String> {
+    let (text, bc) = split_bc(text);
     let (date, rest) = text.split_once(' ')?;
-    if !is_iso_date(date) {
-        return None;
-    }
+    let date = astronomical(date, bc)?;
     let b = rest.as_bytes();
     let digits2 = |at: usize| {
         b.get(at..at + 2)
@@ -299,6 +308,40 @@ fn iso_timestamp(text: &str, with_zone: bool) -> Option<String> {
     } else {
         Some(format!("{date}T{time}{}{hours}:{minutes}", sign as char))
     }
+}
+
+/// A `date`: `YYYY-MM-DD` as printed, a BC one (`YYYY-MM-DD BC`) with its astronomical
+/// year; `None` (keep the text) for infinities and anything unexpected.
+fn iso_date(text: &str) -> Option<String> {
+    let (date, bc) = split_bc(text);
+    bc.then(|| astronomical(date, true).map(String::from)).flatten()
+}
+
+/// `text` without a trailing ` BC`, and whether it had one.
+fn split_bc(text: &str) -> (&str, bool) {
+    match text.strip_suffix(" BC") {
+        Some(t) => (t, true),
+        None => (text, false),
+    }
+}
+
+/// The ISO date `date` (`Y{4,}-MM-DD`, a year of the common era as PostgreSQL prints it)
+/// with ISO 8601's astronomical year when it is BC: 1 BC is year `0000`, 2 BC `-0001`,
+/// 4714 BC `-4713` (a sign and at least four digits). `None` when it is not such a date.
+fn astronomical(date: &str, bc: bool) -> Option<std::borrow::Cow<'_, str>> {
+    if !is_iso_date(date) {
+        return None;
+    }
+    if !bc {
+        return Some(std::borrow::Cow::Borrowed(date));
+    }
+    let (year, month_day) = date.split_once('-')?;
+    let year: u64 = year.parse().ok()?;
+    Some(std::borrow::Cow::Owned(match year {
+        0 => return None,
+        1 => format!("0000-{month_day}"),
+        y => format!("-{:04}-{month_day}", y - 1),
+    }))
 }
 
 /// `Y{4,}-MM-DD`, all ASCII digits.
@@ -414,10 +457,7 @@ mod tests {
         );
         assert_eq!(j(1184, "infinity"), r#""infinity""#);
         assert_eq!(j(1184, "-infinity"), r#""-infinity""#);
-        assert_eq!(
-            j(1184, "0044-03-15 12:00:00+00 BC"),
-            r#""0044-03-15 12:00:00+00 BC""#
-        );
+        assert_eq!(j(1184, "0044-03-15 12:00:00+00 BC"), r#""-0043-03-15T12:00:00Z""#);
         assert_eq!(
             j(1184, "1890-01-01 00:00:00+00:19:32"),
             r#""1890-01-01 00:00:00+00:19:32""#
@@ -428,12 +468,46 @@ mod tests {
         assert_eq!(j(1114, "2026-11-22 10:00:00.25"), r#""2026-11-22T10:00:00.25""#);
         assert_eq!(j(1114, "2026-11-22 10:00:00"), r#""2026-11-22T10:00:00""#);
         assert_eq!(j(1114, "infinity"), r#""infinity""#);
-        assert_eq!(j(1114, "2026-11-22 10:00:00 BC"), r#""2026-11-22 10:00:00 BC""#);
+        assert_eq!(j(1114, "2026-11-22 10:00:00 BC"), r#""-2025-11-22T10:00:00""#);
         assert_eq!(j(1114, "2026-11-22 10:00:00+00"), r#""2026-11-22 10:00:00+00""#);
         assert_eq!(j(1114, "2026-11-22 1:00:00"), r#""2026-11-22 1:00:00""#);
         assert_eq!(j(1082, "2026-11-22"), r#""2026-11-22""#);
+        assert_eq!(j(1082, "infinity"), r#""infinity""#);
+        assert_eq!(j(1082, "12026-11-22"), r#""12026-11-22""#);
         assert_eq!(j(1083, "10:00:00.5"), r#""10:00:00.5""#);
         assert_eq!(j(1266, "10:00:00+05:30"), r#""10:00:00+05:30""#);
+    }
+
+    /// BC years (PostgreSQL prints `4714-11-24 BC`) as ISO 8601 astronomical years, in
+    /// every date and time type and in arrays; years after 9999 keep their digits.
+    #[test]
+    fn bc_dates_are_astronomical_years() {
+        assert_eq!(j(1184, "4714-11-24 00:00:00+00 BC"), r#""-4713-11-24T00:00:00Z""#);
+        assert_eq!(
+            j(1184, "0001-12-31 23:59:59.999999+00 BC"),
+            r#""0000-12-31T23:59:59.999999Z""#
+        );
+        assert_eq!(j(1184, "0002-01-01 00:00:00+00 BC"), r#""-0001-01-01T00:00:00Z""#);
+        assert_eq!(j(1114, "0100-01-01 12:00:00.5 BC"), r#""-0099-01-01T12:00:00.5""#);
+        assert_eq!(j(1082, "4714-11-24 BC"), r#""-4713-11-24""#);
+        assert_eq!(j(1082, "0001-01-01 BC"), r#""0000-01-01""#);
+        assert_eq!(j(1082, "10000-01-01 BC"), r#""-9999-01-01""#);
+        assert_eq!(
+            j(1182, r#"{"4714-11-24 BC",2026-11-22,NULL}"#),
+            r#"["-4713-11-24","2026-11-22",null]"#
+        );
+        assert_eq!(
+            j(1185, r#"{"0044-03-15 12:00:00+00 BC","12026-11-22 10:00:00+00"}"#),
+            r#"["-0043-03-15T12:00:00Z","12026-11-22T10:00:00Z"]"#
+        );
+        assert_eq!(
+            j(1115, r#"{"0044-03-15 12:00:00 BC",infinity}"#),
+            r#"["-0043-03-15T12:00:00","infinity"]"#
+        );
+        // not dates: kept as printed
+        for text in ["0000-01-01 BC", "44-03-15 BC", "BC", " BC", "2026-11-22 BC BC"] {
+            assert_eq!(j(1082, text), serde_json::to_string(text).unwrap(), "{text}");
+        }
     }
 
     #[test]

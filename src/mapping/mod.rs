@@ -56,6 +56,10 @@ pub struct Change<'a> {
     /// Columns of int8 or numeric type (or arrays or domains of them): written as
     /// strings for subscribers with `numbers = "string"`.
     pub exact: &'a [Arc<str>],
+    /// Columns of json or jsonb type (or arrays or domains of them): their numbers that a
+    /// double does not hold are written as strings for subscribers with
+    /// `numbers = "string"`.
+    pub json: &'a [Arc<str>],
 }
 
 /// What mapping needs to know about a captured table (read from the catalog at startup).

@@ -230,7 +230,9 @@ fn scalar(v: &Json) -> Option<V<'_>> {
         Json::Null => V::Null,
         Json::Bool(b) => V::Bool(*b),
         Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
+            if let Some(text) = crate::decode::json::deep(v) {
+                V::Str(text)
+            } else if let Some(i) = n.as_i64() {
                 V::Int(i)
             } else if let Some(u) = n.as_u64() {
                 V::UInt(u)

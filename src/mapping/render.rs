@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::condition::Facts;
 use super::{Change, ColValue, Named, Routed, Row, Rule, TxMeta};
 use crate::config::{Numbers, Op};
+use crate::decode::json;
 use crate::event::{format_lsn, Event, Pos};
 
 /// A row image as a JSON object: projected to the rule's columns, unchanged TOAST values
@@ -21,6 +22,9 @@ struct RowJson<'a> {
     fallback: Option<&'a Row>,
     /// Columns whose numbers are written as strings (`numbers = "string"`).
     stringify: &'a [Arc<str>],
+    /// json/jsonb columns whose numbers a double does not hold are written as strings
+    /// (`numbers = "string"`).
+    inexact: &'a [Arc<str>],
 }
 
 impl RowJson<'_> {
@@ -42,37 +46,84 @@ impl Serialize for RowJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         for (k, v) in self.entries() {
-            map.serialize_entry(k, &Num::of(v, self.stringify.iter().any(|c| &**c == k)))?;
+            let strings = if self.stringify.iter().any(|c| &**c == k) {
+                Strings::All
+            } else if self.inexact.iter().any(|c| &**c == k) {
+                Strings::Inexact
+            } else {
+                Strings::None
+            };
+            map.serialize_entry(k, &Num { v, strings })?;
         }
         map.end()
     }
 }
 
-/// A column value, its numbers (also inside arrays) written as strings when `strings`.
+/// Which numbers of a value are written as strings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strings {
+    None,
+    /// Every number (int8 and numeric columns, also in arrays).
+    All,
+    /// The numbers a double does not hold (json and jsonb columns, at any depth).
+    Inexact,
+}
+
+/// A column value, its numbers written as strings as `strings` says.
 struct Num<'a> {
     v: &'a Value,
-    strings: bool,
+    strings: Strings,
 }
 
 impl Num<'_> {
     fn of(v: &Value, strings: bool) -> Num<'_> {
-        Num { v, strings }
+        Num {
+            v,
+            strings: if strings { Strings::All } else { Strings::None },
+        }
+    }
+
+    /// A value of a json or jsonb column.
+    fn json(v: &Value, inexact: bool) -> Num<'_> {
+        Num {
+            v,
+            strings: if inexact { Strings::Inexact } else { Strings::None },
+        }
     }
 }
 
 impl Serialize for Num<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.v {
-            Value::Number(n) if self.strings => s.serialize_str(&n.to_string()),
-            Value::Array(items) if self.strings => {
-                use serde::ser::SerializeSeq;
+        use serde::ser::SerializeSeq;
+        match (self.v, self.strings) {
+            (_, Strings::None) => self.v.serialize(s),
+            (Value::Number(n), Strings::All) => s.serialize_str(n.as_str()),
+            (Value::Number(n), Strings::Inexact) => match json::deep(self.v) {
+                Some(text) => json::deep_with_inexact_as_strings(text).serialize(s),
+                None if json::double_holds(n.as_str()) => n.serialize(s),
+                None => s.serialize_str(n.as_str()),
+            },
+            (Value::Array(items), strings) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for item in items {
-                    seq.serialize_element(&Num::of(item, true))?;
+                    seq.serialize_element(&Num { v: item, strings })?;
                 }
                 seq.end()
             }
-            v => v.serialize(s),
+            (Value::Object(entries), Strings::Inexact) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(
+                        k,
+                        &Num {
+                            v,
+                            strings: self.strings,
+                        },
+                    )?;
+                }
+                map.end()
+            }
+            (v, _) => v.serialize(s),
         }
     }
 }
@@ -97,6 +148,8 @@ struct KeyJson<'a> {
     new: Option<&'a Row>,
     old: Option<&'a Row>,
     stringify: &'a [Arc<str>],
+    /// As in `RowJson`.
+    inexact: &'a [Arc<str>],
 }
 
 impl Serialize for KeyJson<'_> {
@@ -105,7 +158,12 @@ impl Serialize for KeyJson<'_> {
         for col in &self.rule.key {
             let v = value_at(self.new, usize::MAX, col).or_else(|| value_at(self.old, usize::MAX, col));
             let strings = self.stringify.iter().any(|c| &**c == col);
-            map.serialize_entry(col, &Num::of(v.unwrap_or(&Value::Null), strings))?;
+            let v = v.unwrap_or(&Value::Null);
+            let num = match self.inexact.iter().any(|c| &**c == col) {
+                true => Num::json(v, true),
+                false => Num::of(v, strings),
+            };
+            map.serialize_entry(col, &num)?;
         }
         map.end()
     }
@@ -149,6 +207,7 @@ pub(super) fn key_json(rule: &Rule, c: &Change<'_>, numbers: Numbers) -> String 
         new: c.new.as_ref(),
         old: c.old.as_ref(),
         stringify: stringified(c, numbers),
+        inexact: inexact_json(c, numbers),
     })
     .unwrap_or_default()
 }
@@ -158,6 +217,15 @@ fn stringified<'a>(c: &Change<'a>, numbers: Numbers) -> &'a [Arc<str>] {
     match numbers {
         Numbers::Exact => &[],
         Numbers::String => c.exact,
+    }
+}
+
+/// The json and jsonb columns whose numbers a double does not hold are written as strings
+/// for subscribers wanting `numbers`.
+fn inexact_json<'a>(c: &Change<'a>, numbers: Numbers) -> &'a [Arc<str>] {
+    match numbers {
+        Numbers::Exact => &[],
+        Numbers::String => c.json,
     }
 }
 
@@ -262,6 +330,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
     let mut out = Vec::with_capacity(named.routes.len());
     for (numbers, routes) in &named.routes {
         let stringify = stringified(c, *numbers);
+        let inexact = inexact_json(c, *numbers);
         let key_raw = RawValue::from_string(key_json(rule, c, *numbers)).map_err(|e| format!("key: {e}"))?;
         let body = Body {
             kind: &named.name,
@@ -275,6 +344,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
                     rule,
                     fallback: full_old,
                     stringify,
+                    inexact,
                 }),
                 old: rule.include_old.then(|| {
                     c.old.as_ref().map(|row| RowJson {
@@ -282,6 +352,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
                         rule,
                         fallback: None,
                         stringify,
+                        inexact,
                     })
                 }),
                 changed: changed.clone(),

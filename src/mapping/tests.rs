@@ -98,6 +98,7 @@ fn a_price_update_renders_the_documented_body_and_routes_by_pattern() {
         old_is_key_only: false,
         index: 3,
         exact: &[],
+        json: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 1);
@@ -140,6 +141,7 @@ fn changed_filter_skips_updates_of_other_columns() {
         old_is_key_only: false,
         index: 0,
         exact: &[],
+        json: &[],
     };
     assert!(m.map(&tx(), &change, &mut Vec::new()).is_empty());
     let insert = Change {
@@ -150,6 +152,7 @@ fn changed_filter_skips_updates_of_other_columns() {
         old_is_key_only: false,
         index: 0,
         exact: &[],
+        json: &[],
     };
     assert!(
         m.map(&tx(), &insert, &mut Vec::new()).is_empty(),
@@ -175,6 +178,7 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: false,
         index: 0,
         exact: &[],
+        json: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     let body: serde_json::Value = serde_json::from_slice(&out[0].event.body).unwrap();
@@ -212,6 +216,7 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: false,
         index: 0,
         exact: &[],
+        json: &[],
     };
     let body: serde_json::Value =
         serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].event.body).unwrap();
@@ -240,6 +245,7 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: false,
         index: 0,
         exact: &[],
+        json: &[],
     };
     let body: serde_json::Value =
         serde_json::from_slice(&m.map(&tx(), &change, &mut Vec::new())[0].event.body).unwrap();
@@ -260,6 +266,7 @@ fn default_names_columns_and_unchanged_toast() {
         old_is_key_only: true,
         index: 1,
         exact: &[],
+        json: &[],
     };
     let out = m.map(&tx(), &del, &mut Vec::new());
     assert_eq!(out[0].event.event_type, "products.deleted");
@@ -280,6 +287,7 @@ fn twin_rules_get_distinct_ids() {
         old_is_key_only: false,
         index: 0,
         exact: &[],
+        json: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 2);
@@ -348,6 +356,7 @@ numbers = "string"
         old_is_key_only: false,
         index: 0,
         exact: &exact,
+        json: &[],
     };
     let out = m.map(&tx(), &change, &mut Vec::new());
     assert_eq!(out.len(), 2, "one body per way of writing numbers");
@@ -378,6 +387,87 @@ numbers = "string"
     );
     assert!(
         strings.contains(r#""old":{"product_id":"9007199254740993","amount":"10""#),
+        "{strings}"
+    );
+}
+
+/// With `numbers = "string"`, the numbers of json/jsonb columns (in `new`, `old` and
+/// `data.key`, at any depth, also in deep values) that a double does not hold become
+/// strings; the others stay numbers. Subscribers with exact numbers get every digit.
+#[test]
+fn json_numbers_a_double_does_not_hold_are_strings_for_string_subscribers() {
+    let rules = format!(
+        r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "docs"
+[[subscribers]]
+name = "exact"
+url = "https://a.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+[[subscribers]]
+name = "js"
+url = "https://b.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+numbers = "string"
+"#
+    );
+    let config = Config::from_toml(&rules, "t", &|_| None).unwrap();
+    let mut tables = HashMap::new();
+    tables.insert(
+        TableName::parse("docs").unwrap(),
+        TableMeta {
+            default_key: vec!["id".into(), "tag".into()],
+            ..TableMeta::default()
+        },
+    );
+    let m = Mapper::new(&config, &tables).unwrap();
+    let table = TableName::parse("docs").unwrap();
+    let reg = crate::decode::TypeRegistry::with_builtins();
+    let meta = r#"{"id": 12345678901234567890, "price": 19.90, "n": 3, "tiny": 1e-400, "list": [0.1, 9007199254740993]}"#;
+    let deep = format!("{}12345678901234567890, 2.5{}", "[".repeat(200), "]".repeat(200));
+    let new = row(&[
+        ("id", v(reg.to_json(20, "9007199254740993"))),
+        ("tag", v(reg.to_json(3802, "[12345678901234567890, 1]"))),
+        ("meta", v(reg.to_json(3802, meta))),
+        (
+            "metas",
+            v(reg.to_json(3807, r#"{"{\"a\": 12345678901234567891}"}"#)),
+        ),
+        ("deep", v(reg.to_json(114, &deep))),
+        ("qty", v(json!(3))),
+    ]);
+    let exact: Vec<Arc<str>> = vec![Arc::from("id")];
+    let jsons: Vec<Arc<str>> = ["tag", "meta", "metas", "deep"].map(Arc::from).to_vec();
+    let change = Change {
+        table: &table,
+        op: Op::Insert,
+        new: Some(new),
+        old: None,
+        old_is_key_only: false,
+        index: 0,
+        exact: &exact,
+        json: &jsons,
+    };
+    let out = m.map(&tx(), &change, &mut Vec::new());
+    assert_eq!(out.len(), 2, "one body per way of writing numbers");
+    let text = |e: &EventRef| String::from_utf8(e.body.to_vec()).unwrap();
+    let exact_body = text(&out[0].event);
+    assert!(
+        exact_body.contains(&format!(
+            r#""key":{{"id":9007199254740993,"tag":[12345678901234567890,1]}},"new":{{"id":9007199254740993,"tag":[12345678901234567890,1],"meta":{{"id":12345678901234567890,"price":19.90,"n":3,"tiny":1e-400,"list":[0.1,9007199254740993]}},"metas":[{{"a":12345678901234567891}}],"deep":{deep},"qty":3}}"#
+        )),
+        "{exact_body}"
+    );
+    let strings = text(&out[1].event);
+    let deep_strings = deep.replace("12345678901234567890", "\"12345678901234567890\"");
+    assert!(
+        strings.contains(&format!(
+            r#""key":{{"id":"9007199254740993","tag":["12345678901234567890",1]}},"new":{{"id":"9007199254740993","tag":["12345678901234567890",1],"meta":{{"id":"12345678901234567890","price":19.90,"n":3,"tiny":"1e-400","list":[0.1,"9007199254740993"]}},"metas":[{{"a":"12345678901234567891"}}],"deep":{deep_strings},"qty":3}}"#
+        )),
         "{strings}"
     );
 }

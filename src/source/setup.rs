@@ -407,31 +407,63 @@ async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SetupError>
     }
 }
 
-/// Loads enums, domains and arrays of non-built-in types; only `oids` when given.
+/// The columns of a type lookup: oid, kind, domain base, array element and the element
+/// type's delimiter. Only a true array (a varlena of category `A` with an element type)
+/// counts as one: `point` and `line` also name an element type (float8), but they are
+/// fixed-length types printed as their own text.
+const TYPE_COLUMNS: &str = "SELECT t.oid, t.typtype::text, t.typbasetype, \
+     CASE WHEN t.typelem <> 0 AND t.typlen = -1 AND t.typcategory = 'A' THEN t.typelem ELSE 0 END, \
+     coalesce(e.typdelim::text, ',') \
+     FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem";
+
+/// Deepest chain of types looked up behind one another (a domain over a domain over ...).
+const MAX_TYPE_ROUNDS: usize = 16;
+
+/// Loads enums, domains and arrays of non-built-in types; only `oids` when given. Either
+/// way, the base types of domains and the element types of arrays are then looked up
+/// too, until every type they lead to is known, so a type decodes the same whether it
+/// existed at start or was created later.
 pub async fn load_types(
     client: &Client,
     types: &mut TypeRegistry,
     oids: Option<&[u32]>,
 ) -> Result<(), SetupError> {
-    let rows =
-        match oids {
-            None => client
+    let rows = match oids {
+        None => {
+            client
                 .query(
-                    "SELECT t.oid, t.typtype::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
-                     FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem
-                     WHERE t.typtype IN ('e', 'd') OR (t.typelem <> 0 AND t.typlen = -1)",
+                    &format!(
+                        "{TYPE_COLUMNS} WHERE t.typtype IN ('e', 'd') \
+                         OR (t.typelem <> 0 AND t.typlen = -1 AND t.typcategory = 'A')"
+                    ),
                     &[],
                 )
-                .await?,
-            Some(oids) => client
-                .query(
-                    "SELECT t.oid, t.typtype::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
-                     FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem
-                     WHERE t.oid = ANY($1)",
-                    &[&oids],
-                )
-                .await?,
-        };
+                .await?
+        }
+        Some(oids) => lookup_types(client, oids).await?,
+    };
+    let mut missing = add_types(types, rows);
+    for _ in 0..MAX_TYPE_ROUNDS {
+        if missing.is_empty() {
+            break;
+        }
+        let rows = lookup_types(client, &missing).await?;
+        // A type the catalog no longer has is left unknown (its values are sent as text).
+        missing = add_types(types, rows);
+    }
+    Ok(())
+}
+
+async fn lookup_types(client: &Client, oids: &[u32]) -> Result<Vec<tokio_postgres::Row>, SetupError> {
+    Ok(client
+        .query(&format!("{TYPE_COLUMNS} WHERE t.oid = ANY($1)"), &[&oids])
+        .await?)
+}
+
+/// Adds the types of `rows` that `types` does not know yet; returns the base and element
+/// types they name that it does not know either.
+fn add_types(types: &mut TypeRegistry, rows: Vec<tokio_postgres::Row>) -> Vec<u32> {
+    let mut missing = Vec::new();
     for r in rows {
         let oid: u32 = r.get(0);
         if types.contains(oid) {
@@ -441,18 +473,25 @@ pub async fn load_types(
         let base: u32 = r.get(2);
         let elem: u32 = r.get(3);
         let delim: String = r.get(4);
-        let kind = match typtype.as_str() {
-            "e" => TypeKind::Enum,
-            "d" => TypeKind::Domain { base },
-            _ if elem != 0 => TypeKind::Array {
-                elem,
-                delim: delim.bytes().next().unwrap_or(b','),
-            },
-            _ => TypeKind::Other,
+        let (kind, next) = match typtype.as_str() {
+            "e" => (TypeKind::Enum, None),
+            "d" => (TypeKind::Domain { base }, Some(base)),
+            _ if elem != 0 => (
+                TypeKind::Array {
+                    elem,
+                    delim: delim.bytes().next().unwrap_or(b','),
+                },
+                Some(elem),
+            ),
+            _ => (TypeKind::Other, None),
         };
         types.insert(oid, kind);
+        missing.extend(next);
     }
-    Ok(())
+    missing.retain(|oid| *oid != 0 && !types.contains(*oid));
+    missing.sort_unstable();
+    missing.dedup();
+    missing
 }
 
 /// The columns of the primary key of table `$1` (an oid), in key order.

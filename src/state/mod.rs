@@ -566,10 +566,14 @@ async fn open(url: &str) -> Result<Client, StateError> {
         .map_err(StateError::Connect)
 }
 
+/// Creates the schema and applies the migrations it lacks. The server's notices about
+/// what already exists (`schema "walhook" already exists, skipping`, on every start but
+/// the first) are not asked for: they are expected, and would be logged at info.
 async fn migrate(client: &Client) -> Result<(), StateError> {
     client
         .batch_execute(
-            "SELECT pg_advisory_lock(7262917370);
+            "SET client_min_messages = warning;
+             SELECT pg_advisory_lock(7262917370);
              CREATE SCHEMA IF NOT EXISTS walhook;
              CREATE TABLE IF NOT EXISTS walhook.schema_migrations (
                version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
@@ -596,7 +600,7 @@ async fn migrate(client: &Client) -> Result<(), StateError> {
     }
     .await;
     let _ = client
-        .batch_execute("SELECT pg_advisory_unlock(7262917370)")
+        .batch_execute("SELECT pg_advisory_unlock(7262917370); RESET client_min_messages;")
         .await;
     result
 }

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::Value as JValue;
 
-/// How deep maps and lists may nest (walhook's bodies nest a few levels; jsonb values
-/// may nest more).
+/// How deep maps and lists are indexed (walhook's bodies nest a few levels; jsonb values
+/// may nest thousands). A map or list deeper than this is one opaque entry: templates see
+/// it as a string of its JSON text, and `tojson` of a map or list around it writes it as
+/// stored.
 const MAX_DEPTH: usize = 512;
 /// No next sibling.
 const NONE: u32 = u32::MAX;
@@ -79,6 +81,8 @@ struct Entry {
     next: u32,
     /// How many entries a map or list has (its first is the next index).
     len: u32,
+    /// A map or list nested past `MAX_DEPTH`, not indexed.
+    opaque: bool,
 }
 
 impl Doc {
@@ -116,6 +120,12 @@ impl Doc {
     /// How many entries the map or list at `at` has.
     pub(super) fn len_of(&self, at: u32) -> u32 {
         self.entries.get(at as usize).map_or(0, |e| e.len)
+    }
+
+    /// Whether entry `at` is a map or list nested too deep to be indexed: it is read as a
+    /// string of its JSON text.
+    pub(super) fn is_opaque(&self, at: u32) -> bool {
+        self.entries.get(at as usize).is_some_and(|e| e.opaque)
     }
 
     /// Entry `at`'s value as stored.
@@ -200,10 +210,14 @@ impl Builder<'_> {
             end: i as u32,
             next: NONE,
             len: 0,
+            opaque: false,
         });
         let end = match *self.b.get(i)? {
             open @ (b'{' | b'[') if depth < MAX_DEPTH => self.container(me, i, open, depth)?,
-            b'{' | b'[' => return None,
+            b'{' | b'[' => {
+                self.entries[me].opaque = true;
+                skip_container(self.b, i)?
+            }
             b'"' => skip_string(self.b, i)?.0,
             _ => {
                 let rest = self.b.get(i..)?;
@@ -256,6 +270,30 @@ impl Builder<'_> {
                 _ => return None,
             }
         }
+    }
+}
+
+/// Just past the map or list starting at `i`, found without recursion (its strings
+/// skipped whole, its brackets counted).
+fn skip_container(b: &[u8], i: usize) -> Option<usize> {
+    let mut open = 0usize;
+    let mut j = i;
+    loop {
+        match *b.get(j)? {
+            b'"' => {
+                j = skip_string(b, j)?.0;
+                continue;
+            }
+            b'{' | b'[' => open += 1,
+            b'}' | b']' => {
+                open -= 1;
+                if open == 0 {
+                    return Some(j + 1);
+                }
+            }
+            _ => {}
+        }
+        j += 1;
     }
 }
 
@@ -316,7 +354,9 @@ impl JsonNode {
 
     fn value_of(&self, at: u32) -> JValue {
         let e = &self.doc.entries[at as usize];
-        if matches!(self.doc.text.as_bytes().get(e.start as usize), Some(b'{' | b'[')) {
+        if e.opaque {
+            JValue::from(self.doc.raw(e))
+        } else if matches!(self.doc.text.as_bytes().get(e.start as usize), Some(b'{' | b'[')) {
             JValue::from_object(JsonNode {
                 doc: self.doc.clone(),
                 at,

@@ -219,6 +219,7 @@ fn lookup<'a>(doc: &'a Doc, at: u32, key: &str) -> Option<V<'a>> {
 fn value(doc: &Doc, at: u32) -> Option<V<'_>> {
     let raw = doc.raw_of(at);
     Some(match raw.as_bytes().first()? {
+        b'{' | b'[' if doc.is_opaque(at) => V::Str(Cow::Borrowed(raw)),
         b'{' | b'[' => V::Node(at),
         b'"' => {
             let inner = raw.get(1..raw.len() - 1)?;

@@ -243,3 +243,71 @@ fn malformed_bodies_are_errors_or_undefined_never_panics() {
     assert_eq!(got[5].as_deref(), Ok("A"));
     assert_eq!(got[7].as_deref(), Ok("éa,b"));
 }
+
+/// A json value nested thousands of levels deep (embedded verbatim by mapping) reaches
+/// every format: templates see a map or list nested past 512 levels as a string of its
+/// JSON text, and `tojson` of anything around it writes it as stored.
+#[test]
+fn deep_json_values_reach_every_format() {
+    let n = 5_000;
+    let deep = format!("{}1{}", r#"{"a":["#.repeat(n), "]}".repeat(n));
+    let body = BODY.replace(
+        r#""big":9007199254740993}"#,
+        &format!(r#""big":9007199254740993,"doc":{deep}}}"#),
+    );
+    assert_ne!(body, BODY);
+    let run = |extra: &str| {
+        let f = Formatter::new(&subscriber(extra), 0, "shop").unwrap();
+        let r = f.format("evt_1", body.as_bytes()).unwrap();
+        String::from_utf8(r.body.into_owned()).unwrap()
+    };
+    assert_eq!(run(""), body);
+    let ce = run("format = \"cloudevents\"");
+    assert!(ce.contains(&format!(r#""doc":{deep}}}"#)), "{}", &ce[..200]);
+    let new = body.split(r#""new":"#).nth(1).unwrap();
+    let new = &new[..new.find(r#","old":"#).unwrap()];
+    // the fast path and minijinja agree
+    for template in [
+        "{{ data.new|tojson }}",
+        "{{ data.new|tojson }}{{ data.missing|default('') }}",
+    ] {
+        assert_eq!(
+            run(&format!("format = \"template\"\ntemplate = \"{template}\"")),
+            new
+        );
+    }
+    // The body's map (0), data (1), new (2), doc (3), then each `.a[0]` two levels:
+    // `at_limit` is a map at level 511, and its list `a` at level 512 is opaque.
+    let at_limit = "data.new.doc".to_string() + &".a[0]".repeat(254);
+    let m = n - 255;
+    let opaque = format!("[{}1{}]", r#"{"a":["#.repeat(m), "]}".repeat(m));
+    for template in [
+        format!("{{{{ {at_limit}.a }}}}"),
+        format!("{{{{ {at_limit}.a|tojson }}}}"),
+        format!("{{{{ {at_limit}.a }}}}{{{{ data.missing|default('') }}}}"),
+        format!("{{{{ {at_limit}.a|length }}}}"),
+    ] {
+        let got = run(&format!("format = \"template\"\ntemplate = \"{template}\""));
+        let want = if template.contains("tojson") {
+            serde_json::to_string(&opaque).unwrap()
+        } else if template.contains("length") {
+            opaque.len().to_string()
+        } else {
+            opaque.clone()
+        };
+        // (the values are too long to print whole)
+        assert!(
+            got == want,
+            "{}: {}...",
+            &template[template.len() - 30..],
+            &got[..got.len().min(80)]
+        );
+    }
+    // one level up is still a map
+    assert_eq!(
+        run(&format!(
+            "format = \"template\"\ntemplate = \"{{{{ {at_limit}|length }}}}\""
+        )),
+        "1"
+    );
+}
