@@ -333,6 +333,7 @@ impl Window {
                 id: self.first.id.clone(),
                 event_type: kind,
                 key: self.first.key.clone(),
+                prev_key: self.first.prev_key.clone(),
                 body: bytes.into(),
             }),
             routes,

@@ -47,7 +47,24 @@ pub struct Event {
     pub event_type: String,
     /// Ordering key: table and key values; events of one key reach a subscriber in order.
     pub key: String,
+    /// The row's ordering key before this change, when the change moved the row to
+    /// another key (an update of key columns). The event is ordered under both keys: it
+    /// goes out after every earlier event of either, and before every later one.
+    pub prev_key: Option<String>,
     pub body: bytes::Bytes,
+}
+
+impl Event {
+    /// The ordering keys the event is queued under: its key, and the key its row had
+    /// before when that differs.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.key.as_str()).chain(self.prev_key.as_deref().filter(|p| *p != self.key))
+    }
+
+    /// Its ordering keys other than `key`.
+    pub fn other_keys<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> {
+        self.keys().filter(move |k| *k != key)
+    }
 }
 
 pub type EventRef = Arc<Event>;

@@ -153,3 +153,102 @@ async fn a_dropped_key_column_and_a_renamed_table_are_said_and_counted() {
     assert_eq!(log.matches(renamed).count(), 1, "{log}");
     assert!(log.contains("now=public.stock_old"), "{log}");
 }
+
+const MOVED: i64 = 300;
+
+/// Each of `MOVED` rows is inserted under id 10000+i, its id updated to 20000+i, then
+/// its value updated. For every row the receiver must see, in this order: the insert,
+/// the key change (old key 10000+i), the value update; a channel that upserts by id
+/// otherwise keeps a ghost row.
+async fn key_changes_keep_their_place(extra: &str, rx: &Receiver) -> Walhook {
+    let pg = PgCluster::start().await;
+    let url = pg
+        .create_db(
+            "shop",
+            "CREATE TABLE items (id bigint PRIMARY KEY, v int NOT NULL);",
+        )
+        .await;
+    let w = Walhook::start(&format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"items\"\n{}",
+        subscriber("shop", &rx.url(), "\"*\"", extra)
+    ));
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    for i in 0..MOVED {
+        db.batch_execute(&format!(
+            "INSERT INTO items VALUES ({a}, 0);
+             UPDATE items SET id = {b} WHERE id = {a};
+             UPDATE items SET v = 1 WHERE id = {b};",
+            a = 10_000 + i,
+            b = 20_000 + i
+        ))
+        .await
+        .unwrap();
+    }
+    let got = rx
+        .wait_unique(Duration::from_secs(120), "every change", 3 * MOVED as usize)
+        .await;
+    let mut ids = HashSet::new();
+    let mut per_row: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for r in got.iter().filter(|r| ids.insert(r.id.clone())) {
+        let b = r.json();
+        let d = &b["data"];
+        let id = d["key"]["id"].as_i64().unwrap();
+        let old = d["old"]["id"].as_i64();
+        let what = match old {
+            Some(old) => format!("{} {id} (old {old})", d["op"].as_str().unwrap()),
+            None => format!("{} {id} v={}", d["op"].as_str().unwrap(), d["new"]["v"]),
+        };
+        per_row.entry(id % 10_000).or_default().push(what);
+    }
+    for i in 0..MOVED {
+        let (a, b) = (10_000 + i, 20_000 + i);
+        assert_eq!(
+            per_row[&i],
+            [
+                format!("insert {a} v=0"),
+                format!("update {b} (old {a})"),
+                format!("update {b} v=1"),
+            ],
+            "row {i}"
+        );
+    }
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_goes_out_between_its_rows_events() {
+    let rx = Receiver::start().await;
+    // The first attempts of the inserts are slow, so a key change queued under its new key
+    // alone would overtake them.
+    rx.set_delay(Duration::from_millis(20));
+    key_changes_keep_their_place("max_in_flight = 64", &rx).await;
+}
+
+/// Through the spill log's rows: a flaky receiver makes the lane spill (rows, served
+/// with retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_keeps_its_place_through_spilled_rows() {
+    let rx = Receiver::start().await;
+    rx.set_failure_rate(0.3);
+    let w = key_changes_keep_their_place(
+        "spill_after = \"200ms\"\nmax_in_flight = 32\nretry_initial = \"10ms\"\nretry_max = \"50ms\"\nmax_attempts = 1000",
+        &rx,
+    )
+    .await;
+    assert!(w.log().contains("lane switches to spill mode"), "{}", w.log());
+}
+
+/// Through spill chunks: a healthy but slow receiver behind a full lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_keeps_its_place_through_spilled_chunks() {
+    let rx = Receiver::start().await;
+    rx.set_delay(Duration::from_millis(5));
+    let w = key_changes_keep_their_place(
+        "spill_after = \"100ms\"\nmax_buffered = 20\nmax_in_flight = 16",
+        &rx,
+    )
+    .await;
+    let log = w.log();
+    assert!(log.contains("chunked=true"), "{log}");
+}

@@ -32,6 +32,7 @@ fn update(id: i64, lsn: u64, old: i64, new: i64, changed: &[&str]) -> EventRef {
         id: format!("evt_{lsn:x}"),
         event_type: "product.changed".into(),
         key: format!("public.products|{{\"id\":{id}}}"),
+        prev_key: None,
         body: serde_json::to_vec(&body).unwrap().into(),
     })
 }
@@ -161,6 +162,7 @@ fn an_insert_and_its_updates_are_one_insert_and_a_late_change_opens_a_new_window
             id: "evt_ins".into(),
             event_type: "product.created".into(),
             key: "public.products|{\"id\":5}".into(),
+            prev_key: None,
             body: serde_json::to_vec(&body).unwrap().into(),
         })
     };
@@ -228,6 +230,7 @@ fn event_with(id: &str, kind: &str, op: &str, lsn: u64) -> EventRef {
         id: id.into(),
         event_type: kind.into(),
         key: "public.products|{\"id\":9}".into(),
+        prev_key: None,
         body: serde_json::to_vec(&body).unwrap().into(),
     })
 }
@@ -325,6 +328,7 @@ fn bodies_with_deep_json_values_coalesce() {
             id: e.id.clone(),
             event_type: e.event_type.clone(),
             key: e.key.clone(),
+            prev_key: None,
             body: text.into_bytes().into(),
         });
         c.add(e, routes(), Numbers::Exact, s, i as i64 * 1000);

@@ -18,6 +18,13 @@
 //! the last buffered ones are written and served; when both are done the lane is hot
 //! again. At that moment every earlier event is done, so no key is reordered.
 //!
+//! **Events under two keys.** An event whose change moved its row to another key (an
+//! update of key columns) is queued under both its key and the row's key before
+//! (`Event::prev_key`): it goes out only when it is first under both, nothing of either
+//! is in flight, and neither key goes on before it is done. So it follows every earlier
+//! event of its old key and precedes every later event of its new key, in memory, in
+//! chunks and in rows alike.
+//!
 //! **Per-key order in the log.** For every key, the log only ever holds the oldest
 //! pending events of that key: while a key has a hot delivery in flight at the switch to
 //! spill mode, its later events are parked behind it in memory and follow it into the
@@ -193,6 +200,8 @@ struct Mirror {
     /// The subscriber seems down: probes made so far, and when the next may start. Only
     /// one attempt is in flight at a time until one succeeds.
     outage: Option<(u32, Instant)>,
+    /// Keys whose first event is in flight (both keys of an event under two).
+    in_flight: std::collections::HashSet<String>,
 }
 
 impl Mirror {
@@ -203,32 +212,81 @@ impl Mirror {
         self.loaded = chunk;
         self.events += events.len();
         for (event, attempts, not_before) in events {
-            let key = event.key.clone();
-            let q = self.keys.entry(key.clone()).or_default();
-            q.push_back(Held {
-                event,
-                chunk,
-                attempts,
-                not_before,
-            });
-            if q.len() == 1 {
-                match not_before {
-                    Some(at) => {
-                        self.waiting_seq += 1;
-                        self.waiting.insert((at, self.waiting_seq), key);
+            // An event under two keys is held under both: its own entry holds its attempts
+            // and wait, the other only holds that key back.
+            let keys: Vec<String> = event.keys().map(String::from).collect();
+            for key in keys {
+                let own = key == event.key;
+                let q = self.keys.entry(key.clone()).or_default();
+                q.push_back(Held {
+                    event: event.clone(),
+                    chunk,
+                    attempts,
+                    not_before,
+                });
+                if q.len() == 1 {
+                    match not_before.filter(|_| own) {
+                        Some(at) => {
+                            self.waiting_seq += 1;
+                            self.waiting.insert((at, self.waiting_seq), key);
+                        }
+                        None => self.ready.push_back(key),
                     }
-                    None => self.ready.push_back(key),
                 }
             }
         }
+    }
+
+    /// Takes the next event that may be attempted now: first under each of its keys, none
+    /// of them in flight, and not waiting out a backoff. Marks its keys in flight and
+    /// returns it with the attempts it had.
+    fn next_ready(&mut self) -> Option<(EventRef, u32)> {
+        while let Some(key) = self.ready.pop_front() {
+            if self.in_flight.contains(&key) {
+                continue;
+            }
+            let Some(event) = self
+                .keys
+                .get(&key)
+                .and_then(|q| q.front())
+                .map(|h| h.event.clone())
+            else {
+                continue;
+            };
+            let first_everywhere = event.keys().all(|k| {
+                !self.in_flight.contains(k)
+                    && self
+                        .keys
+                        .get(k)
+                        .and_then(|q| q.front())
+                        .is_some_and(|h| h.event.pos == event.pos)
+            });
+            let Some(own) = self.keys.get(&event.key).and_then(|q| q.front()) else {
+                continue;
+            };
+            // Not yet: a key whose earlier event finishes, or whose wait ends, comes back
+            // to `ready` and tries again.
+            if !first_everywhere || own.not_before.is_some() {
+                continue;
+            }
+            let attempts = own.attempts;
+            self.in_flight.extend(event.keys().map(String::from));
+            return Some((event, attempts));
+        }
+        None
     }
 
     /// Sorts every key into `ready` or `waiting` (when nothing is in flight).
     fn rebuild_ready(&mut self) {
         self.ready.clear();
         self.waiting.clear();
+        self.in_flight.clear();
         for (key, q) in &self.keys {
-            match q.front().and_then(|h| h.not_before) {
+            match q
+                .front()
+                .filter(|h| h.event.key == *key)
+                .and_then(|h| h.not_before)
+            {
                 Some(at) => {
                     self.waiting_seq += 1;
                     self.waiting.insert((at, self.waiting_seq), key.clone());
@@ -261,6 +319,9 @@ impl Mirror {
             h.not_before = Some(at);
             self.waiting_seq += 1;
             self.waiting.insert((at, self.waiting_seq), key.to_string());
+            for k in h.event.keys() {
+                self.in_flight.remove(k);
+            }
         }
     }
 
@@ -273,6 +334,22 @@ impl Mirror {
             self.keys.remove(key);
         } else {
             self.ready.push_back(key.to_string());
+        }
+        // Under its other key it was first too: that key goes on now.
+        for other in held.event.other_keys(key) {
+            if let Some(q) = self.keys.get_mut(other) {
+                if q.front().is_some_and(|h| h.event.pos == held.event.pos) {
+                    q.pop_front();
+                }
+                if q.is_empty() {
+                    self.keys.remove(other);
+                } else {
+                    self.ready.push_back(other.to_string());
+                }
+            }
+        }
+        for k in held.event.keys() {
+            self.in_flight.remove(k);
         }
         self.events -= 1;
         let open = self.open.get_mut(&held.chunk)?;
@@ -322,21 +399,188 @@ enum ChunkOutcome {
     Dead(u32, DeadWhy, AttemptLog),
 }
 
-/// In hot mode, takes the first event of the next ready key and marks the key busy.
+/// In hot mode, takes the first event of the next ready key and marks its keys busy. An
+/// event under two keys goes only once it is first under both and neither is busy; until
+/// then the key that is not ready yet brings it back to `ready` when it is.
 fn next_hot(inner: &mut Inner) -> Option<EventRef> {
     while inner.mode == Mode::Hot {
         let key = inner.ready.pop_front()?;
-        let Some(q) = inner.queues.get_mut(&key) else {
+        let Some(event) = inner
+            .queues
+            .get(&key)
+            .filter(|q| !q.busy)
+            .and_then(|q| q.events.front())
+            .cloned()
+        else {
             continue;
         };
-        let Some(event) = q.events.pop_front() else {
+        if !inner.may_go(&event) {
             continue;
-        };
-        q.busy = true;
+        }
+        for k in event.keys() {
+            if let Some(q) = inner.queues.get_mut(k) {
+                q.events.pop_front();
+                q.busy = true;
+            }
+        }
         inner.hot_in_flight += 1;
         return Some(event);
     }
     None
+}
+
+/// Where `Inner::enqueue` put an event.
+#[derive(Debug, PartialEq, Eq)]
+enum Enqueued {
+    /// Into the write buffer (spill mode).
+    Buffered,
+    /// Parked behind an in-flight delivery of one of its keys (spill mode).
+    Parked,
+    /// Into the hot queues, where a key became ready.
+    Ready,
+    /// Into the hot queues, behind earlier events of its keys.
+    Queued,
+}
+
+impl Inner {
+    fn new(mode: Mode, watermark: Pos) -> Inner {
+        Inner {
+            mode,
+            next_expected: watermark,
+            pending: BTreeMap::new(),
+            queues: HashMap::new(),
+            ready: VecDeque::new(),
+            hot_in_flight: 0,
+            spill_buf: VecDeque::new(),
+            writing: false,
+            writes: 0,
+            chunked: false,
+            mirror: Mirror::default(),
+            unexploded: None,
+        }
+    }
+
+    /// Queues an accepted event by mode: in hot and draining mode under each of its keys;
+    /// in spill mode into the write buffer, unless one of its keys has a delivery in
+    /// flight (or an event parked behind one): then it is parked behind that.
+    fn enqueue(&mut self, event: EventRef) -> Enqueued {
+        let keys: Vec<String> = event.keys().map(String::from).collect();
+        match self.mode {
+            Mode::Spill if keys.iter().any(|k| self.queues.contains_key(k)) => {
+                for key in keys {
+                    self.queues
+                        .entry(key)
+                        .or_default()
+                        .events
+                        .push_back(event.clone());
+                }
+                Enqueued::Parked
+            }
+            Mode::Spill => {
+                self.spill_buf.push_back(Buffered::fresh(event));
+                Enqueued::Buffered
+            }
+            Mode::Hot | Mode::Draining => {
+                let mut ready = Enqueued::Queued;
+                for key in keys {
+                    let q = self.queues.entry(key.clone()).or_default();
+                    q.events.push_back(event.clone());
+                    if !q.busy && q.events.len() == 1 {
+                        self.ready.push_back(key);
+                        ready = Enqueued::Ready;
+                    }
+                }
+                ready
+            }
+        }
+    }
+
+    /// A hot delivery of `event` ended: done, or to be attempted again (from memory,
+    /// or in spill mode from the log). Its keys are free again; in spill mode what was
+    /// parked behind it follows into the write buffer. Returns how many keys became
+    /// ready.
+    fn finish_hot(&mut self, event: &EventRef, outcome: HotOutcome) -> usize {
+        self.hot_in_flight -= 1;
+        let keys: Vec<String> = event.keys().map(String::from).collect();
+        for key in &keys {
+            self.queues.entry(key.clone()).or_default().busy = false;
+        }
+        match outcome {
+            HotOutcome::Done => {
+                self.pending.remove(&event.pos);
+            }
+            // Cancelled while hot: it stays pending, so it is replayed after a restart.
+            HotOutcome::Again(..) if self.mode != Mode::Spill => {
+                for key in &keys {
+                    self.queues
+                        .entry(key.clone())
+                        .or_default()
+                        .events
+                        .push_front(event.clone());
+                }
+            }
+            HotOutcome::Again(attempts, retry_after, history) => self.spill_buf.push_back(Buffered {
+                event: event.clone(),
+                attempts: attempts as i32,
+                retry_after,
+                history,
+            }),
+        }
+        if self.mode == Mode::Spill {
+            // The events parked behind this one follow it, in order.
+            self.release(&keys);
+            return 0;
+        }
+        let mut ready = 0;
+        for key in &keys {
+            if self.queues.get(key).is_some_and(|q| q.events.is_empty()) {
+                self.queues.remove(key);
+            } else {
+                self.ready.push_back(key.clone());
+                ready += 1;
+            }
+        }
+        ready
+    }
+
+    /// Whether `event` is first in the queue of each of its keys, none of them busy.
+    fn may_go(&self, event: &Event) -> bool {
+        event.keys().all(|k| {
+            self.queues
+                .get(k)
+                .is_some_and(|q| !q.busy && q.events.front().is_some_and(|e| e.pos == event.pos))
+        })
+    }
+
+    /// Spill mode: moves the events parked in the queues of `keys` that may go now (first
+    /// under each of their keys, none busy) to the write buffer, and so on for the keys
+    /// that frees, in each key's order; drops queues left empty and idle.
+    fn release(&mut self, keys: &[String]) {
+        let mut work = keys.to_vec();
+        while let Some(key) = work.pop() {
+            while let Some(q) = self.queues.get(&key) {
+                if q.busy {
+                    break;
+                }
+                let Some(first) = q.events.front().cloned() else {
+                    self.queues.remove(&key);
+                    break;
+                };
+                if !self.may_go(&first) {
+                    break;
+                }
+                for k in first.keys() {
+                    if let Some(q) = self.queues.get_mut(k) {
+                        q.events.pop_front();
+                    }
+                    if k != key {
+                        work.push(k.to_string());
+                    }
+                }
+                self.spill_buf.push_back(Buffered::fresh(first));
+            }
+        }
+    }
 }
 
 /// What a finished hot delivery hands back.
@@ -392,20 +636,10 @@ impl Lane {
             target,
             state,
             progress,
-            inner: Mutex::new(Inner {
-                mode: if spilled { Mode::Spill } else { Mode::Hot },
-                next_expected: watermark,
-                pending: BTreeMap::new(),
-                queues: HashMap::new(),
-                ready: VecDeque::new(),
-                hot_in_flight: 0,
-                spill_buf: VecDeque::new(),
-                writing: false,
-                writes: 0,
-                chunked: false,
-                mirror: Mirror::default(),
-                unexploded: None,
-            }),
+            inner: Mutex::new(Inner::new(
+                if spilled { Mode::Spill } else { Mode::Hot },
+                watermark,
+            )),
             wake_workers: Notify::new(),
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
@@ -461,6 +695,7 @@ impl Lane {
                 id: event.id.clone(),
                 event_type: event.event_type.clone(),
                 key: event.id.clone(),
+                prev_key: None,
                 body: event.body.clone(),
             }),
         };
@@ -531,28 +766,16 @@ impl Lane {
     fn accept(&self, mut inner: MutexGuard<'_, Inner>, event: EventRef) {
         inner.next_expected = event.pos.next();
         inner.pending.insert(event.pos, Instant::now());
-        let mode = inner.mode;
-        let parked = inner.queues.get_mut(&event.key);
-        match (mode, parked) {
-            // Behind a key's in-flight delivery, or a hot/draining queue.
-            (Mode::Spill, Some(q)) => q.events.push_back(event),
-            (Mode::Spill, None) => {
-                inner.spill_buf.push_back(Buffered::fresh(event));
+        match inner.enqueue(event) {
+            Enqueued::Buffered => {
                 drop(inner);
                 self.wake_writer.notify_one();
             }
-            (Mode::Hot | Mode::Draining, _) => {
-                let key = event.key.clone();
-                let q = inner.queues.entry(key.clone()).or_default();
-                q.events.push_back(event);
-                if !q.busy && q.events.len() == 1 {
-                    inner.ready.push_back(key);
-                    if mode == Mode::Hot {
-                        drop(inner);
-                        self.wake_workers.notify_one();
-                    }
-                }
+            Enqueued::Ready if inner.mode == Mode::Hot => {
+                drop(inner);
+                self.wake_workers.notify_one();
             }
+            _ => {}
         }
     }
 
@@ -596,19 +819,20 @@ impl Lane {
         }
         inner.mode = Mode::Spill;
         // Queued events of idle keys go to the write buffer in position order; those of
-        // keys with a delivery in flight stay parked behind it.
-        let mut moved: Vec<EventRef> = Vec::new();
-        inner.queues.retain(|_, q| {
-            if q.busy {
-                true
-            } else {
-                moved.extend(q.events.drain(..));
-                false
-            }
-        });
-        moved.sort_by_key(|e| e.pos);
+        // keys with a delivery in flight (and events under two keys, one of them such a
+        // key) stay parked behind it.
+        let before = inner.spill_buf.len();
+        let idle: Vec<String> = inner
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.busy)
+            .map(|(k, _)| k.clone())
+            .collect();
+        inner.release(&idle);
+        let mut moved: Vec<Buffered> = inner.spill_buf.drain(before..).collect();
+        moved.sort_by_key(|b| b.event.pos);
         let count = moved.len();
-        inner.spill_buf.extend(moved.into_iter().map(Buffered::fresh));
+        inner.spill_buf.extend(moved);
         inner.ready.clear();
         tracing::warn!(subscriber = %self.name, reason = why, moved = count, in_flight = inner.hot_in_flight,
             chunked = inner.chunked, "lane switches to spill mode");
@@ -723,36 +947,19 @@ impl Lane {
                 break HotOutcome::Again(attempts, until.saturating_duration_since(Instant::now()), history);
             }
         };
+        let done = matches!(outcome, HotOutcome::Done);
         let mut inner = self.lock();
-        inner.hot_in_flight -= 1;
         let mode = inner.mode;
-        let mut queue = inner.queues.remove(&event.key).unwrap_or_default();
-        queue.busy = false;
-        match outcome {
-            HotOutcome::Done => {
-                inner.pending.remove(&event.pos);
-                self.room.notify_waiters();
-            }
-            // Cancelled while hot: it stays pending, so it is replayed after a restart.
-            HotOutcome::Again(..) if mode != Mode::Spill => queue.events.push_front(event.clone()),
-            HotOutcome::Again(attempts, retry_after, history) => inner.spill_buf.push_back(Buffered {
-                event: event.clone(),
-                attempts: attempts as i32,
-                retry_after,
-                history,
-            }),
-        }
-        if mode == Mode::Spill {
-            // The events parked behind this one follow it, in order.
-            inner
-                .spill_buf
-                .extend(queue.events.drain(..).map(Buffered::fresh));
-        } else if !queue.events.is_empty() {
-            // The worker that finishes here looks for work next, so no one is woken.
-            inner.ready.push_back(event.key.clone());
-            inner.queues.insert(event.key.clone(), queue);
-        }
+        let ready = inner.finish_hot(&event, outcome);
         drop(inner);
+        if done {
+            self.room.notify_waiters();
+        }
+        // The worker that finishes here looks for work next; a second key made ready
+        // wakes another.
+        if ready > 1 && mode == Mode::Hot {
+            self.wake_workers.notify_one();
+        }
         if mode != Mode::Hot {
             // The writer takes what followed this event to the log; the server may be
             // waiting for the lane to settle.
@@ -1117,7 +1324,8 @@ impl Lane {
             // A key with a hot delivery still in flight waits for it (only a replay puts
             // rows of such a key in the log): one event per key at a time.
             let inner = self.lock();
-            heads.retain(|h| !inner.queues.get(&h.key).is_some_and(|q| q.busy));
+            let busy = |k: &str| inner.queues.get(k).is_some_and(|q| q.busy);
+            heads.retain(|h| !busy(&h.key) && !h.prev_key.as_deref().is_some_and(busy));
         }
         if heads.is_empty() {
             return Ok(false);
@@ -1187,15 +1395,14 @@ impl Lane {
                 };
                 let probe = m.outage.is_some();
                 while !stop && inflight.len() < limit {
-                    let Some(key) = m.ready.pop_front() else { break };
-                    if let Some(h) = m.keys.get(&key).and_then(|q| q.front()) {
-                        let (event, before) = (h.event.clone(), h.attempts);
-                        inflight.push(async move {
-                            let (result, took) = self.target.send(&event.id, &event.body).await;
-                            self.count_outcome(result.failure());
-                            (event, before, probe, result, took)
-                        });
-                    }
+                    let Some((event, before)) = m.next_ready() else {
+                        break;
+                    };
+                    inflight.push(async move {
+                        let (result, took) = self.target.send(&event.id, &event.body).await;
+                        self.count_outcome(result.failure());
+                        (event, before, probe, result, took)
+                    });
                 }
                 match probe_at {
                     _ if stop => None,
@@ -1462,6 +1669,9 @@ impl Lane {
         (h.pos, self.spill_outcome(&h.id, h.attempts, result, took))
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// The log line of an event given up.
 fn log_dead(subscriber: &str, id: &str, attempts: u32, error: &str, why: DeadWhy) {

@@ -212,6 +212,31 @@ pub(super) fn key_json(rule: &Rule, c: &Change<'_>, numbers: Numbers) -> String 
     .unwrap_or_default()
 }
 
+/// The ordering key the row had before an update, as `render` forms keys, when the old
+/// image carries every key column (an update that changed key columns always carries
+/// them: the replica identity, or the whole old row).
+fn prev_key(rule: &Rule, c: &Change<'_>) -> Option<String> {
+    if c.op != Op::Update {
+        return None;
+    }
+    let old = c.old.as_ref()?;
+    if rule
+        .key
+        .iter()
+        .any(|col| value_at(Some(old), usize::MAX, col).is_none())
+    {
+        return None;
+    }
+    let key = KeyJson {
+        rule,
+        new: None,
+        old: Some(old),
+        stringify: &[],
+        inexact: &[],
+    };
+    Some(format!("{}|{}", rule.table, serde_json::to_string(&key).ok()?))
+}
+
 /// The columns whose numbers are written as strings for subscribers wanting `numbers`.
 fn stringified<'a>(c: &Change<'a>, numbers: Numbers) -> &'a [Arc<str>] {
     match numbers {
@@ -327,6 +352,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
     let id = format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, named.tag);
     // The ordering key is the same whatever the format, so a lane's order never depends on it.
     let key = format!("{}|{}", rule.table, key_json(rule, c, Numbers::Exact));
+    let prev_key = prev_key(rule, c).filter(|p| *p != key);
     let mut out = Vec::with_capacity(named.routes.len());
     for (numbers, routes) in &named.routes {
         let stringify = stringified(c, *numbers);
@@ -372,6 +398,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
             id: id.clone(),
             event_type: named.name.clone(),
             key: key.clone(),
+            prev_key: prev_key.clone(),
             body: buf.into(),
         };
         out.push(Routed {

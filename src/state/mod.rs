@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/003_subscribers.sql"),
     include_str!("../../sql/004_leases.sql"),
     include_str!("../../sql/005_attempt_history.sql"),
+    include_str!("../../sql/006_prev_keys.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ pub struct Spilled {
     pub id: String,
     pub event_type: String,
     pub key: String,
+    /// The row's key before this change, when the change moved it (see `Event`).
+    pub prev_key: Option<String>,
     pub body: bytes::Bytes,
     pub attempts: i32,
 }
@@ -201,6 +204,7 @@ impl State {
         let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event.event_type.as_str()).collect();
         let keys: Vec<&str> = events.iter().map(|e| e.event.key.as_str()).collect();
+        let prev_keys: Vec<Option<&str>> = events.iter().map(|e| e.event.prev_key.as_deref()).collect();
         let bodies: Vec<&[u8]> = events.iter().map(|e| &e.event.body[..]).collect();
         let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
         let delays: Vec<i64> = events.iter().map(|e| e.retry_after.as_millis() as i64).collect();
@@ -210,14 +214,14 @@ impl State {
             .execute(
                 "INSERT INTO walhook.spill
                    (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, next_attempt_at,
-                    history)
-                 SELECT $1, $2, l, q, i, t, k, b, a, now() + d * interval '1 millisecond', h::jsonb
+                    history, prev_key)
+                 SELECT $1, $2, l, q, i, t, k, b, a, now() + d * interval '1 millisecond', h::jsonb, p
                  FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::bytea[],
-                             $9::int[], $10::bigint[], $11::text[]) AS u(l, q, i, t, k, b, a, d, h)
+                             $9::int[], $10::bigint[], $11::text[], $12::text[]) AS u(l, q, i, t, k, b, a, d, h, p)
                  ON CONFLICT DO NOTHING",
                 &[
                     &self.slot, &subscriber, &lsns, &seqs, &ids, &types, &keys, &bodies, &attempts, &delays,
-                    &histories,
+                    &histories, &prev_keys,
                 ],
             )
             .await?;
@@ -262,13 +266,24 @@ impl State {
             .client()
             .await?
             .query(
-                "SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts
+                // The oldest row of its key; for a row that moved its row to another key
+                // (`prev_key`), also of that key; and no older row that moved a row
+                // from or to one of its keys.
+                "SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts, s.prev_key
                  FROM walhook.spill s
                  WHERE s.slot = $1 AND s.subscriber = $2 AND s.next_attempt_at <= now()
                    AND (s.lsn, s.seq) = (
                      SELECT p.lsn, p.seq FROM walhook.spill p
                      WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.ordering_key
                      ORDER BY p.lsn, p.seq LIMIT 1)
+                   AND (s.prev_key IS NULL OR NOT EXISTS (
+                     SELECT 1 FROM walhook.spill p
+                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.prev_key
+                       AND (p.lsn, p.seq) < (s.lsn, s.seq)))
+                   AND NOT EXISTS (
+                     SELECT 1 FROM walhook.spill p
+                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.prev_key IS NOT NULL
+                       AND p.prev_key IN (s.ordering_key, s.prev_key) AND (p.lsn, p.seq) < (s.lsn, s.seq))
                  ORDER BY s.lsn, s.seq
                  LIMIT $3",
                 &[&self.slot, &subscriber, &limit],
@@ -284,6 +299,7 @@ impl State {
                 id: r.get(2),
                 event_type: r.get(3),
                 key: r.get(4),
+                prev_key: r.get(7),
                 body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)),
                 attempts: r.get(6),
             })
@@ -318,13 +334,18 @@ impl State {
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        // NULL unless some event of the chunk moved its row to another key.
+        let prev_keys: Option<Vec<Option<&str>>> = events
+            .iter()
+            .any(|e| e.prev_key.is_some())
+            .then(|| events.iter().map(|e| e.prev_key.as_deref()).collect());
         let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
         let row = self
             .client()
             .await?
             .query_one(
-                "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING chunk",
+                "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING chunk",
                 &[
                     &self.slot,
                     &subscriber,
@@ -334,6 +355,7 @@ impl State {
                     &types,
                     &keys,
                     &bodies,
+                    &prev_keys,
                 ],
             )
             .await?;
@@ -350,7 +372,7 @@ impl State {
             .client()
             .await?
             .query(
-                "SELECT chunk, lsns, seqs, ids, types, keys, bodies FROM walhook.spill_chunks
+                "SELECT chunk, lsns, seqs, ids, types, keys, bodies, prev_keys FROM walhook.spill_chunks
                  WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1",
                 &[&self.slot, &subscriber, &after],
             )
@@ -364,6 +386,10 @@ impl State {
         let types: Vec<String> = r.get(4);
         let keys: Vec<String> = r.get(5);
         let bodies: Vec<Vec<u8>> = r.get(6);
+        let mut prev_keys = r
+            .get::<_, Option<Vec<Option<String>>>>(7)
+            .unwrap_or_default()
+            .into_iter();
         let events = lsns
             .into_iter()
             .zip(seqs)
@@ -379,6 +405,7 @@ impl State {
                 id,
                 event_type,
                 key,
+                prev_key: prev_keys.next().flatten(),
                 body: bytes::Bytes::from(body),
             })
             .collect();
@@ -423,9 +450,10 @@ impl State {
                  done AS (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS d(l, q)),
                  rows AS (
                    INSERT INTO walhook.spill
-                     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body)
-                   SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b
-                   FROM gone g, unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies) AS u(l, q, i, t, k, b)
+                     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, prev_key)
+                   SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b, u.p
+                   FROM gone g,
+                        unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies, g.prev_keys) AS u(l, q, i, t, k, b, p)
                    WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.l = u.l AND done.q = u.q)
                    ON CONFLICT DO NOTHING
                    RETURNING 1)

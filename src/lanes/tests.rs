@@ -1,0 +1,192 @@
+//! The lane's per-key decisions without I/O: which event may go next in memory, what
+//! follows an in-flight delivery into the write buffer, and which spilled event a chunk
+//! server attempts next, for events under one key and under two (a row whose key
+//! changed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// An event at position `n` under `key`, and the row's earlier key when it moved.
+fn ev(n: u64, key: &str, prev: Option<&str>) -> EventRef {
+    Arc::new(Event {
+        pos: Pos { lsn: 100, seq: n },
+        id: format!("evt_{n}"),
+        event_type: "t".into(),
+        key: key.into(),
+        prev_key: prev.map(String::from),
+        body: bytes::Bytes::new(),
+    })
+}
+
+fn hot(events: &[&EventRef]) -> Inner {
+    let mut inner = Inner::new(Mode::Hot, Pos::ZERO);
+    for e in events {
+        inner.pending.insert(e.pos, Instant::now());
+        inner.enqueue((*e).clone());
+    }
+    inner
+}
+
+fn seqs(events: &[EventRef]) -> Vec<u64> {
+    events.iter().map(|e| e.pos.seq).collect()
+}
+
+/// Takes every event that may go now.
+fn drain(inner: &mut Inner) -> Vec<EventRef> {
+    std::iter::from_fn(|| next_hot(inner)).collect()
+}
+
+#[test]
+fn a_key_change_waits_for_its_old_key_and_holds_its_new_one() {
+    // 1: insert of row a; 2: its key moves from a to b; 3: update under b; 4: a new row a.
+    let (e1, e2, e3, e4) = (
+        ev(1, "a", None),
+        ev(2, "b", Some("a")),
+        ev(3, "b", None),
+        ev(4, "a", None),
+    );
+    let mut inner = hot(&[&e1, &e2, &e3, &e4]);
+    // Only the insert may go: the key change is behind it under a, the rest behind the
+    // key change.
+    assert_eq!(seqs(&drain(&mut inner)), [1]);
+    assert_eq!(inner.finish_hot(&e1, HotOutcome::Done), 1);
+    assert_eq!(seqs(&drain(&mut inner)), [2]);
+    assert_eq!(inner.finish_hot(&e2, HotOutcome::Done), 2);
+    let mut next = seqs(&drain(&mut inner));
+    next.sort();
+    assert_eq!(next, [3, 4], "both keys go on, in parallel");
+    inner.finish_hot(&e3, HotOutcome::Done);
+    inner.finish_hot(&e4, HotOutcome::Done);
+    assert!(inner.queues.is_empty() && inner.pending.is_empty());
+}
+
+#[test]
+fn a_key_change_waits_for_the_new_keys_earlier_events_too() {
+    // 1: a row b is deleted; 2: row a takes key b; both keys have events before.
+    let (e0, e1, e2) = (ev(0, "a", None), ev(1, "b", None), ev(2, "b", Some("a")));
+    let mut inner = hot(&[&e0, &e1, &e2]);
+    let mut first = seqs(&drain(&mut inner));
+    first.sort();
+    assert_eq!(first, [0, 1]);
+    inner.finish_hot(&e1, HotOutcome::Done);
+    assert!(drain(&mut inner).is_empty(), "a still busy");
+    inner.finish_hot(&e0, HotOutcome::Done);
+    assert_eq!(seqs(&drain(&mut inner)), [2]);
+}
+
+#[test]
+fn a_failed_key_change_is_first_again_under_both_keys() {
+    let (e1, e2) = (ev(1, "b", Some("a")), ev(2, "a", None));
+    let mut inner = hot(&[&e1, &e2]);
+    assert_eq!(seqs(&drain(&mut inner)), [1]);
+    inner.finish_hot(&e1, HotOutcome::Again(1, Duration::ZERO, Vec::new()));
+    assert_eq!(
+        seqs(&drain(&mut inner)),
+        [1],
+        "attempted again before the new row a"
+    );
+}
+
+#[test]
+fn in_spill_mode_events_parked_behind_a_delivery_follow_it_in_key_order() {
+    // 1 is in flight under a when the lane spills; 2 moves a row from a to b; 3 is under
+    // b; 4 under c has nothing in flight.
+    let e1 = ev(1, "a", None);
+    let mut inner = hot(&[&e1]);
+    assert_eq!(seqs(&drain(&mut inner)), [1]);
+    inner.mode = Mode::Spill;
+    let (e2, e3, e4) = (ev(2, "b", Some("a")), ev(3, "b", None), ev(4, "c", None));
+    assert_eq!(inner.enqueue(e2.clone()), Enqueued::Parked);
+    assert_eq!(
+        inner.enqueue(e3.clone()),
+        Enqueued::Parked,
+        "behind the key change"
+    );
+    assert_eq!(inner.enqueue(e4.clone()), Enqueued::Buffered);
+    inner.finish_hot(&e1, HotOutcome::Done);
+    let buffered: Vec<u64> = inner.spill_buf.iter().map(|b| b.event.pos.seq).collect();
+    assert_eq!(buffered, [4, 2, 3]);
+    assert!(inner.queues.is_empty());
+}
+
+#[test]
+fn entering_spill_mode_keeps_a_key_change_behind_its_busy_key() {
+    let (e1, e2, e3, e4) = (
+        ev(1, "a", None),
+        ev(2, "b", Some("a")),
+        ev(3, "b", None),
+        ev(4, "c", None),
+    );
+    let mut inner = hot(&[&e1, &e2, &e3, &e4]);
+    let mut going = seqs(&drain(&mut inner));
+    going.sort();
+    assert_eq!(going, [1, 4]);
+    inner.finish_hot(&e4, HotOutcome::Done);
+    // The lane spills while 1 is in flight: 2 and 3 stay parked (2 waits for a).
+    inner.mode = Mode::Spill;
+    let idle: Vec<String> = inner
+        .queues
+        .iter()
+        .filter(|(_, q)| !q.busy)
+        .map(|(k, _)| k.clone())
+        .collect();
+    inner.release(&idle);
+    assert!(inner.spill_buf.is_empty());
+    inner.finish_hot(&e1, HotOutcome::Again(3, Duration::from_secs(1), Vec::new()));
+    let buffered: Vec<(u64, i32)> = inner
+        .spill_buf
+        .iter()
+        .map(|b| (b.event.pos.seq, b.attempts))
+        .collect();
+    assert_eq!(buffered, [(1, 3), (2, 0), (3, 0)]);
+}
+
+#[test]
+fn the_chunk_server_takes_a_key_change_only_when_first_under_both_keys() {
+    let (e1, e2, e3, e4) = (
+        ev(1, "a", None),
+        ev(2, "b", Some("a")),
+        ev(3, "b", None),
+        ev(4, "a", None),
+    );
+    let mut m = Mirror::default();
+    m.add(
+        7,
+        [&e1, &e2, &e3, &e4]
+            .iter()
+            .map(|e| ((*e).clone(), 0, None))
+            .collect(),
+    );
+    assert_eq!(m.events, 4, "an event under two keys counts once");
+    let take =
+        |m: &mut Mirror| std::iter::from_fn(|| m.next_ready().map(|(e, _)| e.pos.seq)).collect::<Vec<_>>();
+    assert_eq!(take(&mut m), [1]);
+    assert_eq!(m.delivered("a"), None);
+    assert_eq!(take(&mut m), [2]);
+    // It fails: both keys wait with it.
+    m.failed("b", 1, Instant::now() + Duration::from_secs(60));
+    assert!(take(&mut m).is_empty());
+    m.promote(Instant::now() + Duration::from_secs(61));
+    assert_eq!(take(&mut m), [2]);
+    assert_eq!(m.delivered("b"), None);
+    let mut rest = take(&mut m);
+    rest.sort();
+    assert_eq!(rest, [3, 4]);
+    m.delivered("b");
+    assert_eq!(m.delivered("a"), Some(7), "the chunk is all done");
+    assert!(m.keys.is_empty());
+}
+
+#[test]
+fn after_a_restart_of_serving_a_key_change_is_found_from_either_key() {
+    let (e1, e2) = (ev(1, "a", None), ev(2, "b", Some("a")));
+    let mut m = Mirror::default();
+    m.add(1, vec![(e1.clone(), 0, None), (e2.clone(), 0, None)]);
+    assert_eq!(m.next_ready().map(|(e, _)| e.pos.seq), Some(1));
+    m.delivered("a");
+    m.rebuild_ready();
+    assert_eq!(m.next_ready().map(|(e, _)| e.pos.seq), Some(2));
+    assert!(m.next_ready().is_none());
+}
