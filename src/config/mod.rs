@@ -1,10 +1,12 @@
-//! Configuration: a TOML file, `WALHOOK_`-prefixed environment overrides and `${VAR}`
-//! expansion in string values, deserialized into typed structs with unknown keys refused.
+//! Configuration: a TOML file, `WALHOOK_<SECTION>__<KEY>` environment overrides (see
+//! `env.rs`) and `${VAR}` expansion in string values, deserialized into typed structs with
+//! unknown keys refused.
 //!
 //! Loading never stops at the first problem: [`Config::validate`] returns every problem
 //! with its key path (`subscribers[1].url`), so an operator fixes a file in one pass.
 //! Every default is a named constant below and documented in `config/walhook.toml`.
 
+mod env;
 mod expand;
 mod table;
 
@@ -450,14 +452,24 @@ fn default_retry_after_max() -> Duration {
 }
 
 impl Config {
-    /// Reads, expands, overrides from the environment, deserializes and validates.
+    /// Reads, expands, overrides from the environment, deserializes and validates. A
+    /// `WALHOOK_*` variable that looks like a mistyped override is logged as a warning.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let display = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: display.clone(),
             source,
         })?;
-        Self::from_toml(&text, &display, &|name| std::env::var(name).ok())
+        let (config, warnings) = Self::from_parts(
+            &text,
+            &display,
+            &|name| std::env::var(name).ok(),
+            std::env::vars_os(),
+        )?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
     }
 
     /// Parses config text. `env` resolves `${VAR}` references and `WALHOOK_` overrides
@@ -467,27 +479,61 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::from_parts(text, origin, env, std::env::vars_os()).map(|(c, _)| c)
+    }
+
+    /// Parses config text with the environment `vars` (for `WALHOOK_<SECTION>__<KEY>`
+    /// overrides); `env` resolves `${VAR}` references. Also returns the warnings about
+    /// variables that look like mistyped overrides and that the text does not reference.
+    fn from_parts<I>(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        vars: I,
+    ) -> Result<(Config, Vec<String>), ConfigError>
+    where
+        I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    {
         let syntax = |source| ConfigError::Syntax {
             path: origin.to_string(),
             source,
         };
+        let invalid = |problems| ConfigError::Invalid {
+            path: origin.to_string(),
+            problems,
+        };
+        let overrides = env::Overrides::from_vars(vars);
+        if !overrides.problems.is_empty() {
+            return Err(invalid(overrides.problems));
+        }
+        let values: config::Map<String, String> = overrides.values.into_iter().collect();
         let raw = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("WALHOOK")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(values)),
             )
             .build()
             .map_err(syntax)?;
         let mut tree: serde_json::Value = raw.try_deserialize().map_err(syntax)?;
         let mut problems = Vec::new();
-        expand::expand_tree(&mut tree, "", env, &mut problems);
-        let invalid = |problems| ConfigError::Invalid {
-            path: origin.to_string(),
-            problems,
+        // The variables the text reads as ${VAR}: those are used, not mistyped.
+        let referenced = std::cell::RefCell::new(std::collections::HashSet::new());
+        let recording = |name: &str| {
+            referenced.borrow_mut().insert(name.to_string());
+            env(name)
         };
+        expand::expand_tree(&mut tree, "", &recording, &mut problems);
+        let referenced = referenced.into_inner();
+        let warnings = overrides
+            .near_misses
+            .into_iter()
+            .filter(|(name, _)| !referenced.contains(name))
+            .map(|(_, warning)| warning)
+            .collect();
         let config: Config = match serde_path_to_error::deserialize(tree) {
             Ok(c) => c,
             Err(e) => {
@@ -501,7 +547,7 @@ impl Config {
         };
         problems.extend(config.validate());
         if problems.is_empty() {
-            Ok(config)
+            Ok((config, warnings))
         } else {
             Err(invalid(problems))
         }

@@ -198,6 +198,36 @@ fn env_overrides_apply() {
     assert_eq!(c.state.watermark_interval, Duration::from_secs(1));
 }
 
+/// Environment variables as `Config::from_parts` takes them.
+fn vars(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+}
+
+#[test]
+fn only_section_key_variables_override_and_near_misses_warn_unless_used() {
+    let text = MINIMAL.replace("[source]\n", "[admin]\ntoken = \"${WALHOOK_ADMIN_TOKEN}\"\n[source]\n");
+    let env = |name: &str| (name == "WALHOOK_ADMIN_TOKEN").then(|| "0123456789abcdef".to_string());
+    let (c, warnings) = Config::from_parts(
+        &text,
+        "t",
+        &|n| env(n).or_else(|| super::tests::env(n)),
+        vars(&[
+            ("WALHOOK_ADMIN_TOKEN", "0123456789abcdef"),
+            ("WALHOOK_LOG_FORMAT", "json"),
+            ("WALHOOK_CONFIG", "/etc/walhook/walhook.toml"),
+            ("WALHOOK_PORT_9187_TCP_ADDR", "10.0.0.1"),
+            ("WALHOOK_STATE_LEASE", "10s"),
+            ("WALHOOK_SOURCE__SLOT", "other"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef"));
+    assert_eq!(c.source.slot, "other");
+    assert_eq!(c.state.lease, DEFAULT_LEASE);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("WALHOOK_STATE__LEASE"), "{warnings:?}");
+}
+
 #[test]
 fn bad_urls_and_ssl_settings_are_named() {
     let p = problems(&MINIMAL.replace(
