@@ -165,6 +165,27 @@ async fn a_private_target_is_refused_unless_allowed() {
     );
 }
 
+/// IPv6 forms of private IPv4 addresses, and the benchmarking range, are refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_addresses_inside_ipv6_and_benchmarking_ones_are_refused() {
+    for target in [
+        "http://[::127.0.0.1]:9/hook",
+        "http://[64:ff9b::10.0.0.1]/hook",
+        "http://[2002:c0a8:101::1]/hook",
+        "http://198.18.0.1/hook",
+    ] {
+        let config = cfg("postgres://postgres@127.0.0.1:1/x", "products", "", "")
+            .replace("http://127.0.0.1:9/hook", target);
+        let (code, err) = run_config(&config);
+        let line = error_line(&err);
+        assert_eq!(code, 2, "{target}: {err}");
+        assert!(
+            line.contains("subscribers[0].allow_private_targets = true"),
+            "{target}: {line}"
+        );
+    }
+}
+
 #[test]
 fn a_config_with_an_unknown_key_names_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -292,9 +313,16 @@ const KUBERNETES_ENV: [(&str, &str); 7] = [
 fn stray_walhook_variables_leave_the_config_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("walhook.toml");
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/walhook.toml")).unwrap();
-    let text = shipped.replace("# token = \"${WALHOOK_ADMIN_TOKEN}\"", "token = \"${WALHOOK_ADMIN_TOKEN}\"");
-    assert_ne!(text, shipped, "the reference config no longer shows the admin token line");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/walhook.toml")).unwrap();
+    let text = shipped.replace(
+        "# token = \"${WALHOOK_ADMIN_TOKEN}\"",
+        "token = \"${WALHOOK_ADMIN_TOKEN}\"",
+    );
+    assert_ne!(
+        text, shipped,
+        "the reference config no longer shows the admin token line"
+    );
     std::fs::write(&path, text).unwrap();
     let docker = dockerfile_env();
     let mut env: Vec<(&str, &str)> = docker.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -315,7 +343,10 @@ fn stray_walhook_variables_leave_the_config_alone() {
     env.push(("WALHOOK_ADMIN__LISTEN", "not an address"));
     let (code, _, err) = walhook_output_env(&["check"], &env);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("admin.listen") && err.contains("not an address"), "{err}");
+    assert!(
+        err.contains("admin.listen") && err.contains("not an address"),
+        "{err}"
+    );
 }
 
 /// A name one underscore short of an override is ignored with a warning that spells it
@@ -370,16 +401,26 @@ async fn run_starts_with_the_images_environment() {
     let mut w = Walhook::start_with_env(&config, "token = \"${WALHOOK_ADMIN_TOKEN}\"", &env);
     w.wait_ready().await;
     let db = pg.client("shop").await;
-    db.batch_execute("INSERT INTO products VALUES (1, 'x')").await.unwrap();
-    rx.wait_for(Duration::from_secs(20), "an event", |g| !g.is_empty()).await;
+    db.batch_execute("INSERT INTO products VALUES (1, 'x')")
+        .await
+        .unwrap();
+    rx.wait_for(Duration::from_secs(20), "an event", |g| !g.is_empty())
+        .await;
     let (status, _) = w
-        .api("GET", "/subscribers", Some("0123456789abcdef0123456789abcdef"), None)
+        .api(
+            "GET",
+            "/subscribers",
+            Some("0123456789abcdef0123456789abcdef"),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(w.stop(), Some(0));
     let log = w.log();
     assert!(
-        log.lines().filter(|l| !l.trim().is_empty()).all(|l| l.starts_with('{')),
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| l.starts_with('{')),
         "not JSON logs:\n{log}"
     );
 }

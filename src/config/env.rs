@@ -89,10 +89,7 @@ impl Overrides {
                 if !keys.contains(&key) {
                     self.problems.push(Problem {
                         path: name.to_string(),
-                        message: format!(
-                            "[{section}] has no key {key:?} (it has: {})",
-                            keys.join(", ")
-                        ),
+                        message: format!("[{section}] has no key {key:?} (it has: {})", keys.join(", ")),
                     });
                     return;
                 }
@@ -184,7 +181,10 @@ mod tests {
     #[test]
     fn section_keys_are_the_structs_fields() {
         let s = sections();
-        assert!(s[0].1.contains(&"url") && s[0].1.contains(&"receive_timeout"), "{s:?}");
+        assert!(
+            s[0].1.contains(&"url") && s[0].1.contains(&"receive_timeout"),
+            "{s:?}"
+        );
         assert!(s[1].1.contains(&"lease"), "{s:?}");
         assert_eq!(s[2].1, ["listen", "token"]);
     }
@@ -221,7 +221,10 @@ mod tests {
         ]);
         assert!(o.values.is_empty());
         let names: Vec<&str> = o.near_misses.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["WALHOOK_SOURCE_URL", "WALHOOK_STATE_LEASE", "WALHOOK_ADMIN_TOKEN"]);
+        assert_eq!(
+            names,
+            ["WALHOOK_SOURCE_URL", "WALHOOK_STATE_LEASE", "WALHOOK_ADMIN_TOKEN"]
+        );
         assert!(
             o.near_misses[0].1.contains("source.url") && o.near_misses[0].1.contains("WALHOOK_SOURCE__URL"),
             "{:?}",
@@ -240,11 +243,13 @@ mod tests {
         assert!(o.values.is_empty());
         let p: Vec<String> = o.problems.iter().map(Problem::to_string).collect();
         assert!(
-            p[0].starts_with("WALHOOK_SOURC__URL: no section [sourc]") && p[0].contains("WALHOOK_SOURCE__<KEY>"),
+            p[0].starts_with("WALHOOK_SOURC__URL: no section [sourc]")
+                && p[0].contains("WALHOOK_SOURCE__<KEY>"),
             "{p:?}"
         );
         assert!(
-            p[1].starts_with("WALHOOK_SOURCE__URLS: [source] has no key \"urls\"") && p[1].contains("url, slot"),
+            p[1].starts_with("WALHOOK_SOURCE__URLS: [source] has no key \"urls\"")
+                && p[1].contains("url, slot"),
             "{p:?}"
         );
         assert!(p[2].contains("${VAR}"), "{p:?}");

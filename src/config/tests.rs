@@ -205,7 +205,10 @@ fn vars(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)>
 
 #[test]
 fn only_section_key_variables_override_and_near_misses_warn_unless_used() {
-    let text = MINIMAL.replace("[source]\n", "[admin]\ntoken = \"${WALHOOK_ADMIN_TOKEN}\"\n[source]\n");
+    let text = MINIMAL.replace(
+        "[source]\n",
+        "[admin]\ntoken = \"${WALHOOK_ADMIN_TOKEN}\"\n[source]\n",
+    );
     let env = |name: &str| (name == "WALHOOK_ADMIN_TOKEN").then(|| "0123456789abcdef".to_string());
     let (c, warnings) = Config::from_parts(
         &text,
