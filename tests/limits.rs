@@ -133,3 +133,104 @@ async fn without_ordering_one_keys_events_go_out_in_parallel() {
     all.sort();
     assert_eq!(all, (0..20).collect::<Vec<_>>(), "every event once");
 }
+
+/// The dead letters of `subscriber`, from the API: (key, error) pairs.
+async fn dead_letters(w: &Walhook, token: &str, subscriber: &str) -> Vec<(String, String)> {
+    let (code, v) = w
+        .api(
+            "GET",
+            &format!("/deliveries?status=dead&subscriber={subscriber}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap_or("").to_string(),
+                d["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A template whose body passes `max_body_bytes` (1 MiB by default) fails its attempts
+/// with an error naming the limit and ends as a dead letter after its retries, whether
+/// minijinja renders it (a loop: 25 MB unbounded) or the fast path does; the
+/// subscriber's other events, and other subscribers, go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_body_past_max_body_bytes_ends_as_a_dead_letter() {
+    const TOKEN: &str = "limits-test-token-0123456789";
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let looped = Receiver::start().await;
+    let fast = Receiver::start().await;
+    let retries = "retry_schedule = [\"50ms\", \"50ms\"]\nformat = \"template\"\n";
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[[events]]\ntable = \"stock\"\n{}{}",
+        subscriber(
+            "looped",
+            &looped.url(),
+            "\"*\"",
+            &format!(
+                "{retries}template = '{{% if data.new.qty < 0 %}}{{% for i in range(100000) %}}{{{{ data|tojson }}}}{{% endfor %}}{{% else %}}{{\"qty\": {{{{ data.new.qty }}}}}}{{% endif %}}'"
+            )
+        ),
+        subscriber(
+            "fast",
+            &fast.url(),
+            "\"*\"",
+            &format!("{retries}max_body_bytes = 16\ntemplate = '{{\"qty\": {{{{ data.new.qty }}}}}}'")
+        ),
+    );
+    let w = Walhook::start_with_admin(&config, &format!("token = \"{TOKEN}\""));
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    // 1: fits both; 2: the loop runs; 3: the fast path's 19 bytes pass its 16.
+    for (key, qty) in [(1, 5), (2, -1), (3, 1234567890)] {
+        db.batch_execute(&format!("INSERT INTO stock VALUES ({key}, {qty})"))
+            .await
+            .unwrap();
+    }
+    let mut deads = Vec::new();
+    for name in ["looped", "fast"] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("a dead letter of {name}"),
+            || async { !dead_letters(&w, TOKEN, name).await.is_empty() },
+        )
+        .await;
+        deads.push(dead_letters(&w, TOKEN, name).await);
+    }
+    looped
+        .wait_for(Duration::from_secs(20), "two events", |g| g.len() >= 2)
+        .await;
+    fast.wait_for(Duration::from_secs(20), "two events", |g| g.len() >= 2)
+        .await;
+    let bodies = |rx: &Receiver| -> Vec<String> {
+        rx.all()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect()
+    };
+    assert_eq!(bodies(&looped), ["{\"qty\": 5}", "{\"qty\": 1234567890}"]);
+    assert_eq!(bodies(&fast), ["{\"qty\": 5}", "{\"qty\": -1}"]);
+    for (name, dead, key, limit) in [
+        ("looped", &deads[0], "\"product_id\":2", "1048576"),
+        ("fast", &deads[1], "\"product_id\":3", "16"),
+    ] {
+        assert_eq!(dead.len(), 1, "{name}: {dead:?}");
+        let (k, error) = &dead[0];
+        assert!(k.contains(key), "{name}: {k}");
+        assert!(
+            error.contains(&format!("max_body_bytes ({limit} bytes)")) && error.contains("template"),
+            "{name}: {error}"
+        );
+    }
+    let log = w.log();
+    assert!(log.contains("attempts=3"), "three attempts each:\n{log}");
+}

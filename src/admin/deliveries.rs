@@ -19,8 +19,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Admin;
-#[cfg(test)]
-use crate::state::deliveries::MAX_FILTER_BYTES;
 use crate::state::deliveries::{check_text, Filter, Status};
 
 const DEFAULT_LIMIT: i64 = 100;

@@ -29,6 +29,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
+/// A template's rendered body at most: far above what templates make (chat messages, CDN
+/// purges, API calls), and it bounds what a runaway template costs per request in flight.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The highest `max_body_bytes` taken.
+pub const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -301,6 +306,9 @@ pub struct Subscriber {
     pub format: BodyFormat,
     /// The body template (minijinja) when `format = "template"`.
     pub template: Option<String>,
+    /// `format = "template"`: the rendered body's size limit in bytes (default
+    /// `DEFAULT_MAX_BODY_BYTES`); past it the attempt fails.
+    pub max_body_bytes: Option<usize>,
     /// Prefix of the CloudEvents `type` (`format = "cloudevents"`), e.g. `com.example.pim`.
     pub type_prefix: Option<String>,
     /// The request's Content-Type; default by format. A template with `format = "template"`.
