@@ -27,6 +27,10 @@ pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// The highest `max_in_flight` taken: each request in flight holds a connection (a file
+/// descriptor; many systems allow a process 1,024), and a receiver that needs more in
+/// parallel is better served by batching or a queue in front of it.
+pub const MAX_MAX_IN_FLIGHT: usize = 1_000;
 pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
 /// A template's rendered body at most: far above what templates make (chat messages, CDN
@@ -908,6 +912,15 @@ impl Config {
                 if v == 0 {
                     bad(p(k), "must be at least 1".into());
                 }
+            }
+            if sub.max_in_flight > MAX_MAX_IN_FLIGHT {
+                bad(
+                    p("max_in_flight"),
+                    format!(
+                        "{} is above the limit of {MAX_MAX_IN_FLIGHT} requests in flight per subscriber",
+                        sub.max_in_flight
+                    ),
+                );
             }
         }
         out

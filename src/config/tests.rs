@@ -328,3 +328,26 @@ fn secrets_may_expire_and_rate_limits_are_checked() {
         ["subscribers[0].rate_limit"]
     );
 }
+
+#[test]
+fn max_in_flight_has_a_documented_limit() {
+    let with = |n: usize| {
+        MINIMAL.replace(
+            "events = [\"*\"]",
+            &format!("events = [\"*\"]\nmax_in_flight = {n}"),
+        )
+    };
+    assert_eq!(
+        parse(&with(MAX_MAX_IN_FLIGHT)).unwrap().subscribers[0].max_in_flight,
+        1000
+    );
+    for n in [MAX_MAX_IN_FLIGHT + 1, 100_000, 1_000_000] {
+        let p = problems(&with(n));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "subscribers[0].max_in_flight");
+        assert!(
+            p[0].message == format!("{n} is above the limit of 1000 requests in flight per subscriber"),
+            "{p:?}"
+        );
+    }
+}
