@@ -290,7 +290,10 @@ async fn idle_delivery_workers_cost_nothing() {
         assert_eq!(w.stop(), Some(0));
     }
     let extra = rss[1].saturating_sub(rss[0]);
-    eprintln!("RSS at start: {} KiB with max_in_flight = 1, {} KiB with 1000", rss[0], rss[1]);
+    eprintln!(
+        "RSS at start: {} KiB with max_in_flight = 1, {} KiB with 1000",
+        rss[0], rss[1]
+    );
     assert!(
         extra < 8 * 1024,
         "8 x 1000 idle workers cost {extra} KiB (RSS {} KiB with 1 each, {} KiB with 1000 each)",
