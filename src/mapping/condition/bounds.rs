@@ -14,10 +14,12 @@
 //! run of `!` or `-` one.
 //!
 //! Measured on release builds with a 2 MiB stack (a tokio worker's): CEL evaluates trees
-//! about 1,200 levels deep, and parses chains about 5,000 long and brackets up to its own
-//! limit of 96 (past which it reports an error). `MAX_DEPTH` stays far below both.
-//! Debug builds take about 20 times more stack per level; walhook compiles conditions on
-//! a thread with a large stack and runs its runtime on 8 MiB stacks (see `main.rs`).
+//! about 1,200 levels deep (1.7 KiB a level), and parses chains about 5,000 long and
+//! brackets up to its own limit of 96 (past which it reports an error). `MAX_DEPTH`
+//! stays far below both. Debug builds take about 20 times more stack per level (40 KiB
+//! a level to evaluate, 170 KiB a bracket to parse), so walhook compiles conditions on a
+//! thread with a large stack (`PARSE_STACK`); they are evaluated on the pipeline's thread
+//! (the main thread, 8 MiB), where a debug build needs 2.6 MiB at the limit.
 
 /// The longest expression taken, in characters.
 pub const MAX_CHARS: usize = 10_000;
