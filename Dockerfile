@@ -20,7 +20,8 @@ COPY --from=build /src/target/release/walhook /usr/local/bin/walhook
 # The reference config; mount your own over it.
 COPY config/walhook.toml /etc/walhook/walhook.toml
 USER walhook:walhook
-# Listen on all interfaces inside the container; JSON logs for log pipelines.
+# Listen on all interfaces inside the container (an override: WALHOOK_<SECTION>__<KEY>);
+# JSON logs for log pipelines (WALHOOK_LOG_FORMAT is the --log-format flag, not a config key).
 ENV WALHOOK_ADMIN__LISTEN=0.0.0.0:9187 \
     WALHOOK_LOG_FORMAT=json
 EXPOSE 9187

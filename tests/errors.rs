@@ -165,6 +165,27 @@ async fn a_private_target_is_refused_unless_allowed() {
     );
 }
 
+/// IPv6 forms of private IPv4 addresses, and the benchmarking range, are refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_addresses_inside_ipv6_and_benchmarking_ones_are_refused() {
+    for target in [
+        "http://[::127.0.0.1]:9/hook",
+        "http://[64:ff9b::10.0.0.1]/hook",
+        "http://[2002:c0a8:101::1]/hook",
+        "http://198.18.0.1/hook",
+    ] {
+        let config = cfg("postgres://postgres@127.0.0.1:1/x", "products", "", "")
+            .replace("http://127.0.0.1:9/hook", target);
+        let (code, err) = run_config(&config);
+        let line = error_line(&err);
+        assert_eq!(code, 2, "{target}: {err}");
+        assert!(
+            line.contains("subscribers[0].allow_private_targets = true"),
+            "{target}: {line}"
+        );
+    }
+}
+
 #[test]
 fn a_config_with_an_unknown_key_names_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,4 +270,157 @@ async fn password_methods_and_unix_sockets_work() {
         .await;
         assert_eq!(w.stop(), Some(0));
     }
+}
+
+/// The `ENV` settings of the shipped Dockerfile, as (name, value).
+fn dockerfile_env() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let mut out = Vec::new();
+    let mut in_env = false;
+    for line in text.lines() {
+        let line = line.trim();
+        let rest = match line.strip_prefix("ENV ") {
+            Some(r) => r,
+            None if in_env => line,
+            None => continue,
+        };
+        in_env = rest.ends_with('\\');
+        for pair in rest.trim_end_matches('\\').split_whitespace() {
+            let (k, v) = pair.split_once('=').expect("ENV NAME=value");
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    assert!(out.iter().any(|(k, _)| k == "WALHOOK_LOG_FORMAT"), "{out:?}");
+    out
+}
+
+/// What Kubernetes puts in every pod of a namespace with a Service named `walhook`.
+const KUBERNETES_ENV: [(&str, &str); 7] = [
+    ("WALHOOK_SERVICE_HOST", "10.96.0.12"),
+    ("WALHOOK_SERVICE_PORT", "9187"),
+    ("WALHOOK_SERVICE_PORT_ADMIN", "9187"),
+    ("WALHOOK_PORT", "tcp://10.96.0.12:9187"),
+    ("WALHOOK_PORT_9187_TCP", "tcp://10.96.0.12:9187"),
+    ("WALHOOK_PORT_9187_TCP_PROTO", "tcp"),
+    ("WALHOOK_PORT_9187_TCP_ADDR", "10.96.0.12"),
+];
+
+/// The shipped reference config (as the Docker image holds it) with the Dockerfile's
+/// environment, `WALHOOK_CONFIG` naming the file, an admin token the file reads as
+/// `${WALHOOK_ADMIN_TOKEN}` and a Kubernetes Service's variables: the config is valid,
+/// and nothing warns about a variable it reads.
+#[test]
+fn stray_walhook_variables_leave_the_config_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/walhook.toml")).unwrap();
+    let text = shipped.replace(
+        "# token = \"${WALHOOK_ADMIN_TOKEN}\"",
+        "token = \"${WALHOOK_ADMIN_TOKEN}\"",
+    );
+    assert_ne!(
+        text, shipped,
+        "the reference config no longer shows the admin token line"
+    );
+    std::fs::write(&path, text).unwrap();
+    let docker = dockerfile_env();
+    let mut env: Vec<(&str, &str)> = docker.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend(KUBERNETES_ENV);
+    env.extend([
+        ("WALHOOK_CONFIG", path.to_str().unwrap()),
+        ("WALHOOK_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef"),
+        ("DATABASE_URL", "postgres://walhook@db.example.com/shop"),
+        ("WEBSHOP_WEBHOOK_URL", "https://shop.example.com/hooks/walhook"),
+        ("WEBSHOP_SECRET", SECRET),
+    ]);
+    let (code, out, err) = walhook_output_env(&["check"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{}: ok", path.display())), "{out}");
+    assert!(!err.contains("WALHOOK_"), "a warning about a variable: {err}");
+
+    // A real override still applies and is checked.
+    env.push(("WALHOOK_ADMIN__LISTEN", "not an address"));
+    let (code, _, err) = walhook_output_env(&["check"], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("admin.listen") && err.contains("not an address"),
+        "{err}"
+    );
+}
+
+/// A name one underscore short of an override is ignored with a warning that spells it
+/// right; a `__` name that overrides nothing is an error naming the variable.
+#[test]
+fn a_mistyped_override_is_named_with_its_right_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, cfg("postgres://localhost/x", "products", "", "")).unwrap();
+    let config = path.to_str().unwrap();
+    let (code, out, err) = walhook_output_env(
+        &["check", "--config", config],
+        &[("WALHOOK_SOURCE_URL", "postgres://elsewhere/y")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(
+        err.contains("WALHOOK_SOURCE_URL is ignored") && err.contains("WALHOOK_SOURCE__URL"),
+        "{err}"
+    );
+
+    let (code, _, err) = walhook_output_env(
+        &["check", "--config", config],
+        &[("WALHOOK_SOURCE__URLS", "postgres://elsewhere/y")],
+    );
+    let line = error_line(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        line.contains("WALHOOK_SOURCE__URLS: [source] has no key \"urls\""),
+        "{line}"
+    );
+}
+
+/// `walhook run` with the Dockerfile's log format, an admin token variable and a
+/// Kubernetes Service's variables starts and delivers, logging JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_starts_with_the_images_environment() {
+    let pg = PgCluster::start().await;
+    let url = pg
+        .create_db("shop", "CREATE TABLE products (id int PRIMARY KEY, title text)")
+        .await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"products\"\n{}",
+        subscriber("s", &rx.url(), "\"*\"", "")
+    );
+    let mut env: Vec<(&str, &str)> = KUBERNETES_ENV.to_vec();
+    env.extend([
+        ("WALHOOK_LOG_FORMAT", "json"),
+        ("WALHOOK_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef"),
+    ]);
+    let mut w = Walhook::start_with_env(&config, "token = \"${WALHOOK_ADMIN_TOKEN}\"", &env);
+    w.wait_ready().await;
+    let db = pg.client("shop").await;
+    db.batch_execute("INSERT INTO products VALUES (1, 'x')")
+        .await
+        .unwrap();
+    rx.wait_for(Duration::from_secs(20), "an event", |g| !g.is_empty())
+        .await;
+    let (status, _) = w
+        .api(
+            "GET",
+            "/subscribers",
+            Some("0123456789abcdef0123456789abcdef"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(w.stop(), Some(0));
+    let log = w.log();
+    assert!(
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| l.starts_with('{')),
+        "not JSON logs:\n{log}"
+    );
 }

@@ -201,3 +201,63 @@ async fn the_circuit_breaker_disables_and_an_operator_pauses_and_resumes() {
     let (code, _) = w.api("POST", "/subscribers/nope/pause", Some(TOKEN), None).await;
     assert_eq!(code, 404);
 }
+
+/// Admin input that cannot be stored or searched for (a NUL byte, a control character in
+/// a reason, a reason past its length limit) is refused with 400 and why, and changes
+/// nothing; the state database is not blamed (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_admin_input_is_refused_with_400_and_the_reason() {
+    let (_pg, _rx, w, _db, _) = setup("").await;
+    let pause = |reason: String| {
+        let w = &w;
+        async move {
+            w.api(
+                "POST",
+                "/subscribers/s/pause",
+                Some(TOKEN),
+                Some(serde_json::json!({ "reason": reason })),
+            )
+            .await
+        }
+    };
+    for (reason, want) in [
+        ("receiver\u{0} maintenance".to_string(), "NUL"),
+        ("line one\nline two".to_string(), "control character"),
+        ("x".repeat(1001), "1000 characters"),
+    ] {
+        let (code, v) = pause(reason.clone()).await;
+        let error = v["error"].as_str().unwrap_or_default();
+        assert_eq!(code, 400, "{reason:?}: {v}");
+        assert!(
+            error.contains("reason") && error.contains(want),
+            "{reason:?}: {error}"
+        );
+        assert_eq!(status(&w, "s").await.0, "active", "{reason:?} paused it");
+    }
+    for (method, path, body) in [
+        ("GET", "/deliveries?key=a%00b", None),
+        ("GET", "/deliveries?status=pending&type=price%00changed", None),
+        ("GET", "/deliveries?subscriber=s%00", None),
+        ("GET", "/deliveries/s/evt_1%00", None),
+        (
+            "POST",
+            "/deliveries/replay",
+            Some(serde_json::json!({"subscriber": "s", "key": "k\u{0}"})),
+        ),
+    ] {
+        let (code, v) = w.api(method, path, Some(TOKEN), body).await;
+        let error = v["error"].as_str().unwrap_or_default();
+        assert_eq!(code, 400, "{method} {path}: {v}");
+        assert!(error.contains("NUL"), "{method} {path}: {error}");
+    }
+    let long_key = format!("/deliveries?key={}", "k".repeat(10_000));
+    let (code, v) = w.api("GET", &long_key, Some(TOKEN), None).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("key"), "{v}");
+
+    // Good input still works.
+    let (code, v) = pause("receiver maintenance (ticket #42)".into()).await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("paused")), "{v}");
+    let (code, v) = w.api("GET", "/deliveries?key=a", Some(TOKEN), None).await;
+    assert_eq!(code, 200, "{v}");
+}

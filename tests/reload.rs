@@ -156,3 +156,77 @@ async fn a_new_subscriber_restarts_the_pipeline_in_process_and_loses_nothing() {
     assert_eq!(got, (first..=UPDATES).collect::<Vec<_>>());
     assert_eq!(walhook.pid(), pid, "the same process");
 }
+
+/// A `when` past the expression limits (5,000 `+` terms: 50,000 characters; 3,000 terms
+/// in 6,000 characters; brackets 100 deep) is refused by `walhook check` with the limit
+/// named (exit 2), and by a SIGHUP reload, while the daemon goes on delivering. One at
+/// the limit is taken and evaluated (by CEL, on the daemon's own threads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_when_past_the_expression_limits_is_refused_at_check_and_reload() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", PIM_SQL).await;
+    let rx = Receiver::start().await;
+    let shop = rx.url();
+    let with_when = |when: &str| {
+        config(
+            &url,
+            &format!("{STOCK_RULE}when = \"{when}\"\n"),
+            &[("shop", &shop)],
+        )
+    };
+    let long = format!("{} > 0", vec!["new.qty"; 5000].join(" + "));
+    let deep = format!("new.qty{} > 0", "+1".repeat(2999));
+    let nested = format!("{}new.qty > 0{}", "(".repeat(100), ")".repeat(100));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    for (when, want) in [
+        (
+            &long,
+            "events[1].when: the expression is 50001 characters long; the limit is 10000",
+        ),
+        (
+            &deep,
+            "events[1].when: the expression nests 3002 deep; the limit is 64",
+        ),
+        (
+            &nested,
+            "events[1].when: the expression nests 103 deep; the limit is 64",
+        ),
+    ] {
+        std::fs::write(&path, with_when(when)).unwrap();
+        let (code, _, err) = walhook_output(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{want}: {err}");
+        assert!(err.contains(want), "{want}: {err}");
+    }
+
+    // At the limit: 60 terms (62 deep) are taken; qty 1 makes 60.
+    let at_limit = format!("{} == 60", vec!["new.qty"; 60].join(" + "));
+    let walhook = Walhook::start(&with_when(&at_limit));
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    for qty in [2, 1] {
+        db.batch_execute(&format!(
+            "UPDATE stock SET qty = {qty} WHERE product_id = 1 AND warehouse = 'berlin'"
+        ))
+        .await
+        .unwrap();
+    }
+    rx.wait_for(WAIT, "the stock event of qty 1", |r| !r.is_empty())
+        .await;
+
+    // A reload with a deep expression is refused; the running rules go on.
+    walhook.reload(&with_when(&deep));
+    let log = walhook.wait_log("config reload refused", 1).await;
+    assert!(log.contains("the limit is 64"), "{log}");
+    for qty in [3, 1] {
+        db.batch_execute(&format!(
+            "UPDATE stock SET qty = {qty} WHERE product_id = 1 AND warehouse = 'berlin'"
+        ))
+        .await
+        .unwrap();
+    }
+    rx.wait_for(WAIT, "a second stock event of qty 1", |r| r.len() >= 2)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stock_events(&rx).await, [1, 1], "only qty 1 makes 60");
+}

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Admin;
-use crate::state::deliveries::{Filter, Status};
+use crate::state::deliveries::{check_text, Filter, Status};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 10_000;
@@ -86,6 +86,9 @@ async fn pause_or_resume(
             let reason = req
                 .reason
                 .unwrap_or_else(|| "paused through the admin API".into());
+            if let Err(e) = check_reason(&reason) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
             let l = lane.clone();
             as_leader(&a, async move { l.pause(&reason).await.map(|_| ()) }).await
         }
@@ -107,6 +110,25 @@ async fn pause_or_resume(
         }
         Err(r) => r,
     }
+}
+
+/// A pause reason's length limit, in characters: a sentence or a ticket reference.
+const MAX_REASON_CHARS: usize = 1000;
+
+/// Why a pause reason is refused, if it is: it is stored, listed on one line by
+/// `walhook subscribers list` and logged, so it is one line of text of moderate length.
+fn check_reason(reason: &str) -> Result<(), String> {
+    check_text("reason", reason, usize::MAX)?;
+    if reason.chars().any(char::is_control) {
+        return Err("reason holds a control character (a line break, tab, ...): write it on one line".into());
+    }
+    let n = reason.chars().count();
+    if n > MAX_REASON_CHARS {
+        return Err(format!(
+            "reason is {n} characters long; at most {MAX_REASON_CHARS} characters are taken"
+        ));
+    }
+    Ok(())
 }
 
 /// Runs a change `op` of the leader (the caller found the subscriber's lane, which only
@@ -255,6 +277,9 @@ async fn show(
         id: Some(id.clone()),
         ..Filter::default()
     };
+    if let Err(e) = filter.check() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     for status in [Status::Dead, Status::Pending] {
         match a.state.deliveries(status, &filter, 1, true).await {
             Ok(mut d) if !d.is_empty() => return Json(d.remove(0)).into_response(),
@@ -331,5 +356,66 @@ async fn replay(
     match as_leader(&a, async move { lane.replay(&filter).await }).await {
         Ok(ids) => Json(json!({ "replayed": ids.len(), "ids": ids })).into_response(),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::deliveries::MAX_FILTER_BYTES;
+
+    #[test]
+    fn reasons_and_filters_that_cannot_be_stored_are_refused() {
+        assert!(check_reason("receiver maintenance (ticket #42), back at 14:00 — ok").is_ok());
+        assert!(check_reason(&"é".repeat(MAX_REASON_CHARS)).is_ok());
+        for (bad, want) in [
+            ("a\0b".to_string(), "NUL"),
+            ("a\nb".to_string(), "control character"),
+            ("a\tb".to_string(), "control character"),
+            ("x".repeat(MAX_REASON_CHARS + 1), "1001 characters"),
+        ] {
+            let e = check_reason(&bad).unwrap_err();
+            assert!(e.starts_with("reason ") && e.contains(want), "{bad:?}: {e}");
+        }
+        let ok = Filter {
+            subscriber: Some("s".into()),
+            key: Some(format!("public.t|{{\"id\":\"{}\"}}", "k".repeat(1000))),
+            since: Some("2026-11-23T10:00:00Z".into()),
+            ..Filter::default()
+        };
+        assert_eq!(ok.check(), Ok(()));
+        for (filter, want) in [
+            (
+                Filter {
+                    id: Some("evt\0".into()),
+                    ..ok.clone()
+                },
+                "id holds a NUL byte",
+            ),
+            (
+                Filter {
+                    event_type: Some("t\0".into()),
+                    ..ok.clone()
+                },
+                "type holds a NUL byte",
+            ),
+            (
+                Filter {
+                    since: Some("2026-11-23T10:00:00Z\0".into()),
+                    ..ok.clone()
+                },
+                "since holds a NUL byte",
+            ),
+            (
+                Filter {
+                    key: Some("k".repeat(MAX_FILTER_BYTES + 1)),
+                    ..ok.clone()
+                },
+                "key is 8193 bytes long; at most 8192",
+            ),
+        ] {
+            let e = filter.check().unwrap_err();
+            assert!(e.contains(want), "{filter:?}: {e}");
+        }
     }
 }

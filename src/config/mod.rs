@@ -1,10 +1,12 @@
-//! Configuration: a TOML file, `WALHOOK_`-prefixed environment overrides and `${VAR}`
-//! expansion in string values, deserialized into typed structs with unknown keys refused.
+//! Configuration: a TOML file, `WALHOOK_<SECTION>__<KEY>` environment overrides (see
+//! `env.rs`) and `${VAR}` expansion in string values, deserialized into typed structs with
+//! unknown keys refused.
 //!
 //! Loading never stops at the first problem: [`Config::validate`] returns every problem
 //! with its key path (`subscribers[1].url`), so an operator fixes a file in one pass.
 //! Every default is a named constant below and documented in `config/walhook.toml`.
 
+mod env;
 mod expand;
 mod table;
 
@@ -25,8 +27,17 @@ pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// The highest `max_in_flight` taken: each request in flight holds a connection (a file
+/// descriptor; many systems allow a process 1,024), and a receiver that needs more in
+/// parallel is better served by batching or a queue in front of it.
+pub const MAX_MAX_IN_FLIGHT: usize = 1_000;
 pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BUFFERED: usize = 10_000;
+/// A template's rendered body at most: far above what templates make (chat messages, CDN
+/// purges, API calls), and it bounds what a runaway template costs per request in flight.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The highest `max_body_bytes` taken.
+pub const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -299,6 +310,9 @@ pub struct Subscriber {
     pub format: BodyFormat,
     /// The body template (minijinja) when `format = "template"`.
     pub template: Option<String>,
+    /// `format = "template"`: the rendered body's size limit in bytes (default
+    /// `DEFAULT_MAX_BODY_BYTES`); past it the attempt fails.
+    pub max_body_bytes: Option<usize>,
     /// Prefix of the CloudEvents `type` (`format = "cloudevents"`), e.g. `com.example.pim`.
     pub type_prefix: Option<String>,
     /// The request's Content-Type; default by format. A template with `format = "template"`.
@@ -450,14 +464,24 @@ fn default_retry_after_max() -> Duration {
 }
 
 impl Config {
-    /// Reads, expands, overrides from the environment, deserializes and validates.
+    /// Reads, expands, overrides from the environment, deserializes and validates. A
+    /// `WALHOOK_*` variable that looks like a mistyped override is logged as a warning.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let display = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: display.clone(),
             source,
         })?;
-        Self::from_toml(&text, &display, &|name| std::env::var(name).ok())
+        let (config, warnings) = Self::from_parts(
+            &text,
+            &display,
+            &|name| std::env::var(name).ok(),
+            std::env::vars_os(),
+        )?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
     }
 
     /// Parses config text. `env` resolves `${VAR}` references and `WALHOOK_` overrides
@@ -467,27 +491,61 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::from_parts(text, origin, env, std::env::vars_os()).map(|(c, _)| c)
+    }
+
+    /// Parses config text with the environment `vars` (for `WALHOOK_<SECTION>__<KEY>`
+    /// overrides); `env` resolves `${VAR}` references. Also returns the warnings about
+    /// variables that look like mistyped overrides and that the text does not reference.
+    fn from_parts<I>(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        vars: I,
+    ) -> Result<(Config, Vec<String>), ConfigError>
+    where
+        I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    {
         let syntax = |source| ConfigError::Syntax {
             path: origin.to_string(),
             source,
         };
+        let invalid = |problems| ConfigError::Invalid {
+            path: origin.to_string(),
+            problems,
+        };
+        let overrides = env::Overrides::from_vars(vars);
+        if !overrides.problems.is_empty() {
+            return Err(invalid(overrides.problems));
+        }
+        let values: config::Map<String, String> = overrides.values.into_iter().collect();
         let raw = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("WALHOOK")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(values)),
             )
             .build()
             .map_err(syntax)?;
         let mut tree: serde_json::Value = raw.try_deserialize().map_err(syntax)?;
         let mut problems = Vec::new();
-        expand::expand_tree(&mut tree, "", env, &mut problems);
-        let invalid = |problems| ConfigError::Invalid {
-            path: origin.to_string(),
-            problems,
+        // The variables the text reads as ${VAR}: those are used, not mistyped.
+        let referenced = std::cell::RefCell::new(std::collections::HashSet::new());
+        let recording = |name: &str| {
+            referenced.borrow_mut().insert(name.to_string());
+            env(name)
         };
+        expand::expand_tree(&mut tree, "", &recording, &mut problems);
+        let referenced = referenced.into_inner();
+        let warnings = overrides
+            .near_misses
+            .into_iter()
+            .filter(|(name, _)| !referenced.contains(name))
+            .map(|(_, warning)| warning)
+            .collect();
         let config: Config = match serde_path_to_error::deserialize(tree) {
             Ok(c) => c,
             Err(e) => {
@@ -501,7 +559,7 @@ impl Config {
         };
         problems.extend(config.validate());
         if problems.is_empty() {
-            Ok(config)
+            Ok((config, warnings))
         } else {
             Err(invalid(problems))
         }
@@ -854,6 +912,15 @@ impl Config {
                 if v == 0 {
                     bad(p(k), "must be at least 1".into());
                 }
+            }
+            if sub.max_in_flight > MAX_MAX_IN_FLIGHT {
+                bad(
+                    p("max_in_flight"),
+                    format!(
+                        "{} is above the limit of {MAX_MAX_IN_FLIGHT} requests in flight per subscriber",
+                        sub.max_in_flight
+                    ),
+                );
             }
         }
         out

@@ -198,6 +198,39 @@ fn env_overrides_apply() {
     assert_eq!(c.state.watermark_interval, Duration::from_secs(1));
 }
 
+/// Environment variables as `Config::from_parts` takes them.
+fn vars(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+}
+
+#[test]
+fn only_section_key_variables_override_and_near_misses_warn_unless_used() {
+    let text = MINIMAL.replace(
+        "[source]\n",
+        "[admin]\ntoken = \"${WALHOOK_ADMIN_TOKEN}\"\n[source]\n",
+    );
+    let env = |name: &str| (name == "WALHOOK_ADMIN_TOKEN").then(|| "0123456789abcdef".to_string());
+    let (c, warnings) = Config::from_parts(
+        &text,
+        "t",
+        &|n| env(n).or_else(|| super::tests::env(n)),
+        vars(&[
+            ("WALHOOK_ADMIN_TOKEN", "0123456789abcdef"),
+            ("WALHOOK_LOG_FORMAT", "json"),
+            ("WALHOOK_CONFIG", "/etc/walhook/walhook.toml"),
+            ("WALHOOK_PORT_9187_TCP_ADDR", "10.0.0.1"),
+            ("WALHOOK_STATE_LEASE", "10s"),
+            ("WALHOOK_SOURCE__SLOT", "other"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef"));
+    assert_eq!(c.source.slot, "other");
+    assert_eq!(c.state.lease, DEFAULT_LEASE);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("WALHOOK_STATE__LEASE"), "{warnings:?}");
+}
+
 #[test]
 fn bad_urls_and_ssl_settings_are_named() {
     let p = problems(&MINIMAL.replace(
@@ -294,4 +327,27 @@ fn secrets_may_expire_and_rate_limits_are_checked() {
         paths(with(&format!("[\"{SECRET}\"]"), "rate_limit = \"fast\"")),
         ["subscribers[0].rate_limit"]
     );
+}
+
+#[test]
+fn max_in_flight_has_a_documented_limit() {
+    let with = |n: usize| {
+        MINIMAL.replace(
+            "events = [\"*\"]",
+            &format!("events = [\"*\"]\nmax_in_flight = {n}"),
+        )
+    };
+    assert_eq!(
+        parse(&with(MAX_MAX_IN_FLIGHT)).unwrap().subscribers[0].max_in_flight,
+        1000
+    );
+    for n in [MAX_MAX_IN_FLIGHT + 1, 100_000, 1_000_000] {
+        let p = problems(&with(n));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "subscribers[0].max_in_flight");
+        assert!(
+            p[0].message == format!("{n} is above the limit of 1000 requests in flight per subscriber"),
+            "{p:?}"
+        );
+    }
 }

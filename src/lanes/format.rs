@@ -15,9 +15,12 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::http::{reserved_header, valid_header_value, valid_method};
-use crate::config::{BodyFormat, Subscriber};
+use crate::config::{BodyFormat, Subscriber, DEFAULT_MAX_BODY_BYTES, MAX_MAX_BODY_BYTES};
 
 const DEFAULT_METHOD: &str = "POST";
+/// A rendered method, Content-Type or header value at most, in bytes (servers refuse
+/// longer header lines anyway).
+const MAX_HEADER_BYTES: usize = 8 * 1024;
 const JSON: &str = "application/json";
 const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
@@ -40,6 +43,8 @@ pub struct Formatter {
     headers: Vec<String>,
     /// `subscribers[N]`, for errors.
     label: String,
+    /// The rendered body's limit (`max_body_bytes`; templates only).
+    max_body: usize,
 }
 
 enum Kind {
@@ -79,6 +84,17 @@ pub fn check(sub: &Subscriber) -> Vec<(String, String)> {
         (Some(_), false) => bad(
             "template",
             "only used with format = \"template\": set format = \"template\" or remove template".into(),
+        ),
+        _ => {}
+    }
+    match sub.max_body_bytes {
+        Some(_) if !templating => bad(
+            "max_body_bytes",
+            "only used with format = \"template\": set format = \"template\" or remove max_body_bytes".into(),
+        ),
+        Some(n) if n == 0 || n > MAX_MAX_BODY_BYTES => bad(
+            "max_body_bytes",
+            format!("{n} is outside 1..{MAX_MAX_BODY_BYTES} (64 MiB)"),
         ),
         _ => {}
     }
@@ -259,6 +275,7 @@ impl Formatter {
             content_type,
             headers,
             label,
+            max_body: sub.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         })
     }
 
@@ -305,10 +322,23 @@ impl Formatter {
         // The minijinja context, made only when some template is rendered by minijinja.
         let ctx = std::cell::OnceCell::new();
         let ctx = || ctx.get_or_init(|| doc::context(id, doc.clone())).clone();
+        // Renders into a buffer that refuses to grow past `cap`, so rendering stops there.
         let render = |name: &str, key: &str| -> Result<String, String> {
-            env.get_template(name)
-                .and_then(|t| t.render(ctx()))
-                .map_err(|e| format!("{}.{key} failed: {}", self.label, describe(&e)))
+            let (cap, limit) = if key == "template" {
+                (self.max_body, "max_body_bytes")
+            } else {
+                (MAX_HEADER_BYTES, "the limit of a rendered method or header")
+            };
+            let mut out = Capped::new(cap);
+            let rendered = env
+                .get_template(name)
+                .and_then(|t| t.render_captured_to(ctx(), &mut out).map(drop));
+            match rendered {
+                Ok(()) => String::from_utf8(out.buf)
+                    .map_err(|e| format!("{}.{key} rendered text that is not UTF-8: {e}", self.label)),
+                Err(_) if out.over => Err(over_limit(&self.label, key, limit, cap)),
+                Err(e) => Err(format!("{}.{key} failed: {}", self.label, describe(&e))),
+            }
         };
         let method = match &self.method {
             Part::Fixed(m) => Cow::Borrowed(m.as_str()),
@@ -348,9 +378,17 @@ impl Formatter {
             }
             headers.push((name.clone(), v));
         }
-        let body = match fast.and_then(|f| f.render(&doc, id)) {
-            Some(body) => body,
-            None => render("body", "template")?,
+        let body = match fast.map(|f| f.render(&doc, id, self.max_body)) {
+            Some(fast::Rendered::Body(body)) => body,
+            Some(fast::Rendered::TooLong) => {
+                return Err(over_limit(
+                    &self.label,
+                    "template",
+                    "max_body_bytes",
+                    self.max_body,
+                ))
+            }
+            Some(fast::Rendered::AskMinijinja) | None => render("body", "template")?,
         };
         Ok(Request {
             method,
@@ -358,6 +396,49 @@ impl Formatter {
             headers,
             body: Cow::Owned(body.into_bytes()),
         })
+    }
+}
+
+/// The error of a template whose output passed its limit.
+fn over_limit(label: &str, key: &str, limit: &str, cap: usize) -> String {
+    let fix = if key == "template" {
+        format!(" (raise {label}.max_body_bytes, or make the template write less)")
+    } else {
+        String::new()
+    };
+    format!("{label}.{key} rendered more than {limit} ({cap} bytes): rendering stopped there{fix}")
+}
+
+/// A buffer that takes at most `cap` bytes: a write past it fails (and sets `over`), which
+/// stops minijinja's rendering at once.
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Capped {
+        Capped {
+            buf: Vec::new(),
+            cap,
+            over: false,
+        }
+    }
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(bytes.len()) > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered output passed its limit"));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -69,7 +69,7 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Trusted roots for https (the Mozilla set when None).
     pub roots: Option<rustls::RootCertStore>,
-    /// Connect to loopback, private, link-local and CGNAT addresses. Checked on every
+    /// Connect to the addresses `target::is_private` refuses. Checked on every
     /// connection, after resolving the host anew, so a name whose DNS answer changes to
     /// such an address (DNS rebinding) is not reached.
     pub allow_private: bool,

@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -82,8 +82,8 @@ const DELETE_EVERY: Duration = Duration::from_millis(100);
 /// Failed attempts in a row (over all keys) after which a chunk-mode lane treats its
 /// subscriber as down and probes it one attempt at a time.
 const OUTAGE_AFTER: u32 = 10;
-/// Longest wait of an idle hot worker before it looks for work again, in case a wakeup
-/// was missed.
+/// Longest wait of an idle hot dispatcher before it looks for work again, in case a
+/// wakeup was missed.
 const IDLE_WORKER_CHECK: Duration = Duration::from_secs(1);
 /// Backoff between attempts to reach the state database.
 const STATE_RETRY: Duration = Duration::from_millis(500);
@@ -597,7 +597,7 @@ pub struct Lane {
     state: Arc<State>,
     progress: Arc<Progress>,
     inner: Mutex<Inner>,
-    /// Wakes the hot workers: a key became ready, or the lane is hot again.
+    /// Wakes the hot dispatcher: a key became ready, or the lane is hot again.
     wake_workers: Notify,
     wake_writer: Notify,
     wake_server: Notify,
@@ -658,15 +658,17 @@ impl Lane {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts the lane's tasks: `max_in_flight` hot workers, the age watch, the spill
-    /// writer and the spill server.
+    /// Starts the lane's tasks: the hot dispatcher (which starts a hot worker per ready
+    /// key, up to `max_in_flight` at once), the age watch, the spill writer and the spill
+    /// server.
     /// Every task ends at once, mid-delivery or mid-write, when `progress.fence` is
     /// cancelled (this process lost its lease).
     pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, cancel: &CancellationToken) {
         let fence = &self.progress.fence;
-        for _ in 0..self.cfg.max_in_flight {
-            tracker.spawn(fenced(fence, self.clone().hot_worker(cancel.clone())));
-        }
+        tracker.spawn(fenced(
+            fence,
+            self.clone().hot_dispatch(tracker.clone(), cancel.clone()),
+        ));
         tracker.spawn(fenced(fence, self.clone().age_watch(cancel.clone())));
         tracker.spawn(fenced(fence, self.clone().spill_writer(cancel.clone())));
         tracker.spawn(fenced(fence, self.clone().spill_server(cancel.clone())));
@@ -866,37 +868,67 @@ impl Lane {
         }
     }
 
-    /// One of the lane's `max_in_flight` hot workers: in hot mode, takes the first event
-    /// of the next ready key and delivers it, so at most `max_in_flight` keys are in
-    /// flight and each key has one event in flight. A worker that finishes a delivery
-    /// looks for the next at once; idle workers wait to be woken.
-    async fn hot_worker(self: Arc<Self>, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            // The wakeup registration lives only while looking and waiting for work: a
-            // worker busy delivering must not stay registered, or it would take the
-            // wakeups meant for idle workers (`notify_one` wakes the oldest waiter).
-            let event = {
+    /// Hot mode: takes one of the lane's `max_in_flight` slots, waits for the first event
+    /// of a ready key, and starts a hot worker with both; then the next. Workers exist
+    /// only while there is work, so an idle lane costs this one task, whatever
+    /// `max_in_flight` is.
+    async fn hot_dispatch(self: Arc<Self>, tracker: TaskTracker, cancel: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        loop {
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => return,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            // The wakeup registration lives only while looking and waiting for work; it
+            // is the only one, so every `notify_one` of an event reaches it.
+            let event = loop {
                 let mut woken = pin!(self.wake_workers.notified());
                 woken.as_mut().enable();
-                let next = if self.is_stopped() {
-                    None
-                } else {
-                    let mut inner = self.lock();
-                    next_hot(&mut inner)
-                };
-                match next {
-                    Some(event) => event,
-                    None => {
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = woken => {}
-                            _ = tokio::time::sleep(IDLE_WORKER_CHECK) => {}
-                        }
-                        continue;
-                    }
+                if let Some(event) = self.take_hot() {
+                    break event;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = woken => {}
+                    _ = tokio::time::sleep(IDLE_WORKER_CHECK) => {}
                 }
             };
+            let worker = self.clone().hot_worker(event, slot, cancel.clone());
+            tracker.spawn(fenced(&self.progress.fence, worker));
+        }
+    }
+
+    /// In hot mode and not stopped, the first event of the next ready key (see `next_hot`).
+    fn take_hot(&self) -> Option<EventRef> {
+        if self.is_stopped() {
+            return None;
+        }
+        let mut inner = self.lock();
+        next_hot(&mut inner)
+    }
+
+    /// A hot worker, holding one of the lane's `max_in_flight` slots: delivers `event`,
+    /// then the first event of the next ready key for as long as there is one, so at most
+    /// `max_in_flight` keys are in flight and each key has one event in flight. It ends
+    /// when no key is ready, giving its slot back to the dispatcher.
+    async fn hot_worker(
+        self: Arc<Self>,
+        mut event: EventRef,
+        _slot: OwnedSemaphorePermit,
+        cancel: CancellationToken,
+    ) {
+        loop {
             self.deliver_hot(event, &cancel).await;
+            if cancel.is_cancelled() {
+                return;
+            }
+            match self.take_hot() {
+                Some(next) => event = next,
+                None => return,
+            }
         }
     }
 

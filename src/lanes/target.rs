@@ -1,22 +1,29 @@
 //! Outbound safety: subscriber URLs that resolve to loopback, link-local, private or
 //! otherwise internal addresses are refused unless the subscriber allows them.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::config::Config;
 
-/// True for addresses a webhook must not reach by default.
+/// True for addresses a webhook must not reach by default: loopback, private, link-local,
+/// unspecified, broadcast, `0.0.0.0/8`, carrier-grade NAT (`100.64.0.0/10`), benchmarking
+/// (`198.18.0.0/15`), IPv6 unique-local and link-local, and every IPv6 address that carries
+/// such an IPv4 address (IPv4-compatible, IPv4-mapped, NAT64, 6to4), since the network
+/// may deliver it to that IPv4 address.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let o = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 0
+                || o[0] == 0
                 // 100.64.0.0/10 carrier-grade NAT
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64)
+                || (o[0] == 100 && (o[1] & 0xC0) == 64)
+                // 198.18.0.0/15 benchmarking (RFC 2544), used inside some networks
+                || (o[0] == 198 && (o[1] & 0xFE) == 18)
         }
         IpAddr::V6(v6) => {
             let seg = v6.segments();
@@ -24,8 +31,23 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v6.is_unspecified()
                 || (seg[0] & 0xfe00) == 0xfc00 // unique local
                 || (seg[0] & 0xffc0) == 0xfe80 // link-local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                || carried_ipv4(v6).is_some_and(|v4| is_private(IpAddr::V4(v4)))
         }
+    }
+}
+
+/// The IPv4 address an IPv6 address carries: IPv4-compatible `::a.b.c.d` (::/96,
+/// deprecated, `::` and `::1` included), IPv4-mapped `::ffff:a.b.c.d`, NAT64
+/// `64:ff9b::a.b.c.d` (RFC 6052) and its local-use `64:ff9b:1::/48` (RFC 8215), and 6to4
+/// `2002:AABB:CCDD::/48` (RFC 3056).
+fn carried_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let seg = v6.segments();
+    let low = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match seg {
+        [0, 0, 0, 0, 0, 0, hi, lo] | [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(low(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 1, _, _, _, hi, lo] => Some(low(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(low(hi, lo)),
+        _ => None,
     }
 }
 
@@ -88,6 +110,53 @@ mod tests {
         }
         for public in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
             assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    /// 198.18.0.0/15 (benchmarking, RFC 2544), and IPv6 addresses that carry an IPv4 one:
+    /// IPv4-compatible (::/96), IPv4-mapped (::ffff:0:0/96), NAT64 (64:ff9b::/96 and the
+    /// local-use 64:ff9b:1::/48) and 6to4 (2002::/16, the IPv4 in bits 16-47). Each is
+    /// refused when what it carries is, and allowed when that is public.
+    #[test]
+    fn benchmarking_and_ipv4_carrying_ipv6_addresses() {
+        for private in ["198.18.0.1", "198.19.255.254"] {
+            assert!(is_private(private.parse().unwrap()), "{private}");
+        }
+        for public in ["198.17.255.255", "198.20.0.1"] {
+            assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
+        let carriers = [
+            |v4: &str| format!("::{v4}"),
+            |v4: &str| format!("::ffff:{v4}"),
+            |v4: &str| format!("64:ff9b::{v4}"),
+            |v4: &str| format!("64:ff9b:1::{v4}"),
+            |v4: &str| {
+                let o: Vec<u8> = v4.split('.').map(|x| x.parse().unwrap()).collect();
+                format!("2002:{:02x}{:02x}:{:02x}{:02x}::1", o[0], o[1], o[2], o[3])
+            },
+        ];
+        for carry in carriers {
+            for v4 in [
+                "127.0.0.1",
+                "10.0.0.5",
+                "192.168.1.1",
+                "172.16.0.1",
+                "169.254.169.254",
+                "100.64.0.1",
+                "198.18.0.1",
+                "0.0.0.0",
+            ] {
+                let ip = carry(v4);
+                assert!(is_private(ip.parse().unwrap()), "{ip} carries {v4}");
+            }
+            for v4 in ["93.184.216.34", "8.8.8.8"] {
+                let ip = carry(v4);
+                assert!(!is_private(ip.parse().unwrap()), "{ip} carries {v4}");
+            }
+        }
+        // The literal forms a URL might hold.
+        for private in ["::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::", "2002:a00:1::1"] {
+            assert!(is_private(private.parse().unwrap()), "{private}");
         }
     }
 }

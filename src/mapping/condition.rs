@@ -19,6 +19,8 @@ use serde_json::Value as Json;
 use super::{ColValue, Row};
 use crate::config::Op;
 
+mod bounds;
+
 /// The variables an expression may use.
 pub const VARIABLES: [&str; 6] = ["op", "table", "old", "new", "changed", "meta"];
 
@@ -62,8 +64,15 @@ pub struct Facts<'a> {
 }
 
 impl Condition {
-    /// Compiles `source`; the error says what is wrong, where, and what may be used.
+    /// Compiles `source`; the error says what is wrong, where, and what may be used. An
+    /// expression past the size limits (`bounds`) is refused before CEL parses it.
     pub fn compile(source: &str) -> Result<Condition, String> {
+        bounds::check(source)?;
+        on_parse_stack(|| Condition::compile_within_bounds(source))
+    }
+
+    /// Compiles `source`, which `bounds` took.
+    fn compile_within_bounds(source: &str) -> Result<Condition, String> {
         let env = Arc::new(Env::stdlib());
         let program = env.compile(source).map_err(|e| {
             let text = e.to_string();
@@ -195,6 +204,26 @@ impl Condition {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// The stack a condition is compiled on: CEL's parser recurses several frames per
+/// bracket, and a debug build's frames are large (a dozen brackets overflow 2 MiB).
+/// Within `bounds`, a release build needs a small part of it.
+const PARSE_STACK: usize = 64 * 1024 * 1024;
+
+/// Runs `compile` on a thread of its own with `PARSE_STACK` of stack, so that the
+/// caller's stack (a tokio worker's, at a reload) does not matter. Conditions are
+/// compiled when a config loads, never per change.
+fn on_parse_stack<T: Send>(compile: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("walhook-cel".into())
+            .stack_size(PARSE_STACK)
+            .spawn_scoped(scope, compile)
+            .map_err(|e| format!("cannot start a thread to compile it: {e}"))?
+            .join()
+            .unwrap_or_else(|_| Err("compiling it failed".into()))
+    })
 }
 
 /// Whether `new` or `old` is used other than by a constant column name (`new.qty`,
@@ -543,6 +572,47 @@ mod tests {
                 "{expr}"
             );
         }
+    }
+
+    /// Expressions at the limits compile whatever the caller's stack (a reload compiles on
+    /// a tokio worker), and evaluate within the stack of the thread the pipeline runs on
+    /// (the main thread: 8 MiB); a debug build's frames are the largest.
+    #[test]
+    fn expressions_at_the_limits_compile_on_a_small_stack_and_evaluate() {
+        let nested = format!("{}new.qty > 0{}", "(".repeat(60), ")".repeat(60));
+        let sum = format!("{} == 60", vec!["new.qty"; 60].join(" + "));
+        let calls = format!("{}new.qty{} == 1", "int(".repeat(30), ")".repeat(30));
+        let compiled = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                [nested, sum, calls]
+                    .iter()
+                    .map(|e| Condition::compile(e).map(|_| ()))
+                    .collect::<Result<Vec<()>, String>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(compiled.map(|c| c.len()), Ok(3));
+        let r = row(&[("qty", Json::from(1))]);
+        let results = std::thread::Builder::new()
+            .stack_size(8 * 1024 * 1024)
+            .spawn(move || {
+                let sum = format!("{} == 60", vec!["new.qty"; 60].join(" + "));
+                let nested = format!("{}new.qty + 1 == 2{}", "(".repeat(60), ")".repeat(60));
+                [sum, nested]
+                    .iter()
+                    .map(|e| {
+                        Condition::compile(e)
+                            .unwrap()
+                            .eval(&facts(Op::Insert, Some(&r), None, None))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(results, [Ok(true), Ok(true)]);
     }
 
     #[test]

@@ -22,9 +22,42 @@ pub struct Filter {
     pub until: Option<String>,
 }
 
+/// The longest filter value taken, in bytes: far above any name, id or key walhook
+/// makes, and it keeps a request from sending megabytes into a query.
+pub const MAX_FILTER_BYTES: usize = 8 * 1024;
+
+/// A problem with text an operator sent (`what` names it) that goes into a query or a
+/// stored row: a NUL byte (PostgreSQL text cannot hold one), or more than `max` bytes.
+pub fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err(format!(
+            "{what} holds a NUL byte (\\0), which PostgreSQL text cannot hold: remove it"
+        ));
+    }
+    if text.len() > max {
+        return Err(format!(
+            "{what} is {} bytes long; at most {max} are taken",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Filter {
     /// The first problem with the filter's values, if any.
     pub fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("subscriber", &self.subscriber),
+            ("type", &self.event_type),
+            ("key", &self.key),
+            ("id", &self.id),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if let Some(v) = value {
+                check_text(name, v, MAX_FILTER_BYTES)?;
+            }
+        }
         for (name, t) in [("since", &self.since), ("until", &self.until)] {
             if let Some(t) = t {
                 humantime::parse_rfc3339_weak(t).map_err(|e| {

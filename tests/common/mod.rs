@@ -324,3 +324,18 @@ pub fn assert_no_secrets(log: &str, secrets: &[&str]) {
     }
     assert!(!log.is_empty(), "no log to check");
 }
+
+/// Runs `walhook` with arguments and these environment variables set, to completion:
+/// (exit code, stdout, stderr).
+pub fn walhook_output_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run walhook");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

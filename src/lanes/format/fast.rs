@@ -75,18 +75,52 @@ impl Fast {
         Some(Fast { parts })
     }
 
-    /// The body for the event `id` whose indexed standard body is `doc`, or `None` to
-    /// leave it to minijinja.
-    pub(super) fn render(&self, doc: &Doc, id: &str) -> Option<String> {
-        let mut out = String::with_capacity(doc.len() + 64);
+    /// The body for the event `id` whose indexed standard body is `doc`, unless it
+    /// would pass `cap` bytes (rendering stops there) or is left to minijinja.
+    pub(super) fn render(&self, doc: &Doc, id: &str, cap: usize) -> Rendered {
+        let mut out = String::with_capacity((doc.len() + 64).min(cap));
+        let cx = Cx { doc, id, cap };
         for part in &self.parts {
-            match part {
-                Part::Raw(s) => out.push_str(s),
-                Part::Emit(n) => out.push_str(&text(eval(n, doc, id)?)?),
+            let piece = match part {
+                Part::Raw(s) => Cow::Borrowed(s.as_str()),
+                Part::Emit(n) => match eval(n, &cx).map(text) {
+                    Ok(Some(t)) => t,
+                    Ok(None) | Err(Stop::AskMinijinja) => return Rendered::AskMinijinja,
+                    Err(Stop::TooLong) => return Rendered::TooLong,
+                },
+            };
+            if out.len() + piece.len() > cap {
+                return Rendered::TooLong;
             }
+            out.push_str(&piece);
         }
-        Some(out)
+        Rendered::Body(out)
     }
+}
+
+/// What the fast path made of a body.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Rendered {
+    Body(String),
+    /// The body would pass its limit.
+    TooLong,
+    /// Something outside what the fast path is sure of: minijinja renders it.
+    AskMinijinja,
+}
+
+/// Why evaluation stopped.
+#[derive(Debug)]
+enum Stop {
+    AskMinijinja,
+    /// A value grew past the body's limit.
+    TooLong,
+}
+
+/// What evaluation reads: the body, the webhook id and the body's limit.
+struct Cx<'a> {
+    doc: &'a Doc,
+    id: &'a str,
+    cap: usize,
 }
 
 fn node(e: &Expr<'_>) -> Option<Node> {
@@ -135,33 +169,54 @@ fn node(e: &Expr<'_>) -> Option<Node> {
     })
 }
 
-fn eval<'a>(n: &'a Node, doc: &'a Doc, id: &'a str) -> Option<V<'a>> {
-    Some(match n {
-        Node::Var(name) if name == "id" => V::Str(Cow::Borrowed(id)),
+/// `Some` or "ask minijinja".
+fn sure<T>(v: Option<T>) -> Result<T, Stop> {
+    v.ok_or(Stop::AskMinijinja)
+}
+
+/// A string built during evaluation, or `TooLong` once it passes the body's limit (the
+/// body holds at least all of it).
+fn within(s: String, cx: &Cx<'_>) -> Result<String, Stop> {
+    if s.len() > cx.cap {
+        Err(Stop::TooLong)
+    } else {
+        Ok(s)
+    }
+}
+
+fn eval<'a>(n: &'a Node, cx: &Cx<'a>) -> Result<V<'a>, Stop> {
+    let doc = cx.doc;
+    Ok(match n {
+        Node::Var(name) if name == "id" => V::Str(Cow::Borrowed(cx.id)),
         // A name the body lacks may be one of minijinja's globals (`range`, `dict`):
         // minijinja's to resolve.
-        Node::Var(name) => value(doc, doc.child(0, name)?)?,
-        Node::Attr(base, key) => match eval(base, doc, id)? {
-            V::Node(at) if doc.is_map(at) => lookup(doc, at, key)?,
-            _ => return None,
+        Node::Var(name) => sure(value(doc, sure(doc.child(0, name))?))?,
+        Node::Attr(base, key) => match eval(base, cx)? {
+            V::Node(at) if doc.is_map(at) => sure(lookup(doc, at, key))?,
+            _ => return Err(Stop::AskMinijinja),
         },
-        Node::Index(base, i) => match eval(base, doc, id)? {
+        Node::Index(base, i) => match eval(base, cx)? {
             V::Node(at) if !doc.is_map(at) => match doc.nth(at, *i) {
-                Some(item) => value(doc, item)?,
+                Some(item) => sure(value(doc, item))?,
                 None => V::Undefined,
             },
-            _ => return None,
+            _ => return Err(Stop::AskMinijinja),
         },
         Node::Str(s) => V::Str(Cow::Borrowed(s)),
         Node::Int(i) => V::Int(*i),
         Node::EmptyList => V::EmptyList,
         Node::Concat(a, b) => {
-            let mut s = text(eval(a, doc, id)?)?.into_owned();
-            s.push_str(&text(eval(b, doc, id)?)?);
+            let a = sure(text(eval(a, cx)?))?;
+            let b = sure(text(eval(b, cx)?))?;
+            if a.len().saturating_add(b.len()) > cx.cap {
+                return Err(Stop::TooLong);
+            }
+            let mut s = a.into_owned();
+            s.push_str(&b);
             V::Str(Cow::Owned(s))
         }
         Node::Or(a, b) => {
-            let a = eval(a, doc, id)?;
+            let a = eval(a, cx)?;
             let truthy = match &a {
                 V::Null => false,
                 V::Bool(b) => *b,
@@ -173,32 +228,38 @@ fn eval<'a>(n: &'a Node, doc: &'a Doc, id: &'a str) -> Option<V<'a>> {
             if truthy {
                 a
             } else {
-                eval(b, doc, id)?
+                eval(b, cx)?
             }
         }
-        Node::ToJson(x) => V::Str(Cow::Owned(match eval(x, doc, id)? {
-            V::Null => "null".to_string(),
-            V::Bool(b) => b.to_string(),
-            V::Int(i) => i.to_string(),
-            V::Str(s) => json_string(&s),
-            // As the `tojson` filter does: a map or list of the body as stored.
-            V::Node(at) => doc.raw_of(at).to_string(),
-            V::EmptyList => "[]".to_string(),
-            V::Undefined => return None,
-        })),
+        Node::ToJson(x) => V::Str(Cow::Owned(within(
+            match eval(x, cx)? {
+                V::Null => "null".to_string(),
+                V::Bool(b) => b.to_string(),
+                V::Int(i) => i.to_string(),
+                V::Str(s) => json_string(&s),
+                // As the `tojson` filter does: a map or list of the body as stored.
+                V::Node(at) => doc.raw_of(at).to_string(),
+                V::EmptyList => "[]".to_string(),
+                V::Undefined => return Err(Stop::AskMinijinja),
+            },
+            cx,
+        )?)),
         Node::Join(x, sep) => {
             let mut out = String::new();
-            match eval(x, doc, id)? {
+            match eval(x, cx)? {
                 V::EmptyList => {}
                 V::Node(at) if !doc.is_map(at) => {
                     for (k, item) in doc.children(at).enumerate() {
                         if k > 0 {
                             out.push_str(sep);
                         }
-                        out.push_str(&text(value(doc, item)?)?);
+                        out.push_str(&sure(text(sure(value(doc, item))?))?);
+                        if out.len() > cx.cap {
+                            return Err(Stop::TooLong);
+                        }
                     }
                 }
-                _ => return None,
+                _ => return Err(Stop::AskMinijinja),
             }
             V::Str(Cow::Owned(out))
         }

@@ -1,3 +1,4 @@
+use super::fast::Fast;
 use super::*;
 use crate::config::Config;
 
@@ -310,4 +311,89 @@ fn deep_json_values_reach_every_format() {
         )),
         "1"
     );
+}
+
+#[test]
+fn rendering_stops_at_max_body_bytes() {
+    let err_of = |extra: &str| {
+        let f = Formatter::new(&subscriber(extra), 2, "shop").unwrap();
+        let started = std::time::Instant::now();
+        let r = f.format("evt_1", BODY.as_bytes()).map(|r| r.body.len());
+        (r, started.elapsed())
+    };
+    // minijinja: 10^10 copies of the body (terabytes) unless rendering stops at the limit.
+    let endless = "format = \"template\"\ntemplate = \"{% for i in range(100000) %}{% for j in range(100000) %}{{ data|tojson }}{% endfor %}{% endfor %}\"";
+    for (extra, limit) in [
+        (endless.to_string(), DEFAULT_MAX_BODY_BYTES),
+        (format!("{endless}\nmax_body_bytes = 1000"), 1000),
+    ] {
+        let (r, took) = err_of(&extra);
+        let err = r.unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "subscribers[2].template rendered more than max_body_bytes ({limit} bytes): rendering stopped there \
+                 (raise subscribers[2].max_body_bytes, or make the template write less)"
+            )
+        );
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    }
+    // The fast path: text and `~` past the limit.
+    let fast = "format = \"template\"\ntemplate = \"{{ data|tojson }},{{ data|tojson ~ data|tojson }}\"";
+    assert!(Fast::compile("{{ data|tojson }},{{ data|tojson ~ data|tojson }}").is_some());
+    let (r, _) = err_of(&format!("{fast}\nmax_body_bytes = {}", BODY.len()));
+    assert!(r.unwrap_err().contains("max_body_bytes"));
+    let data_len = {
+        let f = Formatter::new(
+            &subscriber("format = \"template\"\ntemplate = \"{{ data|tojson }}\""),
+            0,
+            "shop",
+        )
+        .unwrap();
+        f.format("evt_1", BODY.as_bytes()).unwrap().body.len()
+    };
+    let exact = 3 * data_len + 1;
+    assert_eq!(err_of(&format!("{fast}\nmax_body_bytes = {exact}")).0, Ok(exact));
+    assert!(err_of(&format!("{fast}\nmax_body_bytes = {}", exact - 1))
+        .0
+        .is_err());
+    // The same template through minijinja (a filter the fast path leaves to it) agrees.
+    let slow =
+        "format = \"template\"\ntemplate = \"{{ data|tojson }},{{ data|tojson ~ data|tojson|string }}\"";
+    assert_eq!(err_of(&format!("{slow}\nmax_body_bytes = {exact}")).0, Ok(exact));
+    assert!(err_of(&format!("{slow}\nmax_body_bytes = {}", exact - 1))
+        .0
+        .is_err());
+    // Headers have their own limit.
+    let (r, _) = err_of(
+        "format = \"template\"\ntemplate = \"x\"\nheaders = { X-Big = \"{% for i in range(10000) %}abc{% endfor %}\" }",
+    );
+    let err = r.unwrap_err();
+    assert!(
+        err.starts_with("subscribers[2].headers.X-Big rendered more than the limit of a rendered method or header (8192 bytes)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn max_body_bytes_is_for_templates_and_bounded() {
+    assert_eq!(
+        problems("max_body_bytes = 100"),
+        [(
+            "max_body_bytes".to_string(),
+            "only used with format = \"template\": set format = \"template\" or remove max_body_bytes"
+                .to_string()
+        )]
+    );
+    for n in [0, MAX_MAX_BODY_BYTES + 1] {
+        let p = problems(&format!(
+            "format = \"template\"\ntemplate = \"x\"\nmax_body_bytes = {n}"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].0 == "max_body_bytes" && p[0].1.contains("outside 1.."),
+            "{p:?}"
+        );
+    }
+    assert!(problems("format = \"template\"\ntemplate = \"x\"\nmax_body_bytes = 1").is_empty());
 }

@@ -87,10 +87,23 @@ fn the_fast_path_renders_what_minijinja_renders() {
             let d = doc::index(body.as_bytes()).unwrap();
             let id = "evt_x";
             total += 1;
-            if let Some(out) = fast.render(&d, id) {
+            if let Rendered::Body(out) = fast.render(&d, id, usize::MAX) {
                 rendered += 1;
                 let want = tmpl.render(doc::context(id, d.clone()));
-                assert_eq!(Ok(out), want.map_err(|e| e.to_string()), "{source:?} on {body}");
+                assert_eq!(
+                    Ok(out.clone()),
+                    want.map_err(|e| e.to_string()),
+                    "{source:?} on {body}"
+                );
+                // A limit of exactly its length lets it through; one byte less stops it.
+                assert_eq!(fast.render(&d, id, out.len()), Rendered::Body(out.clone()));
+                if !out.is_empty() {
+                    assert_eq!(
+                        fast.render(&d, id, out.len() - 1),
+                        Rendered::TooLong,
+                        "{source:?} on {body}"
+                    );
+                }
             }
         }
     }
