@@ -892,7 +892,7 @@ pub async fn ticker(source: PgTarget, progress: Arc<Progress>, every: Duration, 
         if let Err(e) = result {
             client = None;
             if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(error = %e, "cannot write a coalescing tick into the WAL; \
+                tracing::warn!(error = %crate::pg::describe(&e), "cannot write a coalescing tick into the WAL; \
                     open windows close only when transactions come");
                 last_warning = Some(Instant::now());
             }

@@ -468,7 +468,7 @@ fn fenced_ok(e: RunError) -> Result<(), RunError> {
 
 pub(crate) fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
     let detail = match e.as_db_error() {
-        Some(db) => db.message().to_string(),
+        Some(_) => crate::pg::describe(e),
         None => {
             let mut cur: &dyn std::error::Error = e;
             while let Some(next) = cur.source() {

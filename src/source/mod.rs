@@ -35,8 +35,15 @@ pub enum SourceError {
     Silent(std::time::Duration),
     #[error("TLS: {0}")]
     Tls(String),
+    /// Shown with PostgreSQL's message and SQLSTATE (see `pg::PgError`).
     #[error("catalog query failed: {0}")]
-    Catalog(#[from] tokio_postgres::Error),
+    Catalog(#[source] crate::pg::PgError),
+}
+
+impl From<tokio_postgres::Error> for SourceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SourceError::Catalog(crate::pg::PgError(e))
+    }
 }
 
 impl SourceError {

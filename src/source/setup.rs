@@ -8,13 +8,21 @@ use tokio_postgres::Client;
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{TypeKind, TypeRegistry};
 use crate::mapping::{Condition, TableMeta};
+use crate::pg::PgError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("{0}")]
     Prerequisite(String),
+    /// Shown with PostgreSQL's message and SQLSTATE (see `pg::PgError`).
     #[error("catalog query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    Query(#[source] PgError),
+}
+
+impl From<tokio_postgres::Error> for SetupError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SetupError::Query(PgError(e))
+    }
 }
 
 fn need(msg: String) -> SetupError {
@@ -395,12 +403,7 @@ pub async fn load_types(
     Ok(())
 }
 
+/// The server's message, SQLSTATE, detail and hint of a failed statement.
 fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.hint() {
-            Some(h) => format!("{} (hint: {h})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => e.to_string(),
-    }
+    crate::pg::describe(e)
 }
