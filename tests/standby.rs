@@ -220,3 +220,101 @@ async fn a_leader_cut_off_from_the_state_database_stops_before_the_standby_start
     a.wait_log("standing by: another walhook leads", 1).await;
     assert_eq!(a.metric("walhook_leader").await, Some(0.0));
 }
+
+/// Waits until `n` sessions wait for a lock on `relation`, while neither walhook exited.
+async fn waiting_on(watcher: &tokio_postgres::Client, relation: &str, n: i64, ws: &mut [&mut Walhook]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::text::regclass",
+                &[&relation],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) >= n {
+            return;
+        }
+        for w in ws.iter_mut() {
+            if let Some(code) = w.exited() {
+                panic!("a walhook exited with {code} before both waited on {relation}; its log:\n{}", w.log());
+            }
+        }
+        assert!(Instant::now() < deadline, "{n} sessions never waited on {relation}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two walhook processes started at the same instant on a fresh database (the first
+/// deploy of "run two or more with the same config") both come up: one leads, the other
+/// stands by, and neither exits. The first rounds force the race: the test holds the
+/// catalogs both look at until both are waiting, so both find the publication, and then
+/// the slot, missing and both create it. The last rounds just start both at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_walhooks_started_at_once_on_a_fresh_database_both_come_up() {
+    let pg = PgCluster::start().await;
+    for round in 0..5 {
+        let forced = round < 2;
+        let name = format!("fresh{round}");
+        let url = pg.create_db(&name, SCHEMA).await;
+        let rx = Receiver::start().await;
+        let config = format!(
+            "[source]\nurl = \"{url}\"\nslot = \"{name}\"\n[[events]]\ntable = \"stock\"\n{}",
+            subscriber("s", &rx.url(), "\"*\"", "")
+        );
+        let publications = pg.client(&name).await;
+        let slots = pg.client(&name).await;
+        let watcher = pg.client(&name).await;
+        if forced {
+            publications
+                .batch_execute("BEGIN; LOCK pg_catalog.pg_publication IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+        }
+        let mut a = Walhook::start(&config);
+        let mut b = Walhook::start(&config);
+        if forced {
+            waiting_on(&watcher, "pg_catalog.pg_publication", 2, &mut [&mut a, &mut b]).await;
+            // The view's lock also locks pg_database: taken once both are connected.
+            slots
+                .batch_execute("BEGIN; LOCK pg_catalog.pg_replication_slots IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            publications.batch_execute("COMMIT").await.unwrap();
+            waiting_on(&watcher, "pg_catalog.pg_replication_slots", 2, &mut [&mut a, &mut b]).await;
+            slots.batch_execute("COMMIT").await.unwrap();
+        }
+        eventually(Duration::from_secs(30), "one leading and one standing by", || async {
+            let led = a.log().contains("leading: this walhook holds") as u8
+                + b.log().contains("leading: this walhook holds") as u8;
+            let stood = a.log().contains("standing by: another walhook leads") as u8
+                + b.log().contains("standing by: another walhook leads") as u8;
+            led == 1 && stood == 1
+        })
+        .await;
+        let (leader, standby) = if a.log().contains("leading: this walhook holds") {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        leader.wait_ready().await;
+        let db = pg.client(&name).await;
+        db.batch_execute("INSERT INTO stock VALUES (1, 1)").await.unwrap();
+        rx.wait_for_any(Duration::from_secs(20), "the change").await;
+        if forced {
+            // Both raced: one found each object created under it, and looked again.
+            let logs = leader.log() + &standby.log();
+            for lost in [
+                "another walhook set the publication up at the same time",
+                "another walhook created the slot at the same time",
+            ] {
+                assert!(logs.contains(lost), "round {round}: {lost:?} not logged:\n{logs}");
+            }
+        }
+        for w in [leader, standby] {
+            assert_eq!(w.exited(), None, "round {round}: a walhook exited; its log:\n{}", w.log());
+            assert!(!w.log().lines().any(|l| l.starts_with("walhook:")), "{}", w.log());
+        }
+        println!("round {round} ({}): one leads, one stands by", if forced { "forced race" } else { "at once" });
+    }
+}

@@ -17,6 +17,11 @@ pub enum SetupError {
     /// Shown with PostgreSQL's message and SQLSTATE (see `pg::PgError`).
     #[error("catalog query failed: {0}")]
     Query(#[source] PgError),
+    /// Creating the publication or slot (or adding a table) found it done already:
+    /// another walhook started at the same instant did it between our look and our
+    /// statement. Looking again finds it.
+    #[error("{0}")]
+    Raced(String),
 }
 
 impl From<tokio_postgres::Error> for SetupError {
@@ -27,6 +32,24 @@ impl From<tokio_postgres::Error> for SetupError {
 
 fn need(msg: String) -> SetupError {
     SetupError::Prerequisite(msg)
+}
+
+/// A failed create: `Raced` when it failed because the object exists now
+/// (duplicate_object, or unique_violation on the catalog's index when two inserted it at
+/// once), else a prerequisite error with `msg`.
+fn need_unless_raced(e: &tokio_postgres::Error, msg: String) -> SetupError {
+    match e.code().map(|c| c.code()) {
+        Some(code) if is_raced(code) => SetupError::Raced(msg),
+        _ => need(msg),
+    }
+}
+
+/// SQLSTATEs of a create that lost a race with another creator of the same object:
+/// 42710 duplicate_object (the other one committed first: "publication ... already
+/// exists", "replication slot ... already exists", "relation ... is already member of
+/// publication"), 23505 unique_violation (both inserted the catalog row at once).
+fn is_raced(code: &str) -> bool {
+    matches!(code, "42710" | "23505")
 }
 
 /// What streaming needs to know about the source.
@@ -220,8 +243,23 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
         tables.insert(table.clone(), TableMeta { primary_key: pk });
     }
 
-    ensure_publication(client, config, wanted.keys()).await?;
-    ensure_slot(client, config).await?;
+    // Two walhook processes started at once (a first deploy of a leader and a standby)
+    // both find the publication, then the slot, missing and both create it: the later
+    // one's "already exists" means it is done, so it looks once more and goes on.
+    match ensure_publication(client, config, wanted.keys()).await {
+        Err(SetupError::Raced(what)) => {
+            tracing::info!(%what, "another walhook set the publication up at the same time; looking again");
+            ensure_publication(client, config, wanted.keys()).await?;
+        }
+        done => done?,
+    }
+    match ensure_slot(client, config).await {
+        Err(SetupError::Raced(what)) => {
+            tracing::info!(%what, "another walhook created the slot at the same time; looking again");
+            ensure_slot(client, config).await?;
+        }
+        done => done?,
+    }
     let mut types = TypeRegistry::with_builtins();
     load_types(client, &mut types, None).await?;
     Ok(SourceInfo { tables, types })
@@ -249,10 +287,13 @@ async fn ensure_publication<'a>(
             )));
         }
         client.batch_execute(&sql).await.map_err(|e| {
-            need(format!(
-                "cannot create publication {publication:?} ({sql}): {}",
-                db_message(&e)
-            ))
+            need_unless_raced(
+                &e,
+                format!(
+                    "cannot create publication {publication:?} ({sql}): {}",
+                    db_message(&e)
+                ),
+            )
         })?;
         tracing::info!(publication = %publication, tables = %list, "created publication");
         return Ok(());
@@ -284,10 +325,13 @@ async fn ensure_publication<'a>(
         )));
     }
     client.batch_execute(&sql).await.map_err(|e| {
-        need(format!(
-            "cannot extend publication {publication:?} ({sql}): {}",
-            db_message(&e)
-        ))
+        need_unless_raced(
+            &e,
+            format!(
+                "cannot extend publication {publication:?} ({sql}): {}",
+                db_message(&e)
+            ),
+        )
     })?;
     tracing::info!(publication = %publication, tables = %add, "added tables to publication");
     Ok(())
@@ -317,10 +361,10 @@ async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SetupError>
                 )
                 .await
                 .map_err(|e| {
-                    need(format!(
-                        "cannot create replication slot {slot:?}: {}",
-                        db_message(&e)
-                    ))
+                    need_unless_raced(
+                        &e,
+                        format!("cannot create replication slot {slot:?}: {}", db_message(&e)),
+                    )
                 })?;
             tracing::info!(slot = %slot, "created logical replication slot");
             Ok(())
@@ -406,4 +450,19 @@ pub async fn load_types(
 /// The server's message, SQLSTATE, detail and hint of a failed statement.
 fn db_message(e: &tokio_postgres::Error) -> String {
     crate::pg::describe(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_object_that_exists_now_counts_as_a_lost_race() {
+        assert!(is_raced("42710"));
+        assert!(is_raced("23505"));
+        // No privilege, no such table, slot in use, disk full, read-only: real failures.
+        for other in ["42501", "42P01", "55006", "53100", "25006"] {
+            assert!(!is_raced(other), "{other}");
+        }
+    }
 }

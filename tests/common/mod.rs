@@ -135,6 +135,34 @@ impl Walhook {
         }
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) the process, e.g. to hold its replication
+    /// connection while the server moves on.
+    pub fn pause(&self, paused: bool) {
+        kill(self.pid(), if paused { Signal::SIGSTOP } else { Signal::SIGCONT }).unwrap();
+    }
+
+    /// The exit code if the process has exited on its own (it is reaped then).
+    pub fn exited(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own: its exit code, or None
+    /// while it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.exited() {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM and wait for the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
