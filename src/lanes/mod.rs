@@ -425,11 +425,16 @@ impl Lane {
     }
 
     /// Starts the lane's tasks: `max_in_flight` hot workers, the age watch, the spill
-    /// writer and the spill server.
-    /// Every task ends at once, mid-delivery or mid-write, when `progress.fence` is
-    /// cancelled (this process lost its lease).
-    pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, cancel: &CancellationToken) {
-        let fence = &self.progress.fence;
+    /// writer and the spill server. They stop when `cancel` is cancelled, and end at
+    /// once, mid-delivery or mid-write, when `abandon` is (this process lost its lease,
+    /// or a stop ran out of its grace); what was in flight then stays pending.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+        abandon: &CancellationToken,
+    ) {
+        let fence = abandon;
         for _ in 0..self.cfg.max_in_flight {
             tracker.spawn(fenced(fence, self.clone().hot_worker(cancel.clone())));
         }
