@@ -237,10 +237,16 @@ async fn waiting_on(watcher: &tokio_postgres::Client, relation: &str, n: i64, ws
         }
         for w in ws.iter_mut() {
             if let Some(code) = w.exited() {
-                panic!("a walhook exited with {code} before both waited on {relation}; its log:\n{}", w.log());
+                panic!(
+                    "a walhook exited with {code} before both waited on {relation}; its log:\n{}",
+                    w.log()
+                );
             }
         }
-        assert!(Instant::now() < deadline, "{n} sessions never waited on {relation}");
+        assert!(
+            Instant::now() < deadline,
+            "{n} sessions never waited on {relation}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -281,16 +287,26 @@ async fn two_walhooks_started_at_once_on_a_fresh_database_both_come_up() {
                 .await
                 .unwrap();
             publications.batch_execute("COMMIT").await.unwrap();
-            waiting_on(&watcher, "pg_catalog.pg_replication_slots", 2, &mut [&mut a, &mut b]).await;
+            waiting_on(
+                &watcher,
+                "pg_catalog.pg_replication_slots",
+                2,
+                &mut [&mut a, &mut b],
+            )
+            .await;
             slots.batch_execute("COMMIT").await.unwrap();
         }
-        eventually(Duration::from_secs(30), "one leading and one standing by", || async {
-            let led = a.log().contains("leading: this walhook holds") as u8
-                + b.log().contains("leading: this walhook holds") as u8;
-            let stood = a.log().contains("standing by: another walhook leads") as u8
-                + b.log().contains("standing by: another walhook leads") as u8;
-            led == 1 && stood == 1
-        })
+        eventually(
+            Duration::from_secs(30),
+            "one leading and one standing by",
+            || async {
+                let led = a.log().contains("leading: this walhook holds") as u8
+                    + b.log().contains("leading: this walhook holds") as u8;
+                let stood = a.log().contains("standing by: another walhook leads") as u8
+                    + b.log().contains("standing by: another walhook leads") as u8;
+                led == 1 && stood == 1
+            },
+        )
         .await;
         let (leader, standby) = if a.log().contains("leading: this walhook holds") {
             (&mut a, &mut b)
@@ -312,9 +328,17 @@ async fn two_walhooks_started_at_once_on_a_fresh_database_both_come_up() {
             }
         }
         for w in [leader, standby] {
-            assert_eq!(w.exited(), None, "round {round}: a walhook exited; its log:\n{}", w.log());
+            assert_eq!(
+                w.exited(),
+                None,
+                "round {round}: a walhook exited; its log:\n{}",
+                w.log()
+            );
             assert!(!w.log().lines().any(|l| l.starts_with("walhook:")), "{}", w.log());
         }
-        println!("round {round} ({}): one leads, one stands by", if forced { "forced race" } else { "at once" });
+        println!(
+            "round {round} ({}): one leads, one stands by",
+            if forced { "forced race" } else { "at once" }
+        );
     }
 }

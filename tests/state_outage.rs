@@ -188,7 +188,10 @@ async fn a_read_only_state_database_is_named_in_the_log_and_the_api() {
         if code == 503 && v["error"].as_str().is_some_and(|e| e.contains("SQLSTATE")) {
             break v;
         }
-        assert!(Instant::now() < deadline, "no pause refused with the server's reason: {code} {v}");
+        assert!(
+            Instant::now() < deadline,
+            "no pause refused with the server's reason: {code} {v}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let error = answer["error"].as_str().unwrap();
@@ -200,7 +203,10 @@ async fn a_read_only_state_database_is_named_in_the_log_and_the_api() {
     // The log: the failed watermark saves say what the server said.
     w.wait_log("cannot save lane watermarks", 1).await;
     let log = w
-        .wait_log("cannot execute INSERT in a read-only transaction (SQLSTATE 25006)", 1)
+        .wait_log(
+            "cannot execute INSERT in a read-only transaction (SQLSTATE 25006)",
+            1,
+        )
         .await;
     let saves: Vec<&str> = log
         .lines()
