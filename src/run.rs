@@ -319,6 +319,15 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         ),
     ));
 
+    tracker.spawn(fenced(
+        &abandon,
+        crate::pipeline::lag_watch(
+            source.clone(),
+            config.source.slot.clone(),
+            metrics.clone(),
+            lanes_cancel.clone(),
+        ),
+    ));
     if let Some(every) = crate::pipeline::tick_interval(&config) {
         tracker.spawn(fenced(
             &abandon,

@@ -27,6 +27,8 @@ pub const PIM_SQL: &str = include_str!("../../sql/examples/pim.sql");
 pub struct Walhook {
     child: Option<Child>,
     dir: PathBuf,
+    /// Where the current process's part of the log starts.
+    log_start: usize,
     pub admin: String,
     env: Vec<(String, String)>,
 }
@@ -70,6 +72,7 @@ impl Walhook {
         let mut w = Walhook {
             child: None,
             dir,
+            log_start: 0,
             admin,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
@@ -78,6 +81,7 @@ impl Walhook {
     }
 
     fn spawn(&mut self) {
+        self.log_start = self.log().len();
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -185,6 +189,11 @@ impl Walhook {
         std::fs::read_to_string(self.dir.join("walhook.log")).unwrap_or_default()
     }
 
+    /// The log of the current (or last) process only, since its start.
+    pub fn run_log(&self) -> String {
+        self.log().get(self.log_start..).unwrap_or_default().to_string()
+    }
+
     /// GETs an admin path and returns the body.
     pub async fn admin_get(&self, path: &str) -> Option<String> {
         let resp = reqwest::get(format!("http://{}{path}", self.admin)).await.ok()?;
@@ -228,9 +237,10 @@ impl Walhook {
                     return;
                 }
             }
-            let log = self.log();
+            // An exit message of an earlier process (before a restart) does not count.
+            let log = self.run_log();
             if Instant::now() > deadline || log.lines().any(|l| l.starts_with("walhook:")) {
-                panic!("walhook did not become ready; log:\n{log}");
+                panic!("walhook did not become ready; log:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
