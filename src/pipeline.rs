@@ -264,7 +264,7 @@ impl Pipeline {
                         // about to be (its server process notices the closed connection).
                         backoff = SLOT_BUSY_RETRY;
                         if !slot_busy {
-                            tracing::warn!(slot = %self.config.source.slot,
+                            tracing::warn!(slot = %self.config.source.slot, error = %e,
                                 "replication slot is still in use by another process (the previous leader?); waiting for it to be released");
                         }
                         slot_busy = true;
@@ -355,11 +355,17 @@ impl Pipeline {
                 slot.replace('\'', "''")
             ))
             .await?;
-        let confirmed = rows
+        let row = rows
             .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|s| crate::event::parse_lsn(&s))
             .ok_or_else(|| SourceError::SlotMissing(slot.clone()))?;
+        let confirmed = row
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|s| crate::event::parse_lsn(&s))
+            .ok_or_else(|| {
+                SourceError::Protocol(format!("replication slot {slot:?} has no confirmed position yet"))
+            })?;
         self.frontier = self.frontier.max(confirmed);
         self.last_confirmed = confirmed;
         let sql = format!(

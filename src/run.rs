@@ -387,6 +387,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         // The slot is closed and the lease is not known to be ours: a standby may take
         // over at any moment, so nothing more goes out.
         tracing::warn!("shutting down with the lease lapsed: in-flight deliveries are abandoned");
+        abandon.cancel();
     } else {
         let left = budget
             .deliveries()
