@@ -246,7 +246,7 @@ async fn catalog_column_names(
     let rows = client
         .query(query, &[&table.schema, &table.name])
         .await
-        .map_err(|e| RunError::Runtime(format!("catalog query failed: {e}")))?;
+        .map_err(|e| RunError::Runtime(format!("catalog query failed: {}", crate::pg::describe(&e))))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

@@ -194,7 +194,7 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         &mut out,
         REPLICATION_LAG,
         "gauge",
-        "Bytes between the server's WAL end and the confirmed flush LSN.",
+        "Bytes of WAL between the server's current position and the slot's confirmed flush LSN, read from the server every 5 s.",
     );
     let _ = writeln!(out, "{REPLICATION_LAG} {}", m.lag_bytes.get());
     head(

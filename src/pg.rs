@@ -102,6 +102,58 @@ impl PgTarget {
     }
 }
 
+/// A `tokio_postgres::Error` as an operator needs it: what the server said, with its
+/// SQLSTATE, detail and hint (`cannot execute INSERT in a read-only transaction (SQLSTATE
+/// 25006)`), or for a failure on the way (connecting, the network) the causes behind it.
+/// The error's own Display is only its kind ("db error"), which names no problem.
+#[derive(Debug)]
+pub struct PgError(pub tokio_postgres::Error);
+
+impl PgError {
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<&str> {
+        self.0.code().map(tokio_postgres::error::SqlState::code)
+    }
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError(e)
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+// The Display above already shows the whole chain (the server's fields or every cause),
+// so no source is reported again; the error itself stays reachable as `.0`.
+impl std::error::Error for PgError {}
+
+/// `e` with what the server said (see [`PgError`]).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
 /// TCP keepalive probes after 15 s idle, 5 s apart, 3 of them.
 const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(15), Duration::from_secs(5), 3);
 /// How long sent data may stay unacknowledged before the connection counts as dead.
@@ -135,7 +187,7 @@ where
 {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "{what} connection ended");
+            tracing::warn!(error = %describe(&e), "{what} connection ended");
         }
     });
     client

@@ -31,7 +31,7 @@ use crate::lanes::Lane;
 use crate::mapping::{Change, ColValue, Mapper, Routed, Row, RuleFailure, TxMeta};
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
-use crate::source::{setup, ReplConn, ReplMessage, SourceError};
+use crate::source::{refusal, setup, ReplConn, ReplMessage, SourceError};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -122,6 +122,8 @@ pub struct Pipeline {
     tx: Option<(TxMeta, u32)>,
     frontier: u64,
     received: u64,
+    /// The last LSN confirmed to the slot (for the message when the slot is gone).
+    last_confirmed: u64,
     /// This host's clock minus the server's, so lags are measured on one clock.
     clock: ClockOffset,
     /// Per rule: when its last failure was logged, and failures since then unlogged.
@@ -224,6 +226,7 @@ impl Pipeline {
             tx: None,
             frontier: 0,
             received: 0,
+            last_confirmed: 0,
             clock: ClockOffset::new(),
         })
     }
@@ -249,6 +252,10 @@ impl Pipeline {
             // every window, so windows are formed again from it.
             self.coalescer = Coalescer::default();
             self.progress.open_windows.store(0, Ordering::Relaxed);
+            let result = match result {
+                Err(e) => Err(self.explain(e).await),
+                ok => ok,
+            };
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_fatal() => return Err(e),
@@ -269,7 +276,7 @@ impl Pipeline {
                         // about to be (its server process notices the closed connection).
                         backoff = SLOT_BUSY_RETRY;
                         if !slot_busy {
-                            tracing::warn!(slot = %self.config.source.slot,
+                            tracing::warn!(slot = %self.config.source.slot, error = %e,
                                 "replication slot is still in use by another process (the previous leader?); waiting for it to be released");
                         }
                         slot_busy = true;
@@ -283,6 +290,63 @@ impl Pipeline {
                     }
                     backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
+            }
+        }
+    }
+
+    /// A refusal to stream that reconnecting cannot fix (the slot dropped or invalidated,
+    /// the publication dropped), explained with its fix from what the catalog says now
+    /// (`source::refusal`); any other error as it is.
+    async fn explain(&mut self, e: SourceError) -> SourceError {
+        let server = match &e {
+            SourceError::Server(s) if s.code == "42704" || s.code == "55000" => Some(s.clone()),
+            // Seen on the replication connection itself: no catalog needed.
+            SourceError::SlotMissing(_) => None,
+            _ => return e,
+        };
+        let facts = match &server {
+            None => refusal::Facts {
+                slot: None,
+                publication_exists: true,
+            },
+            Some(_) => match self.refusal_facts().await {
+                Ok(facts) => facts,
+                Err(why) => {
+                    tracing::warn!(error = %e, %why, "cannot read the slot's and the publication's state to explain the server's refusal");
+                    return e;
+                }
+            },
+        };
+        match refusal::explain(server.as_ref(), &facts, &self.config, self.last_confirmed) {
+            Some(message) => {
+                tracing::error!(slot = %self.config.source.slot, "{message}");
+                SourceError::Refused(message)
+            }
+            None => e,
+        }
+    }
+
+    /// The catalog's facts about the slot and the publication, on the catalog
+    /// connection (opened again when it closed), within `CATALOG_TIMEOUT`.
+    async fn refusal_facts(&mut self) -> Result<refusal::Facts, String> {
+        let read = tokio::time::timeout(CATALOG_TIMEOUT, async {
+            let catalog = match self.catalog.take().filter(|c| !c.is_closed()) {
+                Some(c) => c,
+                None => self.source.connect("catalog").await?,
+            };
+            let catalog = self.catalog.insert(catalog);
+            refusal::facts(catalog, &self.config).await
+        })
+        .await;
+        match read {
+            Ok(Ok(facts)) => Ok(facts),
+            Ok(Err(e)) => {
+                self.catalog = None;
+                Err(crate::pg::describe(&e))
+            }
+            Err(_) => {
+                self.catalog = None;
+                Err(format!("no answer within {CATALOG_TIMEOUT:?}"))
             }
         }
     }
@@ -303,16 +367,19 @@ impl Pipeline {
                 slot.replace('\'', "''")
             ))
             .await?;
-        let confirmed = rows
+        let row = rows
             .first()
-            .and_then(|r| r.first().cloned().flatten())
+            .ok_or_else(|| SourceError::SlotMissing(slot.clone()))?;
+        let confirmed = row
+            .first()
+            .cloned()
+            .flatten()
             .and_then(|s| crate::event::parse_lsn(&s))
             .ok_or_else(|| {
-                SourceError::Protocol(format!(
-                    "replication slot {slot:?} is gone; restart walhook to create it again (source.create = true)"
-                ))
+                SourceError::Protocol(format!("replication slot {slot:?} has no confirmed position yet"))
             })?;
         self.frontier = self.frontier.max(confirmed);
+        self.last_confirmed = confirmed;
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names '{}', messages 'true')",
             quote_ident(slot),
@@ -379,11 +446,11 @@ impl Pipeline {
                             self.frontier = wal_end;
                             self.publish_frontier();
                         }
-                        self.metrics.lag_bytes.set(wal_end.saturating_sub(self.confirm_lsn()));
                         if reply_requested {
                             let flush = self.confirm_lsn();
                             conn.send_status(self.received.max(flush), flush, false).await?;
                             last_sent = (flush, Instant::now());
+                            self.last_confirmed = self.last_confirmed.max(flush);
                         }
                     }
                 },
@@ -401,6 +468,7 @@ impl Pipeline {
                         conn.send_status(self.received.max(flush), flush, ask).await?;
                         heard.1 |= ask;
                         last_sent = (flush, Instant::now());
+                        self.last_confirmed = self.last_confirmed.max(flush);
                         self.metrics.confirmed_lsn.set(flush);
                     }
                 }
@@ -919,6 +987,50 @@ fn silence_limit(receive_timeout: Duration, show: Vec<Vec<Option<String>>>) -> D
     receive_timeout.max(server * 3 / 2)
 }
 
+/// How often the slot's lag is read from the server.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `walhook_replication_lag_bytes` at the bytes of WAL between the server's current
+/// position and the slot's confirmed flush LSN, read from the server itself every
+/// `LAG_EVERY`: the stream cannot say it (a keepalive carries only the walsender's decode
+/// position, and none comes while the stream is down or cannot start). A read-only
+/// query; on failure the last value stays and the next read opens a new connection.
+pub async fn lag_watch(source: PgTarget, slot: String, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    const SQL: &str = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint                        FROM pg_replication_slots WHERE slot_name = $1";
+    let mut client: Option<Client> = None;
+    loop {
+        let read = tokio::time::timeout(CATALOG_TIMEOUT, async {
+            let c = match client.take().filter(|c| !c.is_closed()) {
+                Some(c) => c,
+                None => source.connect("lag").await?,
+            };
+            let c = client.insert(c);
+            c.query_opt(SQL, &[&slot]).await
+        })
+        .await;
+        match read {
+            Ok(Ok(row)) => {
+                let lag: Option<i64> = row.and_then(|r| r.get(0));
+                if let Some(lag) = lag {
+                    metrics.lag_bytes.set(lag.max(0) as u64);
+                }
+            }
+            Ok(Err(e)) => {
+                client = None;
+                tracing::debug!(error = %crate::pg::describe(&e), "cannot read the slot's lag");
+            }
+            Err(_) => {
+                client = None;
+                tracing::debug!("cannot read the slot's lag: no answer in time");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(LAG_EVERY) => {}
+        }
+    }
+}
+
 /// The next swap, or never when there is no channel (or it closed).
 async fn next_swap(swaps: &mut Option<tokio::sync::mpsc::Receiver<Swap>>) -> Option<Swap> {
     match swaps {
@@ -989,7 +1101,7 @@ pub async fn ticker(source: PgTarget, progress: Arc<Progress>, every: Duration, 
         if let Err(e) = result {
             client = None;
             if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(error = %e, "cannot write a coalescing tick into the WAL; \
+                tracing::warn!(error = %crate::pg::describe(&e), "cannot write a coalescing tick into the WAL; \
                     open windows close only when transactions come");
                 last_warning = Some(Instant::now());
             }

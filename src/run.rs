@@ -16,11 +16,9 @@ use crate::metrics::Metrics;
 use crate::pg::PgTarget;
 use crate::pipeline::{frontier_pos, Pipeline, Progress};
 use crate::reload::{Reloads, Restart};
+use crate::shutdown::{StopBudget, StopClock};
 use crate::state::lease::Lease;
 use crate::state::State;
-
-/// How long in-flight deliveries may take to finish at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why walhook stopped; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +140,11 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let progress = Arc::new(Progress::default());
     let tracker = TaskTracker::new();
+    // Tells the run's tasks to stop; `abandon` drops them where they wait (when the
+    // lease is lost, or a stop ran out of its grace).
     let lanes_cancel = CancellationToken::new();
+    let abandon = progress.fence.child_token();
+    let clock = Arc::new(StopClock::new(config.shutdown_grace));
     let lane_list = Arc::new(std::sync::OnceLock::new());
     if !config.admin.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
@@ -161,7 +163,10 @@ pub async fn run(
             progress: progress.clone(),
             token: config.admin.token.clone(),
         };
-        tracker.spawn(admin::serve(listener, admin, lanes_cancel.clone()));
+        tracker.spawn(fenced(
+            &abandon,
+            admin::serve(listener, admin, lanes_cancel.clone()),
+        ));
     }
 
     // Only the holder of the slot's lease goes on; others stand by here.
@@ -173,7 +178,7 @@ pub async fn run(
     )
     .await;
     let Some(lease) = lease else {
-        stop_tasks(&tracker, &lanes_cancel).await;
+        stop_tasks(&tracker, &lanes_cancel, &abandon, clock.begin()).await;
         return Ok(());
     };
     let lease_stop = CancellationToken::new();
@@ -193,17 +198,28 @@ pub async fn run(
         progress: progress.clone(),
         tracker: tracker.clone(),
         lanes_cancel: lanes_cancel.clone(),
+        abandon: abandon.clone(),
+        clock: clock.clone(),
         lane_list,
     })
     .await;
     // Whichever way `lead` ended (a failed start included), nothing of it runs on.
-    stop_tasks(&tracker, &lanes_cancel).await;
+    let budget = clock.begin();
+    stop_tasks(&tracker, &lanes_cancel, &abandon, budget).await;
     if progress.fence.is_cancelled() {
         keeper.abort();
         return Err(RunError::Fenced);
     }
+    // The lease is given up within the grace too; else a standby takes over when it
+    // expires.
     lease_stop.cancel();
-    let _ = keeper.await;
+    let mut keeper = keeper;
+    if tokio::time::timeout_at(budget.end(), &mut keeper).await.is_err() {
+        keeper.abort();
+        tracing::warn!(
+            "the lease was not released within shutdown_grace; a standby takes over when it expires"
+        );
+    }
     result
 }
 
@@ -223,6 +239,8 @@ struct LeadArgs {
     progress: Arc<Progress>,
     tracker: TaskTracker,
     lanes_cancel: CancellationToken,
+    abandon: CancellationToken,
+    clock: Arc<StopClock>,
     lane_list: Arc<std::sync::OnceLock<Vec<Arc<Lane>>>>,
 }
 
@@ -244,6 +262,8 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         progress,
         tracker,
         lanes_cancel,
+        abandon,
+        clock,
         lane_list,
     } = args;
     let fence = progress.fence.clone();
@@ -274,13 +294,13 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         if let Some(stop) = stops.get(&sub.name) {
             lane.restore_stop(stop.clone());
         }
-        lane.spawn(&tracker, &lanes_cancel);
+        lane.spawn(&tracker, &lanes_cancel, &abandon);
         lanes.push(lane);
     }
 
     let _ = lane_list.set(lanes.clone());
     tracker.spawn(fenced(
-        &fence,
+        &abandon,
         prune(
             state.clone(),
             config.state.dead_letter_retention,
@@ -289,7 +309,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         ),
     ));
     tracker.spawn(fenced(
-        &fence,
+        &abandon,
         watermarks(
             lanes.clone(),
             state.clone(),
@@ -299,21 +319,33 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         ),
     ));
 
+    tracker.spawn(fenced(
+        &abandon,
+        crate::pipeline::lag_watch(
+            source.clone(),
+            config.source.slot.clone(),
+            metrics.clone(),
+            lanes_cancel.clone(),
+        ),
+    ));
     if let Some(every) = crate::pipeline::tick_interval(&config) {
         tracker.spawn(fenced(
-            &fence,
+            &abandon,
             crate::pipeline::ticker(source.clone(), progress.clone(), every, lanes_cancel.clone()),
         ));
     }
     let (swap_tx, swap_rx) = tokio::sync::mpsc::channel(1);
     if let Some(reloads) = reloads {
-        tracker.spawn(crate::reload::watch(
-            reloads,
-            (*config).clone(),
-            swap_tx,
-            restart,
-            cancel.clone(),
-            lanes_cancel.clone(),
+        tracker.spawn(fenced(
+            &abandon,
+            crate::reload::watch(
+                reloads,
+                (*config).clone(),
+                swap_tx,
+                restart,
+                cancel.clone(),
+                lanes_cancel.clone(),
+            ),
         ));
     }
     let pipeline = Pipeline::new(
@@ -328,10 +360,22 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
     )
     .map_err(|e| RunError::Config(e.to_string()))?
     .with_swaps(swap_rx);
+    let streaming = pipeline.run(cancel.clone());
+    tokio::pin!(streaming);
     let result = tokio::select! {
-        r = pipeline.run(cancel.clone()) => r,
+        r = &mut streaming => r,
         _ = fence.cancelled() => Ok(()),
+        _ = cancel.cancelled() => {
+            // The stop begins: from here on everything fits in shutdown_grace. The
+            // stream closes first (a last status update and a goodbye).
+            let budget = clock.begin();
+            tokio::select! {
+                r = tokio::time::timeout_at(budget.deliveries(), &mut streaming) => r.unwrap_or(Ok(())),
+                _ = fence.cancelled() => Ok(()),
+            }
+        }
     };
+    let budget = clock.begin();
     if fence.is_cancelled() {
         // Lanes, watermarks and pruning have stopped where they were; the slot's
         // connection is closed. Nothing more is written: the next leader resumes from
@@ -343,19 +387,23 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         // The slot is closed and the lease is not known to be ours: a standby may take
         // over at any moment, so nothing more goes out.
         tracing::warn!("shutting down with the lease lapsed: in-flight deliveries are abandoned");
+        abandon.cancel();
     } else {
-        tracing::info!("shutting down: letting in-flight deliveries finish");
+        let left = budget
+            .deliveries()
+            .saturating_duration_since(tokio::time::Instant::now());
+        tracing::info!(for_at_most = ?left, "shutting down: letting in-flight deliveries finish");
         tokio::select! {
-            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+            _ = tokio::time::sleep_until(budget.deliveries()) => {}
             _ = wait_idle(&lanes) => {}
             _ = fence.cancelled() => {}
         }
     }
-    stop_tasks(&tracker, &lanes_cancel).await;
+    stop_tasks(&tracker, &lanes_cancel, &abandon, budget).await;
     if fence.is_cancelled() || progress.lapsed.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(RunError::Fenced);
     }
-    if tokio::time::timeout(SAVE_TIMEOUT, save_marks(&lanes, &state, &progress))
+    if tokio::time::timeout_at(budget.save(), save_marks(&lanes, &state, &progress))
         .await
         .is_err()
     {
@@ -364,18 +412,30 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
     result.map_err(|e| RunError::Prerequisite(e.to_string()))
 }
 
-/// How long the last watermark save at shutdown may take.
-const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Cancels the tasks of a run and waits (at most 5 s) for them to end.
-async fn stop_tasks(tracker: &TaskTracker, cancel: &CancellationToken) {
+/// Tells the tasks of a run to stop and waits for them until `budget.abandon()`; the
+/// ones still busy then (a delivery waiting for an answer) are dropped where they wait.
+async fn stop_tasks(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    abandon: &CancellationToken,
+    budget: StopBudget,
+) {
     cancel.cancel();
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+    if tokio::time::timeout_at(budget.abandon(), tracker.wait())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    tracing::warn!("some tasks did not stop within shutdown_grace; abandoning them (deliveries in flight are sent again after the next start)");
+    abandon.cancel();
+    // Dropping them takes no time; only a task that does not yield could hold on.
+    if tokio::time::timeout_at(budget.save(), tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!("some tasks did not stop in time");
+        tracing::warn!("some tasks did not stop after they were abandoned");
     }
 }
 
@@ -468,7 +528,7 @@ fn fenced_ok(e: RunError) -> Result<(), RunError> {
 
 pub(crate) fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
     let detail = match e.as_db_error() {
-        Some(db) => db.message().to_string(),
+        Some(_) => crate::pg::describe(e),
         None => {
             let mut cur: &dyn std::error::Error = e;
             while let Some(next) = cur.source() {

@@ -220,3 +220,127 @@ async fn a_leader_cut_off_from_the_state_database_stops_before_the_standby_start
     a.wait_log("standing by: another walhook leads", 1).await;
     assert_eq!(a.metric("walhook_leader").await, Some(0.0));
 }
+
+/// Waits until `n` sessions wait for a lock on `relation`, while neither walhook exited.
+async fn waiting_on(watcher: &tokio_postgres::Client, relation: &str, n: i64, ws: &mut [&mut Walhook]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::text::regclass",
+                &[&relation],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) >= n {
+            return;
+        }
+        for w in ws.iter_mut() {
+            if let Some(code) = w.exited() {
+                panic!(
+                    "a walhook exited with {code} before both waited on {relation}; its log:\n{}",
+                    w.log()
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} sessions never waited on {relation}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two walhook processes started at the same instant on a fresh database (the first
+/// deploy of "run two or more with the same config") both come up: one leads, the other
+/// stands by, and neither exits. The first rounds force the races: the test lets both
+/// look for the publication but holds their CREATE PUBLICATION until both wait, so both
+/// create it; then it holds both before they look for the slot and lets them go at
+/// once, so both usually find it missing and create it. The last rounds just start both
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_walhooks_started_at_once_on_a_fresh_database_both_come_up() {
+    let pg = PgCluster::start().await;
+    let mut slot_races = 0;
+    for round in 0..5 {
+        let forced = round < 2;
+        let name = format!("fresh{round}");
+        let url = pg.create_db(&name, SCHEMA).await;
+        let rx = Receiver::start().await;
+        let config = format!(
+            "[source]\nurl = \"{url}\"\nslot = \"{name}\"\n[[events]]\ntable = \"stock\"\n{}",
+            subscriber("s", &rx.url(), "\"*\"", "")
+        );
+        let publications = pg.client(&name).await;
+        let slots = pg.client(&name).await;
+        let watcher = pg.client(&name).await;
+        if forced {
+            // Reading pg_publication goes on; adding a row to it waits.
+            publications
+                .batch_execute("BEGIN; LOCK pg_catalog.pg_publication IN SHARE MODE")
+                .await
+                .unwrap();
+        }
+        let mut a = Walhook::start(&config);
+        let mut b = Walhook::start(&config);
+        if forced {
+            waiting_on(&watcher, "pg_catalog.pg_publication", 2, &mut [&mut a, &mut b]).await;
+            // The view's lock also locks pg_database: taken once both are connected.
+            slots
+                .batch_execute("BEGIN; LOCK pg_catalog.pg_replication_slots IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            publications.batch_execute("COMMIT").await.unwrap();
+            waiting_on(
+                &watcher,
+                "pg_catalog.pg_replication_slots",
+                2,
+                &mut [&mut a, &mut b],
+            )
+            .await;
+            slots.batch_execute("COMMIT").await.unwrap();
+        }
+        eventually(
+            Duration::from_secs(30),
+            "one leading and one standing by",
+            || async {
+                let led = a.log().contains("leading: this walhook holds") as u8
+                    + b.log().contains("leading: this walhook holds") as u8;
+                let stood = a.log().contains("standing by: another walhook leads") as u8
+                    + b.log().contains("standing by: another walhook leads") as u8;
+                led == 1 && stood == 1
+            },
+        )
+        .await;
+        let (leader, standby) = if a.log().contains("leading: this walhook holds") {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        leader.wait_ready().await;
+        let db = pg.client(&name).await;
+        db.batch_execute("INSERT INTO stock VALUES (1, 1)").await.unwrap();
+        rx.wait_for_any(Duration::from_secs(20), "the change").await;
+        if forced {
+            // Both created the publication: one found it made under it, and looked again.
+            let logs = leader.log() + &standby.log();
+            let lost = "another walhook set the publication up at the same time";
+            assert!(logs.contains(lost), "round {round}: {lost:?} not logged:\n{logs}");
+            slot_races += logs.contains("another walhook created the slot at the same time") as usize;
+        }
+        for w in [leader, standby] {
+            assert_eq!(
+                w.exited(),
+                None,
+                "round {round}: a walhook exited; its log:\n{}",
+                w.log()
+            );
+            assert!(!w.log().lines().any(|l| l.starts_with("walhook:")), "{}", w.log());
+        }
+        println!(
+            "round {round} ({}): one leads, one stands by",
+            if forced { "forced race" } else { "at once" }
+        );
+    }
+    println!("both created the slot in {slot_races} of the 2 forced rounds");
+}

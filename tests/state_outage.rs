@@ -150,3 +150,73 @@ async fn an_unreachable_state_database_holds_the_slot_and_loses_nothing() {
         w.log()
     );
 }
+
+/// A state database that refuses writes (here: read-only) is diagnosable: the log and
+/// the admin API carry PostgreSQL's own message and SQLSTATE, not just "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_state_database_is_named_in_the_log_and_the_api() {
+    const TOKEN: &str = "state-errors-token-0123456789";
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let state_url = pg.create_db("walhook_state", "").await;
+    let rx = Receiver::start().await;
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"shop\"\n[state]\nurl = \"{state_url}\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber("s", &rx.url(), "\"*\"", "")
+    );
+    let w = Walhook::start_with_admin(&config, &format!("token = \"{TOKEN}\""));
+    w.wait_ready().await;
+
+    // Read-only for new sessions; walhook's sessions are ended, so it opens new ones.
+    let admin = pg.client("postgres").await;
+    admin
+        .batch_execute(
+            "ALTER DATABASE walhook_state SET default_transaction_read_only = on;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = 'walhook_state' AND pid <> pg_backend_pid();",
+        )
+        .await
+        .unwrap();
+    let db = pg.client("shop").await;
+    db.batch_execute("INSERT INTO stock VALUES (1, 1)").await.unwrap();
+    rx.wait_for_any(Duration::from_secs(20), "the change").await;
+
+    // An API answer: a pause must be recorded in the state database first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let (code, v) = w.api("POST", "/subscribers/s/pause", Some(TOKEN), None).await;
+        if code == 503 && v["error"].as_str().is_some_and(|e| e.contains("SQLSTATE")) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pause refused with the server's reason: {code} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot execute INSERT in a read-only transaction (SQLSTATE 25006)"),
+        "{error}"
+    );
+
+    // The log: the failed watermark saves say what the server said.
+    w.wait_log("cannot save lane watermarks", 1).await;
+    let log = w
+        .wait_log(
+            "cannot execute INSERT in a read-only transaction (SQLSTATE 25006)",
+            1,
+        )
+        .await;
+    let saves: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot save lane watermarks"))
+        .collect();
+    assert!(
+        saves
+            .iter()
+            .any(|l| l.contains("cannot execute INSERT in a read-only transaction (SQLSTATE 25006)")),
+        "{saves:?}"
+    );
+    assert!(!log.contains("db error"), "{log}");
+}

@@ -44,6 +44,7 @@ pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(250);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// One problem in a configuration, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,11 @@ fn fmt_problems(problems: &[Problem]) -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The longest a stop takes, from SIGTERM (or a reload that restarts the pipeline)
+    /// to the exit: deliveries in flight, stopping tasks, the last watermark save and
+    /// the lease release all fit in it (`shutdown::StopBudget`).
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     pub source: SourceConfig,
     #[serde(default)]
     pub state: StateConfig,
@@ -456,6 +462,9 @@ fn default_prune_interval() -> Duration {
 fn default_lease() -> Duration {
     DEFAULT_LEASE
 }
+fn default_shutdown_grace() -> Duration {
+    DEFAULT_SHUTDOWN_GRACE
+}
 fn default_disable_after() -> Duration {
     DEFAULT_DISABLE_AFTER
 }
@@ -612,6 +621,13 @@ impl Config {
                     format!("{value:?} must be 1-63 characters of a-z, 0-9 and _"),
                 );
             }
+        }
+        if self.shutdown_grace < Duration::from_secs(1) {
+            bad(
+                "shutdown_grace".into(),
+                "must be at least 1s (deliveries in flight, the last watermark save and the lease release share it)"
+                    .into(),
+            );
         }
         if self.source.status_interval.is_zero() {
             bad("source.status_interval".into(), "must be above 0".into());

@@ -351,3 +351,15 @@ fn max_in_flight_has_a_documented_limit() {
         );
     }
 }
+
+#[test]
+fn the_shutdown_grace_defaults_to_10s_and_is_checked() {
+    assert_eq!(parse(MINIMAL).unwrap().shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    assert_eq!(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs(10));
+    let c = parse(&format!("shutdown_grace = \"25s\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+    let p = problems(&format!("shutdown_grace = \"500ms\"\n{MINIMAL}"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].path, "shutdown_grace");
+    assert!(p[0].message.contains("at least 1s"), "{p:?}");
+}

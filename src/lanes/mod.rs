@@ -660,14 +660,20 @@ impl Lane {
 
     /// Starts the lane's tasks: the hot dispatcher (which starts a hot worker per ready
     /// key, up to `max_in_flight` at once), the age watch, the spill writer and the spill
-    /// server.
-    /// Every task ends at once, mid-delivery or mid-write, when `progress.fence` is
-    /// cancelled (this process lost its lease).
-    pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, cancel: &CancellationToken) {
-        let fence = &self.progress.fence;
+    /// server. They stop when `cancel` is cancelled, and end at once, mid-delivery or
+    /// mid-write, when `abandon` is (this process lost its lease, or a stop ran out of its
+    /// grace); what was in flight then stays pending.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+        abandon: &CancellationToken,
+    ) {
+        let fence = abandon;
         tracker.spawn(fenced(
             fence,
-            self.clone().hot_dispatch(tracker.clone(), cancel.clone()),
+            self.clone()
+                .hot_dispatch(tracker.clone(), cancel.clone(), abandon.clone()),
         ));
         tracker.spawn(fenced(fence, self.clone().age_watch(cancel.clone())));
         tracker.spawn(fenced(fence, self.clone().spill_writer(cancel.clone())));
@@ -872,7 +878,12 @@ impl Lane {
     /// of a ready key, and starts a hot worker with both; then the next. Workers exist
     /// only while there is work, so an idle lane costs this one task, whatever
     /// `max_in_flight` is.
-    async fn hot_dispatch(self: Arc<Self>, tracker: TaskTracker, cancel: CancellationToken) {
+    async fn hot_dispatch(
+        self: Arc<Self>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        abandon: CancellationToken,
+    ) {
         let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
         loop {
             let slot = tokio::select! {
@@ -897,7 +908,7 @@ impl Lane {
                 }
             };
             let worker = self.clone().hot_worker(event, slot, cancel.clone());
-            tracker.spawn(fenced(&self.progress.fence, worker));
+            tracker.spawn(fenced(&abandon, worker));
         }
     }
 

@@ -62,13 +62,16 @@ pub struct ReplConn {
     wbuf: BytesMut,
 }
 
-/// A server error with its SQLSTATE.
-#[derive(Debug, Clone)]
+/// A server error (an ErrorResponse) with its SQLSTATE.
+#[derive(Debug, Clone, Default)]
 pub struct ServerError {
     pub code: String,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// Where it happened (e.g. `slot "walhook", output plugin "pgoutput", in the change
+    /// callback, associated LSN 0/1925728`).
+    pub context: Option<String>,
 }
 
 impl std::fmt::Display for ServerError {
@@ -79,6 +82,9 @@ impl std::fmt::Display for ServerError {
         }
         if let Some(h) = &self.hint {
             write!(f, "; hint: {h}")?;
+        }
+        if let Some(c) = &self.context {
+            write!(f, "; context: {c}")?;
         }
         Ok(())
     }
@@ -312,6 +318,12 @@ impl ReplConn {
                 }
                 Frame::Message(backend::Message::CopyDone) => return Err(SourceError::StreamEnded),
                 Frame::Message(backend::Message::NoticeResponse(_)) => {}
+                // The walsender stopped with an error (a dropped publication, an
+                // invalidated slot, a terminated backend): its SQLSTATE and text are the
+                // diagnosis, so they travel up whole.
+                Frame::Message(backend::Message::ErrorResponse(body)) => {
+                    return Err(SourceError::Server(server_error(&body)?))
+                }
                 Frame::Message(_) | Frame::CopyBothResponse => {
                     return Err(SourceError::Protocol(
                         "unexpected message in replication stream".into(),
@@ -474,12 +486,7 @@ fn describe(host: &Host, port: u16) -> String {
 }
 
 fn server_error(body: &backend::ErrorResponseBody) -> Result<ServerError, SourceError> {
-    let mut err = ServerError {
-        code: String::new(),
-        message: String::new(),
-        detail: None,
-        hint: None,
-    };
+    let mut err = ServerError::default();
     let mut fields = body.fields();
     while let Some(f) = fields.next().map_err(SourceError::Io)? {
         let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
@@ -488,8 +495,72 @@ fn server_error(body: &backend::ErrorResponseBody) -> Result<ServerError, Source
             b'M' => err.message = v,
             b'D' => err.detail = Some(v),
             b'H' => err.hint = Some(v),
+            b'W' => err.context = Some(v),
             _ => {}
         }
     }
     Ok(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection reading `bytes` from the server.
+    fn conn_reading(bytes: Vec<u8>) -> ReplConn {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            server.write_all(&bytes).await.unwrap();
+            // Keep the server end open until the client is done.
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+        });
+        ReplConn {
+            stream: Box::new(client),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+        }
+    }
+
+    /// An ErrorResponse with these (field type, value) pairs.
+    fn error_response(fields: &[(u8, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (t, v) in fields {
+            body.push(*t);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = vec![b'E'];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[tokio::test]
+    async fn an_error_inside_the_stream_comes_up_with_its_sqlstate_and_text() {
+        let mut conn = conn_reading(error_response(&[
+            (b'S', "ERROR"),
+            (b'C', "42704"),
+            (b'M', "publication \"walhook\" does not exist"),
+            (b'W', "slot \"walhook\", output plugin \"pgoutput\", in the change callback, associated LSN 0/1925728"),
+        ]));
+        let err = conn.recv().await.unwrap_err();
+        assert_eq!(err.code(), Some("42704"));
+        assert_eq!(
+            err.to_string(),
+            "server error: publication \"walhook\" does not exist (SQLSTATE 42704); context: slot \"walhook\", \
+             output plugin \"pgoutput\", in the change callback, associated LSN 0/1925728"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_error_in_the_stream_is_an_error_not_a_panic() {
+        // Fields without their terminating zero.
+        let mut bytes = vec![b'E'];
+        bytes.extend_from_slice(&9u32.to_be_bytes());
+        bytes.extend_from_slice(b"C42704");
+        let mut conn = conn_reading(bytes);
+        assert!(conn.recv().await.is_err());
+    }
 }

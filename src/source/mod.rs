@@ -3,6 +3,7 @@
 //! replica identity, publication, slot), each failing with one message naming the fix.
 
 pub mod conn;
+pub mod refusal;
 pub mod setup;
 
 pub use conn::{ReplConn, ReplMessage, ServerError};
@@ -35,8 +36,21 @@ pub enum SourceError {
     Silent(std::time::Duration),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("replication slot {0:?} does not exist")]
+    SlotMissing(String),
+    /// The server refuses to stream the slot for good; the message names the fix and
+    /// what it loses (`refusal::explain`).
+    #[error("{0}")]
+    Refused(String),
+    /// Shown with PostgreSQL's message and SQLSTATE (see `pg::PgError`).
     #[error("catalog query failed: {0}")]
-    Catalog(#[from] tokio_postgres::Error),
+    Catalog(#[source] crate::pg::PgError),
+}
+
+impl From<tokio_postgres::Error> for SourceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SourceError::Catalog(crate::pg::PgError(e))
+    }
 }
 
 impl SourceError {
@@ -51,7 +65,7 @@ impl SourceError {
     /// Errors that reconnecting cannot fix.
     pub fn is_fatal(&self) -> bool {
         match self {
-            SourceError::Auth(_) => true,
+            SourceError::Auth(_) | SourceError::SlotMissing(_) | SourceError::Refused(_) => true,
             SourceError::Server(e) => {
                 // 28xxx: authorization; 42704: undefined object (slot or publication gone);
                 // 55000: object not in prerequisite state (e.g. invalidated slot).

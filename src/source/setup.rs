@@ -8,17 +8,48 @@ use tokio_postgres::Client;
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{TypeKind, TypeRegistry};
 use crate::mapping::{Condition, TableMeta};
+use crate::pg::PgError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("{0}")]
     Prerequisite(String),
+    /// Shown with PostgreSQL's message and SQLSTATE (see `pg::PgError`).
     #[error("catalog query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    Query(#[source] PgError),
+    /// Creating the publication or slot (or adding a table) found it done already:
+    /// another walhook started at the same instant did it between our look and our
+    /// statement. Looking again finds it.
+    #[error("{0}")]
+    Raced(String),
+}
+
+impl From<tokio_postgres::Error> for SetupError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SetupError::Query(PgError(e))
+    }
 }
 
 fn need(msg: String) -> SetupError {
     SetupError::Prerequisite(msg)
+}
+
+/// A failed create: `Raced` when it failed because the object exists now
+/// (duplicate_object, or unique_violation on the catalog's index when two inserted it at
+/// once), else a prerequisite error with `msg`.
+fn need_unless_raced(e: &tokio_postgres::Error, msg: String) -> SetupError {
+    match e.code().map(|c| c.code()) {
+        Some(code) if is_raced(code) => SetupError::Raced(msg),
+        _ => need(msg),
+    }
+}
+
+/// SQLSTATEs of a create that lost a race with another creator of the same object:
+/// 42710 duplicate_object (the other one committed first: "publication ... already
+/// exists", "replication slot ... already exists", "relation ... is already member of
+/// publication"), 23505 unique_violation (both inserted the catalog row at once).
+fn is_raced(code: &str) -> bool {
+    matches!(code, "42710" | "23505")
 }
 
 /// What streaming needs to know about the source.
@@ -229,8 +260,23 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
         partitioned |= relkind == "p" || is_partition;
     }
 
-    ensure_publication(client, config, wanted.keys(), partitioned).await?;
-    ensure_slot(client, config).await?;
+    // Two walhook processes started at once (a first deploy of a leader and a standby)
+    // both find the publication, then the slot, missing and both create it: the later
+    // one's "already exists" means it is done, so it looks once more and goes on.
+    match ensure_publication(client, config, wanted.keys(), partitioned).await {
+        Err(SetupError::Raced(what)) => {
+            tracing::info!(%what, "another walhook set the publication up at the same time; looking again");
+            ensure_publication(client, config, wanted.keys(), partitioned).await?;
+        }
+        done => done?,
+    }
+    match ensure_slot(client, config).await {
+        Err(SetupError::Raced(what)) => {
+            tracing::info!(%what, "another walhook created the slot at the same time; looking again");
+            ensure_slot(client, config).await?;
+        }
+        done => done?,
+    }
     let mut types = TypeRegistry::with_builtins();
     load_types(client, &mut types, None).await?;
     Ok(SourceInfo { tables, types })
@@ -266,10 +312,13 @@ async fn ensure_publication<'a>(
             )));
         }
         client.batch_execute(&sql).await.map_err(|e| {
-            need(format!(
-                "cannot create publication {publication:?} ({sql}): {}",
-                db_message(&e)
-            ))
+            need_unless_raced(
+                &e,
+                format!(
+                    "cannot create publication {publication:?} ({sql}): {}",
+                    db_message(&e)
+                ),
+            )
         })?;
         tracing::info!(publication = %publication, tables = %list, "created publication");
         return Ok(());
@@ -280,12 +329,22 @@ async fn ensure_publication<'a>(
             quote_ident(publication)
         );
         if config.source.create {
-            client.batch_execute(&sql).await.map_err(|e| {
-                need(format!(
-                    "cannot set publish_via_partition_root on publication {publication:?} ({sql}): {}",
-                    db_message(&e)
-                ))
-            })?;
+            if let Err(e) = client.batch_execute(&sql).await {
+                // Another walhook starting at the same time may have set it.
+                let set_now: Option<bool> = client
+                    .query_opt(
+                        "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+                        &[publication],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                if set_now != Some(true) {
+                    return Err(need(format!(
+                        "cannot set publish_via_partition_root on publication {publication:?} ({sql}): {}",
+                        db_message(&e)
+                    )));
+                }
+            }
             tracing::info!(publication = %publication,
                 "publication now publishes partitions' changes as changes of their partitioned table");
         } else {
@@ -336,10 +395,13 @@ async fn ensure_publication<'a>(
         )));
     }
     client.batch_execute(&sql).await.map_err(|e| {
-        need(format!(
-            "cannot extend publication {publication:?} ({sql}): {}",
-            db_message(&e)
-        ))
+        need_unless_raced(
+            &e,
+            format!(
+                "cannot extend publication {publication:?} ({sql}): {}",
+                db_message(&e)
+            ),
+        )
     })?;
     tracing::info!(publication = %publication, tables = %add, "added tables to publication");
     Ok(())
@@ -369,10 +431,10 @@ async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SetupError>
                 )
                 .await
                 .map_err(|e| {
-                    need(format!(
-                        "cannot create replication slot {slot:?}: {}",
-                        db_message(&e)
-                    ))
+                    need_unless_raced(
+                        &e,
+                        format!("cannot create replication slot {slot:?}: {}", db_message(&e)),
+                    )
                 })?;
             tracing::info!(slot = %slot, "created logical replication slot");
             Ok(())
@@ -650,12 +712,22 @@ async fn column_names(client: &Client, query: &str, oid: u32) -> Result<Vec<Stri
         .collect())
 }
 
+/// The server's message, SQLSTATE, detail and hint of a failed statement.
 fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.hint() {
-            Some(h) => format!("{} (hint: {h})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => e.to_string(),
+    crate::pg::describe(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_object_that_exists_now_counts_as_a_lost_race() {
+        assert!(is_raced("42710"));
+        assert!(is_raced("23505"));
+        // No privilege, no such table, slot in use, disk full, read-only: real failures.
+        for other in ["42501", "42P01", "55006", "53100", "25006"] {
+            assert!(!is_raced(other), "{other}");
+        }
     }
 }

@@ -172,7 +172,7 @@ impl Lease {
             let client = target
                 .connect("state database (lease)")
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::pg::describe(&e))?;
             self.conn = Some(client);
         }
         Ok(self.conn.as_ref().expect("just connected"))
@@ -200,7 +200,7 @@ impl Lease {
                 &[&slot, &holder_id(), &secs, &gone],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::pg::describe(&e))?;
         if let Some(row) = won {
             return Ok(Poll::Acquired(row.get(0)));
         }
@@ -211,7 +211,7 @@ impl Lease {
                 &[&slot],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::pg::describe(&e))?;
         Ok(Poll::Held {
             holder: row.get(0),
             expires_in: row.get(1),
@@ -233,7 +233,7 @@ impl Lease {
                 &[&slot, &holder_id(), &secs, &epoch],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::pg::describe(&e))?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -249,7 +249,7 @@ impl Lease {
                 &[&slot, &holder_id(), &epoch],
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::pg::describe(&e))
         })
         .await;
         match done {

@@ -16,6 +16,7 @@ use tokio::sync::RwLock;
 use tokio_postgres::Client;
 
 use crate::event::{Event, Pos};
+use crate::pg::PgError;
 
 pub mod deliveries;
 pub mod lease;
@@ -31,16 +32,24 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/006_prev_keys.sql"),
 ];
 
+/// A state database error. Each keeps PostgreSQL's message, SQLSTATE and detail (see
+/// `pg::PgError`): they reach logs and admin API answers, where "db error" named nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot reach the state database: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] PgError),
     #[error("state database query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    Query(#[source] PgError),
     #[error("state.url: {0}")]
     Url(String),
     #[error("this walhook lost the slot's lease and stopped; a standby takes over: list what is left and ask the one that leads")]
     Fenced,
+}
+
+impl From<tokio_postgres::Error> for StateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StateError::Query(PgError(e))
+    }
 }
 
 /// A spilled event read back for delivery.
@@ -245,7 +254,7 @@ impl State {
             match open(&state.url).await {
                 Ok(c) => {
                     if let Err(e) = c.batch_execute("ANALYZE walhook.spill").await {
-                        tracing::debug!(error = %e, "ANALYZE walhook.spill failed");
+                        tracing::debug!(error = %PgError(e), "ANALYZE walhook.spill failed");
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot connect to ANALYZE walhook.spill"),
@@ -591,7 +600,7 @@ async fn open(url: &str) -> Result<Client, StateError> {
     target
         .connect("state database")
         .await
-        .map_err(StateError::Connect)
+        .map_err(|e| StateError::Connect(PgError(e)))
 }
 
 /// Creates the schema and applies the migrations it lacks. The server's notices about

@@ -27,6 +27,8 @@ pub const PIM_SQL: &str = include_str!("../../sql/examples/pim.sql");
 pub struct Walhook {
     child: Option<Child>,
     dir: PathBuf,
+    /// Where the current process's part of the log starts.
+    log_start: usize,
     pub admin: String,
     env: Vec<(String, String)>,
 }
@@ -70,6 +72,7 @@ impl Walhook {
         let mut w = Walhook {
             child: None,
             dir,
+            log_start: 0,
             admin,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
@@ -78,6 +81,7 @@ impl Walhook {
     }
 
     fn spawn(&mut self) {
+        self.log_start = self.log().len();
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -135,6 +139,34 @@ impl Walhook {
         }
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) the process, e.g. to hold its replication
+    /// connection while the server moves on.
+    pub fn pause(&self, paused: bool) {
+        kill(self.pid(), if paused { Signal::SIGSTOP } else { Signal::SIGCONT }).unwrap();
+    }
+
+    /// The exit code if the process has exited on its own (it is reaped then).
+    pub fn exited(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own: its exit code, or None
+    /// while it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.exited() {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM and wait for the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
@@ -155,6 +187,11 @@ impl Walhook {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("walhook.log")).unwrap_or_default()
+    }
+
+    /// The log of the current (or last) process only, since its start.
+    pub fn run_log(&self) -> String {
+        self.log().get(self.log_start..).unwrap_or_default().to_string()
     }
 
     /// GETs an admin path and returns the body.
@@ -200,9 +237,10 @@ impl Walhook {
                     return;
                 }
             }
-            let log = self.log();
+            // An exit message of an earlier process (before a restart) does not count.
+            let log = self.run_log();
             if Instant::now() > deadline || log.lines().any(|l| l.starts_with("walhook:")) {
-                panic!("walhook did not become ready; log:\n{log}");
+                panic!("walhook did not become ready; log:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -240,6 +240,11 @@ impl PgCluster {
         self.launch().await;
     }
 
+    /// A client program of this PostgreSQL installation (e.g. `pg_recvlogical`).
+    pub fn tool(&self, name: &str) -> Command {
+        Command::new(self.bin.join(name))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
