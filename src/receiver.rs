@@ -33,12 +33,17 @@ async fn handle(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes)
     let id = get("webhook-id");
     let ts: i64 = get("webhook-timestamp").parse().unwrap_or(0);
     let ok = verify_header(&r.secrets, id, ts, &body, get("webhook-signature"));
-    let pretty = serde_json::from_slice::<serde_json::Value>(&body)
+    // Bodies may hold json nested past serde_json's limit: parsed to 64 levels, the rest
+    // written as received.
+    let parsed = std::str::from_utf8(&body)
         .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .and_then(|text| crate::decode::json::parse_bounded(text, 64));
+    let pretty = parsed
+        .as_ref()
+        .and_then(|v| serde_json::to_string_pretty(v).ok())
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    let kind = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
+    let kind = parsed
+        .as_ref()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_default();
     if ok {

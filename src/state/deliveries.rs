@@ -166,8 +166,11 @@ impl State {
                 at: r.get(6),
                 next_attempt_at: r.get(7),
                 body: r.get::<_, Option<Vec<u8>>>(8).map(|b| {
-                    serde_json::from_slice(&b)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned()))
+                    // Bodies may hold json nested past serde_json's limit (kept as text).
+                    std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|text| crate::decode::json::parse_bounded(text, 64))
+                        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&b).into_owned()))
                 }),
                 history: r
                     .get::<_, Option<String>>(9)
