@@ -4,5 +4,7 @@
 -- waits, and no newer event of either key is served before it.
 ALTER TABLE walhook.spill ADD COLUMN IF NOT EXISTS prev_key text;
 ALTER TABLE walhook.spill_chunks ADD COLUMN IF NOT EXISTS prev_keys text[];
+-- A dead letter keeps it, so a replay orders the event under both keys again.
+ALTER TABLE walhook.dead_letters ADD COLUMN IF NOT EXISTS prev_key text;
 CREATE INDEX IF NOT EXISTS spill_prev_key_order
     ON walhook.spill (slot, subscriber, prev_key, lsn, seq) WHERE prev_key IS NOT NULL;

@@ -129,6 +129,18 @@ impl Coalescer {
             .and_then(|text| crate::decode::json::parse_bounded(text, BODY_DEPTH))
             .unwrap_or(Value::Null);
         let key: WindowKey = (spec.rule, event.key.clone(), numbers);
+        // A change that moved its row to another key is never held: the windows of both
+        // keys close, and it goes out right after them as a window of its own, in the same
+        // group (ordered by first change), so it follows the old key's events and precedes
+        // any later window of either key.
+        let moved = event.prev_key.as_ref().filter(|p| **p != event.key).cloned();
+        if let Some(prev) = &moved {
+            for k in [prev.clone(), event.key.clone()] {
+                if let Some(&id) = self.by_key.get(&(spec.rule, k, numbers)) {
+                    self.close(id);
+                }
+            }
+        }
         if let Some(&id) = self.by_key.get(&key) {
             let joins = self.open.get(&id).is_some_and(|w| time <= w.deadline);
             if joins {
@@ -176,6 +188,9 @@ impl Coalescer {
         self.per_rule.entry(group).or_default().insert(id, ());
         self.by_key.insert(key, id);
         self.open.insert(id, w);
+        if moved.is_some() {
+            self.close(id);
+        }
     }
 
     fn close(&mut self, id: u64) {

@@ -798,7 +798,9 @@ impl Pipeline {
         }
         self.metrics.changes_decoded.add(1);
         // A key-only old image carries every column, the non-key ones as nulls that
-        // mean "not sent": keep only the identity columns.
+        // mean "not sent": keep only the others. (Not by the relation's key flags: a
+        // partition published as its partitioned table logs its own identity, which may
+        // be other columns than the partitioned table's; identity columns are never null.)
         let row = |cells: Vec<Cell>, key_only: bool| -> Result<Row, SourceError> {
             if cells.len() != rel.columns.len() {
                 return Err(SourceError::Protocol(format!(
@@ -812,7 +814,7 @@ impl Pipeline {
                 .columns
                 .iter()
                 .zip(cells)
-                .filter(|((_, _, is_key), _)| !key_only || *is_key)
+                .filter(|(_, cell)| !key_only || !matches!(cell, Cell::Null))
                 .map(|((name, oid, _), cell)| {
                     let v = match cell {
                         Cell::Null => ColValue::Value(serde_json::Value::Null),

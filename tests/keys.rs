@@ -38,7 +38,8 @@ fn per_row(got: &[Received]) -> BTreeMap<(String, i64), (Vec<String>, HashSet<St
 }
 
 /// Insert, update and delete of each of `ROWS` rows, under the default identity (the
-/// primary key), FULL, and USING INDEX on a unique column other than the primary key. A
+/// primary key), FULL, USING INDEX on a unique column other than the primary key, and a
+/// partitioned table whose partition logs such an index. A
 /// slow receiver and parallel keys give a row's events every chance to overtake each
 /// other if they were not on one key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +52,12 @@ async fn a_rows_events_share_one_key_under_every_replica_identity() {
     }
     schema.push_str(
         "ALTER TABLE t_full REPLICA IDENTITY FULL;
-         ALTER TABLE t_index REPLICA IDENTITY USING INDEX t_index_sku_key;",
+         ALTER TABLE t_index REPLICA IDENTITY USING INDEX t_index_sku_key;
+         CREATE TABLE t_part (id bigint, region text, sku text NOT NULL, title text,
+                              PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE t_part_eu PARTITION OF t_part FOR VALUES IN ('eu');
+         CREATE UNIQUE INDEX t_part_eu_sku ON t_part_eu (sku, region);
+         ALTER TABLE t_part_eu REPLICA IDENTITY USING INDEX t_part_eu_sku;",
     );
     let pg = PgCluster::start().await;
     let url = pg.create_db("shop", &schema).await;
@@ -59,15 +65,19 @@ async fn a_rows_events_share_one_key_under_every_replica_identity() {
     rx.set_delay(Duration::from_millis(15));
     let w = Walhook::start(&format!(
         "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"t_default\"\n[[events]]\ntable = \"t_full\"\n\
-         [[events]]\ntable = \"t_index\"\n{}",
+         [[events]]\ntable = \"t_index\"\n[[events]]\ntable = \"t_part\"\n{}",
         subscriber("shop", &rx.url(), "\"*\"", "max_in_flight = 32")
     ));
     w.wait_ready().await;
     let db = pg.client("shop").await;
-    for t in ["t_default", "t_full", "t_index"] {
+    for t in ["t_default", "t_full", "t_index", "t_part"] {
         for id in 1..=ROWS {
+            let values = match t {
+                "t_part" => format!("({id}, 'eu', 'S-{id}', 'a')"),
+                _ => format!("({id}, 'S-{id}', 'a')"),
+            };
             db.batch_execute(&format!(
-                "INSERT INTO {t} VALUES ({id}, 'S-{id}', 'a');
+                "INSERT INTO {t} VALUES {values};
                  UPDATE {t} SET title = 'b' WHERE id = {id};
                  DELETE FROM {t} WHERE id = {id};"
             ))
@@ -76,10 +86,10 @@ async fn a_rows_events_share_one_key_under_every_replica_identity() {
         }
     }
     let got = rx
-        .wait_unique(Duration::from_secs(60), "every change", 3 * 3 * ROWS as usize)
+        .wait_unique(Duration::from_secs(60), "every change", 4 * 3 * ROWS as usize)
         .await;
     let rows = per_row(&got);
-    assert_eq!(rows.len(), 3 * ROWS as usize);
+    assert_eq!(rows.len(), 4 * ROWS as usize);
     for ((table, id), (ops, keys)) in &rows {
         assert_eq!(ops, &["insert", "update", "delete"], "{table} row {id}: order");
         assert_eq!(
@@ -88,10 +98,11 @@ async fn a_rows_events_share_one_key_under_every_replica_identity() {
             "{table} row {id}: one key for all its events, got {keys:?}"
         );
         let key = keys.iter().next().unwrap();
-        let expected = if table == "public.t_index" {
-            format!("{{\"sku\":\"S-{id}\"}}")
-        } else {
-            format!("{{\"id\":{id}}}")
+        let expected = match table.as_str() {
+            "public.t_index" => format!("{{\"sku\":\"S-{id}\"}}"),
+            // A partition's own identity index (the partitioned table's is its key).
+            "public.t_part" => format!("{{\"sku\":\"S-{id}\",\"region\":\"eu\"}}"),
+            _ => format!("{{\"id\":{id}}}"),
         };
         assert_eq!(key, &expected, "{table} row {id}");
     }
@@ -147,6 +158,11 @@ async fn a_dropped_key_column_and_a_renamed_table_are_said_and_counted() {
     })
     .await;
     let log = w.log();
+    // `code` is not in the replica identity: said at start.
+    assert!(
+        log.contains("the rule's key column is not part of the table's replica identity"),
+        "{log}"
+    );
     let dropped = "the rule's ordering key names a column the table no longer has";
     assert_eq!(log.matches(dropped).count(), 1, "{log}");
     let renamed = "a captured table was renamed: its changes are skipped";

@@ -358,3 +358,59 @@ fn bodies_with_deep_json_values_coalesce() {
         &text[..text.len().min(100)]
     );
 }
+
+/// A change that moved its row from key 1 to key 2 is never held in a window: both keys'
+/// windows close with it, and it comes right after them in the same group, so it follows
+/// the old key's events and precedes every later window of either key (the reviewer's
+/// case: a new row 1 inserted while the old key's window is open, and key 2 updated on).
+#[test]
+fn a_key_change_closes_both_keys_windows_and_goes_out_after_them() {
+    let mut c = Coalescer::default();
+    let s = spec(SEC, 30 * SEC, 100);
+    c.add(update(1, 10, 0, 1, &["qty"]), routes(), Numbers::Exact, s, 0);
+    c.add(
+        update(2, 11, 0, 1, &["qty"]),
+        routes(),
+        Numbers::Exact,
+        s,
+        SEC / 10,
+    );
+    let moved = {
+        let e = update(2, 12, 1, 2, &["id"]);
+        Arc::new(Event {
+            pos: e.pos,
+            id: e.id.clone(),
+            event_type: e.event_type.clone(),
+            key: e.key.clone(),
+            prev_key: Some("public.products|{\"id\":1}".into()),
+            body: e.body.clone(),
+        })
+    };
+    c.add(moved, routes(), Numbers::Exact, s, SEC / 5);
+    let closed = c.take_closed(12, 0);
+    let order: Vec<(u64, Option<&str>)> = closed
+        .iter()
+        .map(|e| (e.first_lsn, e.event.prev_key.as_deref()))
+        .collect();
+    assert_eq!(
+        order,
+        [(10, None), (11, None), (12, Some("public.products|{\"id\":1}"))]
+    );
+    assert_eq!(body(&closed[2])["data"]["coalesced"], 1);
+    // Later changes of either key open new windows, handed over after it.
+    c.add(
+        update(1, 13, 0, 5, &["qty"]),
+        routes(),
+        Numbers::Exact,
+        s,
+        SEC / 4,
+    );
+    c.add(
+        update(2, 14, 2, 3, &["qty"]),
+        routes(),
+        Numbers::Exact,
+        s,
+        SEC / 3,
+    );
+    assert_eq!(c.open_windows(), 2);
+}

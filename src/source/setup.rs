@@ -164,8 +164,7 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let identity = replica_identity(client, oid, &relkind, &row.get::<_, String>(1)).await?;
-        let (replident, index_identity) = (identity.kind.as_str(), &identity.index_columns);
+        let identity = replica_identity(client, oid, &relkind, &row.get::<_, String>(1), &pk).await?;
         let columns: Vec<String> = client
             .query(
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
@@ -205,7 +204,7 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
                 }
             }
             let writes = rule.on.iter().any(|op| matches!(op, Op::Update | Op::Delete));
-            let no_identity = replident == "n" || (replident == "d" && pk.is_empty());
+            let no_identity = identity.nothing || identity.logged.as_ref().is_some_and(Vec::is_empty);
             if writes && no_identity {
                 return Err(need(format!(
                     "table {t} has no replica identity, so PostgreSQL cannot publish its updates and deletes \
@@ -225,7 +224,7 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
                 ("when", when.as_ref().is_some_and(|w| w.needs_old()) && writes),
             ];
             if let Some((key, _)) = old_readers.iter().find(|(_, reads)| *reads) {
-                if replident != "f" {
+                if identity.logged.is_some() {
                     return Err(need(format!(
                         "events[{i}].{key} needs the old values of every column, but table {t} only logs its key. \
                          Fix: {fix}",
@@ -235,27 +234,49 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
                 }
             }
             // A delete carries only the identity columns: a key outside them would be null.
-            if rule.on.contains(&Op::Delete) && replident != "f" {
-                let full_fix = identity.full_fix(table);
-                let identity = if replident == "i" { index_identity } else { &pk };
-                if let Some(col) = rule.key.iter().flatten().find(|c| !identity.contains(c)) {
+            // An update that changes such a column carries no old value of it, so its
+            // old key is unknown and it is ordered under its new key only.
+            let outside =
+                |logged: &Vec<String>| rule.key.iter().flatten().find(|c| !logged.contains(c)).cloned();
+            if let Some((logged, col)) = identity.logged.as_ref().and_then(|l| Some((l, outside(l)?))) {
+                if rule.on.contains(&Op::Delete) {
                     return Err(need(format!(
                         "events[{i}].key: column {col:?} is not part of table {t}'s replica identity, so deletes \
                          cannot carry it. Fix: {fix} or key on identity columns ({})",
-                        identity.join(", "),
+                        logged.join(", "),
                         t = table.quoted(),
-                        fix = full_fix
+                        fix = identity.full_fix(table)
                     )));
+                }
+                if rule.on.contains(&Op::Update) {
+                    tracing::warn!(rule = %format!("events[{i}]"), table = %table, column = %col,
+                        fix = %identity.full_fix(table),
+                        "the rule's key column is not part of the table's replica identity: an update that \
+                         changes it does not say the row's old key, so such an update is ordered under its new \
+                         key only (it may overtake the row's earlier events). Set REPLICA IDENTITY FULL, or key on \
+                         identity columns");
                 }
             }
         }
         // Every operation of a row must carry its ordering key, or a row's delete would
         // not share the key of its insert and update: under REPLICA IDENTITY USING INDEX
         // a delete carries only that index's columns, so they are the default key.
-        let default_key = match replident {
-            "i" if !index_identity.is_empty() => index_identity.clone(),
-            _ => pk,
-        };
+        let default_key = identity.default_key(&pk);
+        let keyless = config.events[..].iter().enumerate().find(|(j, r)| {
+            rules.contains(j)
+                && r.key.is_none()
+                && r.on.iter().any(|op| matches!(op, Op::Update | Op::Delete))
+        });
+        if let (Some((j, _)), true) = (keyless, default_key.is_empty() && !pk.is_empty()) {
+            return Err(need(format!(
+                "the partitions of table {t} log different key columns in their replica identity, so a row's \
+                 delete would not carry the ordering key of its insert (events[{j}] orders by the primary key). \
+                 Fix: {fix} or give every partition the same replica identity, or set events[{j}].key to columns \
+                 every partition logs",
+                t = table.quoted(),
+                fix = identity.full_fix(table)
+            )));
+        }
         tables.insert(table.clone(), TableMeta { default_key, oid });
         partitioned |= relkind == "p" || is_partition;
     }
@@ -602,10 +623,13 @@ pub async fn ancestors(client: &Client, oid: u32) -> Result<Vec<TableName>, toki
 /// partitions log: PostgreSQL takes the old row from the partition, and a partitioned
 /// table's own replica identity is not passed on to its partitions.
 struct Identity {
-    /// `relreplident`: 'd' (primary key), 'f' (full), 'i' (an index), 'n' (nothing).
-    kind: String,
-    /// The identity index's columns when `kind` is 'i'.
-    index_columns: Vec<String>,
+    /// Some partition (or the table) has `REPLICA IDENTITY NOTHING`.
+    nothing: bool,
+    /// The columns the old row of every delete (and of an update that changes them)
+    /// carries, in key order; None when it is the whole row (FULL everywhere).
+    logged: Option<Vec<String>>,
+    /// Every partition not FULL logs the same columns (always true of a plain table).
+    uniform: bool,
     /// Partitions not `REPLICA IDENTITY FULL` (empty for a plain table).
     not_full: Vec<TableName>,
 }
@@ -627,6 +651,33 @@ impl Identity {
             each.join(" ")
         )
     }
+
+    /// The ordering key of a rule without `key`: the primary key when every old row
+    /// carries it, else the identity index's columns; empty when partitions log
+    /// different columns (or nothing).
+    fn default_key(&self, pk: &[String]) -> Vec<String> {
+        match &self.logged {
+            None => pk.to_vec(),
+            Some(logged) if !pk.is_empty() && pk.iter().all(|c| logged.contains(c)) => pk.to_vec(),
+            Some(logged) if self.uniform => logged.clone(),
+            Some(_) => Vec::new(),
+        }
+    }
+}
+
+/// What one relation logs of its old rows, by its `relreplident`: None for FULL.
+async fn logged_columns(
+    client: &Client,
+    oid: u32,
+    kind: &str,
+    pk: &[String],
+) -> Result<Option<Vec<String>>, SetupError> {
+    Ok(match kind {
+        "f" => None,
+        "i" => Some(column_names(client, IDENTITY_INDEX_OF, oid).await?),
+        "n" => Some(Vec::new()),
+        _ => Some(pk.to_vec()),
+    })
 }
 
 async fn replica_identity(
@@ -634,16 +685,13 @@ async fn replica_identity(
     oid: u32,
     relkind: &str,
     own: &str,
+    pk: &[String],
 ) -> Result<Identity, SetupError> {
     if relkind != "p" {
-        let index_columns = if own == "i" {
-            column_names(client, IDENTITY_INDEX_OF, oid).await?
-        } else {
-            Vec::new()
-        };
         return Ok(Identity {
-            kind: own.to_string(),
-            index_columns,
+            nothing: own == "n",
+            logged: logged_columns(client, oid, own, pk).await?,
+            uniform: true,
             not_full: Vec::new(),
         });
     }
@@ -657,48 +705,42 @@ async fn replica_identity(
         )
         .await?;
     if leaves.is_empty() {
-        // No partition yet: those created later start with the default identity.
-        let kind = if own == "f" { "d" } else { own };
+        // No partition yet: those created later start with the default identity (their
+        // primary key is the partitioned table's).
         return Ok(Identity {
-            kind: kind.to_string(),
-            index_columns: Vec::new(),
+            nothing: false,
+            logged: Some(pk.to_vec()),
+            uniform: true,
             not_full: Vec::new(),
         });
     }
-    let mut kinds = Vec::new();
+    let mut nothing = false;
     let mut not_full = Vec::new();
-    let mut index_columns: Option<Vec<String>> = None;
+    let mut sets: Vec<Vec<String>> = Vec::new();
     for leaf in &leaves {
         let kind: String = leaf.get(1);
-        if kind != "f" {
+        nothing |= kind == "n";
+        if let Some(cols) = logged_columns(client, leaf.get(0), &kind, pk).await? {
             not_full.push(TableName {
                 schema: leaf.get(2),
                 name: leaf.get(3),
             });
+            sets.push(cols);
         }
-        if kind == "i" {
-            // Only the columns every partition's identity index has.
-            let cols = column_names(client, IDENTITY_INDEX_OF, leaf.get(0)).await?;
-            index_columns = Some(match index_columns {
-                None => cols,
-                Some(prev) => prev.into_iter().filter(|c| cols.contains(c)).collect(),
-            });
-        }
-        kinds.push(kind);
     }
-    // The weakest identity among the partitions is what a rule can rely on.
-    let kind = if kinds.iter().any(|k| k == "n") {
-        "n"
-    } else if kinds.iter().all(|k| k == "f") {
-        "f"
-    } else if kinds.iter().all(|k| k == "f" || k == "i") {
-        "i"
-    } else {
-        "d"
-    };
+    // What every partition's old rows carry.
+    let logged = sets.first().map(|first| {
+        first
+            .iter()
+            .filter(|c| sets.iter().all(|s| s.contains(c)))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    let uniform = sets.windows(2).all(|w| w[0] == w[1]);
     Ok(Identity {
-        kind: kind.to_string(),
-        index_columns: index_columns.unwrap_or_default(),
+        nothing,
+        logged,
+        uniform,
         not_full,
     })
 }

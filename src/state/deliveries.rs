@@ -190,14 +190,14 @@ impl State {
                 // event already in the log (the same position) keeps its dead letter.
                 &format!(
                     "WITH picked AS (
-                   SELECT lsn, seq, event_id, event_type, ordering_key, body, history FROM walhook.dead_letters
+                   SELECT lsn, seq, event_id, event_type, ordering_key, body, history, prev_key FROM walhook.dead_letters
                    WHERE slot = $1 AND subscriber = $2 AND {FILTER}
                      AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
                    FOR UPDATE),
                  moved AS (
                    INSERT INTO walhook.spill
-                     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, history)
-                   SELECT $1, $2, lsn, seq, event_id, event_type, ordering_key, body, history FROM picked
+                     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, history, prev_key)
+                   SELECT $1, $2, lsn, seq, event_id, event_type, ordering_key, body, history, prev_key FROM picked
                    ON CONFLICT DO NOTHING
                    RETURNING lsn, seq, event_id),
                  gone AS (

@@ -536,9 +536,10 @@ impl State {
                    WHERE s.slot = $1 AND s.subscriber = $2 AND s.lsn = u.l AND s.seq = u.q
                    RETURNING s.*)
                  INSERT INTO walhook.dead_letters
-                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason, history)
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason, history,
+                    prev_key)
                  SELECT g.slot, g.subscriber, g.lsn, g.seq, g.event_id, g.event_type, g.ordering_key, g.body, u.a, u.r,
-                        walhook.last_attempts(g.history || u.h::jsonb)
+                        walhook.last_attempts(g.history || u.h::jsonb), g.prev_key
                  FROM gone g JOIN unnest($11::bigint[], $12::bigint[], $13::int[], $14::text[], $15::text[])
                    AS u(l, q, a, r, h) ON g.lsn = u.l AND g.seq = u.q
                  ON CONFLICT DO NOTHING",
@@ -564,8 +565,9 @@ impl State {
             .await?
             .execute(
                 "INSERT INTO walhook.dead_letters
-                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason, history)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, walhook.last_attempts($11::text::jsonb))
+                   (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, attempts, reason, history,
+                    prev_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, walhook.last_attempts($11::text::jsonb), $12)
                  ON CONFLICT DO NOTHING",
                 &[
                     &self.slot,
@@ -579,6 +581,7 @@ impl State {
                     &attempts,
                     &reason,
                     &history_json(history),
+                    &event.prev_key,
                 ],
             )
             .await?;
