@@ -38,6 +38,53 @@ impl fmt::Display for Pos {
     }
 }
 
+/// What a lane has done, as it saves it in the state database (`walhook.lanes`): every
+/// event of the lane before `low` is done (delivered, dead or durably spilled), and so is
+/// every event before `high` that is not in `pending`. `pending` lists the events in
+/// `[low, high)` still to do, ascending; `low` is its first, or `high` when it is empty.
+///
+/// One slow or retried event keeps `low` where it is (and with it the slot's confirmed
+/// LSN) while later events go out; `high` and `pending` say which of those are done, so a
+/// restart skips them instead of sending them again.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mark {
+    pub low: Pos,
+    pub high: Pos,
+    pub pending: Vec<Pos>,
+}
+
+impl Mark {
+    /// Everything before `pos` done, nothing known after it.
+    pub fn at(pos: Pos) -> Mark {
+        Mark {
+            low: pos,
+            high: pos,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The mark of events `pending` (ascending) not done and everything else before `high`
+    /// done, keeping at most `max` of them: past that, `high` comes down to the first one
+    /// left out (what is before it stays exact).
+    pub fn bounded(mut pending: Vec<Pos>, mut high: Pos, max: usize) -> Mark {
+        pending.retain(|p| *p < high);
+        if pending.len() > max {
+            high = pending[max];
+            pending.truncate(max);
+        }
+        Mark {
+            low: pending.first().copied().unwrap_or(high),
+            high,
+            pending,
+        }
+    }
+
+    /// Whether the event at `pos` is known to be done.
+    pub fn done(&self, pos: Pos) -> bool {
+        pos < self.low || (pos < self.high && self.pending.binary_search(&pos).is_err())
+    }
+}
+
 #[derive(Debug)]
 pub struct Event {
     pub pos: Pos,
@@ -98,5 +145,32 @@ mod tests {
         assert!(Pos::new(5, 1, 9) < Pos::new(5, 2, 0));
         assert!(Pos::new(5, 9, 0) < Pos::new(6, 0, 0));
         assert_eq!(Pos::new(5, 1, 0).next(), Pos::new(5, 1, 1));
+    }
+
+    #[test]
+    fn a_mark_knows_what_is_done_around_the_events_still_pending() {
+        let p = |lsn| Pos::new(lsn, 0, 0);
+        let m = Mark::bounded(vec![p(10), p(14)], p(20), 100);
+        assert_eq!((m.low, m.high), (p(10), p(20)));
+        assert!(m.done(p(9)));
+        assert!(!m.done(p(10)));
+        assert!(m.done(p(11)) && m.done(p(13)));
+        assert!(!m.done(p(14)));
+        assert!(m.done(p(19)));
+        assert!(!m.done(p(20)) && !m.done(p(25)));
+        // Nothing pending: everything before high is done.
+        assert_eq!(Mark::bounded(Vec::new(), p(20), 100), Mark::at(p(20)));
+        assert!(Mark::at(p(20)).done(p(19)) && !Mark::at(p(20)).done(p(20)));
+        // Past the bound, high comes down to the first one left out: exact below it.
+        let m = Mark::bounded(vec![p(10), p(12), p(14), p(16)], p(20), 2);
+        assert_eq!(
+            (m.low, m.high, m.pending.clone()),
+            (p(10), p(14), vec![p(10), p(12)])
+        );
+        assert!(m.done(p(13)) && !m.done(p(14)) && !m.done(p(15)) && !m.done(p(16)));
+        // A bound of none is the low watermark alone.
+        assert_eq!(Mark::bounded(vec![p(10), p(12)], p(20), 0), Mark::at(p(10)));
+        // Pending events at or past high are not listed.
+        assert_eq!(Mark::bounded(vec![p(20)], p(20), 10), Mark::at(p(20)));
     }
 }

@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
-use crate::event::Pos;
+use crate::event::{Mark, Pos};
 use crate::lanes::{fenced, target, Lane};
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
@@ -285,7 +285,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
             .backlog(&sub.name)
             .await
             .map_err(|e| RunError::Runtime(e.to_string()))?;
-        let mark = marks.get(&sub.name).copied().unwrap_or_default();
+        let mark = marks.get(&sub.name).cloned().unwrap_or_default();
         let lane = Lane::new(sub, i, &database, state.clone(), progress.clone(), mark, backlog)
             .map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
         if backlog {
@@ -447,16 +447,14 @@ async fn wait_idle(lanes: &[Arc<Lane>]) {
 
 async fn save_marks(lanes: &[Arc<Lane>], state: &State, progress: &Progress) {
     let frontier = frontier_pos(progress);
-    let marks: Vec<_> = lanes
-        .iter()
-        .map(|l| (l.name.clone(), l.watermark(frontier)))
-        .collect();
+    let marks: Vec<_> = lanes.iter().map(|l| (l.name.clone(), l.mark(frontier))).collect();
     if let Err(e) = state.save_watermarks(&marks).await {
         tracing::warn!(error = %e, "cannot save lane watermarks");
     }
 }
 
-/// Persists every lane's watermark when it moved, at most every `interval`.
+/// Persists every lane's mark (its watermark, and which later events are done) when it
+/// moved, at most every `interval`.
 async fn watermarks(
     lanes: Vec<Arc<Lane>>,
     state: Arc<State>,
@@ -473,12 +471,9 @@ async fn watermarks(
             _ = tokio::time::sleep(interval) => {}
         }
         let frontier = frontier_pos(&progress);
-        let marks: Vec<_> = lanes
-            .iter()
-            .map(|l| (l.name.clone(), l.watermark(frontier)))
-            .collect();
+        let marks: Vec<_> = lanes.iter().map(|l| (l.name.clone(), l.mark(frontier))).collect();
         // What the lanes' own events say, without the stream's frontier.
-        let own: Vec<Pos> = lanes.iter().map(|l| l.watermark(Pos::ZERO)).collect();
+        let own: Vec<Mark> = lanes.iter().map(|l| l.mark(Pos::ZERO)).collect();
         if marks == last {
             continue;
         }

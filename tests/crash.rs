@@ -227,6 +227,29 @@ async fn crash_run(failure_rate: f64, extra: &str) {
     walhook.stop();
 }
 
+/// Writes 600 changes/s until `done`: 6 stock updates (round robin over `KEYS` products)
+/// every 10 ms. Returns how many it made.
+fn steady_writer(db: tokio_postgres::Client, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut counter = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !done.load(Ordering::SeqCst) {
+            tick.tick().await;
+            let mut sql = String::from("BEGIN;");
+            for _ in 0..6 {
+                counter += 1;
+                let id = counter as i64 % KEYS + 1;
+                sql.push_str(&format!(
+                    "UPDATE stock SET qty = {counter} WHERE product_id = {id};"
+                ));
+            }
+            sql.push_str("COMMIT;");
+            db.batch_execute(&sql).await.unwrap();
+        }
+        counter
+    })
+}
+
 /// A crash re-sends only the last moments' events: at a steady 600 changes/s against a
 /// healthy receiver, walhook is SIGKILLed 2 s into a run, twice (the second time 2 s
 /// after its restart). What was delivered before each kill is re-sent only back to the
@@ -256,29 +279,8 @@ async fn a_crash_in_steady_flow_re_sends_only_the_last_moments() {
     rx.wait_unique(Duration::from_secs(30), "the seed rows", KEYS as usize)
         .await;
 
-    // 6 updates every 10 ms.
     let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut counter = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            while !done.load(Ordering::SeqCst) {
-                tick.tick().await;
-                let mut sql = String::from("BEGIN;");
-                for _ in 0..6 {
-                    counter += 1;
-                    let id = counter as i64 % KEYS + 1;
-                    sql.push_str(&format!(
-                        "UPDATE stock SET qty = {counter} WHERE product_id = {id};"
-                    ));
-                }
-                sql.push_str("COMMIT;");
-                db.batch_execute(&sql).await.unwrap();
-            }
-            counter
-        })
-    };
+    let writer = steady_writer(db, done.clone());
     let mut before_kills = Vec::new();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -303,6 +305,92 @@ async fn a_crash_in_steady_flow_re_sends_only_the_last_moments() {
         duplicates <= bound,
         "{duplicates} events were delivered twice after two crashes in steady flow; about {} is expected",
         (2.0 * RATE * 0.25) as usize
+    );
+    walhook.stop();
+}
+
+/// One slow answer does not make a crash re-send everything after it: the receiver takes
+/// 5 s over its first request (a cold start), while the other keys' events flow at a
+/// steady 600 changes/s and are answered at once. walhook is SIGKILLed 2 s after the flow
+/// began, with that request still unanswered. The slot's confirmed LSN stays before the
+/// slow event, as it must; but the lane's saved mark knows which later events were
+/// delivered, so the restart sends the slow one again, and its key's events queued behind
+/// it, and re-sends only about `watermark_interval` of the others (before: the whole 2 s,
+/// ~1,100 events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_one_answer_is_slow_re_sends_only_the_last_moments() {
+    one_event_held(|rx| rx.delay_next_once(Duration::from_secs(5)), |_| {}).await;
+}
+
+/// The same with an event waiting for its retry: the receiver answers 500 to every event
+/// of one product until the kill, so its first event waits 5 s (the first delay of the
+/// default schedule) while the other products' events flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_one_event_waits_for_its_retry_re_sends_only_the_last_moments() {
+    one_event_held(|rx| rx.set_poison(2), |rx| rx.set_poison(0)).await;
+}
+
+/// Runs the steady flow with `hold` making the receiver hold back the first event, kills
+/// walhook 2 s in, calls `release`, restarts and counts the events delivered twice.
+async fn one_event_held(hold: impl FnOnce(&Receiver), release: impl FnOnce(&Receiver)) {
+    const RATE: f64 = 600.0;
+    let schema = PIM_SQL.split("INSERT INTO").next().unwrap();
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", schema).await;
+    let db = pg.client("shop").await;
+    // The rows exist before walhook first starts (its slot begins after them): the first
+    // request walhook makes is the flow's first event, of product 2.
+    let mut seed = String::from("BEGIN;");
+    for id in 1..=KEYS {
+        seed.push_str(&format!(
+            "INSERT INTO products (id, sku, title) VALUES ({id}, 'SKU-{id}', 't0');
+             INSERT INTO stock (product_id, warehouse, qty) VALUES ({id}, 'berlin', 0);"
+        ));
+    }
+    seed.push_str("COMMIT;");
+    db.batch_execute(&seed).await.unwrap();
+    let rx = Receiver::start().await;
+    hold(&rx);
+    let mut walhook = Walhook::start(&format!(
+        "[source]\nurl = \"{url}\"\n[[events]]\ntable = \"stock\"\n{}",
+        subscriber("shop", &rx.url(), "\"*\"", "")
+    ));
+    walhook.wait_ready().await;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = steady_writer(db, done.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    walhook.sigkill();
+    let before: std::collections::HashSet<String> = rx.delivered().into_iter().map(|r| r.id).collect();
+    assert!(
+        rx.arrivals().iter().any(|a| !before.contains(&a.id)),
+        "an event was held back at the kill"
+    );
+    release(&rx);
+    walhook.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::SeqCst);
+    let changes = writer.await.unwrap() as usize;
+    let got = rx
+        .wait_unique(Duration::from_secs(60), "every change", changes)
+        .await;
+    let duplicates = got.len() - changes;
+    // 250 ms of events, with 500 ms of slack for a loaded machine.
+    let bound = (RATE * 0.75) as usize;
+    println!(
+        "delivered before the kill: {}; duplicates after the kill at {RATE}/s: {duplicates} (bound {bound})",
+        before.len()
+    );
+    assert!(
+        before.len() > 2 * bound,
+        "too few events ({}) went out before the kill to tell",
+        before.len()
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} of the {} events delivered before the crash were delivered again; about {} is expected",
+        before.len(),
+        (RATE * 0.25) as usize
     );
     walhook.stop();
 }

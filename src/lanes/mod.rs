@@ -33,8 +33,11 @@
 //!
 //! **Progress**: an event is *pending* from the moment the pipeline hands it over until
 //! it is delivered, dead-lettered, or durably written to the spill log. The lowest
-//! pending position bounds both the LSN confirmed to the source (see `pipeline`) and the
-//! lane's watermark, below which replayed events are skipped after a restart.
+//! pending position bounds the LSN confirmed to the source (see `pipeline`). The lane's
+//! saved mark (`Mark`) holds that position too, and beyond it which events are still
+//! pending (up to `MARK_PENDING_MAX`): after a restart, replayed events are skipped when
+//! the mark says they were done, so one slow or retried event does not make every event
+//! delivered after it go out again.
 
 pub mod deliver;
 pub mod format;
@@ -57,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EventOrder, Subscriber};
-use crate::event::{Event, EventRef, Pos};
+use crate::event::{Event, EventRef, Mark, Pos};
 use crate::metrics::LaneMetrics;
 use crate::pipeline::Progress;
 use crate::state::{AttemptLog, SpillOutcome, SpillRow, State};
@@ -87,6 +90,10 @@ const OUTAGE_AFTER: u32 = 10;
 const IDLE_WORKER_CHECK: Duration = Duration::from_secs(1);
 /// Backoff between attempts to reach the state database.
 const STATE_RETRY: Duration = Duration::from_millis(500);
+/// Pending events a lane's saved mark lists at most (16 bytes each in `walhook.lanes`);
+/// past them, the mark's high end comes down to the first one left out, and a restart
+/// re-sends what was delivered after it.
+pub const MARK_PENDING_MAX: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -139,6 +146,9 @@ struct Inner {
     mode: Mode,
     /// Events below this position were already accepted (or done before a restart).
     next_expected: Pos,
+    /// The mark the lane started from: replayed events it says were done are skipped.
+    /// Only its part at or after `next_expected` still matters.
+    restored: Mark,
     /// Accepted events not yet delivered, dead or durably spilled, with arrival time.
     pending: BTreeMap<Pos, Instant>,
     /// Per-key FIFOs: the hot queues, and in spill mode the events parked behind a key's
@@ -443,10 +453,11 @@ enum Enqueued {
 }
 
 impl Inner {
-    fn new(mode: Mode, watermark: Pos) -> Inner {
+    fn new(mode: Mode, mark: Mark) -> Inner {
         Inner {
             mode,
-            next_expected: watermark,
+            next_expected: mark.low,
+            restored: mark,
             pending: BTreeMap::new(),
             queues: HashMap::new(),
             ready: VecDeque::new(),
@@ -458,6 +469,45 @@ impl Inner {
             mirror: Mirror::default(),
             unexploded: None,
         }
+    }
+
+    /// Whether a replayed event is to be skipped: accepted already, or done before the
+    /// restart. Passing a done one moves `next_expected` past it, as accepting it would.
+    fn skips(&mut self, pos: Pos) -> bool {
+        if pos < self.next_expected {
+            return true;
+        }
+        if !self.restored.done(pos) {
+            return false;
+        }
+        self.next_expected = pos.next();
+        if self.next_expected >= self.restored.high {
+            self.restored = Mark::default();
+        }
+        true
+    }
+
+    /// What the lane has done (see `Mark`), with `frontier` the pipeline's: every
+    /// transaction before it was handed over. Events accepted and not done are pending;
+    /// so are those the restored mark listed that the replay has not reached yet.
+    fn mark(&self, frontier: Pos) -> Mark {
+        let high = self.next_expected.max(frontier).max(self.restored.high);
+        // Accepted events are all before `next_expected`, the restored ones not yet
+        // reached at or after it: in order.
+        let pending = self
+            .pending
+            .keys()
+            .copied()
+            .chain(
+                self.restored
+                    .pending
+                    .iter()
+                    .copied()
+                    .filter(|p| *p >= self.next_expected),
+            )
+            .take(MARK_PENDING_MAX + 1)
+            .collect();
+        Mark::bounded(pending, high, MARK_PENDING_MAX)
     }
 
     /// Queues an accepted event by mode: in hot and draining mode under each of its keys;
@@ -618,7 +668,8 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// A lane starting after `watermark`; it starts in spill mode when its log has rows.
+    /// A lane starting from `mark` (what it had done before a restart); it starts in spill
+    /// mode when its log has rows.
     /// `index` is the subscriber's place in the config; `database` names the source.
     pub fn new(
         cfg: &Subscriber,
@@ -626,7 +677,7 @@ impl Lane {
         database: &str,
         state: Arc<State>,
         progress: Arc<Progress>,
-        watermark: Pos,
+        mark: Mark,
         spilled: bool,
     ) -> Result<Arc<Lane>, String> {
         let target = Target::new(cfg, index, database)?;
@@ -636,10 +687,7 @@ impl Lane {
             target,
             state,
             progress,
-            inner: Mutex::new(Inner::new(
-                if spilled { Mode::Spill } else { Mode::Hot },
-                watermark,
-            )),
+            inner: Mutex::new(Inner::new(if spilled { Mode::Spill } else { Mode::Hot }, mark)),
             wake_workers: Notify::new(),
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
@@ -680,9 +728,9 @@ impl Lane {
         tracker.spawn(fenced(fence, self.clone().spill_server(cancel.clone())));
     }
 
-    /// Hands an event to the lane. Events below what the lane already accepted (a replay
-    /// after reconnect or restart) are skipped. Returns false when cancelled before the
-    /// event was taken.
+    /// Hands an event to the lane. Events it already accepted (a replay after a
+    /// reconnect), or that its mark says were done before a restart, are skipped. Returns
+    /// false when cancelled before the event was taken.
     ///
     /// When `max_buffered` events already wait in memory, the reader waits for room
     /// (backpressure) only while the lane is healthy, the reader lags its source by less
@@ -712,8 +760,8 @@ impl Lane {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
             let hold = {
-                let inner = self.lock();
-                if event.pos < inner.next_expected {
+                let mut inner = self.lock();
+                if inner.skips(event.pos) {
                     return true;
                 }
                 let full = inner.pending.len() >= self.cfg.max_buffered;
@@ -800,14 +848,10 @@ impl Lane {
         self.lock().pending.keys().next().copied()
     }
 
-    /// Everything of this lane before the returned position is done. `frontier` is the
-    /// pipeline's: every transaction before it was fully handed over.
-    pub fn watermark(&self, frontier: Pos) -> Pos {
-        let inner = self.lock();
-        match inner.pending.keys().next() {
-            Some(p) => *p,
-            None => inner.next_expected.max(frontier),
-        }
+    /// What this lane has done, to be saved (see `Mark`). `frontier` is the pipeline's:
+    /// every transaction before it was fully handed over.
+    pub fn mark(&self, frontier: Pos) -> Mark {
+        self.lock().mark(frontier)
     }
 
     pub fn mode(&self) -> Mode {

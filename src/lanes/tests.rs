@@ -1,7 +1,7 @@
 //! The lane's per-key decisions without I/O: which event may go next in memory, what
 //! follows an in-flight delivery into the write buffer, and which spilled event a chunk
 //! server attempts next, for events under one key and under two (a row whose key
-//! changed).
+//! changed); and what its saved mark says, and skips after a restart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ fn ev(n: u64, key: &str, prev: Option<&str>) -> EventRef {
 }
 
 fn hot(events: &[&EventRef]) -> Inner {
-    let mut inner = Inner::new(Mode::Hot, Pos::ZERO);
+    let mut inner = Inner::new(Mode::Hot, Mark::default());
     for e in events {
         inner.pending.insert(e.pos, Instant::now());
         inner.enqueue((*e).clone());
@@ -189,4 +189,108 @@ fn after_a_restart_of_serving_a_key_change_is_found_from_either_key() {
     m.rebuild_ready();
     assert_eq!(m.next_ready().map(|(e, _)| e.pos.seq), Some(2));
     assert!(m.next_ready().is_none());
+}
+
+/// Accepts `e` as `Lane::accept` does (position bookkeeping and queues).
+fn take_in(inner: &mut Inner, e: &EventRef) {
+    assert!(!inner.skips(e.pos), "{} was skipped", e.pos);
+    inner.next_expected = e.pos.next();
+    inner.pending.insert(e.pos, Instant::now());
+    inner.enqueue(e.clone());
+}
+
+/// The event at `n` is done (as `finish_hot` does for a delivery).
+fn done(inner: &mut Inner, n: u64) {
+    inner.pending.remove(&Pos { lsn: 100, seq: n });
+}
+
+fn at(n: u64) -> Pos {
+    Pos { lsn: 100, seq: n }
+}
+
+#[test]
+fn a_slow_event_holds_the_marks_low_end_but_not_what_is_known_done() {
+    let mut inner = Inner::new(Mode::Hot, Mark::default());
+    let events: Vec<EventRef> = (0..10).map(|n| ev(n, &format!("k{}", n % 5), None)).collect();
+    for e in &events {
+        take_in(&mut inner, e);
+    }
+    // Event 2 is slow; 7, behind it under k2, waits. Everything else was delivered.
+    for n in [0, 1, 3, 4, 5, 6, 8, 9] {
+        done(&mut inner, n);
+    }
+    let mark = inner.mark(Pos::ZERO);
+    assert_eq!(
+        mark.low,
+        at(2),
+        "nothing at or after a pending event is claimed done below it"
+    );
+    assert_eq!(mark.high, at(10));
+    assert_eq!(mark.pending, vec![at(2), at(7)]);
+    // The stream's frontier moves the high end on.
+    assert_eq!(
+        inner.mark(Pos { lsn: 200, seq: 0 }).high,
+        Pos { lsn: 200, seq: 0 }
+    );
+    // Nothing pending: the mark is the position reached, as a watermark.
+    done(&mut inner, 2);
+    done(&mut inner, 7);
+    assert_eq!(inner.mark(Pos::ZERO), Mark::at(at(10)));
+}
+
+#[test]
+fn after_a_restart_only_events_the_mark_lists_or_never_reached_are_taken_again() {
+    let mark = Mark {
+        low: at(2),
+        high: at(10),
+        pending: vec![at(2), at(7)],
+    };
+    let mut inner = Inner::new(Mode::Hot, mark.clone());
+    // Before the replay reaches them, the listed events are still pending in the mark.
+    assert_eq!(inner.mark(Pos::ZERO), mark);
+    // The replay starts at the slot's confirmed LSN, at or before the low end.
+    let events: Vec<EventRef> = (0..12).map(|n| ev(n, &format!("k{}", n % 5), None)).collect();
+    let mut taken = Vec::new();
+    for e in &events {
+        if !inner.skips(e.pos) {
+            take_in(&mut inner, e);
+            taken.push(e.pos.seq);
+        }
+    }
+    assert_eq!(taken, vec![2, 7, 10, 11]);
+    // Half-way through the replay, the mark still holds what the earlier one said.
+    let mut inner = Inner::new(Mode::Hot, mark.clone());
+    for e in &events[..5] {
+        if !inner.skips(e.pos) {
+            take_in(&mut inner, e);
+        }
+    }
+    assert_eq!(inner.mark(Pos::ZERO), mark, "2 taken again, 7 not reached yet");
+    done(&mut inner, 2);
+    let now = inner.mark(Pos::ZERO);
+    assert_eq!((now.low, now.high, now.pending), (at(7), at(10), vec![at(7)]));
+    // A replay that passes a listed event without bringing it (its rule is gone) lets
+    // it go: only events the lane takes are pending.
+    let mut inner = Inner::new(Mode::Hot, mark);
+    take_in(&mut inner, &events[2]);
+    assert!(inner.skips(at(8)));
+    assert_eq!(inner.mark(Pos::ZERO).pending, vec![at(2)]);
+    // A reconnect replays what was taken: skipped, pending or not.
+    assert!(inner.skips(at(2)));
+}
+
+#[test]
+fn a_mark_lists_at_most_its_bound_of_pending_events() {
+    let mut inner = Inner::new(Mode::Hot, Mark::default());
+    let n = MARK_PENDING_MAX as u64 + 500;
+    for i in 0..n {
+        take_in(&mut inner, &ev(i, "k", None));
+    }
+    done(&mut inner, 0);
+    let mark = inner.mark(Pos::ZERO);
+    assert_eq!(mark.pending.len(), MARK_PENDING_MAX);
+    assert_eq!(mark.low, at(1));
+    // The first one left out bounds what the mark claims.
+    assert_eq!(mark.high, at(MARK_PENDING_MAX as u64 + 1));
+    assert!((1..n).all(|i| !mark.done(at(i))));
 }

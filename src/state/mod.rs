@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::RwLock;
 use tokio_postgres::Client;
 
-use crate::event::{Event, Pos};
+use crate::event::{Event, Mark, Pos};
 use crate::pg::PgError;
 
 pub mod deliveries;
@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/004_leases.sql"),
     include_str!("../../sql/005_attempt_history.sql"),
     include_str!("../../sql/006_prev_keys.sql"),
+    include_str!("../../sql/007_lane_marks.sql"),
 ];
 
 /// A state database error. Each keeps PostgreSQL's message, SQLSTATE and detail (see
@@ -154,49 +155,67 @@ impl State {
         }
     }
 
-    pub async fn load_watermarks(&self) -> Result<HashMap<String, Pos>, StateError> {
+    /// Every lane's saved mark (see `Mark`), by subscriber.
+    pub async fn load_watermarks(&self) -> Result<HashMap<String, Mark>, StateError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT subscriber, watermark_lsn, watermark_seq FROM walhook.lanes WHERE slot = $1",
+                "SELECT subscriber, watermark_lsn, watermark_seq, high_lsn, high_seq, pending
+                 FROM walhook.lanes WHERE slot = $1",
                 &[&self.slot],
             )
             .await?;
         Ok(rows
             .iter()
             .map(|r| {
-                let lsn: i64 = r.get(1);
-                let seq: i64 = r.get(2);
-                (
-                    r.get::<_, String>(0),
-                    Pos {
-                        lsn: lsn as u64,
-                        seq: seq as u64,
-                    },
-                )
+                let pos = |lsn: i64, seq: i64| Pos {
+                    lsn: lsn as u64,
+                    seq: seq as u64,
+                };
+                let low = pos(r.get(1), r.get(2));
+                let high = match (r.get::<_, Option<i64>>(3), r.get::<_, Option<i64>>(4)) {
+                    (Some(lsn), Some(seq)) => Some(pos(lsn, seq)),
+                    _ => None,
+                };
+                let mark = high
+                    .and_then(|high| {
+                        let pending = decode_positions(r.get::<_, Option<&[u8]>>(5).unwrap_or_default())?;
+                        mark_from_parts(low, high, pending)
+                    })
+                    // Nothing (or nothing readable) past the watermark: it alone.
+                    .unwrap_or_else(|| Mark::at(low));
+                (r.get::<_, String>(0), mark)
             })
             .collect())
     }
 
-    /// Upserts every lane's watermark in one statement.
-    pub async fn save_watermarks(&self, marks: &[(String, Pos)]) -> Result<(), StateError> {
+    /// Upserts every lane's mark in one statement. A row only moves forward (its
+    /// watermark, then its high end), so a late write of an older mark changes nothing.
+    pub async fn save_watermarks(&self, marks: &[(String, Mark)]) -> Result<(), StateError> {
         if marks.is_empty() {
             return Ok(());
         }
         let subs: Vec<&str> = marks.iter().map(|(s, _)| s.as_str()).collect();
-        let lsns: Vec<i64> = marks.iter().map(|(_, p)| p.lsn as i64).collect();
-        let seqs: Vec<i64> = marks.iter().map(|(_, p)| p.seq as i64).collect();
+        let lsns: Vec<i64> = marks.iter().map(|(_, m)| m.low.lsn as i64).collect();
+        let seqs: Vec<i64> = marks.iter().map(|(_, m)| m.low.seq as i64).collect();
+        let high_lsns: Vec<i64> = marks.iter().map(|(_, m)| m.high.lsn as i64).collect();
+        let high_seqs: Vec<i64> = marks.iter().map(|(_, m)| m.high.seq as i64).collect();
+        let pending: Vec<Vec<u8>> = marks.iter().map(|(_, m)| encode_positions(&m.pending)).collect();
         self.client()
             .await?
             .execute(
-                "INSERT INTO walhook.lanes (slot, subscriber, watermark_lsn, watermark_seq)
-                 SELECT $1, s, l, q FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS u(s, l, q)
+                "INSERT INTO walhook.lanes AS l (slot, subscriber, watermark_lsn, watermark_seq, high_lsn, high_seq, pending)
+                 SELECT $1, s, wl, ws, hl, hs, p
+                 FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bytea[])
+                   AS u(s, wl, ws, hl, hs, p)
                  ON CONFLICT (slot, subscriber) DO UPDATE
                  SET watermark_lsn = EXCLUDED.watermark_lsn, watermark_seq = EXCLUDED.watermark_seq,
+                     high_lsn = EXCLUDED.high_lsn, high_seq = EXCLUDED.high_seq, pending = EXCLUDED.pending,
                      updated_at = now()
-                 WHERE (walhook.lanes.watermark_lsn, walhook.lanes.watermark_seq)
-                     < (EXCLUDED.watermark_lsn, EXCLUDED.watermark_seq)",
-                &[&self.slot, &subs, &lsns, &seqs],
+                 WHERE (l.watermark_lsn, l.watermark_seq,
+                        coalesce(l.high_lsn, l.watermark_lsn), coalesce(l.high_seq, l.watermark_seq))
+                     < (EXCLUDED.watermark_lsn, EXCLUDED.watermark_seq, EXCLUDED.high_lsn, EXCLUDED.high_seq)",
+                &[&self.slot, &subs, &lsns, &seqs, &high_lsns, &high_seqs, &pending],
             )
             .await?;
         Ok(())
@@ -606,6 +625,46 @@ async fn open(url: &str) -> Result<Client, StateError> {
         .map_err(|e| StateError::Connect(PgError(e)))
 }
 
+/// Positions as stored in `walhook.lanes.pending`: 16 bytes each, LSN then sequence,
+/// big-endian.
+fn encode_positions(positions: &[Pos]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(positions.len() * 16);
+    for p in positions {
+        out.extend_from_slice(&p.lsn.to_be_bytes());
+        out.extend_from_slice(&p.seq.to_be_bytes());
+    }
+    out
+}
+
+/// Reads `encode_positions`' bytes back; None when they are not whole positions.
+fn decode_positions(bytes: &[u8]) -> Option<Vec<Pos>> {
+    if bytes.len() % 16 != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let (lsn, seq) = c.split_at(8);
+                Pos {
+                    lsn: u64::from_be_bytes(lsn.try_into().unwrap_or_default()),
+                    seq: u64::from_be_bytes(seq.try_into().unwrap_or_default()),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// A saved mark from its parts, when they make one: the pending events ascending, each in
+/// `[low, high)`, `low` the first of them (or `high` when there are none). Anything else
+/// (a row written by hand, or damaged) is not trusted past the watermark.
+fn mark_from_parts(low: Pos, high: Pos, pending: Vec<Pos>) -> Option<Mark> {
+    let ascending = pending.windows(2).all(|w| w[0] < w[1]);
+    let inside = pending.iter().all(|p| low <= *p && *p < high);
+    let starts = pending.first().map_or(low == high, |first| *first == low);
+    (ascending && inside && starts).then_some(Mark { low, high, pending })
+}
+
 /// Creates the schema and applies the migrations it lacks. The server's notices about
 /// what already exists (`schema "walhook" already exists, skipping`, on every start but
 /// the first) are not asked for: they are expected, and would be logged at info.
@@ -643,4 +702,44 @@ async fn migrate(client: &Client) -> Result<(), StateError> {
         .batch_execute("SELECT pg_advisory_unlock(7262917370); RESET client_min_messages;")
         .await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_pending_positions_read_back_and_bad_ones_are_not_trusted() {
+        let p = |lsn, seq| Pos { lsn, seq };
+        let list = vec![p(10, 0), p(10, 1 << 16), p(u64::MAX, u64::MAX - 1)];
+        let bytes = encode_positions(&list);
+        assert_eq!(bytes.len(), 48);
+        assert_eq!(decode_positions(&bytes), Some(list));
+        assert_eq!(decode_positions(&[]), Some(Vec::new()));
+        assert_eq!(decode_positions(&bytes[..47]), None);
+
+        let good = Mark {
+            low: p(10, 0),
+            high: p(20, 0),
+            pending: vec![p(10, 0), p(12, 0)],
+        };
+        assert_eq!(
+            mark_from_parts(good.low, good.high, good.pending.clone()),
+            Some(good)
+        );
+        assert_eq!(
+            mark_from_parts(p(20, 0), p(20, 0), vec![]),
+            Some(Mark::at(p(20, 0)))
+        );
+        // Out of order, outside [low, high), or not starting at low: only the watermark.
+        for (low, high, pending) in [
+            (p(10, 0), p(20, 0), vec![p(12, 0), p(10, 0)]),
+            (p(10, 0), p(20, 0), vec![p(10, 0), p(20, 0)]),
+            (p(10, 0), p(20, 0), vec![p(11, 0)]),
+            (p(10, 0), p(20, 0), vec![]),
+            (p(20, 0), p(10, 0), vec![]),
+        ] {
+            assert_eq!(mark_from_parts(low, high, pending), None);
+        }
+    }
 }

@@ -64,6 +64,9 @@ struct Inner {
     arrivals: Mutex<Vec<Arrival>>,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// The next request waits this long before its answer (once), like a receiver's
+    /// first request after a cold start; 0 for none.
+    once_delay_ms: AtomicU64,
     /// Out of 1000 requests, how many get a 500 (on top of `status`).
     fail_per_mille: AtomicU64,
     /// Events of this `product_id` (in `data.key`) get a 500; 0 for none.
@@ -88,6 +91,7 @@ impl Receiver {
             arrivals: Mutex::new(Vec::new()),
             status: AtomicU16::new(204),
             delay_ms: AtomicU64::new(0),
+            once_delay_ms: AtomicU64::new(0),
             fail_per_mille: AtomicU64::new(0),
             poison: AtomicI64::new(0),
             tagger: Mutex::new(None),
@@ -133,6 +137,15 @@ impl Receiver {
     pub fn set_delay(&self, delay: Duration) {
         self.inner
             .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next request (only that one) is answered `delay` after it arrived, as a
+    /// receiver answers its first request after a cold start (a JIT, a connection pool,
+    /// a serverless function starting).
+    pub fn delay_next_once(&self, delay: Duration) {
+        self.inner
+            .once_delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
@@ -231,7 +244,7 @@ async fn handle(
             .to_string(),
         tag: tag.clone(),
     });
-    let delay = inner.delay_ms.load(Ordering::SeqCst);
+    let delay = inner.delay_ms.load(Ordering::SeqCst) + inner.once_delay_ms.swap(0, Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
