@@ -59,6 +59,13 @@ use retry::{DeadWhy, Verdict};
 
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
+/// Bytes of bodies written to the spill log in one statement at most (a larger body is
+/// written alone): PostgreSQL takes at most 1 GB in one message and in one array value,
+/// and the driver builds the statement in memory, twice, while it is sent.
+const SPILL_BATCH_BYTES: usize = 64 << 20;
+/// Bytes of bodies a chunk-mode lane holds in memory at most (beside `max_buffered`); past
+/// them, written chunks wait in the log and are loaded when there is room again.
+const MIRROR_BYTES: usize = 64 << 20;
 /// Spilled events fetched and attempted per round (each the oldest of its key).
 const SPILL_ROUND: usize = 1_000;
 /// How often a lane checks the age of its oldest event, and the longest a task sleeps
@@ -180,6 +187,8 @@ struct Mirror {
     /// A chunk was written that is not in memory yet.
     behind: bool,
     events: usize,
+    /// Bytes of the bodies of `events`.
+    bytes: usize,
     /// Chunks all delivered whose delete has not committed yet, with their positions (so
     /// a switch to rows meanwhile still leaves them out).
     done: BTreeMap<i64, Vec<Pos>>,
@@ -202,6 +211,7 @@ impl Mirror {
         self.open.insert(chunk, (events.len(), Vec::new()));
         self.loaded = chunk;
         self.events += events.len();
+        self.bytes += events.iter().map(|(e, ..)| e.body.len()).sum::<usize>();
         for (event, attempts, not_before) in events {
             let key = event.key.clone();
             let q = self.keys.entry(key.clone()).or_default();
@@ -275,6 +285,7 @@ impl Mirror {
             self.ready.push_back(key.to_string());
         }
         self.events -= 1;
+        self.bytes -= held.event.body.len();
         let open = self.open.get_mut(&held.chunk)?;
         open.0 -= 1;
         open.1.push(held.event.pos);
@@ -814,10 +825,16 @@ impl Lane {
             let batch: Vec<(EventRef, i32, Duration, Vec<AttemptLog>)> = {
                 let mut inner = self.lock();
                 inner.writing = !inner.spill_buf.is_empty();
+                let mut bytes = 0;
                 inner
                     .spill_buf
                     .iter()
                     .take(SPILL_BATCH)
+                    .take_while(|b| {
+                        let fits = bytes == 0 || bytes + b.event.body.len() <= SPILL_BATCH_BYTES;
+                        bytes += b.event.body.len();
+                        fits
+                    })
                     .map(|b| (b.event.clone(), b.attempts, b.retry_after, b.history.clone()))
                     .collect()
             };
@@ -862,8 +879,15 @@ impl Lane {
                     if let Some(chunk) = chunk {
                         // Served from memory while there is room and no older chunk
                         // waits in the log; loaded from the log later otherwise.
+                        let stopped = self.is_stopped();
                         let m = &mut inner.mirror;
-                        if !m.behind && m.size() < self.cfg.max_buffered {
+                        let bytes: usize = batch.iter().map(|(e, ..)| e.body.len()).sum();
+                        // A stopped subscriber's events wait in the log, not in memory.
+                        if !m.behind
+                            && !stopped
+                            && m.size() < self.cfg.max_buffered
+                            && (m.bytes == 0 || m.bytes + bytes <= MIRROR_BYTES)
+                        {
                             // A wait begun in hot mode (a Retry-After) is kept.
                             let now = Instant::now();
                             let held = batch
@@ -1167,7 +1191,7 @@ impl Lane {
                 let m = &mut inner.mirror;
                 let now = Instant::now();
                 let next_due = m.promote(now);
-                let full = m.behind && m.size() >= self.cfg.max_buffered;
+                let full = m.behind && (m.size() >= self.cfg.max_buffered || m.bytes >= MIRROR_BYTES);
                 if chunked
                     && full
                     && m.outage.is_none()
@@ -1362,7 +1386,11 @@ impl Lane {
         let m = &inner.mirror;
         if !inner.chunked {
             Some(true)
-        } else if !m.behind || m.size() >= self.cfg.max_buffered {
+        } else if !m.behind
+            || m.size() >= self.cfg.max_buffered
+            || m.bytes >= MIRROR_BYTES
+            || self.is_stopped()
+        {
             Some(false)
         } else {
             None

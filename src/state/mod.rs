@@ -106,6 +106,16 @@ pub struct State {
 const ANALYZE_AFTER_ROWS: u64 = 5_000;
 const ANALYZE_AFTER_ROWS_MAX: u64 = 1_000_000;
 
+/// Bodies of more than this many bytes in one statement are written on a connection of
+/// their own, closed after it, and reading more than this renews the shared connection:
+/// the driver keeps its buffers as large as the largest message it ever moved (the
+/// statement is encoded into one, then copied into another to be sent), for as long as
+/// its connection lives.
+const LARGE_IO: usize = 16 << 20;
+
+/// Bodies read in one round of `due_heads` at most (one larger head is read alone).
+pub const ROUND_BYTES: i64 = 64 << 20;
+
 impl State {
     /// Connects, creates the schema and runs migrations.
     pub async fn connect(url: &str, slot: &str) -> Result<State, StateError> {
@@ -132,6 +142,30 @@ impl State {
             tracing::info!("reconnected to the state database");
         }
         Ok(w.clone())
+    }
+
+    /// The shared connection, or for a statement carrying `bytes` bytes of bodies past
+    /// `LARGE_IO`, a connection of its own, closed when the statement is done.
+    async fn client_for(&self, bytes: usize) -> Result<Arc<Client>, StateError> {
+        if bytes > LARGE_IO {
+            return Ok(Arc::new(open(&self.url).await?));
+        }
+        self.client().await
+    }
+
+    /// After `client` read `bytes` bytes of bodies: past `LARGE_IO`, the shared connection
+    /// is replaced by a new one (the old one closes once its last user is done with it).
+    async fn after_read(&self, client: &Arc<Client>, bytes: usize) {
+        if bytes <= LARGE_IO {
+            return;
+        }
+        let mut shared = self.client.write().await;
+        if Arc::ptr_eq(&shared, client) {
+            match open(&self.url).await {
+                Ok(c) => *shared = Arc::new(c),
+                Err(e) => tracing::debug!(error = %e, "cannot renew the state connection after a large read"),
+            }
+        }
     }
 
     /// True when the state database answers.
@@ -205,7 +239,7 @@ impl State {
         let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
         let delays: Vec<i64> = events.iter().map(|e| e.retry_after.as_millis() as i64).collect();
         let histories: Vec<String> = events.iter().map(|e| history_json(e.history)).collect();
-        self.client()
+        self.client_for(bodies.iter().map(|b| b.len()).sum())
             .await?
             .execute(
                 "INSERT INTO walhook.spill
@@ -256,25 +290,29 @@ impl State {
     }
 
     /// Up to `limit` spilled events that are due now and are the oldest of their key, in
-    /// position order.
+    /// position order, with at most `ROUND_BYTES` of bodies (but at least one event).
     pub async fn due_heads(&self, subscriber: &str, limit: i64) -> Result<Vec<Spilled>, StateError> {
-        let rows = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        let rows = client
             .query(
-                "SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts
-                 FROM walhook.spill s
-                 WHERE s.slot = $1 AND s.subscriber = $2 AND s.next_attempt_at <= now()
-                   AND (s.lsn, s.seq) = (
-                     SELECT p.lsn, p.seq FROM walhook.spill p
-                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.ordering_key
-                     ORDER BY p.lsn, p.seq LIMIT 1)
-                 ORDER BY s.lsn, s.seq
-                 LIMIT $3",
-                &[&self.slot, &subscriber, &limit],
+                "SELECT lsn, seq, event_id, event_type, ordering_key, body, attempts FROM (
+                   SELECT h.*, sum(octet_length(h.body)) OVER (ORDER BY h.lsn, h.seq) - octet_length(h.body) AS before
+                   FROM (
+                     SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts
+                     FROM walhook.spill s
+                     WHERE s.slot = $1 AND s.subscriber = $2 AND s.next_attempt_at <= now()
+                       AND (s.lsn, s.seq) = (
+                         SELECT p.lsn, p.seq FROM walhook.spill p
+                         WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.ordering_key
+                         ORDER BY p.lsn, p.seq LIMIT 1)
+                     ORDER BY s.lsn, s.seq
+                     LIMIT $3) h) w
+                 WHERE before < $4
+                 ORDER BY lsn, seq",
+                &[&self.slot, &subscriber, &limit, &ROUND_BYTES],
             )
             .await?;
-        Ok(rows
+        let heads: Vec<Spilled> = rows
             .iter()
             .map(|r| Spilled {
                 pos: Pos {
@@ -287,7 +325,11 @@ impl State {
                 body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)),
                 attempts: r.get(6),
             })
-            .collect())
+            .collect();
+        drop(rows);
+        self.after_read(&client, heads.iter().map(|h| h.body.len()).sum())
+            .await;
+        Ok(heads)
     }
 
     /// Whether a lane's spill log has rows or chunks, and the time until the earliest is
@@ -320,7 +362,7 @@ impl State {
         let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
         let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
         let row = self
-            .client()
+            .client_for(bodies.iter().map(|b| b.len()).sum())
             .await?
             .query_one(
                 "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies)
@@ -346,9 +388,8 @@ impl State {
         subscriber: &str,
         after: i64,
     ) -> Result<Option<(i64, Vec<Event>)>, StateError> {
-        let rows = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        let rows = client
             .query(
                 "SELECT chunk, lsns, seqs, ids, types, keys, bodies FROM walhook.spill_chunks
                  WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1",
@@ -364,6 +405,9 @@ impl State {
         let types: Vec<String> = r.get(4);
         let keys: Vec<String> = r.get(5);
         let bodies: Vec<Vec<u8>> = r.get(6);
+        let chunk = r.get(0);
+        drop(rows);
+        self.after_read(&client, bodies.iter().map(Vec::len).sum()).await;
         let events = lsns
             .into_iter()
             .zip(seqs)
@@ -382,7 +426,7 @@ impl State {
                 body: bytes::Bytes::from(body),
             })
             .collect();
-        Ok(Some((r.get(0), events)))
+        Ok(Some((chunk, events)))
     }
 
     /// Deletes chunks whose events are all delivered.
@@ -523,7 +567,7 @@ impl State {
         reason: &str,
         history: &[AttemptLog],
     ) -> Result<(), StateError> {
-        self.client()
+        self.client_for(event.body.len())
             .await?
             .execute(
                 "INSERT INTO walhook.dead_letters
