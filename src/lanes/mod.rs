@@ -323,6 +323,21 @@ impl Mirror {
     }
 }
 
+/// How many of the first events waiting to be spilled (of these body sizes) one write
+/// takes: at most `SPILL_BATCH` events and `SPILL_BATCH_BYTES` of bodies, but always the
+/// first.
+fn spill_batch_len(bodies: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    bodies
+        .take(SPILL_BATCH)
+        .take_while(|len| {
+            let fits = bytes == 0 || bytes + len <= SPILL_BATCH_BYTES;
+            bytes += len;
+            fits
+        })
+        .count()
+}
+
 /// What an attempt of a chunk-mode event leads to.
 enum ChunkOutcome {
     /// Delivered, or waiting for its next attempt.
@@ -825,16 +840,11 @@ impl Lane {
             let batch: Vec<(EventRef, i32, Duration, Vec<AttemptLog>)> = {
                 let mut inner = self.lock();
                 inner.writing = !inner.spill_buf.is_empty();
-                let mut bytes = 0;
+                let n = spill_batch_len(inner.spill_buf.iter().map(|b| b.event.body.len()));
                 inner
                     .spill_buf
                     .iter()
-                    .take(SPILL_BATCH)
-                    .take_while(|b| {
-                        let fits = bytes == 0 || bytes + b.event.body.len() <= SPILL_BATCH_BYTES;
-                        bytes += b.event.body.len();
-                        fits
-                    })
+                    .take(n)
                     .map(|b| (b.event.clone(), b.attempts, b.retry_after, b.history.clone()))
                     .collect()
             };
@@ -1517,5 +1527,26 @@ where
             _ = fence.cancelled() => {}
             _ = task => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spill write takes up to 2,000 events and 64 MiB of bodies, and a larger body
+    /// alone: PostgreSQL refuses a statement over 1 GB (five 250 MB rows made one).
+    #[test]
+    fn spill_writes_are_bounded_in_events_and_bytes() {
+        const MIB: usize = 1 << 20;
+        let len = |sizes: &[usize]| spill_batch_len(sizes.iter().copied());
+        assert_eq!(len(&[]), 0);
+        assert_eq!(len(&[600; 5_000]), SPILL_BATCH);
+        assert_eq!(len(&[600; 10]), 10);
+        assert_eq!(len(&[250 * MIB; 5]), 1);
+        assert_eq!(len(&[1, 250 * MIB, 1]), 1);
+        assert_eq!(len(&[30 * MIB, 30 * MIB, 10 * MIB]), 2);
+        assert_eq!(len(&[32 * MIB, 32 * MIB, 1]), 2);
+        assert_eq!(len(&[2 * SPILL_BATCH_BYTES]), 1);
     }
 }
