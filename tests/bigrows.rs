@@ -21,8 +21,10 @@ const TOKEN: &str = "bigrows-admin-token-0123456789";
 /// subscriber, and on the way into the spill log (the driver builds the statement twice).
 const PEAK_DELIVERED: f64 = 3.0;
 const PEAK_SPILLED: f64 = 4.0;
-/// RSS after the row over RSS before it, per byte of the row, at most.
-const AFTER: f64 = 0.25;
+/// RSS after the row over RSS before it, per byte of the row, at most: half the row, so
+/// that one copy of it kept fails, while the 8-17 MiB that connections and lanes keep
+/// after a resume (no more for a 200 MiB row than for a 50 MiB one, bench/README.md) pass.
+const AFTER: f64 = 0.5;
 
 /// A field of /proc/PID/status in bytes.
 fn status(w: &Walhook, field: &str) -> u64 {
@@ -98,7 +100,7 @@ const SCHEMA: &str = "CREATE TABLE docs (id int PRIMARY KEY, body text, doc json
 /// A text of `n` md5 digests (32 bytes each), made by the server.
 const TEXT_ROW: &str =
     "INSERT INTO docs (id, body) SELECT $1, string_agg(md5(i::text), '') FROM generate_series(1, $2) i";
-/// A jsonb array of `n` product records (about 88 bytes of text each).
+/// A jsonb array of `n` product records (about 104 bytes of text each, with escapes).
 const JSONB_ROW: &str = "INSERT INTO docs (id, doc) SELECT $1, ('[' || string_agg(format(
       '{\"id\": %s, \"sku\": \"SKU-%s\", \"price\": %s.50, \"title\": \"%s\\t\\\"q\\\"\"}',
       i, i, i % 1000, md5(i::text)), ', ') || ']')::jsonb FROM generate_series(1, $2) i";
@@ -141,7 +143,7 @@ fn row_with_id(got: &[Received], id: i64) -> Option<&Received> {
     })
 }
 
-/// A 64 MiB text row and a 32 MiB jsonb row to a healthy subscriber: each costs at most
+/// A 64 MiB text row and a 38 MiB jsonb row to a healthy subscriber: each costs at most
 /// 3x its size at its peak (it cost 5x and 15x), arrives intact (the jsonb document as
 /// the compact JSON its tree would make), and RSS returns near where it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +174,7 @@ async fn large_rows_cost_a_bounded_multiple_of_their_size_and_are_given_back() {
 
     let idle = rss(&w);
     reset_peak(&w);
-    db.execute(JSONB_ROW, &[&2i32, &(32 * MIB as i32 / 88)])
+    db.execute(JSONB_ROW, &[&2i32, &(38 * MIB as i32 / 104)])
         .await
         .unwrap();
     let got = rx
