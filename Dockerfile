@@ -5,6 +5,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
+# Build settings: the allocator's threshold for giving large blocks back to the OS.
+COPY .cargo ./.cargo
 COPY src ./src
 COPY sql ./sql
 RUN cargo build --release --locked --bin walhook \

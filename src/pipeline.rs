@@ -431,7 +431,7 @@ impl Pipeline {
                     ReplMessage::XLogData { wal_start, wal_end, send_time, data } => {
                         self.received = self.received.max(wal_end);
                         self.clock.observe(send_time);
-                        if !self.handle(wal_start, &data, cancel).await? {
+                        if !self.handle(wal_start, data, cancel).await? {
                             conn.close().await;
                             return Ok(());
                         }
@@ -519,13 +519,15 @@ impl Pipeline {
     async fn handle(
         &mut self,
         wal_start: u64,
-        data: &[u8],
+        data: bytes::Bytes,
         cancel: &CancellationToken,
     ) -> Result<bool, SourceError> {
-        let msg = decode::parse(data).map_err(|source| SourceError::Decode {
+        let msg = decode::parse(&data).map_err(|source| SourceError::Decode {
             lsn: format_lsn(wal_start),
             source,
         })?;
+        // The message's bytes (all of a large row's) are freed before its events are made.
+        drop(data);
         match msg {
             LogicalMessage::Begin {
                 final_lsn,
@@ -819,7 +821,7 @@ impl Pipeline {
                     let v = match cell {
                         Cell::Null => ColValue::Value(serde_json::Value::Null),
                         Cell::Unchanged => ColValue::Unchanged,
-                        Cell::Text(t) => ColValue::Value(self.types.to_json(*oid, &t)),
+                        Cell::Text(t) => ColValue::Value(self.types.owned_to_json(*oid, t)),
                     };
                     (name.clone(), v)
                 })

@@ -32,6 +32,98 @@ pub fn parse(text: &str) -> Option<Value> {
     }
 }
 
+/// A `jsonb` value's text at least this long is kept as its text (see [`large_jsonb`]).
+pub const LARGE: usize = 1 << 20;
+
+/// Nesting at which serde_json gives up parsing a tree (its recursion limit).
+const TREE_DEPTH_LIMIT: usize = 128;
+
+/// A large `jsonb` value, as the server prints it, as JSON: its own text without the
+/// whitespace between tokens, held like a deep value (a `Value::Number` whose text is the
+/// array or object), in the memory of `text` itself.
+///
+/// A tree of a large document costs several times its text (a 50 MiB array of small
+/// records took 15 times its size), and serializing the tree writes exactly this text:
+/// jsonb prints keys once each, in a fixed order, numbers as plain decimals that
+/// serde_json keeps as written, and strings escaped the way serde_json escapes them
+/// (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t` and `\u00xx` for the other control
+/// characters, everything else as it is). A `json` value keeps the input's own spelling
+/// (escapes, duplicate keys), so only jsonb takes this way. Text that is not an array or
+/// object, or nests too deep for a tree, is converted as by [`parse`]; the text is given
+/// back (`Err`) when it is not JSON at all.
+pub fn large_jsonb(text: String) -> Result<Value, String> {
+    let structured = matches!(text.trim_start().as_bytes().first(), Some(b'[' | b'{'));
+    if !structured || serde_json::from_str::<&RawValue>(&text).is_err() || nests(&text, TREE_DEPTH_LIMIT) {
+        return parse(&text).ok_or(text);
+    }
+    let mut bytes = text.into_bytes();
+    compact(&mut bytes);
+    // Only ASCII whitespace was taken out, so this is still UTF-8.
+    let text = String::from_utf8(bytes).map_err(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())?;
+    Ok(Value::Number(Number::from_string_unchecked(text)))
+}
+
+/// Whether the JSON `text` nests `depth` arrays or objects deep anywhere.
+fn nests(text: &str, depth: usize) -> bool {
+    let b = text.as_bytes();
+    let mut level = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => i = string_end(b, i),
+            b'[' | b'{' => {
+                level += 1;
+                if level >= depth {
+                    return true;
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                level = level.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// The index after the JSON string that starts at `start` (its opening quote).
+fn string_end(b: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while let Some(at) = memchr::memchr2(b'"', b'\\', &b[i.min(b.len())..]) {
+        i += at;
+        if b[i] == b'"' {
+            return i + 1;
+        }
+        i += 2;
+    }
+    b.len()
+}
+
+/// Removes the whitespace between the tokens of the JSON text `b`, in place.
+fn compact(b: &mut Vec<u8>) {
+    let mut w = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let end = string_end(b, i);
+                b.copy_within(i..end, w);
+                w += end - i;
+                i = end;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            c => {
+                b[w] = c;
+                w += 1;
+                i += 1;
+            }
+        }
+    }
+    b.truncate(w);
+}
+
 /// The JSON document `text` (walhook's own body, say) as a tree down to `max_depth`
 /// levels, maps and lists below that as deep values, so that a document holding deep
 /// values parses, and writes out again, without recursing past `max_depth`. `None` when
@@ -317,6 +409,58 @@ mod tests {
             })
             .unwrap();
         handle.join().expect("no stack overflow");
+    }
+
+    /// What the server prints for jsonb values (`jsonb_out`: `", "` and `": "` between
+    /// tokens, keys in its own order, escapes for `"`, `\\` and control characters only).
+    const JSONB_TEXTS: &[&str] = &[
+        r#"[{"id": 1, "sku": "SKU-1", "price": 1.50, "title": "c4ca4238"}, {"id": 2, "sku": "SKU-2", "price": -0.001, "title": "x"}]"#,
+        r#"{"a": "tab\there \"quoted\" back\\slash \u0001 \u001f \b\f\n\r", "b": [], "c": {}, "d": [true, false, null], "é": "snow ☃ 😀", "n": 12345678901234567890123456789.5}"#,
+        r#"{"nested": {"list": [[1, [2, [3]]], {"k": "v, with: spaces [and] {braces}"}]}, "s": "\\\""}"#,
+        r#"[1, "2", [3, 4], {"5": 6}]"#,
+        "[]",
+        "{}",
+    ];
+
+    /// A large jsonb value kept as its text is written as its tree would be, also for
+    /// subscribers that want inexact numbers as strings, and compares like its tree.
+    #[test]
+    fn large_jsonb_is_its_trees_text() {
+        for text in JSONB_TEXTS {
+            let tree = parse(text).unwrap();
+            let kept = large_jsonb(text.to_string()).unwrap();
+            let kept_text = deep(&kept).unwrap_or_else(|| panic!("{text} is not kept as text"));
+            assert_eq!(kept.to_string(), tree.to_string(), "{text}");
+            assert_eq!(kept_text, tree.to_string());
+            assert_eq!(large_jsonb(text.to_string()).unwrap(), kept);
+            // numbers a double does not hold, as strings, as the tree's writer makes them
+            let strings = deep_with_inexact_as_strings(kept_text).to_string();
+            let from_tree = deep_with_inexact_as_strings(&tree.to_string()).to_string();
+            assert_eq!(strings, from_tree);
+        }
+        // as parse for scalars, for values too deep for a tree, and for text that is not JSON
+        for text in [r#""a big string""#, "12.50", "true"] {
+            assert_eq!(
+                large_jsonb(text.to_string()).unwrap(),
+                parse(text).unwrap(),
+                "{text}"
+            );
+        }
+        let at = |n: usize| format!("{}1{}", "[ ".repeat(n), " ]".repeat(n));
+        assert!(deep(&large_jsonb(at(127)).unwrap()).is_some());
+        assert_eq!(
+            large_jsonb(at(127)).unwrap().to_string(),
+            parse(&at(127)).unwrap().to_string()
+        );
+        for n in [128, 5_000] {
+            assert_eq!(large_jsonb(at(n)).unwrap(), parse(&at(n)).unwrap(), "{n}");
+        }
+        assert_eq!(large_jsonb("{bad".into()), Err("{bad".to_string()));
+        assert_eq!(large_jsonb("[1, 2".into()), Err("[1, 2".to_string()));
+        assert_eq!(
+            large_jsonb(r#"["unterminated]"#.into()),
+            Err(r#"["unterminated]"#.to_string())
+        );
     }
 
     #[test]

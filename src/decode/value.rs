@@ -52,6 +52,9 @@ pub enum TypeKind {
     Other,
 }
 
+/// The OID of `jsonb`.
+const JSONB: u32 = 3802;
+
 /// Deepest chain of domain (and array element) hops followed.
 const MAX_HOPS: u32 = 16;
 
@@ -152,6 +155,35 @@ impl TypeRegistry {
     /// base (cycles and chains longer than 16 give a string).
     pub fn to_json(&self, oid: u32, text: &str) -> Value {
         self.convert(oid, text, 0)
+    }
+
+    /// As [`to_json`](Self::to_json), taking the text by value so that a large value is
+    /// never copied: a value that becomes a JSON string of its text (text, varchar, enum
+    /// labels, uuid, ...) keeps `text`'s memory, and a `jsonb` value of
+    /// [`json::LARGE`] bytes or more becomes its own text, compacted in place (see
+    /// [`json::large_jsonb`]), rather than a tree several times its size. Anything else
+    /// is converted from the borrowed text, with the same result as `to_json`.
+    pub fn owned_to_json(&self, mut oid: u32, text: String) -> Value {
+        let mut hops = 0;
+        loop {
+            match self.types.get(&oid) {
+                None => return Value::String(text),
+                Some(TypeKind::Domain { base }) => {
+                    hops += 1;
+                    if hops > MAX_HOPS {
+                        return Value::String(text);
+                    }
+                    oid = *base;
+                }
+                Some(TypeKind::Text | TypeKind::Enum | TypeKind::Uuid | TypeKind::Time | TypeKind::Other) => {
+                    return Value::String(text)
+                }
+                Some(TypeKind::Json) if oid == JSONB && text.len() >= json::LARGE => {
+                    return json::large_jsonb(text).unwrap_or_else(Value::String)
+                }
+                Some(_) => return self.convert(oid, &text, hops),
+            }
+        }
     }
 
     fn convert(&self, mut oid: u32, text: &str, mut hops: u32) -> Value {
@@ -597,6 +629,54 @@ mod tests {
         assert!(reg.contains(70_000));
         assert_eq!(reg.get(70_002), Some(&TypeKind::Enum));
         assert_eq!(reg.get(1), None);
+    }
+
+    /// Converting an owned text gives what converting the borrowed one does; a large
+    /// jsonb value (also through a domain) is kept as its text, written the same.
+    #[test]
+    fn owned_conversion_is_the_same() {
+        let mut reg = TypeRegistry::with_builtins();
+        reg.insert(70_000, TypeKind::Domain { base: 3802 });
+        reg.insert(70_001, TypeKind::Enum);
+        reg.insert(70_002, TypeKind::Domain { base: 25 });
+        for (oid, text) in [
+            (25, "héllo \"wörld\""),
+            (1043, ""),
+            (70_001, "happy"),
+            (70_002, "in a domain"),
+            (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            (1083, "10:00:00.5"),
+            (1186, "P1D"),
+            (999_999, "whatever"),
+            (20, "9007199254740993"),
+            (1700, "NaN"),
+            (1184, "2026-11-22 10:00:00+00"),
+            (1082, "4714-11-24 BC"),
+            (3802, r#"{"a": 1, "b": [1.50]}"#),
+            (114, r#"{"a":  1, "a": 2}"#),
+            (1007, "{1,2,NULL}"),
+            (16, "t"),
+            (17, "\\x00ff"),
+        ] {
+            assert_eq!(
+                reg.owned_to_json(oid, text.into()),
+                reg.to_json(oid, text),
+                "{oid} {text}"
+            );
+        }
+        let record = r#"{"id": 1, "sku": "SKU-1", "t": "a\"b\\c\n"}"#;
+        let big = format!("[{}]", vec![record; 30_000].join(", "));
+        assert!(big.len() >= json::LARGE);
+        for oid in [3802, 70_000] {
+            let v = reg.owned_to_json(oid, big.clone());
+            assert!(json::deep(&v).is_some(), "kept as its text");
+            assert_eq!(v.to_string(), reg.to_json(oid, &big).to_string());
+        }
+        // json (not jsonb) keeps the input's spelling: a tree as before
+        assert!(reg.owned_to_json(114, big.clone()).is_array());
+        // not JSON: its text
+        let bad = format!("{big}x");
+        assert_eq!(reg.owned_to_json(3802, bad.clone()), Value::String(bad));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One HTTP delivery attempt with Standard Webhooks headers, and what a failure means
 //! under the subscriber's retry policy.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::Formatter;
@@ -9,6 +10,11 @@ use super::limit::{self, Limiter};
 use super::retry::{Policy, Verdict};
 use super::sign::{signature_header, Secret};
 use crate::config::Subscriber;
+
+/// Bodies up to this size are sent in one buffer with their head; larger ones are written
+/// after it from where they are, not copied (a large row's body would be copied per
+/// attempt and per subscriber).
+const INLINE_BODY: usize = 64 * 1024;
 
 /// The outcome of one attempt: a value, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +138,7 @@ impl Target {
             limiter.acquire().await;
         }
         let started = Instant::now();
-        let request = match self.request(id, body, unix_now()) {
+        let (head, body) = match self.request_parts(id, body, unix_now()) {
             Ok(r) => r,
             Err(error) => {
                 let failure = Failure {
@@ -142,7 +148,7 @@ impl Target {
                 return (Attempt::Failed(failure), started.elapsed());
             }
         };
-        let outcome = match self.client.send(&request).await {
+        let outcome = match self.client.send_parts(&head, &body).await {
             Ok(resp) if (200..300).contains(&resp.status) => Attempt::Delivered,
             Ok(resp) => Attempt::Failed(Failure {
                 error: format!(
@@ -163,6 +169,20 @@ impl Target {
     /// (signed) and body in the subscriber's format. An error when the event cannot be
     /// shaped for this subscriber.
     pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Result<Vec<u8>, String> {
+        let (mut head, body) = self.request_parts(id, body, ts)?;
+        head.extend_from_slice(&body);
+        Ok(head)
+    }
+
+    /// The request `request` makes, as its head and its body. A body up to `INLINE_BODY`
+    /// bytes is in the head's buffer already (one write); a larger one is the body as
+    /// formatted, not copied (for the standard format, the event's own body).
+    fn request_parts<'a>(
+        &'a self,
+        id: &str,
+        body: &'a [u8],
+        ts: i64,
+    ) -> Result<(Vec<u8>, Cow<'a, [u8]>), String> {
         let req = self
             .format
             .format(id, body)
@@ -175,9 +195,20 @@ impl Target {
             ("webhook-signature", signature.as_str()),
         ];
         headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Ok(self
-            .client
-            .request(&req.method, &req.content_type, &headers, &req.body))
+        let len = req.body.len();
+        let inline = len <= INLINE_BODY;
+        let mut head = self.client.request_head(
+            &req.method,
+            &req.content_type,
+            &headers,
+            len,
+            if inline { len } else { 0 },
+        );
+        if inline {
+            head.extend_from_slice(&req.body);
+            return Ok((head, Cow::Borrowed(&[])));
+        }
+        Ok((head, req.body))
     }
 
     /// The secrets that sign at Unix time `ts`: the unexpired ones. Should every one

@@ -181,7 +181,13 @@ impl Client {
 
     /// Sends a request made by `request`; the whole attempt is bounded by the timeout.
     pub async fn send(&self, req: &[u8]) -> Result<Response, Error> {
-        match tokio::time::timeout(self.opts.timeout, self.exchange(req)).await {
+        self.send_parts(req, &[]).await
+    }
+
+    /// Sends a request in two parts, `head` (made by `request_head`) and then `body`, so
+    /// that a large body is written from where it is rather than copied behind its head.
+    pub async fn send_parts(&self, head: &[u8], body: &[u8]) -> Result<Response, Error> {
+        match tokio::time::timeout(self.opts.timeout, self.exchange(head, body)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout),
         }
@@ -190,19 +196,33 @@ impl Client {
     /// The bytes of one request: request line, the fixed headers, Content-Type, the
     /// `extra` headers, and the body. `method` must be a token (`valid_method`).
     pub fn request(&self, method: &str, content_type: &str, extra: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-        let mut req = Vec::with_capacity(self.head.len() + 300 + body.len());
+        let mut req = self.request_head(method, content_type, extra, body.len(), body.len());
+        req.extend_from_slice(body);
+        req
+    }
+
+    /// A request's head, up to the blank line, for a body of `body_len` bytes, in a
+    /// buffer with room for `room` bytes more.
+    pub fn request_head(
+        &self,
+        method: &str,
+        content_type: &str,
+        extra: &[(&str, &str)],
+        body_len: usize,
+        room: usize,
+    ) -> Vec<u8> {
+        let mut req = Vec::with_capacity(self.head.len() + 300 + room);
         let _ = write!(req, "{method} {} HTTP/1.1\r\n", self.path);
         req.extend_from_slice(&self.head);
         let _ = write!(req, "Content-Type: {content_type}\r\n");
         for (k, v) in extra {
             let _ = write!(req, "{k}: {v}\r\n");
         }
-        let _ = write!(req, "Content-Length: {}\r\n\r\n", body.len());
-        req.extend_from_slice(body);
+        let _ = write!(req, "Content-Length: {body_len}\r\n\r\n");
         req
     }
 
-    async fn exchange(&self, req: &[u8]) -> Result<Response, Error> {
+    async fn exchange(&self, head: &[u8], body: &[u8]) -> Result<Response, Error> {
         loop {
             let pooled = self.take_idle();
             let reused = pooled.is_some();
@@ -210,7 +230,7 @@ impl Client {
                 Some(c) => c,
                 None => self.connect().await?,
             };
-            match roundtrip(&mut conn, req).await {
+            match roundtrip(&mut conn, head, body).await {
                 Ok((resp, keep)) => {
                     if keep {
                         self.put_idle(conn);
@@ -384,18 +404,22 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     Ok(Some(head))
 }
 
-/// Sends `req` and reads the response. Returns it and whether the connection may be used
-/// again.
-async fn roundtrip(conn: &mut Conn, req: &[u8]) -> Result<(Response, bool), Failure> {
+/// Sends `head` and `body` (which may be empty: in `head`) and reads the response.
+/// Returns it and whether the connection may be used again.
+async fn roundtrip(conn: &mut Conn, head: &[u8], body: &[u8]) -> Result<(Response, bool), Failure> {
     if !conn.buf.is_empty() {
         return Err(Failure::Unanswered(
             "unexpected bytes on an idle connection".into(),
         ));
     }
-    conn.stream
-        .write_all(req)
-        .await
-        .map_err(|e| Failure::Unanswered(e.to_string()))?;
+    for part in [head, body] {
+        if !part.is_empty() {
+            conn.stream
+                .write_all(part)
+                .await
+                .map_err(|e| Failure::Unanswered(e.to_string()))?;
+        }
+    }
     conn.stream
         .flush()
         .await

@@ -69,6 +69,13 @@ use retry::{DeadWhy, Verdict};
 
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
+/// Bytes of bodies written to the spill log in one statement at most (a larger body is
+/// written alone): PostgreSQL takes at most 1 GB in one message and in one array value,
+/// and the driver builds the statement in memory, twice, while it is sent.
+const SPILL_BATCH_BYTES: usize = 64 << 20;
+/// Bytes of bodies a chunk-mode lane holds in memory at most (beside `max_buffered`); past
+/// them, written chunks wait in the log and are loaded when there is room again.
+const MIRROR_BYTES: usize = 64 << 20;
 /// Spilled events fetched and attempted per round (each the oldest of its key).
 const SPILL_ROUND: usize = 1_000;
 /// How often a lane checks the age of its oldest event, and the longest a task sleeps
@@ -197,6 +204,8 @@ struct Mirror {
     /// A chunk was written that is not in memory yet.
     behind: bool,
     events: usize,
+    /// Bytes of the bodies of `events`.
+    bytes: usize,
     /// Chunks all delivered whose delete has not committed yet, with their positions (so
     /// a switch to rows meanwhile still leaves them out).
     done: BTreeMap<i64, Vec<Pos>>,
@@ -221,6 +230,7 @@ impl Mirror {
         self.open.insert(chunk, (events.len(), Vec::new()));
         self.loaded = chunk;
         self.events += events.len();
+        self.bytes += events.iter().map(|(e, ..)| e.body.len()).sum::<usize>();
         for (event, attempts, not_before) in events {
             // An event under two keys is held under both: its own entry holds its attempts
             // and wait, the other only holds that key back.
@@ -362,6 +372,7 @@ impl Mirror {
             self.in_flight.remove(k);
         }
         self.events -= 1;
+        self.bytes -= held.event.body.len();
         let open = self.open.get_mut(&held.chunk)?;
         open.0 -= 1;
         open.1.push(held.event.pos);
@@ -397,6 +408,21 @@ impl Mirror {
             .flat_map(|d| d.iter().copied())
             .collect()
     }
+}
+
+/// How many of the first events waiting to be spilled (of these body sizes) one write
+/// takes: at most `SPILL_BATCH` events and `SPILL_BATCH_BYTES` of bodies, but always the
+/// first.
+fn spill_batch_len(bodies: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    bodies
+        .take(SPILL_BATCH)
+        .take_while(|len| {
+            let fits = bytes == 0 || bytes + len <= SPILL_BATCH_BYTES;
+            bytes += len;
+            fits
+        })
+        .count()
 }
 
 /// What an attempt of a chunk-mode event leads to.
@@ -1108,10 +1134,11 @@ impl Lane {
             let batch: Vec<(EventRef, i32, Duration, Vec<AttemptLog>)> = {
                 let mut inner = self.lock();
                 inner.writing = !inner.spill_buf.is_empty();
+                let n = spill_batch_len(inner.spill_buf.iter().map(|b| b.event.body.len()));
                 inner
                     .spill_buf
                     .iter()
-                    .take(SPILL_BATCH)
+                    .take(n)
                     .map(|b| (b.event.clone(), b.attempts, b.retry_after, b.history.clone()))
                     .collect()
             };
@@ -1156,8 +1183,15 @@ impl Lane {
                     if let Some(chunk) = chunk {
                         // Served from memory while there is room and no older chunk
                         // waits in the log; loaded from the log later otherwise.
+                        let stopped = self.is_stopped();
                         let m = &mut inner.mirror;
-                        if !m.behind && m.size() < self.cfg.max_buffered {
+                        let bytes: usize = batch.iter().map(|(e, ..)| e.body.len()).sum();
+                        // A stopped subscriber's events wait in the log, not in memory.
+                        if !m.behind
+                            && !stopped
+                            && m.size() < self.cfg.max_buffered
+                            && (m.bytes == 0 || m.bytes + bytes <= MIRROR_BYTES)
+                        {
                             // A wait begun in hot mode (a Retry-After) is kept.
                             let now = Instant::now();
                             let held = batch
@@ -1462,7 +1496,7 @@ impl Lane {
                 let m = &mut inner.mirror;
                 let now = Instant::now();
                 let next_due = m.promote(now);
-                let full = m.behind && m.size() >= self.cfg.max_buffered;
+                let full = m.behind && (m.size() >= self.cfg.max_buffered || m.bytes >= MIRROR_BYTES);
                 if chunked
                     && full
                     && m.outage.is_none()
@@ -1656,7 +1690,11 @@ impl Lane {
         let m = &inner.mirror;
         if !inner.chunked {
             Some(true)
-        } else if !m.behind || m.size() >= self.cfg.max_buffered {
+        } else if !m.behind
+            || m.size() >= self.cfg.max_buffered
+            || m.bytes >= MIRROR_BYTES
+            || self.is_stopped()
+        {
             Some(false)
         } else {
             None

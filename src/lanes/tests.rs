@@ -294,3 +294,19 @@ fn a_mark_lists_at_most_its_bound_of_pending_events() {
     assert_eq!(mark.high, at(MARK_PENDING_MAX as u64 + 1));
     assert!((1..n).all(|i| !mark.done(at(i))));
 }
+
+/// A spill write takes up to 2,000 events and 64 MiB of bodies, and a larger body
+/// alone: PostgreSQL refuses a statement over 1 GB (five 250 MB rows made one).
+#[test]
+fn spill_writes_are_bounded_in_events_and_bytes() {
+    const MIB: usize = 1 << 20;
+    let len = |sizes: &[usize]| spill_batch_len(sizes.iter().copied());
+    assert_eq!(len(&[]), 0);
+    assert_eq!(len(&[600; 5_000]), SPILL_BATCH);
+    assert_eq!(len(&[600; 10]), 10);
+    assert_eq!(len(&[250 * MIB; 5]), 1);
+    assert_eq!(len(&[1, 250 * MIB, 1]), 1);
+    assert_eq!(len(&[30 * MIB, 30 * MIB, 10 * MIB]), 2);
+    assert_eq!(len(&[32 * MIB, 32 * MIB, 1]), 2);
+    assert_eq!(len(&[2 * SPILL_BATCH_BYTES]), 1);
+}

@@ -358,15 +358,19 @@ fn row_value(row: Option<&Row>, fallback: Option<&Row>, only: Option<&[(String, 
     Value::Map(Map { map: Arc::new(map) })
 }
 
-/// A JSON value as CEL sees it: numbers as int, uint or double; a json value nested too
-/// deep for a tree (`decode::json::deep`) as a string of its JSON text.
+/// A JSON value as CEL sees it: numbers as int, uint or double; a json value kept as its
+/// text (`decode::json::deep`) as its tree when it has one (a large jsonb value), else
+/// (nested too deep for a tree) as a string of its JSON text.
 pub fn json_value(v: &Json) -> Value {
     match v {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => {
             if let Some(text) = crate::decode::json::deep(v) {
-                Value::String(Arc::new(text.to_owned()))
+                match serde_json::from_str::<Json>(text) {
+                    Ok(tree) => json_value(&tree),
+                    Err(_) => Value::String(Arc::new(text.to_owned())),
+                }
             } else if let Some(i) = n.as_i64() {
                 Value::Int(i)
             } else if let Some(u) = n.as_u64() {

@@ -224,14 +224,15 @@ fn column<'a>(row: &'a Row, fallback: Option<&'a Row>, name: &str) -> Option<&'a
     }
 }
 
-/// A JSON scalar as CEL sees it (see `condition::json_value`); lists and maps are left to CEL.
+/// A JSON scalar as CEL sees it (see `condition::json_value`); lists and maps, also those
+/// kept as their text, are left to CEL.
 fn scalar(v: &Json) -> Option<V<'_>> {
     Some(match v {
         Json::Null => V::Null,
         Json::Bool(b) => V::Bool(*b),
         Json::Number(n) => {
-            if let Some(text) = crate::decode::json::deep(v) {
-                V::Str(text)
+            if crate::decode::json::deep(v).is_some() {
+                return None;
             } else if let Some(i) = n.as_i64() {
                 V::Int(i)
             } else if let Some(u) = n.as_u64() {

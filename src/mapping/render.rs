@@ -312,6 +312,37 @@ fn fires(
     Ok(true)
 }
 
+/// About the bytes a body of this change takes: 512 and its values' text, with room for
+/// some escaping. The body's buffer starts this big, so a large row's body is written
+/// once rather than grown and copied again at every doubling (which also ends with up to
+/// twice the memory it needs).
+fn body_size_hint(rule: &Rule, c: &Change<'_>, full_old: Option<&Row>) -> usize {
+    let size = |v: &Value| match v {
+        Value::String(s) => s.len(),
+        Value::Number(n) => n.as_str().len(),
+        _ => 8,
+    };
+    let row = |row: &Row, fallback: Option<&Row>| -> usize {
+        row.iter()
+            .enumerate()
+            .map(|(i, (col, v))| {
+                let v = match v {
+                    ColValue::Value(v) => Some(v),
+                    ColValue::Unchanged => value_at(fallback, i, col),
+                };
+                col.len() + 4 + v.map_or(0, size)
+            })
+            .sum()
+    };
+    let new = c.new.as_ref().map_or(0, |r| row(r, full_old));
+    let old = match (&c.old, rule.include_old) {
+        (Some(r), true) => row(r, None),
+        _ => 0,
+    };
+    let values = new + old;
+    512 + values + values / 16
+}
+
 /// The events one rule makes of one change, one per way its subscribers want numbers
 /// written (none when the rule does not fire), or an error when one of its conditions
 /// cannot be evaluated for this change.
@@ -353,6 +384,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
     // The ordering key is the same whatever the format, so a lane's order never depends on it.
     let key = format!("{}|{}", rule.table, key_json(rule, c, Numbers::Exact));
     let prev_key = prev_key(rule, c).filter(|p| *p != key);
+    let size_hint = body_size_hint(rule, c, full_old);
     let mut out = Vec::with_capacity(named.routes.len());
     for (numbers, routes) in &named.routes {
         let stringify = stringified(c, *numbers);
@@ -391,7 +423,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
                 },
             },
         };
-        let mut buf = Vec::with_capacity(512);
+        let mut buf = Vec::with_capacity(size_hint);
         serde_json::to_writer(&mut buf, &body).map_err(|e| format!("body: {e}"))?;
         let event = Event {
             pos,

@@ -471,3 +471,98 @@ numbers = "string"
         "{strings}"
     );
 }
+
+/// A large jsonb value, kept as its text rather than as a tree (see
+/// `decode::json::large_jsonb`), makes the same bodies as its tree for both ways of
+/// writing numbers, the same `changed`, and conditions see into it as into the tree.
+#[test]
+fn large_jsonb_values_make_the_bodies_and_decisions_of_their_trees() {
+    let rules = format!(
+        r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "docs"
+when = "new.doc[1].color == 'red' && (op == 'insert' || 'doc' in changed)"
+[[subscribers]]
+name = "exact"
+url = "https://a.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+[[subscribers]]
+name = "js"
+url = "https://b.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+numbers = "string"
+"#
+    );
+    let config = Config::from_toml(&rules, "t", &|_| None).unwrap();
+    let mut tables = HashMap::new();
+    tables.insert(
+        TableName::parse("docs").unwrap(),
+        TableMeta {
+            default_key: vec!["id".into()],
+            ..TableMeta::default()
+        },
+    );
+    let m = Mapper::new(&config, &tables).unwrap();
+    let table = TableName::parse("docs").unwrap();
+    let reg = crate::decode::TypeRegistry::with_builtins();
+    // What the server prints for a jsonb array of records, over 1 MiB.
+    let doc = |color: &str, n: usize| {
+        let items: Vec<String> = (0..n)
+            .map(|i| {
+                let c = if i == 1 { color } else { "blue" };
+                format!(r#"{{"id": {i}, "big": 12345678901234567890, "color": "{c}", "price": 19.90, "t": "a\"b"}}"#)
+            })
+            .collect();
+        format!("[{}]", items.join(", "))
+    };
+    let red = doc("red", 13_000);
+    assert!(red.len() >= crate::decode::json::LARGE);
+    let green = doc("green", 13_000);
+    let jsons: Vec<Arc<str>> = vec![Arc::from("doc")];
+    let bodies = |large: bool, op: Op, new_doc: &str, old_doc: Option<&str>| {
+        let value = |text: &str| {
+            let v = if large {
+                reg.owned_to_json(3802, text.to_string())
+            } else {
+                reg.to_json(3802, text)
+            };
+            assert_eq!(crate::decode::json::deep(&v).is_some(), large);
+            v
+        };
+        let new = row(&[("id", v(json!(7))), ("doc", v(value(new_doc)))]);
+        let old = old_doc.map(|d| row(&[("id", v(json!(7))), ("doc", v(value(d)))]));
+        let change = Change {
+            table: &table,
+            op,
+            new: Some(new),
+            old,
+            old_is_key_only: false,
+            index: 0,
+            exact: &[],
+            json: &jsons,
+        };
+        let mut failures = Vec::new();
+        let out = m.map(&tx(), &change, &mut failures);
+        assert!(failures.is_empty(), "{failures:?}");
+        out.iter().map(|r| r.event.body.clone()).collect::<Vec<_>>()
+    };
+    let cases = [
+        (Op::Insert, &red, None, 2),
+        (Op::Insert, &green, None, 0),
+        (Op::Update, &red, Some(&green), 2),
+        (Op::Update, &red, Some(&red), 0),
+    ];
+    for (op, new_doc, old_doc, events) in cases {
+        let tree = bodies(false, op, new_doc, old_doc.map(|d| d.as_str()));
+        let kept = bodies(true, op, new_doc, old_doc.map(|d| d.as_str()));
+        assert_eq!(tree.len(), events, "{op:?}");
+        assert!(tree == kept, "{op:?}: the bodies differ");
+    }
+    let strings = bodies(true, Op::Insert, &red, None).pop().unwrap();
+    let text = std::str::from_utf8(&strings).unwrap();
+    assert!(text.contains(r#"{"id":1,"big":"12345678901234567890","color":"red","price":19.90,"t":"a\"b"}"#));
+}

@@ -36,6 +36,11 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 const MAX_FRAME: usize = 1 << 30;
 
+/// Capacity of the read buffer. A larger message is read into a buffer of its own size,
+/// handed on whole with the message (its payload is a slice of it, not a copy), and not
+/// kept afterwards: a large row's bytes are freed once it is decoded.
+const READ_BUFFER: usize = 64 * 1024;
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -136,7 +141,7 @@ impl ReplConn {
         };
         let mut conn = ReplConn {
             stream,
-            rbuf: BytesMut::with_capacity(64 * 1024),
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
             wbuf: BytesMut::with_capacity(1024),
         };
         conn.startup(&target.config).await?;
@@ -284,10 +289,10 @@ impl ReplConn {
         loop {
             match self.read_frame().await? {
                 Frame::Message(backend::Message::CopyData(body)) => {
-                    let data = body.data();
+                    let data = body.into_bytes();
                     match data.first() {
                         Some(b'w') if data.len() >= 25 => {
-                            let mut d = &data[1..];
+                            let mut d = &data[1..25];
                             let wal_start = d.get_u64();
                             let wal_end = d.get_u64();
                             let send_time = d.get_i64();
@@ -295,7 +300,7 @@ impl ReplConn {
                                 wal_start,
                                 wal_end,
                                 send_time,
-                                data: bytes::Bytes::copy_from_slice(d),
+                                data: data.slice(25..),
                             });
                         }
                         Some(b'k') if data.len() >= 18 => {
@@ -375,6 +380,16 @@ impl ReplConn {
         }
     }
 
+    /// Moves what is left of the read buffer (the start of the next messages) into a new
+    /// one of the usual size. After a large message the old buffer is shared with that
+    /// message (`Message::parse` splits it off without copying), and the buffer would
+    /// otherwise hold all of its memory for as long as the connection lives.
+    fn detach_read_buffer(&mut self) {
+        let rest = std::mem::replace(&mut self.rbuf, BytesMut::new());
+        self.rbuf.reserve(READ_BUFFER.max(rest.len()));
+        self.rbuf.extend_from_slice(&rest);
+    }
+
     async fn read_frame(&mut self) -> Result<Frame, SourceError> {
         loop {
             if let Some(header) = backend::Header::parse(&self.rbuf).map_err(SourceError::Io)? {
@@ -390,6 +405,9 @@ impl ReplConn {
                         return Ok(Frame::CopyBothResponse);
                     }
                 } else if let Some(m) = backend::Message::parse(&mut self.rbuf).map_err(SourceError::Io)? {
+                    if total > READ_BUFFER {
+                        self.detach_read_buffer();
+                    }
                     return Ok(Frame::Message(m));
                 }
                 self.rbuf.reserve(total.saturating_sub(self.rbuf.len()));

@@ -119,6 +119,16 @@ pub struct State {
 const ANALYZE_AFTER_ROWS: u64 = 5_000;
 const ANALYZE_AFTER_ROWS_MAX: u64 = 1_000_000;
 
+/// Bodies of more than this many bytes in one statement are written on a connection of
+/// their own, closed after it, and reading more than this renews the shared connection:
+/// the driver keeps its buffers as large as the largest message it ever moved (the
+/// statement is encoded into one, then copied into another to be sent), for as long as
+/// its connection lives.
+const LARGE_IO: usize = 16 << 20;
+
+/// Bodies read in one round of `due_heads` at most (one larger head is read alone).
+const ROUND_BYTES: i64 = 64 << 20;
+
 impl State {
     /// Connects, creates the schema and runs migrations.
     pub async fn connect(url: &str, slot: &str) -> Result<State, StateError> {
@@ -145,6 +155,30 @@ impl State {
             tracing::info!("reconnected to the state database");
         }
         Ok(w.clone())
+    }
+
+    /// The shared connection, or for a statement carrying `bytes` bytes of bodies past
+    /// `LARGE_IO`, a connection of its own, closed when the statement is done.
+    async fn client_for(&self, bytes: usize) -> Result<Arc<Client>, StateError> {
+        if bytes > LARGE_IO {
+            return Ok(Arc::new(open(&self.url).await?));
+        }
+        self.client().await
+    }
+
+    /// After `client` read `bytes` bytes of bodies: past `LARGE_IO`, the shared connection
+    /// is replaced by a new one (the old one closes once its last user is done with it).
+    async fn after_read(&self, client: &Arc<Client>, bytes: usize) {
+        if bytes <= LARGE_IO {
+            return;
+        }
+        let mut shared = self.client.write().await;
+        if Arc::ptr_eq(&shared, client) {
+            match open(&self.url).await {
+                Ok(c) => *shared = Arc::new(c),
+                Err(e) => tracing::debug!(error = %e, "cannot renew the state connection after a large read"),
+            }
+        }
     }
 
     /// True when the state database answers.
@@ -237,7 +271,7 @@ impl State {
         let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
         let delays: Vec<i64> = events.iter().map(|e| e.retry_after.as_millis() as i64).collect();
         let histories: Vec<String> = events.iter().map(|e| history_json(e.history)).collect();
-        self.client()
+        self.client_for(bodies.iter().map(|b| b.len()).sum())
             .await?
             .execute(
                 "INSERT INTO walhook.spill
@@ -288,36 +322,41 @@ impl State {
     }
 
     /// Up to `limit` spilled events that are due now and are the oldest of their key, in
-    /// position order.
+    /// position order, with at most `ROUND_BYTES` of bodies (but at least one event).
     pub async fn due_heads(&self, subscriber: &str, limit: i64) -> Result<Vec<Spilled>, StateError> {
-        let rows = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        let rows = client
             .query(
                 // The oldest row of its key; for a row that moved its row to another key
                 // (`prev_key`), also of that key; and no older row that moved a row
-                // from or to one of its keys.
-                "SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts, s.prev_key
-                 FROM walhook.spill s
-                 WHERE s.slot = $1 AND s.subscriber = $2 AND s.next_attempt_at <= now()
-                   AND (s.lsn, s.seq) = (
-                     SELECT p.lsn, p.seq FROM walhook.spill p
-                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.ordering_key
-                     ORDER BY p.lsn, p.seq LIMIT 1)
-                   AND (s.prev_key IS NULL OR NOT EXISTS (
-                     SELECT 1 FROM walhook.spill p
-                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.prev_key
-                       AND (p.lsn, p.seq) < (s.lsn, s.seq)))
-                   AND NOT EXISTS (
-                     SELECT 1 FROM walhook.spill p
-                     WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.prev_key IS NOT NULL
-                       AND p.prev_key IN (s.ordering_key, s.prev_key) AND (p.lsn, p.seq) < (s.lsn, s.seq))
-                 ORDER BY s.lsn, s.seq
-                 LIMIT $3",
-                &[&self.slot, &subscriber, &limit],
+                // from or to one of its keys. At most `ROUND_BYTES` of bodies (and the
+                // first head whatever its size).
+                "SELECT lsn, seq, event_id, event_type, ordering_key, body, attempts, prev_key FROM (
+                   SELECT h.*, sum(octet_length(h.body)) OVER (ORDER BY h.lsn, h.seq) - octet_length(h.body) AS before
+                   FROM (
+                     SELECT s.lsn, s.seq, s.event_id, s.event_type, s.ordering_key, s.body, s.attempts, s.prev_key
+                     FROM walhook.spill s
+                     WHERE s.slot = $1 AND s.subscriber = $2 AND s.next_attempt_at <= now()
+                       AND (s.lsn, s.seq) = (
+                         SELECT p.lsn, p.seq FROM walhook.spill p
+                         WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.ordering_key
+                         ORDER BY p.lsn, p.seq LIMIT 1)
+                       AND (s.prev_key IS NULL OR NOT EXISTS (
+                         SELECT 1 FROM walhook.spill p
+                         WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.ordering_key = s.prev_key
+                           AND (p.lsn, p.seq) < (s.lsn, s.seq)))
+                       AND NOT EXISTS (
+                         SELECT 1 FROM walhook.spill p
+                         WHERE p.slot = s.slot AND p.subscriber = s.subscriber AND p.prev_key IS NOT NULL
+                           AND p.prev_key IN (s.ordering_key, s.prev_key) AND (p.lsn, p.seq) < (s.lsn, s.seq))
+                     ORDER BY s.lsn, s.seq
+                     LIMIT $3) h) w
+                 WHERE before < $4
+                 ORDER BY lsn, seq",
+                &[&self.slot, &subscriber, &limit, &ROUND_BYTES],
             )
             .await?;
-        Ok(rows
+        let heads: Vec<Spilled> = rows
             .iter()
             .map(|r| Spilled {
                 pos: Pos {
@@ -331,7 +370,11 @@ impl State {
                 body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)),
                 attempts: r.get(6),
             })
-            .collect())
+            .collect();
+        drop(rows);
+        self.after_read(&client, heads.iter().map(|h| h.body.len()).sum())
+            .await;
+        Ok(heads)
     }
 
     /// Whether a lane's spill log has rows or chunks, and the time until the earliest is
@@ -369,7 +412,7 @@ impl State {
             .then(|| events.iter().map(|e| e.prev_key.as_deref()).collect());
         let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
         let row = self
-            .client()
+            .client_for(bodies.iter().map(|b| b.len()).sum())
             .await?
             .query_one(
                 "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys)
@@ -396,9 +439,8 @@ impl State {
         subscriber: &str,
         after: i64,
     ) -> Result<Option<(i64, Vec<Event>)>, StateError> {
-        let rows = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        let rows = client
             .query(
                 "SELECT chunk, lsns, seqs, ids, types, keys, bodies, prev_keys FROM walhook.spill_chunks
                  WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1",
@@ -418,6 +460,9 @@ impl State {
             .get::<_, Option<Vec<Option<String>>>>(7)
             .unwrap_or_default()
             .into_iter();
+        let chunk = r.get(0);
+        drop(rows);
+        self.after_read(&client, bodies.iter().map(Vec::len).sum()).await;
         let events = lsns
             .into_iter()
             .zip(seqs)
@@ -437,7 +482,7 @@ impl State {
                 body: bytes::Bytes::from(body),
             })
             .collect();
-        Ok(Some((r.get(0), events)))
+        Ok(Some((chunk, events)))
     }
 
     /// Deletes chunks whose events are all delivered.
@@ -580,7 +625,7 @@ impl State {
         reason: &str,
         history: &[AttemptLog],
     ) -> Result<(), StateError> {
-        self.client()
+        self.client_for(event.body.len())
             .await?
             .execute(
                 "INSERT INTO walhook.dead_letters
