@@ -267,15 +267,7 @@ async fn a_crash_in_steady_flow_re_sends_only_the_last_moments() {
     ));
     walhook.wait_ready().await;
     let db = pg.client("shop").await;
-    let mut seed = String::from("BEGIN;");
-    for id in 1..=KEYS {
-        seed.push_str(&format!(
-            "INSERT INTO products (id, sku, title) VALUES ({id}, 'SKU-{id}', 't0');
-             INSERT INTO stock (product_id, warehouse, qty) VALUES ({id}, 'berlin', 0);"
-        ));
-    }
-    seed.push_str("COMMIT;");
-    db.batch_execute(&seed).await.unwrap();
+    seed_stock(&db).await;
     rx.wait_unique(Duration::from_secs(30), "the seed rows", KEYS as usize)
         .await;
 
@@ -340,15 +332,7 @@ async fn one_event_held(hold: impl FnOnce(&Receiver), release: impl FnOnce(&Rece
     let db = pg.client("shop").await;
     // The rows exist before walhook first starts (its slot begins after them): the first
     // request walhook makes is the flow's first event, of product 2.
-    let mut seed = String::from("BEGIN;");
-    for id in 1..=KEYS {
-        seed.push_str(&format!(
-            "INSERT INTO products (id, sku, title) VALUES ({id}, 'SKU-{id}', 't0');
-             INSERT INTO stock (product_id, warehouse, qty) VALUES ({id}, 'berlin', 0);"
-        ));
-    }
-    seed.push_str("COMMIT;");
-    db.batch_execute(&seed).await.unwrap();
+    seed_stock(&db).await;
     let rx = Receiver::start().await;
     hold(&rx);
     let mut walhook = Walhook::start(&format!(
@@ -393,4 +377,17 @@ async fn one_event_held(hold: impl FnOnce(&Receiver), release: impl FnOnce(&Rece
         (RATE * 0.25) as usize
     );
     walhook.stop();
+}
+
+/// `KEYS` products with a stock row each, in one transaction.
+async fn seed_stock(db: &tokio_postgres::Client) {
+    let mut seed = String::from("BEGIN;");
+    for id in 1..=KEYS {
+        seed.push_str(&format!(
+            "INSERT INTO products (id, sku, title) VALUES ({id}, 'SKU-{id}', 't0');
+             INSERT INTO stock (product_id, warehouse, qty) VALUES ({id}, 'berlin', 0);"
+        ));
+    }
+    seed.push_str("COMMIT;");
+    db.batch_execute(&seed).await.unwrap();
 }

@@ -619,6 +619,17 @@ impl Inner {
         ready
     }
 
+    /// Spill mode: `release` for every key with nothing in flight.
+    fn release_idle(&mut self) {
+        let idle: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.busy)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.release(&idle);
+    }
+
     /// Whether `event` is first in the queue of each of its keys, none of them busy.
     fn may_go(&self, event: &Event) -> bool {
         event.keys().all(|k| {
@@ -900,13 +911,7 @@ impl Lane {
         // keys with a delivery in flight (and events under two keys, one of them such a
         // key) stay parked behind it.
         let before = inner.spill_buf.len();
-        let idle: Vec<String> = inner
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.busy)
-            .map(|(k, _)| k.clone())
-            .collect();
-        inner.release(&idle);
+        inner.release_idle();
         let mut moved: Vec<Buffered> = inner.spill_buf.drain(before..).collect();
         moved.sort_by_key(|b| b.event.pos);
         let count = moved.len();

@@ -126,13 +126,7 @@ fn entering_spill_mode_keeps_a_key_change_behind_its_busy_key() {
     inner.finish_hot(&e4, HotOutcome::Done);
     // The lane spills while 1 is in flight: 2 and 3 stay parked (2 waits for a).
     inner.mode = Mode::Spill;
-    let idle: Vec<String> = inner
-        .queues
-        .iter()
-        .filter(|(_, q)| !q.busy)
-        .map(|(k, _)| k.clone())
-        .collect();
-    inner.release(&idle);
+    inner.release_idle();
     assert!(inner.spill_buf.is_empty());
     inner.finish_hot(&e1, HotOutcome::Again(3, Duration::from_secs(1), Vec::new()));
     let buffered: Vec<(u64, i32)> = inner

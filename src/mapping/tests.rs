@@ -396,35 +396,7 @@ numbers = "string"
 /// strings; the others stay numbers. Subscribers with exact numbers get every digit.
 #[test]
 fn json_numbers_a_double_does_not_hold_are_strings_for_string_subscribers() {
-    let rules = format!(
-        r#"
-[source]
-url = "postgres://localhost/shop"
-[[events]]
-table = "docs"
-[[subscribers]]
-name = "exact"
-url = "https://a.example.com/"
-events = ["*"]
-secrets = ["{SECRET}"]
-[[subscribers]]
-name = "js"
-url = "https://b.example.com/"
-events = ["*"]
-secrets = ["{SECRET}"]
-numbers = "string"
-"#
-    );
-    let config = Config::from_toml(&rules, "t", &|_| None).unwrap();
-    let mut tables = HashMap::new();
-    tables.insert(
-        TableName::parse("docs").unwrap(),
-        TableMeta {
-            default_key: vec!["id".into(), "tag".into()],
-            ..TableMeta::default()
-        },
-    );
-    let m = Mapper::new(&config, &tables).unwrap();
+    let m = docs_mapper(None, &["id", "tag"]);
     let table = TableName::parse("docs").unwrap();
     let reg = crate::decode::TypeRegistry::with_builtins();
     let meta = r#"{"id": 12345678901234567890, "price": 19.90, "n": 3, "tiny": 1e-400, "list": [0.1, 9007199254740993]}"#;
@@ -477,36 +449,10 @@ numbers = "string"
 /// writing numbers, the same `changed`, and conditions see into it as into the tree.
 #[test]
 fn large_jsonb_values_make_the_bodies_and_decisions_of_their_trees() {
-    let rules = format!(
-        r#"
-[source]
-url = "postgres://localhost/shop"
-[[events]]
-table = "docs"
-when = "new.doc[1].color == 'red' && (op == 'insert' || 'doc' in changed)"
-[[subscribers]]
-name = "exact"
-url = "https://a.example.com/"
-events = ["*"]
-secrets = ["{SECRET}"]
-[[subscribers]]
-name = "js"
-url = "https://b.example.com/"
-events = ["*"]
-secrets = ["{SECRET}"]
-numbers = "string"
-"#
+    let m = docs_mapper(
+        Some("new.doc[1].color == 'red' && (op == 'insert' || 'doc' in changed)"),
+        &["id"],
     );
-    let config = Config::from_toml(&rules, "t", &|_| None).unwrap();
-    let mut tables = HashMap::new();
-    tables.insert(
-        TableName::parse("docs").unwrap(),
-        TableMeta {
-            default_key: vec!["id".into()],
-            ..TableMeta::default()
-        },
-    );
-    let m = Mapper::new(&config, &tables).unwrap();
     let table = TableName::parse("docs").unwrap();
     let reg = crate::decode::TypeRegistry::with_builtins();
     // What the server prints for a jsonb array of records, over 1 MiB.
@@ -565,4 +511,40 @@ numbers = "string"
     let strings = bodies(true, Op::Insert, &red, None).pop().unwrap();
     let text = std::str::from_utf8(&strings).unwrap();
     assert!(text.contains(r#"{"id":1,"big":"12345678901234567890","color":"red","price":19.90,"t":"a\"b"}"#));
+}
+
+/// A mapper for table `docs` (keyed by `key`, with `when` when given) and two
+/// subscribers of every event: `exact`, and `js` with `numbers = "string"`.
+fn docs_mapper(when: Option<&str>, key: &[&str]) -> Mapper {
+    let when = when.map_or(String::new(), |w| format!("when = \"{w}\"\n"));
+    let rules = format!(
+        r#"
+[source]
+url = "postgres://localhost/shop"
+[[events]]
+table = "docs"
+{when}
+[[subscribers]]
+name = "exact"
+url = "https://a.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+[[subscribers]]
+name = "js"
+url = "https://b.example.com/"
+events = ["*"]
+secrets = ["{SECRET}"]
+numbers = "string"
+"#
+    );
+    let config = Config::from_toml(&rules, "t", &|_| None).unwrap();
+    let mut tables = HashMap::new();
+    tables.insert(
+        TableName::parse("docs").unwrap(),
+        TableMeta {
+            default_key: key.iter().map(|k| k.to_string()).collect(),
+            ..TableMeta::default()
+        },
+    );
+    Mapper::new(&config, &tables).unwrap()
 }
