@@ -11,8 +11,9 @@ use crate::config::{Config, Numbers, Op, TableName};
 use crate::lanes::deliver::{unix_now, Attempt, Target};
 use crate::lanes::target;
 use crate::mapping::{Change, ColValue, Mapper, Row, TableMeta, TxMeta};
+use crate::pg::connect_message;
 use crate::pg::PgTarget;
-use crate::run::{connect_message, RunError};
+use crate::run::RunError;
 
 /// What `walhook explain` is asked about.
 pub struct Question<'a> {
@@ -124,7 +125,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         // A coalescing rule's event as a window of this one change would send it.
         let event = match coalesce {
             Some(spec) => {
-                let mut c = crate::coalesce::Coalescer::default();
+                let mut c = crate::mapping::coalesce::Coalescer::default();
                 c.add(event.clone(), routes.clone(), *numbers, *spec, 0);
                 c.advance(i64::MAX);
                 match c.take_closed(0, 0).pop() {
@@ -153,7 +154,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         }
         for &i in routes.iter() {
             let sub = &config.subscribers[i];
-            let target = Target::new(sub, i, &config.database_name())
+            let target = Target::new(sub, i, &crate::pg::database_name(&config.source.url))
                 .map_err(|e| bad(format!("subscribers[{i}]: {e}")))?;
             let _ = writeln!(out, "\n--> subscriber {:?} at {}", sub.name, sub.url);
             match target.request(&event.id, &event.body, ts) {
@@ -275,7 +276,7 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
                 .replace("subscribers[0]", &format!("subscribers[{i}]")),
         ));
     }
-    let target = Target::new(sub, i, &config.database_name())
+    let target = Target::new(sub, i, &crate::pg::database_name(&config.source.url))
         .map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
     let now = SystemTime::now();
     let micros = now

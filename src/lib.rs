@@ -22,8 +22,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod checks;
 pub mod cli;
-pub mod coalesce;
 pub mod config;
 pub mod decode;
 pub mod event;
@@ -33,6 +33,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod pg;
 pub mod pipeline;
+pub mod progress;
 pub mod receiver;
 pub mod reload;
 pub mod run;

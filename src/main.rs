@@ -10,7 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Loads a config file, or prints why not and gives the exit code (2).
 fn load(path: &std::path::Path) -> Result<Config, i32> {
-    Config::load(path).map_err(|e| {
+    walhook::checks::load(path).map_err(|e| {
         eprintln!("walhook: {e}");
         2
     })

@@ -442,6 +442,56 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// The problems of the database URLs in `config` (`source.url`, `state.url`).
+pub fn check(config: &crate::config::Config) -> Vec<crate::config::Problem> {
+    let urls = [
+        ("source.url", Some(&config.source.url)),
+        ("state.url", config.state.url.as_ref()),
+    ];
+    urls.into_iter()
+        .filter_map(|(key, url)| {
+            let message = PgTarget::parse(url?).err()?;
+            Some(crate::config::Problem {
+                path: key.into(),
+                message,
+            })
+        })
+        .collect()
+}
+
+/// The source database's name (as CloudEvents `source` names it): the URL's dbname,
+/// else its user, as PostgreSQL defaults it.
+pub fn database_name(url: &str) -> String {
+    let parsed = PgTarget::parse(url).ok();
+    let config = parsed.as_ref().map(|t| &t.config);
+    config
+        .and_then(|c| c.get_dbname().map(str::to_string))
+        .or_else(|| config.and_then(|c| c.get_user().map(str::to_string)))
+        .unwrap_or_else(|| "postgres".to_string())
+}
+
+/// A failed connection to the database named by config key `key`, with the cause and
+/// what to check.
+pub fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
+    let detail = match e.as_db_error() {
+        Some(_) => crate::pg::describe(e),
+        None => {
+            let mut cur: &dyn std::error::Error = e;
+            while let Some(next) = cur.source() {
+                cur = next;
+            }
+            cur.to_string()
+        }
+    };
+    let hint = if detail.contains("certificate") {
+        "the server's TLS certificate was not accepted: set sslrootcert to the CA that signed it \
+         (verify-full also checks that the host name matches the certificate)"
+    } else {
+        "check host, port, user, password and pg_hba.conf"
+    };
+    format!("cannot connect to the database in {key}: {detail} ({hint})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

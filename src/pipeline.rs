@@ -16,21 +16,22 @@
 //! processed every earlier one is accounted for in some lane.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::coalesce::{Closed, Coalescer, CLOSED};
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{self, Cell, LogicalMessage, TypeRegistry};
 use crate::event::{format_lsn, EventRef, Pos};
 use crate::lanes::Lane;
+use crate::mapping::coalesce::{Closed, Coalescer, CLOSED};
 use crate::mapping::{Change, ColValue, Mapper, Routed, Row, RuleFailure, TxMeta};
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
+use crate::progress::{monotonic_ms, unix_micros, Progress, PG_EPOCH_UNIX_MICROS};
 use crate::source::{refusal, setup, ReplConn, ReplMessage, SourceError};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
@@ -41,51 +42,6 @@ const SLOT_BUSY_RETRY: Duration = Duration::from_millis(500);
 const CATALOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the confirmed LSN is recomputed and sent when it moved.
 const CONFIRM_TICK: Duration = Duration::from_millis(250);
-
-/// Progress shared with the watermark writer and the admin server.
-#[derive(Default)]
-pub struct Progress {
-    /// Every transaction before this LSN is fully handed to the lanes.
-    pub frontier: AtomicU64,
-    pub streaming: AtomicBool,
-    /// Set once this process has started streaming the slot (so it owns the lanes' logs).
-    pub leading: AtomicBool,
-    /// Cancelled when this process must stop delivering at once: its lease was lost, or
-    /// lapsed while a standby waits (see `state::lease`).
-    pub fence: tokio_util::sync::CancellationToken,
-    /// The lease lapsed but no standby was seen: delivery goes on, but losing the slot's
-    /// connection now fences.
-    pub lapsed: AtomicBool,
-    /// Commit time of the transaction being handed over, on this host's clock (unix
-    /// microseconds; 0 between transactions).
-    pub reading_commit_us: AtomicI64,
-    /// Coalescing windows open (the ticker writes ticks into the WAL while there are).
-    pub open_windows: AtomicUsize,
-    /// When stream time last moved (a transaction or a tick arrived), on this host's
-    /// monotonic clock: milliseconds since the process started.
-    pub stream_time_moved_ms: AtomicU64,
-}
-
-impl Progress {
-    /// How far the reader is behind its source: the age of the transaction it hands over.
-    pub fn reader_lag(&self) -> Duration {
-        let commit = self.reading_commit_us.load(Ordering::Relaxed);
-        if commit == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_micros(unix_micros().saturating_sub(commit).max(0) as u64)
-    }
-}
-
-/// Microseconds between 1970-01-01 and PostgreSQL's epoch, 2000-01-01.
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
-fn unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 struct Rel {
     /// The table whose rules take its changes: the relation itself, or the partitioned
@@ -1040,20 +996,6 @@ async fn next_swap(swaps: &mut Option<tokio::sync::mpsc::Receiver<Swap>>) -> Opt
     match swaps {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Milliseconds on this host's monotonic clock since the first call.
-pub fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// The current frontier as a position: every event before it was handed over.
-pub fn frontier_pos(progress: &Progress) -> Pos {
-    Pos {
-        lsn: progress.frontier.load(Ordering::Relaxed),
-        seq: 0,
     }
 }
 

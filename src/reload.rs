@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::lanes::target;
 use crate::mapping::Mapper;
+use crate::pg::connect_message;
 use crate::pg::PgTarget;
 use crate::pipeline::Swap;
-use crate::run::connect_message;
 
 /// What a run needs to take reloads.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub async fn watch(
             _ = cancel.cancelled() => return,
             _ = reloads.hangups.notified() => {}
         }
-        let new = match Config::load(&reloads.path) {
+        let new = match crate::checks::load(&reloads.path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "config reload refused; the running config stays");

@@ -14,7 +14,8 @@ use crate::lanes::{fenced, target, Lane};
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
-use crate::pipeline::{frontier_pos, Pipeline, Progress};
+use crate::pipeline::Pipeline;
+use crate::progress::{frontier_pos, Progress};
 use crate::reload::{Reloads, Restart};
 use crate::shutdown::{StopBudget, StopClock};
 use crate::state::lease::Lease;
@@ -121,7 +122,7 @@ pub async fn run(
         let catalog = source
             .connect("catalog")
             .await
-            .map_err(|e| RunError::Prerequisite(connect_message("source.url", &e)))?;
+            .map_err(|e| RunError::Prerequisite(crate::pg::connect_message("source.url", &e)))?;
         let info = crate::source::setup::prepare(&catalog, &config)
             .await
             .map_err(|e| RunError::Prerequisite(e.to_string()))?;
@@ -275,7 +276,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
     if no_delivery {
         tracing::warn!("--no-delivery: events are decoded and mapped, then dropped; nothing is sent");
     }
-    let database = config.database_name();
+    let database = crate::pg::database_name(&config.source.url);
     let stops = state
         .stops()
         .await
@@ -519,24 +520,4 @@ fn fenced_ok(e: RunError) -> Result<(), RunError> {
         RunError::Fenced => Ok(()),
         e => Err(e),
     }
-}
-
-pub(crate) fn connect_message(key: &str, e: &tokio_postgres::Error) -> String {
-    let detail = match e.as_db_error() {
-        Some(_) => crate::pg::describe(e),
-        None => {
-            let mut cur: &dyn std::error::Error = e;
-            while let Some(next) = cur.source() {
-                cur = next;
-            }
-            cur.to_string()
-        }
-    };
-    let hint = if detail.contains("certificate") {
-        "the server's TLS certificate was not accepted: set sslrootcert to the CA that signed it \
-         (verify-full also checks that the host name matches the certificate)"
-    } else {
-        "check host, port, user, password and pg_hba.conf"
-    };
-    format!("cannot connect to the database in {key}: {detail} ({hint})")
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lanes::{Lane, Mode};
 use crate::metrics::{self, LaneSample, Metrics};
-use crate::pipeline::Progress;
+use crate::progress::Progress;
 use crate::state::State;
 
 #[derive(Clone)]

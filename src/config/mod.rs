@@ -370,6 +370,14 @@ pub struct ExpiringSecret {
 }
 
 impl SecretEntry {
+    /// The key path of its secret text in subscriber `i`'s entry `j`.
+    pub fn path(&self, i: usize, j: usize) -> String {
+        match self {
+            SecretEntry::Plain(_) => format!("subscribers[{i}].secrets[{j}]"),
+            SecretEntry::Expiring(_) => format!("subscribers[{i}].secrets[{j}].secret"),
+        }
+    }
+
     pub fn secret(&self) -> &str {
         match self {
             SecretEntry::Plain(s) => s,
@@ -472,35 +480,51 @@ fn default_retry_after_max() -> Duration {
     DEFAULT_RETRY_AFTER_MAX
 }
 
+/// A config as read: the typed config, the problems of its own rules (`Config::validate`),
+/// and warnings about environment variables that look like mistyped overrides. The
+/// stages' checks of their parts come on top (see `crate::checks`).
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: Config,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<String>,
+}
+
+impl ConfigError {
+    /// The problems of config `origin`, as one error.
+    pub fn invalid(origin: &str, problems: Vec<Problem>) -> ConfigError {
+        ConfigError::Invalid {
+            path: origin.to_string(),
+            problems,
+        }
+    }
+}
+
 impl Config {
-    /// Reads, expands, overrides from the environment, deserializes and validates. A
-    /// `WALHOOK_*` variable that looks like a mistyped override is logged as a warning.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads, expands, overrides from the environment, deserializes and validates the
+    /// config's own rules. Errors only when there is no typed config to check further.
+    pub fn read(path: &Path) -> Result<Parsed, ConfigError> {
         let display = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: display.clone(),
             source,
         })?;
-        let (config, warnings) = Self::from_parts(
+        Self::from_parts(
             &text,
             &display,
             &|name| std::env::var(name).ok(),
             std::env::vars_os(),
-        )?;
-        for warning in warnings {
-            tracing::warn!("{warning}");
-        }
-        Ok(config)
+        )
     }
 
     /// Parses config text. `env` resolves `${VAR}` references and `WALHOOK_` overrides
     /// are read from the process environment.
-    pub fn from_toml(
+    pub fn parse(
         text: &str,
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        Self::from_parts(text, origin, env, std::env::vars_os()).map(|(c, _)| c)
+    ) -> Result<Parsed, ConfigError> {
+        Self::from_parts(text, origin, env, std::env::vars_os())
     }
 
     /// Parses config text with the environment `vars` (for `WALHOOK_<SECTION>__<KEY>`
@@ -511,7 +535,7 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
         vars: I,
-    ) -> Result<(Config, Vec<String>), ConfigError>
+    ) -> Result<Parsed, ConfigError>
     where
         I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
     {
@@ -519,13 +543,9 @@ impl Config {
             path: origin.to_string(),
             source,
         };
-        let invalid = |problems| ConfigError::Invalid {
-            path: origin.to_string(),
-            problems,
-        };
         let overrides = env::Overrides::from_vars(vars);
         if !overrides.problems.is_empty() {
-            return Err(invalid(overrides.problems));
+            return Err(ConfigError::invalid(origin, overrides.problems));
         }
         let values: config::Map<String, String> = overrides.values.into_iter().collect();
         let raw = config::Config::builder()
@@ -563,15 +583,15 @@ impl Config {
                     path: if path == "." { "(top)".into() } else { path },
                     message: e.into_inner().to_string(),
                 });
-                return Err(invalid(problems));
+                return Err(ConfigError::invalid(origin, problems));
             }
         };
         problems.extend(config.validate());
-        if problems.is_empty() {
-            Ok((config, warnings))
-        } else {
-            Err(invalid(problems))
-        }
+        Ok(Parsed {
+            config,
+            problems,
+            warnings,
+        })
     }
 
     /// Whether `other` differs from this config in its `[[events]]` rules only (what a
@@ -587,30 +607,10 @@ impl Config {
         self.state.url.as_deref().unwrap_or(&self.source.url)
     }
 
-    /// The source database's name (as CloudEvents `source` names it): the URL's dbname,
-    /// else its user, as PostgreSQL defaults it.
-    pub fn database_name(&self) -> String {
-        let parsed = crate::pg::PgTarget::parse(&self.source.url).ok();
-        let config = parsed.as_ref().map(|t| &t.config);
-        config
-            .and_then(|c| c.get_dbname().map(str::to_string))
-            .or_else(|| config.and_then(|c| c.get_user().map(str::to_string)))
-            .unwrap_or_else(|| "postgres".to_string())
-    }
-
     /// Every problem in the config, with its key path.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |path: String, message: String| out.push(Problem { path, message });
-        let urls = [
-            ("source.url", Some(&self.source.url)),
-            ("state.url", self.state.url.as_ref()),
-        ];
-        for (key, url) in urls {
-            if let Some(Err(e)) = url.map(|u| crate::pg::PgTarget::parse(u)) {
-                bad(key.into(), e);
-            }
-        }
         for (key, value) in [
             ("source.slot", &self.source.slot),
             ("source.publication", &self.source.publication),
@@ -751,11 +751,6 @@ impl Config {
                     );
                 }
             }
-            if let Some(when) = &rule.when {
-                if let Err(e) = crate::mapping::Condition::compile(when) {
-                    bad(p("when"), e);
-                }
-            }
             if let Some(c) = &rule.coalesce {
                 if c.window.is_zero() {
                     bad(p("coalesce.window"), "must be above 0, e.g. \"2s\"".into());
@@ -783,19 +778,6 @@ impl Config {
                 }
             }
         }
-        // Every event name the rules can make, for checking subscriber patterns.
-        let names: std::collections::BTreeSet<String> = self
-            .events
-            .iter()
-            .filter_map(|r| {
-                let table = TableName::parse(&r.table).ok()?;
-                Some(r.on.iter().map(move |op| match &r.name {
-                    Some(n) => n.clone(),
-                    None => format!("{}.{}", table.name, op.default_suffix()),
-                }))
-            })
-            .flatten()
-            .collect();
         let mut sub_names = std::collections::HashSet::new();
         if self.subscribers.is_empty() {
             bad(
@@ -838,16 +820,6 @@ impl Config {
                         key,
                         format!("{pattern:?} must be an event name, with * for any run of characters (\"price.*\")"),
                     );
-                } else if !names.is_empty()
-                    && !names.iter().any(|n| crate::mapping::pattern_matches(pattern, n))
-                {
-                    bad(
-                        key,
-                        format!(
-                            "{pattern:?} matches no event the rules make ({}): check the spelling",
-                            names.iter().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    );
                 }
             }
             if sub.secrets.is_empty() {
@@ -859,13 +831,6 @@ impl Config {
             let now = std::time::SystemTime::now();
             let mut unexpired = 0;
             for (j, secret) in sub.secrets.iter().enumerate() {
-                let key = match secret {
-                    SecretEntry::Plain(_) => format!("subscribers[{i}].secrets[{j}]"),
-                    SecretEntry::Expiring(_) => format!("subscribers[{i}].secrets[{j}].secret"),
-                };
-                if let Err(e) = crate::lanes::sign::Secret::parse(secret.secret()) {
-                    bad(key, e.to_string());
-                }
                 match secret.expires() {
                     Ok(Some(at)) if at <= now => {}
                     Ok(_) => unexpired += 1,
@@ -877,34 +842,6 @@ impl Config {
                     p("secrets"),
                     "every secret has expired: add a new \"whsec_<base64>\" secret".into(),
                 );
-            }
-            if let Some(rate) = &sub.rate_limit {
-                if let Err(e) = crate::lanes::limit::parse(rate) {
-                    bad(p("rate_limit"), e);
-                }
-            }
-            for (name, value) in &sub.headers {
-                use crate::lanes::http::{reserved_header, valid_header_name, valid_header_value};
-                let key = p(&format!("headers.{name}"));
-                if !valid_header_name(name) {
-                    bad(
-                        key,
-                        "not a valid HTTP header name: use letters, digits and - _ .".into(),
-                    );
-                } else if reserved_header(name) {
-                    bad(key, "set by walhook itself: remove it from headers".into());
-                } else if !valid_header_value(value) {
-                    bad(
-                        key,
-                        "the value holds a line break or control character: remove it".into(),
-                    );
-                }
-            }
-            for (key, message) in crate::lanes::format::check(sub) {
-                bad(p(&key), message);
-            }
-            for (key, message) in crate::lanes::retry::check(sub) {
-                bad(p(&key), message);
             }
             if sub.disable_after_attempts == Some(0) {
                 bad(
@@ -950,7 +887,8 @@ fn valid_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn valid_event_name(s: &str) -> bool {
+/// Whether `s` is a valid event or subscriber name: letters, digits, '.', '_' or '-'.
+pub fn valid_event_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
         && s.bytes()

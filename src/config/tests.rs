@@ -14,7 +14,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::from_toml(text, "test.toml", &env)
+    crate::checks::from_toml(text, "test.toml", &env)
 }
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -94,7 +94,7 @@ fn unknown_keys_are_errors_with_their_path() {
 
 #[test]
 fn missing_variables_are_named() {
-    let p = match Config::from_toml(MINIMAL, "t", &|_| None) {
+    let p = match crate::checks::from_toml(MINIMAL, "t", &|_| None) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
         other => panic!("{other:?}"),
     };
@@ -210,7 +210,11 @@ fn only_section_key_variables_override_and_near_misses_warn_unless_used() {
         "[admin]\ntoken = \"${WALHOOK_ADMIN_TOKEN}\"\n[source]\n",
     );
     let env = |name: &str| (name == "WALHOOK_ADMIN_TOKEN").then(|| "0123456789abcdef".to_string());
-    let (c, warnings) = Config::from_parts(
+    let Parsed {
+        config: c,
+        problems,
+        warnings,
+    } = Config::from_parts(
         &text,
         "t",
         &|n| env(n).or_else(|| super::tests::env(n)),
@@ -224,6 +228,7 @@ fn only_section_key_variables_override_and_near_misses_warn_unless_used() {
         ]),
     )
     .unwrap();
+    assert_eq!(problems, []);
     assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef"));
     assert_eq!(c.source.slot, "other");
     assert_eq!(c.state.lease, DEFAULT_LEASE);

@@ -62,7 +62,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{EventOrder, Subscriber};
 use crate::event::{Event, EventRef, Mark, Pos};
 use crate::metrics::LaneMetrics;
-use crate::pipeline::Progress;
+use crate::progress::Progress;
 use crate::state::{AttemptLog, SpillOutcome, SpillRow, State};
 use deliver::{Attempt, Target};
 use retry::{DeadWhy, Verdict};
@@ -101,6 +101,44 @@ const STATE_RETRY: Duration = Duration::from_millis(500);
 /// past them, the mark's high end comes down to the first one left out, and a restart
 /// re-sends what was delivered after it.
 pub const MARK_PENDING_MAX: usize = 1_000;
+
+/// The problems of the subscribers' parts lanes compile: secrets, rate limits, headers,
+/// body formats and retry policies.
+pub fn check(config: &crate::config::Config) -> Vec<crate::config::Problem> {
+    let mut out = Vec::new();
+    for (i, sub) in config.subscribers.iter().enumerate() {
+        let mut bad = |key: String, message: String| out.push(crate::config::Problem { path: key, message });
+        let p = |k: &str| format!("subscribers[{i}].{k}");
+        for (j, secret) in sub.secrets.iter().enumerate() {
+            if let Err(e) = sign::Secret::parse(secret.secret()) {
+                bad(secret.path(i, j), e.to_string());
+            }
+        }
+        if let Some(Err(e)) = sub.rate_limit.as_deref().map(limit::parse) {
+            bad(p("rate_limit"), e);
+        }
+        for (name, value) in &sub.headers {
+            let key = p(&format!("headers.{name}"));
+            if !http::valid_header_name(name) {
+                bad(
+                    key,
+                    "not a valid HTTP header name: use letters, digits and - _ .".into(),
+                );
+            } else if http::reserved_header(name) {
+                bad(key, "set by walhook itself: remove it from headers".into());
+            } else if !http::valid_header_value(value) {
+                bad(
+                    key,
+                    "the value holds a line break or control character: remove it".into(),
+                );
+            }
+        }
+        for (key, message) in format::check(sub).into_iter().chain(retry::check(sub)) {
+            bad(p(&key), message);
+        }
+    }
+    out
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

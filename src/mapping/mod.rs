@@ -5,6 +5,7 @@
 //! Nothing here does I/O or reads a clock: the body is a function of the change and the
 //! rule only (its `timestamp` is the commit time), so a replay renders identical bytes.
 
+pub mod coalesce;
 mod condition;
 mod pattern;
 mod plan;
@@ -86,7 +87,7 @@ struct Rule {
     ignore_changes: Option<Vec<String>>,
     transition: Option<Transition>,
     when: Option<Condition>,
-    coalesce: Option<crate::coalesce::Spec>,
+    coalesce: Option<crate::mapping::coalesce::Spec>,
     /// `schema.table` as written in bodies.
     table: String,
     /// Per op: event name, routes and id tag.
@@ -211,7 +212,7 @@ impl Mapper {
                     .as_ref()
                     .map(|t| Transition::new(&t.column, &t.to, t.from.as_ref())),
                 when,
-                coalesce: r.coalesce.as_ref().map(|c| crate::coalesce::Spec {
+                coalesce: r.coalesce.as_ref().map(|c| crate::mapping::coalesce::Spec {
                     rule: i,
                     window: micros(c.window),
                     max_wait: micros(c.max_wait),
@@ -283,6 +284,53 @@ impl Mapper {
     }
 }
 
+/// The problems of the rules' parts mapping compiles: `when` conditions, and subscriber
+/// patterns that match no event the rules make (a typo would deliver nothing).
+pub fn check(config: &Config) -> Vec<crate::config::Problem> {
+    use crate::config::Problem;
+    let mut out = Vec::new();
+    for (i, rule) in config.events.iter().enumerate() {
+        if let Some(Err(e)) = rule.when.as_deref().map(Condition::compile) {
+            out.push(Problem {
+                path: format!("events[{i}].when"),
+                message: e,
+            });
+        }
+    }
+    // Every event name the rules can make.
+    let names: std::collections::BTreeSet<String> = config
+        .events
+        .iter()
+        .filter_map(|r| {
+            let table = TableName::parse(&r.table).ok()?;
+            Some(r.on.iter().map(move |op| match &r.name {
+                Some(n) => n.clone(),
+                None => format!("{}.{}", table.name, op.default_suffix()),
+            }))
+        })
+        .flatten()
+        .collect();
+    if names.is_empty() {
+        return out;
+    }
+    for (i, sub) in config.subscribers.iter().enumerate() {
+        for (j, pattern) in sub.events.iter().enumerate() {
+            // A malformed pattern is the config's to name.
+            let well_formed = crate::config::valid_event_name(&pattern.replace('*', "x"));
+            if well_formed && !names.iter().any(|n| pattern::matches(pattern, n)) {
+                out.push(Problem {
+                    path: format!("subscribers[{i}].events[{j}]"),
+                    message: format!(
+                        "{pattern:?} matches no event the rules make ({}): check the spelling",
+                        names.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// An event and the lanes (subscriber indexes) it goes to.
 #[derive(Debug)]
 pub struct Routed {
@@ -291,7 +339,7 @@ pub struct Routed {
     /// How the routed subscribers want numbers written (the body is rendered so).
     pub numbers: Numbers,
     /// Set when the rule coalesces: the event goes into a window, not to the lanes.
-    pub coalesce: Option<crate::coalesce::Spec>,
+    pub coalesce: Option<crate::mapping::coalesce::Spec>,
 }
 
 fn micros(d: std::time::Duration) -> i64 {

@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::pipeline::Progress;
+use crate::progress::Progress;
 
 /// How often a standby polls the lease (at most).
 const POLL: Duration = Duration::from_secs(1);

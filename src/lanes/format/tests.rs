@@ -1,6 +1,5 @@
 use super::fast::Fast;
 use super::*;
-use crate::config::Config;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -25,7 +24,7 @@ secrets = ["{SECRET}"]
 }
 
 fn subscriber(extra: &str) -> Subscriber {
-    Config::from_toml(&text(extra), "t", &|_| None)
+    crate::checks::from_toml(&text(extra), "t", &|_| None)
         .unwrap()
         .subscribers
         .remove(0)
@@ -33,7 +32,7 @@ fn subscriber(extra: &str) -> Subscriber {
 
 /// What loading the config says about the subscriber: (key within it, message).
 fn problems(extra: &str) -> Vec<(String, String)> {
-    match Config::from_toml(&text(extra), "t", &|_| None) {
+    match crate::checks::from_toml(&text(extra), "t", &|_| None) {
         Ok(_) => Vec::new(),
         Err(crate::config::ConfigError::Invalid { problems, .. }) => problems
             .into_iter()
