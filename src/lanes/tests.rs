@@ -294,7 +294,7 @@ fn a_mark_lists_at_most_its_bound_of_pending_events() {
 #[test]
 fn spill_writes_are_bounded_in_events_and_bytes() {
     const MIB: usize = 1 << 20;
-    let len = |sizes: &[usize]| spill_batch_len(sizes.iter().copied());
+    let len = |sizes: &[usize]| super::spill::spill_batch_len(sizes.iter().copied());
     assert_eq!(len(&[]), 0);
     assert_eq!(len(&[600; 5_000]), SPILL_BATCH);
     assert_eq!(len(&[600; 10]), 10);

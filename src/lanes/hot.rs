@@ -1,0 +1,144 @@
+//! Hot mode: delivery from memory. One dispatcher per lane starts a worker per ready
+//! key, up to `max_in_flight` at once; a worker delivers with quick retries while the
+//! lane stays hot, and hands a failing event to the spill log when it spills.
+
+use super::*;
+
+impl Lane {
+    /// Hot mode: takes one of the lane's `max_in_flight` slots, waits for the first event
+    /// of a ready key, and starts a hot worker with both; then the next. Workers exist
+    /// only while there is work, so an idle lane costs this one task, whatever
+    /// `max_in_flight` is.
+    pub(super) async fn hot_dispatch(
+        self: Arc<Self>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        abandon: CancellationToken,
+    ) {
+        let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        loop {
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => return,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            // The wakeup registration lives only while looking and waiting for work; it
+            // is the only one, so every `notify_one` of an event reaches it.
+            let event = loop {
+                let mut woken = pin!(self.wake_workers.notified());
+                woken.as_mut().enable();
+                if let Some(event) = self.take_hot() {
+                    break event;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = woken => {}
+                    _ = tokio::time::sleep(IDLE_WORKER_CHECK) => {}
+                }
+            };
+            let worker = self.clone().hot_worker(event, slot, cancel.clone());
+            tracker.spawn(fenced(&abandon, worker));
+        }
+    }
+
+    /// In hot mode and not stopped, the first event of the next ready key (see `next_hot`).
+    pub(super) fn take_hot(&self) -> Option<EventRef> {
+        if self.is_stopped() {
+            return None;
+        }
+        let mut inner = self.lock();
+        next_hot(&mut inner)
+    }
+
+    /// A hot worker, holding one of the lane's `max_in_flight` slots: delivers `event`,
+    /// then the first event of the next ready key for as long as there is one, so at most
+    /// `max_in_flight` keys are in flight and each key has one event in flight. It ends
+    /// when no key is ready, giving its slot back to the dispatcher.
+    pub(super) async fn hot_worker(
+        self: Arc<Self>,
+        mut event: EventRef,
+        _slot: OwnedSemaphorePermit,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            self.deliver_hot(event, &cancel).await;
+            if cancel.is_cancelled() {
+                return;
+            }
+            match self.take_hot() {
+                Some(next) => event = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Delivers one event from memory, retrying quickly while the lane stays hot.
+    pub(super) async fn deliver_hot(&self, event: EventRef, cancel: &CancellationToken) {
+        let mut attempts: u32 = 0;
+        let mut history = Vec::new();
+        let outcome = loop {
+            attempts += 1;
+            let (result, took) = self.target.send(&event.id, &event.body).await;
+            self.metrics.observe(took.as_secs_f64());
+            self.count_outcome(result.failure());
+            let failure = match result {
+                Attempt::Delivered => {
+                    self.failing.store(false, Ordering::Relaxed);
+                    self.metrics.delivered.add(1);
+                    break HotOutcome::Done;
+                }
+                Attempt::Failed(failure) => failure,
+            };
+            self.failing.store(true, Ordering::Relaxed);
+            history.push(attempt_log(took, &failure));
+            let wait = match self.target.verdict(attempts, &failure) {
+                Verdict::Retry(wait) => wait,
+                Verdict::Dead(why) => {
+                    if self.record_dead(&event, attempts, why, &history, cancel).await {
+                        break HotOutcome::Done;
+                    }
+                    break HotOutcome::Again(attempts, Duration::ZERO, history);
+                }
+            };
+            self.metrics.retried.add(1);
+            tracing::debug!(subscriber = %self.name, id = %event.id, attempts, error = %failure.error, "delivery failed");
+            // Sleep before the next attempt, but hand the event to the spill log as soon
+            // as the lane spills.
+            let until = Instant::now() + wait;
+            loop {
+                if self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled() {
+                    break;
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(TICK.min(left)).await;
+            }
+            if self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled() {
+                break HotOutcome::Again(attempts, until.saturating_duration_since(Instant::now()), history);
+            }
+        };
+        let done = matches!(outcome, HotOutcome::Done);
+        let mut inner = self.lock();
+        let mode = inner.mode;
+        let ready = inner.finish_hot(&event, outcome);
+        drop(inner);
+        if done {
+            self.room.notify_waiters();
+        }
+        // The worker that finishes here looks for work next; a second key made ready
+        // wakes another.
+        if ready > 1 && mode == Mode::Hot {
+            self.wake_workers.notify_one();
+        }
+        if mode != Mode::Hot {
+            // The writer takes what followed this event to the log; the server may be
+            // waiting for the lane to settle.
+            self.wake_writer.notify_one();
+            self.wake_server.notify_one();
+        }
+    }
+}
