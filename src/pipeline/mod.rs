@@ -34,6 +34,16 @@ use crate::pg::PgTarget;
 use crate::progress::{monotonic_ms, unix_micros, Progress, PG_EPOCH_UNIX_MICROS};
 use crate::source::{refusal, setup, ReplConn, ReplMessage, SourceError};
 
+mod confirm;
+mod lag;
+mod relations;
+mod ticker;
+
+use confirm::{silence_limit, ClockOffset};
+pub use lag::lag_watch;
+use relations::tell_unmatched;
+pub use ticker::{tick_interval, ticker};
+
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Retry interval while the slot is still held by another process.
@@ -109,46 +119,6 @@ pub struct Swap {
 
 /// A rule's run-time failures are logged at most this often (each one is counted).
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// This host's clock minus the server's, from the send times of its messages: the least
-/// difference seen in the last 10 to 20 seconds, so time a message spent waiting in
-/// buffers (while the reader was held) does not count as clock difference.
-struct ClockOffset {
-    current: i64,
-    previous: i64,
-    since: Instant,
-}
-
-impl ClockOffset {
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    fn new() -> ClockOffset {
-        ClockOffset {
-            current: i64::MAX,
-            previous: i64::MAX,
-            since: Instant::now(),
-        }
-    }
-
-    /// Notes a message the server sent at `send_time` (its clock, PostgreSQL epoch).
-    fn observe(&mut self, send_time: i64) {
-        let offset = unix_micros() - (send_time + PG_EPOCH_UNIX_MICROS);
-        if self.since.elapsed() >= Self::WINDOW {
-            self.previous = self.current;
-            self.current = offset;
-            self.since = Instant::now();
-        } else {
-            self.current = self.current.min(offset);
-        }
-    }
-
-    fn get(&self) -> i64 {
-        match self.current.min(self.previous) {
-            i64::MAX => 0,
-            offset => offset,
-        }
-    }
-}
 
 impl Pipeline {
     #[allow(clippy::too_many_arguments)]
@@ -429,45 +399,6 @@ impl Pipeline {
                     }
                 }
             }
-        }
-    }
-
-    fn publish_frontier(&self) {
-        self.progress.frontier.store(self.frontier, Ordering::Relaxed);
-    }
-
-    /// The LSN it is safe to confirm now (see the module doc).
-    fn confirm_lsn(&self) -> u64 {
-        let mut lsn = self.frontier;
-        if let Some((tx, _)) = &self.tx {
-            lsn = lsn.min(tx.commit_lsn);
-        }
-        for lane in &self.lanes {
-            if let Some(low) = lane.low() {
-                lsn = lsn.min(low.lsn);
-            }
-        }
-        if let Some(low) = self.coalescer.low() {
-            lsn = lsn.min(low);
-        }
-        for (first, _) in self.held.values() {
-            lsn = lsn.min(*first);
-        }
-        outside_spans(lsn, &self.spans)
-    }
-
-    /// Forgets coalesced events no lane can still hold, and spans wholly confirmed.
-    fn prune_held(&mut self) {
-        let lanes = &self.lanes;
-        self.held.retain(|pos, (_, routes)| {
-            routes
-                .iter()
-                .filter_map(|&i| lanes.get(i))
-                .any(|lane| lane.low().is_some_and(|low| low <= *pos))
-        });
-        if !self.spans.is_empty() {
-            let confirmed = self.confirm_lsn();
-            self.spans.retain(|(_, last)| *last >= confirmed);
         }
     }
 
@@ -825,170 +756,6 @@ impl Pipeline {
         }
         Ok(true)
     }
-
-    /// Decides which rules take a relation's changes: those of the relation itself, else
-    /// those of the nearest partitioned table it is a partition of (a publication without
-    /// `publish_via_partition_root` sends partitions' changes under their own names).
-    /// Warns once when a rule's key names a column the relation lacks.
-    async fn map_relation(&mut self, oid: u32, rel: &mut Rel) {
-        rel.table = rel.own.clone();
-        if !self.mapper.watches(&rel.own) {
-            if rel.ancestors.is_none() {
-                rel.ancestors = self.partition_ancestors(oid, &rel.own).await;
-            }
-            if let Some(root) = rel.ancestors.iter().flatten().find(|a| self.mapper.watches(a)) {
-                tracing::info!(partition = %rel.own, table = %root,
-                    "changes of a partition arrive under its own name: the partitioned table's rules take them");
-                rel.table = root.clone();
-            }
-        }
-        rel.watched = self.mapper.watches(&rel.table);
-        rel.unmatched_told = false;
-        let names: Vec<&str> = rel.columns.iter().map(|(n, _, _)| &**n).collect();
-        let missing = self.mapper.missing_key_columns(&rel.table, &names);
-        for (rule, col) in &missing {
-            tracing::warn!(rule = %rule, table = %rel.table, column = %col,
-                "the rule's ordering key names a column the table no longer has (dropped or renamed): \
-                 its events now carry a null key and all share one ordering key, so they go out one at a \
-                 time. Fix: set the rule's `key` to columns the table has (or restore the column), then \
-                 reload with SIGHUP");
-        }
-        rel.keyless_rules = missing.into_iter().map(|(rule, _)| rule).collect();
-    }
-
-    /// The partitioned tables `own` is a partition of, nearest first (empty when it is
-    /// none), looked up on the catalog connection; None when the lookup failed.
-    async fn partition_ancestors(&mut self, oid: u32, own: &TableName) -> Option<Vec<TableName>> {
-        let looked_up = tokio::time::timeout(CATALOG_TIMEOUT, async {
-            let catalog = match self.catalog.take().filter(|c| !c.is_closed()) {
-                Some(c) => c,
-                None => self.source.connect("catalog").await?,
-            };
-            let catalog = self.catalog.insert(catalog);
-            setup::ancestors(catalog, oid).await
-        })
-        .await;
-        let error = match looked_up {
-            Ok(Ok(list)) => return Some(list.into_iter().filter(|t| t != own).collect()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {CATALOG_TIMEOUT:?}"),
-        };
-        self.catalog = None;
-        tracing::warn!(%error, table = %own, "cannot look up whether the table is a partition");
-        None
-    }
-
-    /// Looks up column types the registry does not know yet. The catalog connection is
-    /// opened again when it closed (a server restart), and a lookup may take at most
-    /// `CATALOG_TIMEOUT`, so a dead connection cannot stall the stream.
-    async fn resolve_types(&mut self, oids: &[u32]) {
-        let looked_up = tokio::time::timeout(CATALOG_TIMEOUT, async {
-            let catalog = match self.catalog.take().filter(|c| !c.is_closed()) {
-                Some(c) => c,
-                None => self.source.connect("catalog").await?,
-            };
-            let catalog = self.catalog.insert(catalog);
-            setup::load_types(catalog, &mut self.types, Some(oids)).await
-        })
-        .await;
-        let error = match looked_up {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {CATALOG_TIMEOUT:?}"),
-        };
-        // The next lookup uses a new connection.
-        self.catalog = None;
-        tracing::warn!(%error, ?oids, "cannot look up column types; their values are sent as text");
-    }
-}
-
-/// Says once per relation that its changes reach walhook but no rule takes them, and
-/// what to do when that was not meant.
-fn tell_unmatched(oid: u32, rel: &Rel, mapper: &Mapper) {
-    match mapper.captured_as(oid) {
-        Some(was) if *was != rel.own => tracing::warn!(table = %was, now = %rel.own,
-            "a captured table was renamed: its changes are skipped (counted in walhook_changes_unmatched_total). \
-             Fix: name the new table in events[].table and reload with SIGHUP"),
-        _ => tracing::warn!(table = %rel.own,
-            "changes of this table reach walhook but no rule takes them; they are skipped (counted in \
-             walhook_changes_unmatched_total). If they should make events, add a rule for it (for a partition, \
-             name its partitioned table); otherwise remove it from the publication"),
-    }
-}
-
-/// The highest LSN at or below `lsn` that is inside no span (first, last] of coalesced
-/// changes, so a replay from it forms every window whole. One pass from the latest first
-/// change down is enough: lowering to a span's first change can only put spans that
-/// start earlier around the new value.
-fn outside_spans(mut lsn: u64, spans: &std::collections::BTreeSet<(u64, u64)>) -> u64 {
-    for (first, last) in spans.iter().rev() {
-        if *first < lsn && *last >= lsn {
-            lsn = *first;
-        }
-    }
-    lsn
-}
-
-/// How long the replication connection may stay silent before it counts as dead:
-/// `receive_timeout`, but at least 1.5 times the server's `wal_sender_timeout` (the
-/// answer to `SHOW wal_sender_timeout`; 60 s when it cannot be read). While the server
-/// decodes a long transaction that sends nothing (changes of unpublished tables), it
-/// reads our messages, and so answers a request for a reply, only every half of its
-/// timeout: we ask at half of the limit and must wait past that.
-fn silence_limit(receive_timeout: Duration, show: Vec<Vec<Option<String>>>) -> Duration {
-    let server = show
-        .first()
-        .and_then(|row| row.first().cloned().flatten())
-        .and_then(|text| match text.trim() {
-            "0" => Some(Duration::ZERO),
-            t => humantime::parse_duration(t).ok(),
-        })
-        .unwrap_or(Duration::from_secs(60));
-    receive_timeout.max(server * 3 / 2)
-}
-
-/// How often the slot's lag is read from the server.
-const LAG_EVERY: Duration = Duration::from_secs(5);
-
-/// Keeps `walhook_replication_lag_bytes` at the bytes of WAL between the server's current
-/// position and the slot's confirmed flush LSN, read from the server itself every
-/// `LAG_EVERY`: the stream cannot say it (a keepalive carries only the walsender's decode
-/// position, and none comes while the stream is down or cannot start). A read-only
-/// query; on failure the last value stays and the next read opens a new connection.
-pub async fn lag_watch(source: PgTarget, slot: String, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    const SQL: &str = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint                        FROM pg_replication_slots WHERE slot_name = $1";
-    let mut client: Option<Client> = None;
-    loop {
-        let read = tokio::time::timeout(CATALOG_TIMEOUT, async {
-            let c = match client.take().filter(|c| !c.is_closed()) {
-                Some(c) => c,
-                None => source.connect("lag").await?,
-            };
-            let c = client.insert(c);
-            c.query_opt(SQL, &[&slot]).await
-        })
-        .await;
-        match read {
-            Ok(Ok(row)) => {
-                let lag: Option<i64> = row.and_then(|r| r.get(0));
-                if let Some(lag) = lag {
-                    metrics.lag_bytes.set(lag.max(0) as u64);
-                }
-            }
-            Ok(Err(e)) => {
-                client = None;
-                tracing::debug!(error = %crate::pg::describe(&e), "cannot read the slot's lag");
-            }
-            Err(_) => {
-                client = None;
-                tracing::debug!("cannot read the slot's lag: no answer in time");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(LAG_EVERY) => {}
-        }
-    }
 }
 
 /// The next swap, or never when there is no channel (or it closed).
@@ -996,94 +763,5 @@ async fn next_swap(swaps: &mut Option<tokio::sync::mpsc::Receiver<Swap>>) -> Opt
     match swaps {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// How often stream time is written into the WAL while coalescing windows are open and
-/// no transaction moved it: a quarter of the shortest window, within 50 ms and 1 s.
-pub fn tick_interval(config: &Config) -> Option<Duration> {
-    config
-        .events
-        .iter()
-        .filter_map(|r| r.coalesce.as_ref())
-        .map(|c| (c.window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
-        .min()
-}
-
-/// Commits a tiny transaction holding one `walhook.tick` logical message while coalescing
-/// windows are open and the stream was quiet for `every`: its commit time moves stream
-/// time on, so windows close when no other transaction comes (and a replay reads the same
-/// ticks at the same places). It is flushed at commit (`synchronous_commit = local`);
-/// nothing is written while no window is open.
-pub async fn ticker(source: PgTarget, progress: Arc<Progress>, every: Duration, cancel: CancellationToken) {
-    const SQL: &str = "BEGIN; SET LOCAL synchronous_commit = local; \
-                       SELECT pg_logical_emit_message(true, 'walhook.tick', ''); COMMIT";
-    let mut client: Option<Client> = None;
-    let mut last_warning: Option<Instant> = None;
-    let every_ms = every.as_millis() as u64;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let quiet = monotonic_ms().saturating_sub(progress.stream_time_moved_ms.load(Ordering::Relaxed));
-        if progress.open_windows.load(Ordering::Relaxed) == 0
-            || !progress.streaming.load(Ordering::Relaxed)
-            || quiet < every_ms
-        {
-            continue;
-        }
-        let result = match &client {
-            Some(c) => c.batch_execute(SQL).await,
-            None => match source.connect("tick").await {
-                Ok(c) => {
-                    let r = c.batch_execute(SQL).await;
-                    client = Some(c);
-                    r
-                }
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = result {
-            client = None;
-            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(error = %crate::pg::describe(&e), "cannot write a coalescing tick into the WAL; \
-                    open windows close only when transactions come");
-                last_warning = Some(Instant::now());
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_confirmed_lsn_never_falls_inside_a_coalesced_span() {
-        let spans: std::collections::BTreeSet<(u64, u64)> = [(10, 20), (5, 12), (1, 3), (30, 40)].into();
-        assert_eq!(outside_spans(50, &spans), 50);
-        assert_eq!(outside_spans(40, &spans), 30);
-        assert_eq!(outside_spans(25, &spans), 25);
-        // 15 is inside (10, 20], 10 inside (5, 12]: a chain down to 5.
-        assert_eq!(outside_spans(15, &spans), 5);
-        assert_eq!(outside_spans(10, &spans), 5);
-        assert_eq!(outside_spans(5, &spans), 5);
-        assert_eq!(outside_spans(2, &spans), 1);
-        assert_eq!(outside_spans(1, &spans), 1);
-    }
-
-    #[test]
-    fn the_silence_limit_outlasts_the_servers_reply_cycle() {
-        let show = |v: &str| vec![vec![Some(v.to_string())]];
-        let secs = Duration::from_secs;
-        assert_eq!(silence_limit(secs(30), show("1min")), secs(90));
-        assert_eq!(silence_limit(secs(30), show("10s")), secs(30));
-        assert_eq!(silence_limit(secs(2), show("6s")), secs(9));
-        assert_eq!(silence_limit(secs(30), show("500ms")), secs(30));
-        assert_eq!(silence_limit(secs(30), show("0")), secs(30));
-        // Not readable: the server's default is assumed.
-        assert_eq!(silence_limit(secs(30), Vec::new()), secs(90));
-        assert_eq!(silence_limit(secs(30), show("soon")), secs(90));
     }
 }
