@@ -127,3 +127,28 @@ fn a_loop_is_found() {
     graph.get_mut("c").unwrap().clear();
     assert_eq!(loop_from(&graph, "a"), None);
 }
+
+/// No source file over 800 lines: a file that grows past it is split by what its parts do.
+#[test]
+fn no_source_file_is_over_800_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut long = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+                if lines > 800 {
+                    long.push(format!(
+                        "{} ({lines} lines)",
+                        path.strip_prefix(&src).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these: {long:?}");
+}
