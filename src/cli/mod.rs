@@ -1,5 +1,8 @@
 //! Command line: `walhook run`, `walhook check`, `walhook explain`, `walhook ping`,
-//! `walhook receive`.
+//! `walhook receive`, and the admin clients `walhook deliveries` and `walhook subscribers`.
+
+mod admin;
+pub mod commands;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
