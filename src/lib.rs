@@ -22,22 +22,17 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod checks;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod event;
-pub mod explain;
 pub mod lanes;
 pub mod mapping;
 pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod progress;
-pub mod receiver;
-pub mod reload;
-pub mod run;
-pub mod shutdown;
 pub mod source;
 pub mod state;
 pub mod telemetry;

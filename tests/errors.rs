@@ -350,7 +350,8 @@ fn stray_walhook_variables_leave_the_config_alone() {
 }
 
 /// A name one underscore short of an override is ignored with a warning that spells it
-/// right; a `__` name that overrides nothing is an error naming the variable.
+/// right; a `__` name that overrides nothing is an error naming the variable. (The file
+/// alone is checked: its subscriber is on loopback, which `run` would refuse.)
 #[test]
 fn a_mistyped_override_is_named_with_its_right_spelling() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,7 +359,7 @@ fn a_mistyped_override_is_named_with_its_right_spelling() {
     std::fs::write(&path, cfg("postgres://localhost/x", "products", "", "")).unwrap();
     let config = path.to_str().unwrap();
     let (code, out, err) = walhook_output_env(
-        &["check", "--config", config],
+        &["check", "--offline", "--config", config],
         &[("WALHOOK_SOURCE_URL", "postgres://elsewhere/y")],
     );
     assert_eq!(code, 0, "{err}");
@@ -369,7 +370,7 @@ fn a_mistyped_override_is_named_with_its_right_spelling() {
     );
 
     let (code, _, err) = walhook_output_env(
-        &["check", "--config", config],
+        &["check", "--offline", "--config", config],
         &[("WALHOOK_SOURCE__URLS", "postgres://elsewhere/y")],
     );
     let line = error_line(&err);

@@ -4,40 +4,83 @@
 
 use tokio_util::sync::CancellationToken;
 
+use std::path::Path;
+
 use super::Command;
+use crate::app::check::{self, Findings, Reach, Refusal};
 use crate::config::Config;
 
 /// Loads a config file, or prints why not and gives the exit code (2).
 pub(super) fn load(path: &std::path::Path) -> Result<Config, i32> {
-    crate::checks::load(path).map_err(|e| {
+    crate::app::check::load(path).map_err(|e| {
         eprintln!("walhook: {e}");
         2
     })
 }
 
+/// `walhook check`: the file, then (unless `offline`) what it names beyond itself;
+/// prints every problem, or "ok".
+async fn check(path: &Path, offline: bool) -> i32 {
+    let checked = match check::read(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walhook: {e}");
+            return 2;
+        }
+    };
+    let refusal = if offline {
+        Findings::default().refusal(&checked.problems)
+    } else {
+        check::whole(&checked, Reach::Check).await
+    };
+    match refusal {
+        Some(refusal) => {
+            eprintln!("walhook: {}", refusal.message(Some(&path.display().to_string())));
+            refusal.exit_code()
+        }
+        None => {
+            println!("{}: ok", path.display());
+            0
+        }
+    }
+}
+
+/// The config `walhook run` starts with. A file with problems is also looked at online,
+/// so that one try reports every problem (a config without any is looked at by
+/// `app::run` before it sets anything up).
+async fn read_for_run(path: &Path) -> Result<Config, i32> {
+    let checked = check::read(path).map_err(|e| {
+        eprintln!("walhook: {e}");
+        2
+    })?;
+    if checked.problems.is_empty() {
+        return Ok(checked.config);
+    }
+    // With problems of its own, the file is always refused.
+    let refusal = check::whole(&checked, Reach::Run)
+        .await
+        .unwrap_or_else(|| Refusal::Config(checked.problems.clone()));
+    eprintln!("walhook: {}", refusal.message(Some(&path.display().to_string())));
+    Err(refusal.exit_code())
+}
+
 /// Runs one command to its end; returns the process's exit code.
 pub async fn run(command: Command) -> i32 {
     match command {
-        Command::Check { config } => match load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                0
-            }
-            Err(code) => code,
-        },
+        Command::Check { config, offline } => check(&config, offline).await,
         Command::Run { config, no_delivery } => {
             let path = config;
-            let config = match load(&path) {
+            let config = match read_for_run(&path).await {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let cancel = CancellationToken::new();
-            crate::shutdown::on_signals(cancel.clone());
-            let reloads = crate::reload::Reloads {
+            crate::app::shutdown::on_signals(cancel.clone());
+            let reloads = crate::app::reload::Reloads {
                 path,
-                hangups: crate::shutdown::on_hangup(),
+                hangups: crate::app::shutdown::on_hangup(),
             };
-            match crate::run::serve(config, no_delivery, cancel, Some(reloads)).await {
+            match crate::app::run::serve(config, no_delivery, cancel, Some(reloads)).await {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("walhook: {e}");
@@ -56,13 +99,13 @@ pub async fn run(command: Command) -> i32 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let question = crate::explain::Question {
+            let question = super::explain::Question {
                 table: &table,
                 op: &op,
                 old: old.as_deref(),
                 new: new.as_deref(),
             };
-            match crate::explain::explain(&config, &question).await {
+            match super::explain::explain(&config, &question).await {
                 Ok(report) => {
                     print!("{report}");
                     0
@@ -80,7 +123,7 @@ pub async fn run(command: Command) -> i32 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::explain::ping(&config, &subscriber).await {
+            match super::explain::ping(&config, &subscriber).await {
                 Ok((report, delivered)) => {
                     println!("{report}");
                     if delivered {
@@ -101,7 +144,7 @@ pub async fn run(command: Command) -> i32 {
                 .map(|s| crate::lanes::sign::Secret::parse(s))
                 .collect();
             match parsed {
-                Ok(s) => match crate::receiver::serve(listen, s).await {
+                Ok(s) => match super::receiver::serve(listen, s).await {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("walhook receive: {e}");

@@ -3,6 +3,8 @@
 
 mod admin;
 pub mod commands;
+pub mod explain;
+pub mod receiver;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,7 +49,9 @@ pub enum Command {
         #[arg(long)]
         no_delivery: bool,
     },
-    /// Parse and validate a config file, print every problem, and exit.
+    /// Check a config file, print every problem, and exit: the file itself, then
+    /// (read-only) its rules against the source database's catalog and its subscriber
+    /// URLs' addresses.
     Check {
         #[arg(
             long,
@@ -56,6 +60,9 @@ pub enum Command {
             default_value = "/etc/walhook/walhook.toml"
         )]
         config: PathBuf,
+        /// Check the file alone: connect to no database and resolve no host name.
+        #[arg(long)]
+        offline: bool,
     },
     /// Dry run: print the events one row change would make and, for each subscriber that
     /// wants them, the exact request (method, headers, body). Sends nothing.

@@ -54,9 +54,24 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `path: message`, or the message alone when it names its key path itself ("table x
+/// named in events[0].table does not exist").
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        if self.message.contains(self.path.as_str()) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
     }
 }
 
@@ -78,7 +93,8 @@ pub enum ConfigError {
     Invalid { path: String, problems: Vec<Problem> },
 }
 
-fn fmt_problems(problems: &[Problem]) -> String {
+/// Problems on one line, separated by "; ".
+pub fn fmt_problems(problems: &[Problem]) -> String {
     problems
         .iter()
         .map(Problem::to_string)
@@ -483,7 +499,7 @@ fn default_retry_after_max() -> Duration {
 
 /// A config as read: the typed config, the problems of its own rules (`Config::validate`),
 /// and warnings about environment variables that look like mistyped overrides. The
-/// stages' checks of their parts come on top (see `crate::checks`).
+/// stages' checks of their parts come on top (see `crate::app::check`).
 #[derive(Debug)]
 pub struct Parsed {
     pub config: Config,

@@ -14,7 +14,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    crate::checks::from_toml(text, "test.toml", &env)
+    crate::app::check::from_toml(text, "test.toml", &env)
 }
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -94,7 +94,7 @@ fn unknown_keys_are_errors_with_their_path() {
 
 #[test]
 fn missing_variables_are_named() {
-    let p = match crate::checks::from_toml(MINIMAL, "t", &|_| None) {
+    let p = match crate::app::check::from_toml(MINIMAL, "t", &|_| None) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
         other => panic!("{other:?}"),
     };

@@ -233,7 +233,7 @@ mod tests {
         let text = format!(
             "[source]\nurl = \"postgres://localhost/shop\"\n[[events]]\ntable = \"t\"\n[[subscribers]]\nname = \"s\"\nurl = \"https://a.example.com/\"\nevents = [\"*\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n{extra}\n"
         );
-        crate::checks::from_toml(&text, "t", &|_| None)
+        crate::app::check::from_toml(&text, "t", &|_| None)
             .unwrap_or_else(|e| panic!("{extra}: {e}"))
             .subscribers
             .remove(0)
@@ -338,7 +338,7 @@ mod tests {
             let text = format!(
                 "[source]\nurl = \"postgres://localhost/shop\"\n[[events]]\ntable = \"t\"\n[[subscribers]]\nname = \"s\"\nurl = \"https://a.example.com/\"\nevents = [\"*\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n{extra}\n"
             );
-            match crate::checks::from_toml(&text, "t", &|_| None) {
+            match crate::app::check::from_toml(&text, "t", &|_| None) {
                 Ok(_) => Vec::new(),
                 Err(crate::config::ConfigError::Invalid { problems, .. }) => problems
                     .into_iter()

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::Config;
+use crate::config::{Config, Problem};
 
 /// True for addresses a webhook must not reach by default: loopback, private, link-local,
 /// unspecified, broadcast, `0.0.0.0/8`, carrier-grade NAT (`100.64.0.0/10`), benchmarking
@@ -51,9 +51,29 @@ fn carried_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
-/// Resolves every subscriber URL and returns one problem line per refused target.
-pub async fn check_targets(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
+/// What resolving the subscribers' URLs found.
+#[derive(Debug, Default)]
+pub struct Targets {
+    /// URLs that reach a loopback, private or link-local address without
+    /// `allow_private_targets`.
+    pub refused: Vec<Problem>,
+    /// Host names that did not resolve from this machine.
+    pub unresolved: Vec<Problem>,
+}
+
+impl Targets {
+    /// Both kinds, as `walhook run` refuses them.
+    pub fn all(self) -> Vec<Problem> {
+        let mut all = self.refused;
+        all.extend(self.unresolved);
+        all
+    }
+}
+
+/// Resolves every subscriber URL (a URL that does not parse is the config's own
+/// problem, see `lanes::check`).
+pub async fn check_targets(config: &Config) -> Targets {
+    let mut found = Targets::default();
     for (i, sub) in config.subscribers.iter().enumerate() {
         if sub.allow_private_targets {
             continue;
@@ -64,27 +84,32 @@ pub async fn check_targets(config: &Config) -> Vec<String> {
         let Some(host) = url.host_str() else { continue };
         let port = url.port_or_known_default().unwrap_or(443);
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        let path = format!("subscribers[{i}].url");
         let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => match tokio::net::lookup_host((host, port)).await {
                 Ok(a) => a.map(|a| a.ip()).collect(),
                 Err(e) => {
-                    problems.push(format!(
-                        "subscribers[{i}].url: cannot resolve {host}: {e} (check the host name, or DNS from this machine)"
+                    found.unresolved.push(Problem::new(
+                        path,
+                        format!("cannot resolve {host}: {e} (check the host name, or DNS from this machine)"),
                     ));
                     continue;
                 }
             },
         };
         if let Some(ip) = addrs.into_iter().find(|ip| is_private(*ip)) {
-            problems.push(format!(
-                "subscribers[{i}].url: {} resolves to {ip}, a loopback, private or link-local address; \
-                 walhook refuses such targets unless you set subscribers[{i}].allow_private_targets = true",
-                sub.url
+            found.refused.push(Problem::new(
+                path,
+                format!(
+                    "{} resolves to {ip}, a loopback, private or link-local address; \
+                     walhook refuses such targets unless you set subscribers[{i}].allow_private_targets = true",
+                    sub.url
+                ),
             ));
         }
     }
-    problems
+    found
 }
 
 #[cfg(test)]

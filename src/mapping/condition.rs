@@ -63,6 +63,21 @@ pub struct Facts<'a> {
     pub xid: u32,
 }
 
+/// A CEL parse error on one line, as a config problem is shown: each error's position
+/// and message ("at 1:12: Syntax error: ..."), without the echo of the expression and
+/// its caret that CEL draws below.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|'))
+        .map(|l| match l.strip_prefix("ERROR: <input>:") {
+            Some(rest) => format!("at {rest}"),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 impl Condition {
     /// Compiles `source`; the error says what is wrong, where, and what may be used. An
     /// expression past the size limits (`bounds`) is refused before CEL parses it.
@@ -74,10 +89,9 @@ impl Condition {
     /// Compiles `source`, which `bounds` took.
     fn compile_within_bounds(source: &str) -> Result<Condition, String> {
         let env = Arc::new(Env::stdlib());
-        let program = env.compile(source).map_err(|e| {
-            let text = e.to_string();
-            format!("not a valid CEL expression: {}", text.trim())
-        })?;
+        let program = env
+            .compile(source)
+            .map_err(|e| format!("not a valid CEL expression: {}", one_line(&e.to_string())))?;
         let refs = program.references();
         let unknown: Vec<&str> = refs
             .variables()

@@ -28,7 +28,7 @@ events = ["price.*"]
 secrets = ["{SECRET}"]
 "#
     );
-    crate::checks::from_toml(&text, "t", &|_| None).unwrap()
+    crate::app::check::from_toml(&text, "t", &|_| None).unwrap()
 }
 
 fn mapper(rules: &str) -> Mapper {
@@ -326,7 +326,7 @@ secrets = ["{SECRET}"]
 numbers = "string"
 "#
     );
-    let config = crate::checks::from_toml(&rules, "t", &|_| None).unwrap();
+    let config = crate::app::check::from_toml(&rules, "t", &|_| None).unwrap();
     let mut tables = HashMap::new();
     tables.insert(
         TableName::parse("prices").unwrap(),
@@ -537,7 +537,7 @@ secrets = ["{SECRET}"]
 numbers = "string"
 "#
     );
-    let config = crate::checks::from_toml(&rules, "t", &|_| None).unwrap();
+    let config = crate::app::check::from_toml(&rules, "t", &|_| None).unwrap();
     let mut tables = HashMap::new();
     tables.insert(
         TableName::parse("docs").unwrap(),

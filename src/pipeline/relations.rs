@@ -44,7 +44,7 @@ impl Pipeline {
                 None => self.source.connect("catalog").await?,
             };
             let catalog = self.catalog.insert(catalog);
-            setup::ancestors(catalog, oid).await
+            crate::source::inspect::ancestors(catalog, oid).await
         })
         .await;
         let error = match looked_up {

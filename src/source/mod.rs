@@ -3,6 +3,7 @@
 //! replica identity, publication, slot), each failing with one message naming the fix.
 
 pub mod conn;
+pub mod inspect;
 pub mod refusal;
 pub mod setup;
 

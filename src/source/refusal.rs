@@ -157,7 +157,7 @@ mod tests {
              [[subscribers]]\nname = \"s\"\nurl = \"https://example.com/hook\"\nevents = [\"*\"]\n\
              secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n"
         );
-        crate::checks::from_toml(&text, "t", &|_| None).unwrap()
+        crate::app::check::from_toml(&text, "t", &|_| None).unwrap()
     }
 
     fn server(code: &str, message: &str) -> ServerError {

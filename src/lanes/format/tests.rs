@@ -24,7 +24,7 @@ secrets = ["{SECRET}"]
 }
 
 fn subscriber(extra: &str) -> Subscriber {
-    crate::checks::from_toml(&text(extra), "t", &|_| None)
+    crate::app::check::from_toml(&text(extra), "t", &|_| None)
         .unwrap()
         .subscribers
         .remove(0)
@@ -32,7 +32,7 @@ fn subscriber(extra: &str) -> Subscriber {
 
 /// What loading the config says about the subscriber: (key within it, message).
 fn problems(extra: &str) -> Vec<(String, String)> {
-    match crate::checks::from_toml(&text(extra), "t", &|_| None) {
+    match crate::app::check::from_toml(&text(extra), "t", &|_| None) {
         Ok(_) => Vec::new(),
         Err(crate::config::ConfigError::Invalid { problems, .. }) => problems
             .into_iter()

@@ -7,13 +7,14 @@
 //!   shutdown (in-flight deliveries finish, watermarks are saved) and starts again
 //!   in-process with the new config, from the confirmed LSN.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use super::check::{self, Reach};
+use crate::config::{fmt_problems, Config};
 use crate::lanes::target;
 use crate::mapping::Mapper;
 use crate::pg::connect_message;
@@ -44,12 +45,8 @@ pub async fn watch(
             _ = cancel.cancelled() => return,
             _ = reloads.hangups.notified() => {}
         }
-        let new = match crate::checks::load(&reloads.path) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "config reload refused; the running config stays");
-                continue;
-            }
+        let Some(new) = read(&reloads.path).await else {
+            continue;
         };
         if new == current {
             tracing::info!(path = %reloads.path.display(), "config reload: nothing changed");
@@ -67,13 +64,13 @@ pub async fn watch(
                     }
                     current = new;
                 }
-                Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays"),
+                Err(e) => refuse(&e),
             }
             continue;
         }
-        let problems = target::check_targets(&new).await;
+        let problems = target::check_targets(&new).await.all();
         if !problems.is_empty() {
-            tracing::error!(error = %problems.join("; "), "config reload refused; the running config stays");
+            refuse(&fmt_problems(&problems));
             continue;
         }
         tracing::info!(
@@ -83,6 +80,29 @@ pub async fn watch(
         run.cancel();
         return;
     }
+}
+
+fn refuse(why: &str) {
+    tracing::error!(error = %why, "config reload refused; the running config stays");
+}
+
+/// Reads the file and checks it; a file with problems is looked at online too (see
+/// `app::check`), and every problem is logged.
+async fn read(path: &Path) -> Option<Config> {
+    let checked = match check::read(path) {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(&e.to_string());
+            return None;
+        }
+    };
+    if checked.problems.is_empty() {
+        return Some(checked.config);
+    }
+    if let Some(refusal) = check::whole(&checked, Reach::Run).await {
+        refuse(&refusal.message(Some(&path.display().to_string())));
+    }
+    None
 }
 
 /// Prepares the source for `config`'s rules (new tables join the publication) and

@@ -7,13 +7,13 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::app::run::RunError;
 use crate::config::{Config, Numbers, Op, TableName};
 use crate::lanes::deliver::{unix_now, Attempt, Target};
 use crate::lanes::target;
 use crate::mapping::{Change, ColValue, Mapper, Row, TableMeta, TxMeta};
 use crate::pg::connect_message;
 use crate::pg::PgTarget;
-use crate::run::RunError;
 
 /// What `walhook explain` is asked about.
 pub struct Question<'a> {
@@ -72,7 +72,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         let catalog = catalog(config).await?;
         if wants_key {
             let default_key =
-                catalog_column_names(&catalog, crate::source::setup::DEFAULT_KEY, &table).await?;
+                catalog_column_names(&catalog, crate::source::inspect::DEFAULT_KEY, &table).await?;
             tables.insert(
                 table.clone(),
                 TableMeta {
@@ -268,12 +268,10 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
     };
     let mut one = config.clone();
     one.subscribers = vec![sub.clone()];
-    let problems = target::check_targets(&one).await;
+    let problems = target::check_targets(&one).await.all();
     if !problems.is_empty() {
         return Err(RunError::Config(
-            problems
-                .join("; ")
-                .replace("subscribers[0]", &format!("subscribers[{i}]")),
+            crate::config::fmt_problems(&problems).replace("subscribers[0]", &format!("subscribers[{i}]")),
         ));
     }
     let target = Target::new(sub, i, &crate::pg::database_name(&config.source.url))

@@ -7,17 +7,18 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::check::{self, Reach, Refusal};
+use super::reload::{Reloads, Restart};
+use super::shutdown::{StopBudget, StopClock};
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::event::{Mark, Pos};
-use crate::lanes::{fenced, target, Lane};
+use crate::lanes::{fenced, Lane};
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::pg::PgTarget;
 use crate::pipeline::Pipeline;
 use crate::progress::{frontier_pos, Progress};
-use crate::reload::{Reloads, Restart};
-use crate::shutdown::{StopBudget, StopClock};
 use crate::state::lease::Lease;
 use crate::state::State;
 
@@ -32,6 +33,16 @@ pub enum RunError {
     Runtime(String),
     #[error("this walhook lost the slot's lease")]
     Fenced,
+}
+
+impl From<Refusal> for RunError {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.message(None);
+        match refusal {
+            Refusal::Config(_) => RunError::Config(message),
+            Refusal::Source(_) => RunError::Prerequisite(message),
+        }
+    }
 }
 
 impl RunError {
@@ -111,14 +122,21 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let cancel = cancel.child_token();
     let config = Arc::new(config);
-    let problems = target::check_targets(&config).await;
-    if !problems.is_empty() {
-        return Err(RunError::Config(problems.join("; ")));
-    }
-
     let source =
         PgTarget::parse(&config.source.url).map_err(|e| RunError::Config(format!("source.url: {e}")))?;
+    // Everything wrong at once, before anything is set up (`app::check`).
+    let findings = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        f = check::look(&config, Reach::Run) => f,
+    };
+    if let Some(refusal) = findings.refusal(&[]) {
+        findings.warn_unchecked();
+        return Err(refusal.into());
+    }
     let prelude = async {
+        if let Some(why) = findings.unreachable {
+            return Err(RunError::Prerequisite(why));
+        }
         let catalog = source
             .connect("catalog")
             .await
@@ -339,7 +357,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
     if let Some(reloads) = reloads {
         tracker.spawn(fenced(
             &abandon,
-            crate::reload::watch(
+            crate::app::reload::watch(
                 reloads,
                 (*config).clone(),
                 swap_tx,

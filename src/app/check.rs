@@ -1,0 +1,276 @@
+//! Checks a config as a whole, every problem at once with its key path.
+//!
+//! Offline (`read`, `load`): the config's own rules (`Config::validate`), and each
+//! stage's part of it, compiled as that stage compiles it (database URLs, mapping's
+//! conditions and patterns, the lanes' targets).
+//!
+//! Online (`look`): the rules against the source's catalog, read-only (tables, columns,
+//! replica identity: `source::inspect`), and every subscriber URL resolved (private
+//! addresses: `lanes::target`). `walhook check` looks online unless told `--offline`;
+//! `walhook run` and a reload look whenever the file is wrong, so that one try shows
+//! everything to fix, and `run` looks again before it sets anything up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{fmt_problems, Config, ConfigError, Parsed, Problem};
+use crate::lanes::target;
+use crate::pg::PgTarget;
+
+/// A config read and checked offline, with every problem found so far.
+pub struct Checked {
+    pub config: Config,
+    pub problems: Vec<Problem>,
+}
+
+/// Reads the config file and checks all of it offline; logs its warnings. Only a file
+/// that cannot be read or parsed is an error here.
+pub fn read(path: &Path) -> Result<Checked, ConfigError> {
+    let parsed = Config::read(path)?;
+    for warning in &parsed.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(checked(parsed))
+}
+
+/// Reads the config file and checks all of it offline; logs its warnings.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    settle(read(path)?, &path.display().to_string())
+}
+
+/// Parses config text (see `Config::parse`) and checks all of it offline.
+pub fn from_toml(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    settle(checked(Config::parse(text, origin, env)?), origin)
+}
+
+/// Every offline problem of a config: its own, then each stage's, in key-path order.
+pub fn problems(config: &Config) -> Vec<Problem> {
+    let mut out = config.validate();
+    out.extend(stage_problems(config));
+    sort(&mut out);
+    out
+}
+
+fn stage_problems(config: &Config) -> Vec<Problem> {
+    let mut out = crate::pg::check(config);
+    out.extend(crate::mapping::check(config));
+    out.extend(crate::lanes::check(config));
+    out
+}
+
+fn checked(parsed: Parsed) -> Checked {
+    let Parsed {
+        config, mut problems, ..
+    } = parsed;
+    problems.extend(stage_problems(&config));
+    sort(&mut problems);
+    Checked { config, problems }
+}
+
+fn settle(checked: Checked, origin: &str) -> Result<Config, ConfigError> {
+    if checked.problems.is_empty() {
+        Ok(checked.config)
+    } else {
+        Err(ConfigError::invalid(origin, checked.problems))
+    }
+}
+
+/// Who looks online, which decides what cannot be reached means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// `walhook check`, perhaps far from production: a host that does not resolve and a
+    /// source that does not answer are warnings.
+    Check,
+    /// `walhook run` and a reload: a host that does not resolve is refused (the source
+    /// not answering is the caller's to judge, see `Findings::unreachable`).
+    Run,
+}
+
+/// What looking beyond the file found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Mistakes of the config: subscriber URLs refused (exit code 2).
+    pub config: Vec<Problem>,
+    /// Rules the source's tables cannot serve (exit code 3 when nothing else is wrong).
+    pub source: Vec<Problem>,
+    /// A prerequisite the source server lacks (wal_level, the replication privilege),
+    /// which stops the look at the catalog.
+    pub prerequisite: Option<String>,
+    /// Why the source's catalog was not looked at: it did not answer.
+    pub unreachable: Option<String>,
+    /// What could not be checked from here (`Reach::Check`), as warnings.
+    pub unchecked: Vec<Problem>,
+}
+
+/// Why a config is refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The config itself is wrong (with whatever else was found): exit code 2.
+    Config(Vec<Problem>),
+    /// The config is right, but the source is not ready for it: exit code 3.
+    Source(String),
+}
+
+impl Refusal {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Refusal::Config(_) => 2,
+            Refusal::Source(_) => 3,
+        }
+    }
+
+    /// The problems on one line; `origin` names the file they are in.
+    pub fn message(&self, origin: Option<&str>) -> String {
+        match (self, origin) {
+            (Refusal::Config(p), Some(origin)) => format!("invalid config {origin}: {}", fmt_problems(p)),
+            (Refusal::Config(p), None) => fmt_problems(p),
+            (Refusal::Source(s), _) => s.clone(),
+        }
+    }
+}
+
+impl Findings {
+    /// Refuses when the offline problems, or anything found here, say so.
+    pub fn refusal(&self, offline: &[Problem]) -> Option<Refusal> {
+        let mut config: Vec<Problem> = offline.iter().chain(&self.config).cloned().collect();
+        if !config.is_empty() {
+            config.extend(self.source.iter().cloned());
+            if let Some(p) = &self.prerequisite {
+                config.push(Problem::new("source.url", p.clone()));
+            }
+            sort(&mut config);
+            return Some(Refusal::Config(config));
+        }
+        if !self.source.is_empty() {
+            let mut source = self.source.clone();
+            sort(&mut source);
+            return Some(Refusal::Source(fmt_problems(&source)));
+        }
+        self.prerequisite.clone().map(Refusal::Source)
+    }
+
+    /// Logs what was not checked, as warnings.
+    pub fn warn_unchecked(&self) {
+        if let Some(why) = &self.unreachable {
+            tracing::warn!(reason = %why, "the rules were not checked against the source database");
+        }
+        for p in &self.unchecked {
+            tracing::warn!(problem = %p, "not checked");
+        }
+    }
+}
+
+/// Looks online (see `look`) at a config read with `read`, logs what could not be
+/// checked, and refuses it when anything is wrong.
+pub async fn whole(checked: &Checked, reach: Reach) -> Option<Refusal> {
+    let findings = look(&checked.config, reach).await;
+    findings.warn_unchecked();
+    findings.refusal(&checked.problems)
+}
+
+/// The longest `walhook check` waits for the source to answer.
+const CHECK_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Looks at what the config names beyond itself: every subscriber URL resolved, and the
+/// rules against the source's catalog. Changes nothing anywhere.
+pub async fn look(config: &Config, reach: Reach) -> Findings {
+    let targets = target::check_targets(config).await;
+    let mut found = Findings {
+        config: targets.refused,
+        ..Default::default()
+    };
+    match reach {
+        Reach::Check => found.unchecked = targets.unresolved,
+        Reach::Run => found.config.extend(targets.unresolved),
+    }
+    // A URL that does not parse is the file's own problem (`pg::check`).
+    let Ok(source) = PgTarget::parse(&config.source.url) else {
+        found.unreachable = Some("source.url is not a valid connection URL".into());
+        return found;
+    };
+    let connect = source.connect("check");
+    let catalog = match reach {
+        Reach::Check => match tokio::time::timeout(CHECK_CONNECT_TIMEOUT, connect).await {
+            Ok(r) => r.map_err(|e| crate::pg::connect_message("source.url", &e)),
+            Err(_) => Err(format!(
+                "source.url: no answer within {}s",
+                CHECK_CONNECT_TIMEOUT.as_secs()
+            )),
+        },
+        Reach::Run => connect
+            .await
+            .map_err(|e| crate::pg::connect_message("source.url", &e)),
+    };
+    let catalog = match catalog {
+        Ok(c) => c,
+        Err(why) => {
+            found.unreachable = Some(why);
+            return found;
+        }
+    };
+    match crate::source::inspect::inspect(&catalog, config).await {
+        Ok(inspection) => found.source = inspection.problems,
+        Err(e) => found.prerequisite = Some(e.to_string()),
+    }
+    found
+}
+
+/// Orders problems as the file reads: by section (top-level keys, `[source]`, `[state]`,
+/// `[admin]`, `[[events]]`, `[[subscribers]]`), item (`subscribers[2]` before
+/// `subscribers[10]`) and entry of a list within it, keeping the order they were found in
+/// otherwise.
+fn sort(problems: &mut [Problem]) {
+    const SECTIONS: [&str; 5] = ["source", "state", "admin", "events", "subscribers"];
+    problems.sort_by_cached_key(|p| {
+        let mut parts = p.path.split(['.', '[', ']']).filter(|s| !s.is_empty());
+        let section = parts.next().unwrap_or_default();
+        let rank = SECTIONS.iter().position(|s| *s == section).map_or(0, |i| i + 1);
+        let item = parts.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        // A list inside the item (`events[2]`) in its own order; other keys as found.
+        let list = match (parts.next(), parts.next().and_then(|n| n.parse::<u64>().ok())) {
+            (Some(name), Some(index)) => (name.to_string(), index),
+            _ => (String::new(), 0),
+        };
+        (rank, item, list)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_come_in_key_path_order() {
+        let mut p: Vec<Problem> = [
+            "subscribers[10].url",
+            "events[0].when",
+            "subscribers[2].url",
+            "subscribers[2].events[0]",
+            "admin.token",
+            "shutdown_grace",
+        ]
+        .iter()
+        .map(|path| Problem {
+            path: path.to_string(),
+            message: String::new(),
+        })
+        .collect();
+        sort(&mut p);
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "shutdown_grace",
+                "admin.token",
+                "events[0].when",
+                "subscribers[2].url",
+                "subscribers[2].events[0]",
+                "subscribers[10].url"
+            ]
+        );
+    }
+}
