@@ -68,7 +68,6 @@ impl Lane {
                     };
                     inflight.push(async move {
                         let (result, took) = self.target.send(&event.id, &event.body).await;
-                        self.count_outcome(result.failure());
                         (event, before, probe, result, took)
                     });
                 }
@@ -108,7 +107,6 @@ impl Lane {
                 _ = tokio::time::sleep(nap) => continue,
             };
             attempted = true;
-            self.metrics.observe(took.as_secs_f64());
             let dead = match self.chunk_outcome(&event, before, probe, result, took, &mut to_delete) {
                 ChunkOutcome::Done => continue,
                 ChunkOutcome::AsRow(outcome) => {
@@ -166,30 +164,24 @@ impl Lane {
         took: Duration,
         to_delete: &mut Vec<i64>,
     ) -> ChunkOutcome {
+        let settled = self.settle(&event.id, before + 1, result, took);
         let mut inner = self.lock();
         if !inner.chunked {
             drop(inner);
-            return ChunkOutcome::AsRow(self.spill_outcome(&event.id, before as i32, result, took));
+            return ChunkOutcome::AsRow(self.row_outcome(&event.id, settled));
         }
         let m = &mut inner.mirror;
-        let failure = match result {
-            Attempt::Delivered => {
-                self.failing.store(false, Ordering::Relaxed);
-                self.metrics.delivered.add(1);
-                m.failures_in_row = 0;
-                if m.outage.take().is_some() {
-                    self.metrics.down.store(false, Ordering::Relaxed);
-                    tracing::info!(subscriber = %self.name, "subscriber answers again; delivery resumes");
-                }
-                if let Some(chunk) = m.delivered(&event.key) {
-                    to_delete.push(chunk);
-                }
-                return ChunkOutcome::Done;
+        let Some(failure) = settled.failure() else {
+            m.failures_in_row = 0;
+            if m.outage.take().is_some() {
+                self.metrics.down.store(false, Ordering::Relaxed);
+                tracing::info!(subscriber = %self.name, "subscriber answers again; delivery resumes");
             }
-            Attempt::Failed(failure) => failure,
+            if let Some(chunk) = m.delivered(&event.key) {
+                to_delete.push(chunk);
+            }
+            return ChunkOutcome::Done;
         };
-        self.failing.store(true, Ordering::Relaxed);
-        let attempts = before + 1;
         let now = Instant::now();
         // Only failures that say the subscriber is unreachable or overloaded count
         // towards an outage; refusals of particular events (most 4xx) do not.
@@ -221,14 +213,19 @@ impl Lane {
             }
             None => {}
         }
-        let wait = match self.target.verdict(attempts, &failure) {
-            Verdict::Retry(wait) => wait,
-            Verdict::Dead(why) => return ChunkOutcome::Dead(attempts, why, attempt_log(took, &failure)),
-        };
-        self.metrics.retried.add(1);
-        tracing::debug!(subscriber = %self.name, id = %event.id, attempts, error = %failure.error, "delivery failed");
-        m.failed(&event.key, attempts, now + wait);
-        ChunkOutcome::Done
+        match settled {
+            Settled::Retry { attempts, after, .. } => {
+                m.failed(&event.key, attempts, now + after);
+                ChunkOutcome::Done
+            }
+            Settled::Dead {
+                attempts,
+                why,
+                attempt,
+                ..
+            } => ChunkOutcome::Dead(attempts, why, attempt),
+            Settled::Delivered => ChunkOutcome::Done,
+        }
     }
 
     /// Why no chunk is to be loaded now, if none is: Some(true) when chunk mode has

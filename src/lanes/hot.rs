@@ -74,51 +74,53 @@ impl Lane {
         }
     }
 
+    /// Sleeps until `until` before a hot event's next attempt; false, at once, when the
+    /// lane spills or stops or the run ends meanwhile (the event then goes to the spill
+    /// log, or back to its queue, with the rest of its wait).
+    async fn wait_hot(&self, until: Instant, cancel: &CancellationToken) -> bool {
+        let interrupted = || self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled();
+        loop {
+            if interrupted() {
+                return false;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            tokio::time::sleep(TICK.min(left)).await;
+        }
+    }
+
     /// Delivers one event from memory, retrying quickly while the lane stays hot.
     pub(super) async fn deliver_hot(&self, event: EventRef, cancel: &CancellationToken) {
-        let mut attempts: u32 = 0;
-        let mut history = Vec::new();
+        // An event back in its queue after failed attempts goes on where it stopped.
+        let carried = self.lock().carried.remove(&event.pos);
+        let (mut attempts, mut history, mut until) = match carried {
+            Some(c) => (c.attempts, c.history, Some(c.due)),
+            None => (0, Vec::new(), None),
+        };
         let outcome = loop {
+            if let Some(until) = until {
+                if !self.wait_hot(until, cancel).await {
+                    let left = until.saturating_duration_since(Instant::now());
+                    break HotOutcome::Again(attempts, left, history);
+                }
+            }
             attempts += 1;
             let (result, took) = self.target.send(&event.id, &event.body).await;
-            self.metrics.observe(took.as_secs_f64());
-            self.count_outcome(result.failure());
-            let failure = match result {
-                Attempt::Delivered => {
-                    self.failing.store(false, Ordering::Relaxed);
-                    self.metrics.delivered.add(1);
-                    break HotOutcome::Done;
+            match self.settle(&event.id, attempts, result, took) {
+                Settled::Delivered => break HotOutcome::Done,
+                Settled::Retry { after, attempt, .. } => {
+                    history.push(attempt);
+                    until = Some(Instant::now() + after);
                 }
-                Attempt::Failed(failure) => failure,
-            };
-            self.failing.store(true, Ordering::Relaxed);
-            history.push(attempt_log(took, &failure));
-            let wait = match self.target.verdict(attempts, &failure) {
-                Verdict::Retry(wait) => wait,
-                Verdict::Dead(why) => {
+                Settled::Dead { why, attempt, .. } => {
+                    history.push(attempt);
                     if self.record_dead(&event, attempts, why, &history, cancel).await {
                         break HotOutcome::Done;
                     }
                     break HotOutcome::Again(attempts, Duration::ZERO, history);
                 }
-            };
-            self.metrics.retried.add(1);
-            tracing::debug!(subscriber = %self.name, id = %event.id, attempts, error = %failure.error, "delivery failed");
-            // Sleep before the next attempt, but hand the event to the spill log as soon
-            // as the lane spills.
-            let until = Instant::now() + wait;
-            loop {
-                if self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled() {
-                    break;
-                }
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                tokio::time::sleep(TICK.min(left)).await;
-            }
-            if self.mode() == Mode::Spill || self.is_stopped() || cancel.is_cancelled() {
-                break HotOutcome::Again(attempts, until.saturating_duration_since(Instant::now()), history);
             }
         };
         let done = matches!(outcome, HotOutcome::Done);

@@ -48,12 +48,14 @@ pub mod limit;
 mod mirror;
 mod queues;
 pub mod retry;
+mod settle;
 pub mod sign;
 mod spill;
 mod stop;
 pub mod target;
 
 use queues::next_hot;
+use settle::Settled;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::pin;
@@ -72,7 +74,7 @@ use crate::metrics::LaneMetrics;
 use crate::progress::Progress;
 use crate::state::{AttemptLog, SpillOutcome, SpillRow, State};
 use deliver::{Attempt, Target};
-use retry::{DeadWhy, Verdict};
+use retry::DeadWhy;
 
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
@@ -162,6 +164,14 @@ struct Buffered {
     history: Vec<AttemptLog>,
 }
 
+/// A hot event's failed attempts, kept while it waits in its queue again.
+#[derive(Debug, Clone)]
+struct Carried {
+    attempts: u32,
+    due: Instant,
+    history: Vec<AttemptLog>,
+}
+
 impl Buffered {
     /// An event not attempted yet.
     fn fresh(event: EventRef) -> Buffered {
@@ -206,6 +216,11 @@ struct Inner {
     /// Per-key FIFOs: the hot queues, and in spill mode the events parked behind a key's
     /// in-flight hot delivery.
     queues: HashMap<String, KeyQueue>,
+    /// Events back in their queues after failed hot attempts (the lane stopped, or a
+    /// stop began, before their next one): the attempts so far, the time before which
+    /// the next may not start (a backoff, a `Retry-After`) and their history. Taken up
+    /// again by the next hot attempt, or by the write buffer if the lane spills.
+    carried: HashMap<Pos, Carried>,
     ready: VecDeque<String>,
     hot_in_flight: usize,
     /// Events waiting to be written to the spill log; per key in position order.

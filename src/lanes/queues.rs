@@ -43,6 +43,7 @@ impl Inner {
             restored: mark,
             pending: BTreeMap::new(),
             queues: HashMap::new(),
+            carried: HashMap::new(),
             ready: VecDeque::new(),
             hot_in_flight: 0,
             spill_buf: VecDeque::new(),
@@ -142,8 +143,19 @@ impl Inner {
             HotOutcome::Done => {
                 self.pending.remove(&event.pos);
             }
-            // Cancelled while hot: it stays pending, so it is replayed after a restart.
-            HotOutcome::Again(..) if self.mode != Mode::Spill => {
+            // Stopped or cancelled while hot: it waits first in its queues again, with
+            // its attempts, the rest of its wait and its history (and stays pending, so
+            // it is replayed after a restart).
+            HotOutcome::Again(attempts, retry_after, history) if self.mode != Mode::Spill => {
+                let due = Instant::now() + retry_after;
+                self.carried.insert(
+                    event.pos,
+                    Carried {
+                        attempts,
+                        due,
+                        history,
+                    },
+                );
                 for key in &keys {
                     self.queues
                         .entry(key.clone())
@@ -221,8 +233,23 @@ impl Inner {
                         work.push(k.to_string());
                     }
                 }
-                self.spill_buf.push_back(Buffered::fresh(first));
+                let buffered = self.buffered(first);
+                self.spill_buf.push_back(buffered);
             }
+        }
+    }
+
+    /// `event` as the write buffer takes it from its queue: with what its hot attempts
+    /// carried, if it failed before.
+    fn buffered(&mut self, event: EventRef) -> Buffered {
+        match self.carried.remove(&event.pos) {
+            Some(c) => Buffered {
+                event,
+                attempts: c.attempts as i32,
+                retry_after: c.due.saturating_duration_since(Instant::now()),
+                history: c.history,
+            },
+            None => Buffered::fresh(event),
         }
     }
 }

@@ -359,41 +359,20 @@ impl Lane {
         Ok(true)
     }
 
-    /// What one attempt of a spilled event means for its row, counted in the metrics.
-    pub(super) fn spill_outcome(
-        &self,
-        id: &str,
-        attempts_before: i32,
-        result: Attempt,
-        took: Duration,
-    ) -> SpillOutcome {
-        let attempts = attempts_before + 1;
-        match result {
-            Attempt::Delivered => {
-                self.failing.store(false, Ordering::Relaxed);
-                self.metrics.delivered.add(1);
-                SpillOutcome::Delivered
-            }
-            Attempt::Failed(failure) => {
-                self.failing.store(true, Ordering::Relaxed);
-                let attempt = attempt_log(took, &failure);
-                match self.target.verdict(attempts as u32, &failure) {
-                    Verdict::Dead(why) => {
-                        self.metrics.dead.add(1);
-                        log_dead(&self.name, id, attempts as u32, &failure.error, why);
-                        SpillOutcome::Dead { attempts, attempt }
-                    }
-                    Verdict::Retry(after) => {
-                        self.metrics.retried.add(1);
-                        SpillOutcome::Retry {
-                            attempts,
-                            after,
-                            attempt,
-                        }
-                    }
-                }
-            }
+    /// What a settled attempt of a spilled event means for its row; a dead one is
+    /// counted here, as recording the outcome on its row makes its dead letter.
+    pub(super) fn row_outcome(&self, id: &str, settled: Settled) -> SpillOutcome {
+        if let Settled::Dead {
+            attempts,
+            why,
+            failure,
+            ..
+        } = &settled
+        {
+            self.metrics.dead.add(1);
+            log_dead(&self.name, id, *attempts, &failure.error, *why);
         }
+        settled.for_row()
     }
 
     /// Records a round's outcomes on the spill log's rows, retrying until done or cancelled.
@@ -407,8 +386,7 @@ impl Lane {
     /// One attempt of a spilled event, and what it means for its row.
     pub(super) async fn attempt_spilled(&self, h: crate::state::Spilled) -> (Pos, SpillOutcome) {
         let (result, took) = self.target.send(&h.id, &h.body).await;
-        self.count_outcome(result.failure());
-        self.metrics.observe(took.as_secs_f64());
-        (h.pos, self.spill_outcome(&h.id, h.attempts, result, took))
+        let settled = self.settle(&h.id, h.attempts as u32 + 1, result, took);
+        (h.pos, self.row_outcome(&h.id, settled))
     }
 }

@@ -137,6 +137,49 @@ fn entering_spill_mode_keeps_a_key_change_behind_its_busy_key() {
     assert_eq!(buffered, [(1, 3), (2, 0), (3, 0)]);
 }
 
+/// The open finding of the last review: a hot event that failed while its lane was
+/// stopping went back to its queue as if never attempted, losing its attempt count, its
+/// Retry-After and its history. It keeps all three, first in its queue, and takes them
+/// to the write buffer when the lane spills.
+#[test]
+fn a_hot_event_stopped_between_attempts_keeps_its_attempts_and_wait() {
+    let (e1, e2) = (ev(1, "a", None), ev(2, "a", None));
+    let mut inner = hot(&[&e1, &e2]);
+    assert_eq!(seqs(&drain(&mut inner)), [1]);
+    let history = vec![AttemptLog {
+        at: "2026-12-04T00:00:00Z".into(),
+        status: Some(429),
+        ms: 3,
+        error: "429 Too Many Requests".into(),
+    }];
+    // Stopped (paused) while waiting out a 60 s Retry-After, still in hot mode.
+    inner.finish_hot(&e1, HotOutcome::Again(4, Duration::from_secs(60), history));
+    assert!(inner.pending.contains_key(&e1.pos), "it is still pending");
+    let c = inner.carried.get(&e1.pos).expect("its attempts are kept");
+    assert_eq!((c.attempts, c.history.len()), (4, 1));
+    assert!(c.due > Instant::now() + Duration::from_secs(59));
+    // First in its queue again, ahead of 2.
+    assert_eq!(seqs(&drain(&mut inner)), [1]);
+    inner.finish_hot(&e1, HotOutcome::Again(4, Duration::from_secs(60), Vec::new()));
+
+    // The lane spills: the write buffer gets it with what it carried, 2 fresh behind it.
+    inner.mode = Mode::Spill;
+    inner.release_idle();
+    let buffered: Vec<(u64, i32, bool)> = inner
+        .spill_buf
+        .iter()
+        .map(|b| {
+            (
+                b.event.pos.seq,
+                b.attempts,
+                b.retry_after > Duration::from_secs(59),
+            )
+        })
+        .collect();
+    assert_eq!(buffered, [(1, 4, true), (2, 0, false)]);
+    assert!(inner.carried.is_empty());
+}
+
 #[test]
 fn the_chunk_server_takes_a_key_change_only_when_first_under_both_keys() {
     let (e1, e2, e3, e4) = (
