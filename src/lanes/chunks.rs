@@ -264,10 +264,17 @@ impl Lane {
         let next = self.state.chunk_after(&self.name, loaded).await?;
         let mut inner = self.lock();
         match next {
-            Some((chunk, events)) => inner.mirror.add(
-                chunk,
-                events.into_iter().map(|e| (Arc::new(e), 0, None)).collect(),
-            ),
+            Some((chunk, events)) => {
+                // Events that failed before they were written keep their attempts and wait.
+                let held = events
+                    .into_iter()
+                    .map(|e| match inner.chunk_carried.remove(&e.pos) {
+                        Some(c) => (Arc::new(e), c.attempts, Some(c.due)),
+                        None => (Arc::new(e), 0, None),
+                    })
+                    .collect();
+                inner.mirror.add(chunk, held);
+            }
             None => inner.mirror.behind = false,
         }
         Ok(false)

@@ -180,6 +180,17 @@ impl Mirror {
         self.events + self.delivered
     }
 
+    /// The events held that failed before (under their own key): their positions,
+    /// attempts and when the next may start.
+    pub(super) fn attempted(&self) -> Vec<(Pos, u32, Option<Instant>)> {
+        self.keys
+            .iter()
+            .flat_map(|(key, q)| q.iter().filter(move |h| h.event.key == *key))
+            .filter(|h| h.attempts > 0)
+            .map(|h| (h.event.pos, h.attempts, h.not_before))
+            .collect()
+    }
+
     /// Positions delivered from chunks that may still exist.
     pub(super) fn delivered_positions(&self) -> Vec<Pos> {
         self.open

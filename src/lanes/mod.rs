@@ -52,6 +52,7 @@ mod settle;
 pub mod sign;
 mod spill;
 mod stop;
+pub mod store;
 pub mod target;
 
 use queues::next_hot;
@@ -61,10 +62,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+// The lane's clock: tokio's, so its unit tests run under paused time.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,9 +75,10 @@ use crate::config::{EventOrder, Subscriber};
 use crate::event::{Event, EventRef, Mark, Pos};
 use crate::metrics::LaneMetrics;
 use crate::progress::Progress;
-use crate::state::{AttemptLog, SpillOutcome, SpillRow, State};
+use crate::state::{AttemptLog, Restored, SpillOutcome, SpillRow, State};
 use deliver::{Attempt, Target};
 use retry::DeadWhy;
+use store::{Sender, SpillStore};
 
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
@@ -221,6 +225,10 @@ struct Inner {
     /// the next may not start (a backoff, a `Retry-After`) and their history. Taken up
     /// again by the next hot attempt, or by the write buffer if the lane spills.
     carried: HashMap<Pos, Carried>,
+    /// The same for events in chunks not held in memory (written while the mirror had no
+    /// room or the subscriber was stopped, or held when chunk mode ended): taken up when
+    /// their chunk is loaded, or written onto the rows the chunks become.
+    chunk_carried: HashMap<Pos, Carried>,
     ready: VecDeque<String>,
     hot_in_flight: usize,
     /// Events waiting to be written to the spill log; per key in position order.
@@ -316,8 +324,8 @@ enum HotOutcome {
 pub struct Lane {
     pub name: String,
     cfg: Subscriber,
-    target: Target,
-    state: Arc<State>,
+    target: Arc<dyn Sender>,
+    state: Arc<dyn SpillStore>,
     progress: Arc<Progress>,
     inner: Mutex<Inner>,
     /// Wakes the hot dispatcher: a key became ready, or the lane is hot again.
@@ -354,7 +362,27 @@ impl Lane {
         spilled: bool,
     ) -> Result<Arc<Lane>, String> {
         let target = Target::new(cfg, index, database)?;
-        Ok(Arc::new(Lane {
+        Ok(Lane::assemble(
+            cfg,
+            Arc::new(target),
+            state,
+            progress,
+            mark,
+            spilled,
+        ))
+    }
+
+    /// A lane over any store and sender (`store`): the state database and HTTP in
+    /// production, an in-memory log and a scripted subscriber in the lane's unit tests.
+    pub fn assemble(
+        cfg: &Subscriber,
+        target: Arc<dyn Sender>,
+        state: Arc<dyn SpillStore>,
+        progress: Arc<Progress>,
+        mark: Mark,
+        spilled: bool,
+    ) -> Arc<Lane> {
+        Arc::new(Lane {
             name: cfg.name.clone(),
             cfg: cfg.clone(),
             target,
@@ -372,7 +400,7 @@ impl Lane {
             stopped: AtomicBool::new(false),
             stop_dirty: AtomicBool::new(false),
             breaker: Mutex::new(stop::Breaker::default()),
-        }))
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -631,6 +659,10 @@ impl Lane {
     }
 }
 
+#[cfg(test)]
+mod core_tests;
+#[cfg(test)]
+mod memstore;
 #[cfg(test)]
 mod tests;
 

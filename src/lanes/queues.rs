@@ -44,6 +44,7 @@ impl Inner {
             pending: BTreeMap::new(),
             queues: HashMap::new(),
             carried: HashMap::new(),
+            chunk_carried: HashMap::new(),
             ready: VecDeque::new(),
             hot_in_flight: 0,
             spill_buf: VecDeque::new(),

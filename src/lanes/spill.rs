@@ -66,7 +66,7 @@ impl Lane {
                 Ok(chunk) => {
                     self.metrics.spill_rows.add(batch.len() as u64);
                     if chunk.is_none() {
-                        self.state.note_spilled(batch.len());
+                        self.state.clone().note_spilled(batch.len());
                     }
                     let mut inner = self.lock();
                     for (event, ..) in &batch {
@@ -95,6 +95,19 @@ impl Lane {
                             m.add(chunk, held.collect());
                         } else {
                             m.behind = true;
+                            // What failed before stays with the lane until the chunk is
+                            // loaded or becomes rows.
+                            let now = Instant::now();
+                            for (e, attempts, after, history) in batch {
+                                if attempts > 0 {
+                                    let c = Carried {
+                                        attempts: attempts as u32,
+                                        due: now + after,
+                                        history,
+                                    };
+                                    inner.chunk_carried.insert(e.pos, c);
+                                }
+                            }
                         }
                     }
                     drop(inner);
@@ -131,6 +144,16 @@ impl Lane {
         delivered.extend(inner.unexploded.take().unwrap_or_default());
         inner.unexploded = Some(delivered);
         inner.chunked = false;
+        // What the held events failed so far goes onto their rows.
+        let now = Instant::now();
+        for (pos, attempts, not_before) in inner.mirror.attempted() {
+            let due = not_before.unwrap_or(now);
+            inner.chunk_carried.entry(pos).or_insert(Carried {
+                attempts,
+                due,
+                history: Vec::new(),
+            });
+        }
         inner.mirror = Mirror::default();
         self.metrics.down.store(false, Ordering::Relaxed);
         tracing::warn!(subscriber = %self.name, reason = why, "spilled chunks become rows, served with retries");
@@ -150,11 +173,32 @@ impl Lane {
                 .await
             {
                 Ok((_, 0)) => {
+                    let carried: Vec<(Pos, Carried)> = self.lock().chunk_carried.drain().collect();
+                    if !carried.is_empty() {
+                        let now = Instant::now();
+                        let rows: Vec<Restored> = carried
+                            .into_iter()
+                            .map(|(pos, c)| Restored {
+                                pos,
+                                attempts: c.attempts as i32,
+                                retry_after: c.due.saturating_duration_since(now),
+                                history: c.history,
+                            })
+                            .collect();
+                        let restored = self
+                            .retry_state(cancel, "keep the attempts of rows made from chunks", || {
+                                self.state.restore(&self.name, &rows)
+                            })
+                            .await;
+                        if restored.is_none() {
+                            return false;
+                        }
+                    }
                     self.lock().unexploded = None;
                     return true;
                 }
                 Ok((rows, _)) => {
-                    self.state.note_spilled(rows as usize);
+                    self.state.clone().note_spilled(rows as usize);
                     drop(io);
                 }
                 Err(e) => {

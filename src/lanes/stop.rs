@@ -7,7 +7,9 @@
 //! `walhook.subscribers`, so they survive restarts.
 
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 

@@ -4,7 +4,9 @@
 //! changed); and what its saved mark says, and skips after a restart.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::*;
 

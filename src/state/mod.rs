@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use crate::event::{Event, Mark, Pos};
 use crate::pg::PgError;
 
+mod chunks;
 pub mod deliveries;
 pub mod lease;
 pub mod subscribers;
@@ -397,146 +398,6 @@ impl State {
         Ok((wait.is_some(), wait.map(|s| Duration::from_secs_f64(s.max(0.0)))))
     }
 
-    /// Writes events as one chunk; returns its number (chunks are numbered in the order
-    /// they are written).
-    pub async fn spill_chunk(&self, subscriber: &str, events: &[&Event]) -> Result<i64, StateError> {
-        let lsns: Vec<i64> = events.iter().map(|e| e.pos.lsn as i64).collect();
-        let seqs: Vec<i64> = events.iter().map(|e| e.pos.seq as i64).collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
-        // NULL unless some event of the chunk moved its row to another key.
-        let prev_keys: Option<Vec<Option<&str>>> = events
-            .iter()
-            .any(|e| e.prev_key.is_some())
-            .then(|| events.iter().map(|e| e.prev_key.as_deref()).collect());
-        let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
-        let row = self
-            .client_for(bodies.iter().map(|b| b.len()).sum())
-            .await?
-            .query_one(
-                "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING chunk",
-                &[
-                    &self.slot,
-                    &subscriber,
-                    &lsns,
-                    &seqs,
-                    &ids,
-                    &types,
-                    &keys,
-                    &bodies,
-                    &prev_keys,
-                ],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
-
-    /// The first chunk written after chunk `after`, with its events in write order.
-    pub async fn chunk_after(
-        &self,
-        subscriber: &str,
-        after: i64,
-    ) -> Result<Option<(i64, Vec<Event>)>, StateError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT chunk, lsns, seqs, ids, types, keys, bodies, prev_keys FROM walhook.spill_chunks
-                 WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1",
-                &[&self.slot, &subscriber, &after],
-            )
-            .await?;
-        let Some(r) = rows.first() else {
-            return Ok(None);
-        };
-        let lsns: Vec<i64> = r.get(1);
-        let seqs: Vec<i64> = r.get(2);
-        let ids: Vec<String> = r.get(3);
-        let types: Vec<String> = r.get(4);
-        let keys: Vec<String> = r.get(5);
-        let bodies: Vec<Vec<u8>> = r.get(6);
-        let mut prev_keys = r
-            .get::<_, Option<Vec<Option<String>>>>(7)
-            .unwrap_or_default()
-            .into_iter();
-        let chunk = r.get(0);
-        drop(rows);
-        self.after_read(&client, bodies.iter().map(Vec::len).sum()).await;
-        let events = lsns
-            .into_iter()
-            .zip(seqs)
-            .zip(ids)
-            .zip(types)
-            .zip(keys)
-            .zip(bodies)
-            .map(|(((((lsn, seq), id), event_type), key), body)| Event {
-                pos: Pos {
-                    lsn: lsn as u64,
-                    seq: seq as u64,
-                },
-                id,
-                event_type,
-                key,
-                prev_key: prev_keys.next().flatten(),
-                body: bytes::Bytes::from(body),
-            })
-            .collect();
-        Ok(Some((chunk, events)))
-    }
-
-    /// Deletes chunks whose events are all delivered.
-    pub async fn delete_chunks(&self, subscriber: &str, chunks: &[i64]) -> Result<(), StateError> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk = ANY($3)",
-                &[&self.slot, &subscriber, &chunks],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Turns the oldest `chunks` chunks of a lane into rows of the spill log, leaving out
-    /// the events in `delivered`, in one statement. Returns the rows written and the
-    /// chunks turned (0: none left).
-    pub async fn explode_chunks(
-        &self,
-        subscriber: &str,
-        delivered: &[Pos],
-        chunks: i64,
-    ) -> Result<(u64, u64), StateError> {
-        let lsns: Vec<i64> = delivered.iter().map(|p| p.lsn as i64).collect();
-        let seqs: Vec<i64> = delivered.iter().map(|p| p.seq as i64).collect();
-        let row = self
-            .client()
-            .await?
-            .query_one(
-                "WITH gone AS (
-                   DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk IN (
-                     SELECT chunk FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2
-                     ORDER BY chunk LIMIT $5)
-                   RETURNING *),
-                 done AS (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS d(l, q)),
-                 rows AS (
-                   INSERT INTO walhook.spill
-                     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, prev_key)
-                   SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b, u.p
-                   FROM gone g,
-                        unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies, g.prev_keys) AS u(l, q, i, t, k, b, p)
-                   WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.l = u.l AND done.q = u.q)
-                   ON CONFLICT DO NOTHING
-                   RETURNING 1)
-                 SELECT (SELECT count(*) FROM rows), (SELECT count(*) FROM gone)",
-                &[&self.slot, &subscriber, &lsns, &seqs, &chunks],
-            )
-            .await?;
-        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
-    }
-
     /// Applies the outcomes of a round of spilled deliveries in one statement: delivered
     /// rows are deleted, retried rows rescheduled, dead rows moved to `dead_letters`.
     pub async fn complete(
@@ -654,6 +515,15 @@ impl State {
 }
 
 /// One event to append to a spill log, with what is known of its attempts so far.
+/// What a row made from a chunk had failed before (see `State::restore`).
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub pos: Pos,
+    pub attempts: i32,
+    pub retry_after: Duration,
+    pub history: Vec<AttemptLog>,
+}
+
 pub struct SpillRow<'a> {
     pub event: &'a Event,
     pub attempts: i32,
