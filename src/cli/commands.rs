@@ -67,9 +67,9 @@ async fn read_for_run(path: &Path) -> Result<Config, i32> {
 /// Runs one command to its end; returns the process's exit code.
 pub async fn run(command: Command) -> i32 {
     match command {
-        Command::Check { config, offline } => check(&config, offline).await,
+        Command::Check { config, offline } => check(&config.config, offline).await,
         Command::Run { config, no_delivery } => {
-            let path = config;
+            let path = config.config;
             let config = match read_for_run(&path).await {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -95,7 +95,7 @@ pub async fn run(command: Command) -> i32 {
             old,
             new,
         } => {
-            let config = match load(&config) {
+            let config = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -119,7 +119,7 @@ pub async fn run(command: Command) -> i32 {
         Command::Deliveries { action } => super::admin::deliveries(action).await,
         Command::Subscribers { action } => super::admin::subscribers(action).await,
         Command::Ping { config, subscriber } => {
-            let config = match load(&config) {
+            let config = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -35,14 +35,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Capture changes and deliver webhooks until SIGTERM or SIGINT.
     Run {
-        /// Config file (TOML).
-        #[arg(
-            long,
-            short,
-            env = "WALHOOK_CONFIG",
-            default_value = "/etc/walhook/walhook.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Decode and map, but deliver nothing (for benchmarks and diagnosis): events are
         /// dropped after mapping and the slot advances as if they were delivered, so use a
         /// slot of its own (source.slot), never the one your subscribers depend on.
@@ -53,13 +47,8 @@ pub enum Command {
     /// (read-only) its rules against the source database's catalog and its subscriber
     /// URLs' addresses.
     Check {
-        #[arg(
-            long,
-            short,
-            env = "WALHOOK_CONFIG",
-            default_value = "/etc/walhook/walhook.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Check the file alone: connect to no database and resolve no host name.
         #[arg(long)]
         offline: bool,
@@ -67,13 +56,8 @@ pub enum Command {
     /// Dry run: print the events one row change would make and, for each subscriber that
     /// wants them, the exact request (method, headers, body). Sends nothing.
     Explain {
-        #[arg(
-            long,
-            short,
-            env = "WALHOOK_CONFIG",
-            default_value = "/etc/walhook/walhook.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The table, "schema.table" ("products" is "public.products").
         #[arg(long)]
         table: String,
@@ -90,13 +74,8 @@ pub enum Command {
     /// Send one signed `walhook.ping` event to a subscriber and print the outcome and
     /// latency (exit 0 on a 2xx answer, 1 otherwise).
     Ping {
-        #[arg(
-            long,
-            short,
-            env = "WALHOOK_CONFIG",
-            default_value = "/etc/walhook/walhook.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The subscriber's name.
         #[arg(long)]
         subscriber: String,
@@ -123,9 +102,10 @@ pub enum Command {
     },
 }
 
-/// The config file of a command that talks to a running walhook.
+/// The config file (TOML), of every command that reads one.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
+    /// Config file (TOML).
     #[arg(
         long,
         short,

@@ -208,29 +208,26 @@ async fn a_failing_subscriber_spills_keeps_order_and_comes_back_hot() {
     rig.stop().await;
 }
 
-/// A 429 with `Retry-After: 30` in hot mode, then the lane spills (the event is older
-/// than `spill_after`): the next attempt still waits out the 30 s, and the key's next
-/// event follows it, while other keys go on.
-#[tokio::test(start_paused = true)]
-async fn a_retry_after_holds_across_a_spill() {
-    let rig = Rig::start(
+/// A lane whose subscriber answers `a-1`'s first attempt with 429 and `Retry-After: 30`
+/// and delivers everything else; it spills after 2 s.
+fn one_retry_after() -> Rig {
+    let first = std::sync::atomic::AtomicBool::new(true);
+    Rig::start(
         "spill_after = \"2s\"\nretry_initial = \"1s\"",
         Duration::from_millis(5),
-        |id, _| {
-            static FIRST: std::sync::Once = std::sync::Once::new();
-            let mut answer = Answer::Ok;
-            if id == "a-1" {
-                FIRST.call_once(|| answer = Answer::Status(429, Some(Duration::from_secs(30))));
+        move |id, _| {
+            if id == "a-1" && first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                Answer::Status(429, Some(Duration::from_secs(30)))
+            } else {
+                Answer::Ok
             }
-            answer
         },
-    );
-    rig.push(1, "a").await;
-    rig.push(2, "a").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(rig.lane.mode(), Mode::Spill, "the lane did not spill");
-    rig.push(3, "b").await;
-    rig.until_done(Duration::from_secs(120)).await;
+    )
+}
+
+/// `a-1` was attempted twice, the second time after its 30 s; returns the ids delivered,
+/// in order.
+fn assert_retry_after_kept(rig: &Rig) -> Vec<String> {
     let tries = rig.sub.attempts_of("a-1");
     assert_eq!(tries.len(), 2, "{tries:?}");
     let waited = tries[1] - tries[0];
@@ -238,7 +235,22 @@ async fn a_retry_after_holds_across_a_spill() {
         waited >= Duration::from_secs(30),
         "the second attempt came after {waited:?}, before the Retry-After"
     );
-    let order = rig.sub.delivered();
+    rig.sub.delivered()
+}
+
+/// A 429 with `Retry-After: 30` in hot mode, then the lane spills (the event is older
+/// than `spill_after`): the next attempt still waits out the 30 s, and the key's next
+/// event follows it, while other keys go on.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_holds_across_a_spill() {
+    let rig = one_retry_after();
+    rig.push(1, "a").await;
+    rig.push(2, "a").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(rig.lane.mode(), Mode::Spill, "the lane did not spill");
+    rig.push(3, "b").await;
+    rig.until_done(Duration::from_secs(120)).await;
+    let order = assert_retry_after_kept(&rig);
     let at = |id: &str| order.iter().position(|d| d == id).unwrap();
     assert!(at("b-3") < at("a-1"), "another key waited: {order:?}");
     assert!(at("a-1") < at("a-2"), "{order:?}");
@@ -314,18 +326,7 @@ async fn a_pause_between_hot_attempts_keeps_the_attempt_count() {
 /// chunk write fails (the chunks become rows): the row still waits out the 30 s.
 #[tokio::test(start_paused = true)]
 async fn rows_made_from_chunks_keep_a_hot_retry_after() {
-    let rig = Rig::start(
-        "spill_after = \"2s\"\nretry_initial = \"1s\"",
-        Duration::from_millis(5),
-        |id, _| {
-            static FIRST: std::sync::Once = std::sync::Once::new();
-            let mut answer = Answer::Ok;
-            if id == "a-1" {
-                FIRST.call_once(|| answer = Answer::Status(429, Some(Duration::from_secs(30))));
-            }
-            answer
-        },
-    );
+    let rig = one_retry_after();
     rig.push(1, "a").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(rig.lane.mode(), Mode::Spill, "the lane did not spill");
@@ -334,14 +335,7 @@ async fn rows_made_from_chunks_keep_a_hot_retry_after() {
     rig.push(3, "b").await;
     rig.until_done(Duration::from_secs(120)).await;
     assert!(rig.store.log().rows_written > 0, "no rows were written");
-    let tries = rig.sub.attempts_of("a-1");
-    assert_eq!(tries.len(), 2, "{tries:?}");
-    let waited = tries[1] - tries[0];
-    assert!(
-        waited >= Duration::from_secs(30),
-        "the second attempt came after {waited:?}, before the Retry-After"
-    );
-    let order = rig.sub.delivered();
+    let order = assert_retry_after_kept(&rig);
     let at = |id: &str| order.iter().position(|d| d == id).unwrap();
     assert!(at("a-1") < at("a-2"), "{order:?}");
     rig.stop().await;
