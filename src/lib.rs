@@ -26,6 +26,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod error;
 pub mod event;
 pub mod lanes;
 pub mod mapping;

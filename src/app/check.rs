@@ -50,9 +50,20 @@ pub fn from_toml(
 /// Every offline problem of a config: its own, then each stage's, in key-path order.
 pub fn problems(config: &Config) -> Vec<Problem> {
     let mut out = config.validate();
-    out.extend(stage_problems(config));
+    add_stage_problems(&mut out, config);
     sort(&mut out);
     out
+}
+
+/// Adds each stage's problems to the config's own, leaving out a key the config already
+/// reported (a stage compiles what the config checked too, such as a subscriber's URL).
+fn add_stage_problems(out: &mut Vec<Problem>, config: &Config) {
+    let reported: std::collections::HashSet<String> = out.iter().map(|p| p.path.clone()).collect();
+    out.extend(
+        stage_problems(config)
+            .into_iter()
+            .filter(|p| !reported.contains(&p.path)),
+    );
 }
 
 fn stage_problems(config: &Config) -> Vec<Problem> {
@@ -66,7 +77,7 @@ fn checked(parsed: Parsed) -> Checked {
     let Parsed {
         config, mut problems, ..
     } = parsed;
-    problems.extend(stage_problems(&config));
+    add_stage_problems(&mut problems, &config);
     sort(&mut problems);
     Checked { config, problems }
 }

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::check::{self, Reach};
 use crate::config::{fmt_problems, Config};
+use crate::error::RunError;
 use crate::lanes::target;
 use crate::mapping::Mapper;
-use crate::pg::connect_message;
 use crate::pg::PgTarget;
 use crate::pipeline::Swap;
 
@@ -64,7 +64,7 @@ pub async fn watch(
                     }
                     current = new;
                 }
-                Err(e) => refuse(&e),
+                Err(e) => refuse(&e.to_string()),
             }
             continue;
         }
@@ -107,14 +107,13 @@ async fn read(path: &Path) -> Option<Config> {
 
 /// Prepares the source for `config`'s rules (new tables join the publication) and
 /// compiles them.
-async fn compile(config: &Config) -> Result<Mapper, String> {
-    let source = PgTarget::parse(&config.source.url).map_err(|e| format!("source.url: {e}"))?;
-    let catalog = source
-        .connect("reload")
-        .await
-        .map_err(|e| connect_message("source.url", &e))?;
-    let info = crate::source::setup::prepare(&catalog, config)
-        .await
-        .map_err(|e| e.to_string())?;
-    Mapper::new(config, &info.tables)
+async fn compile(config: &Config) -> Result<Mapper, RunError> {
+    let source =
+        PgTarget::parse(&config.source.url).map_err(|e| RunError::Config(format!("source.url: {e}")))?;
+    let catalog = source.connect("reload").await.map_err(|e| RunError::Connect {
+        what: "source.url",
+        source: e.into(),
+    })?;
+    let info = crate::source::setup::prepare(&catalog, config).await?;
+    Mapper::new(config, &info.tables).map_err(RunError::Compile)
 }

@@ -12,6 +12,7 @@ use super::reload::{Reloads, Restart};
 use super::shutdown::{StopBudget, StopClock};
 use crate::admin::{self, Admin};
 use crate::config::Config;
+pub use crate::error::RunError;
 use crate::event::{Mark, Pos};
 use crate::lanes::{fenced, Lane};
 use crate::mapping::Mapper;
@@ -22,35 +23,12 @@ use crate::progress::{frontier_pos, Progress};
 use crate::state::lease::Lease;
 use crate::state::State;
 
-/// Why walhook stopped; each maps to an exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    Prerequisite(String),
-    #[error("{0}")]
-    Runtime(String),
-    #[error("this walhook lost the slot's lease")]
-    Fenced,
-}
-
 impl From<Refusal> for RunError {
     fn from(refusal: Refusal) -> Self {
         let message = refusal.message(None);
         match refusal {
             Refusal::Config(_) => RunError::Config(message),
             Refusal::Source(_) => RunError::Prerequisite(message),
-        }
-    }
-}
-
-impl RunError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            RunError::Config(_) => 2,
-            RunError::Prerequisite(_) => 3,
-            RunError::Runtime(_) | RunError::Fenced => 1,
         }
     }
 }
@@ -95,7 +73,7 @@ pub async fn serve(
                     config = new;
                 }
             }
-            Err(RunError::Prerequisite(e) | RunError::Runtime(e)) if fenced => {
+            Err(e) if fenced && e.class().waited_out_after_fencing() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot stand by again yet; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
@@ -137,16 +115,14 @@ pub async fn run(
         if let Some(why) = findings.unreachable {
             return Err(RunError::Prerequisite(why));
         }
-        let catalog = source
-            .connect("catalog")
-            .await
-            .map_err(|e| RunError::Prerequisite(crate::pg::connect_message("source.url", &e)))?;
-        let info = crate::source::setup::prepare(&catalog, &config)
-            .await
-            .map_err(|e| RunError::Prerequisite(e.to_string()))?;
+        let catalog = source.connect("catalog").await.map_err(|e| RunError::Connect {
+            what: "source.url",
+            source: e.into(),
+        })?;
+        let info = crate::source::setup::prepare(&catalog, &config).await?;
         let state = State::connect(config.state_url(), &config.source.slot)
             .await
-            .map_err(|e| RunError::Prerequisite(format!("state database: {e}")))?;
+            .map_err(RunError::StateStart)?;
         Ok::<_, RunError>((catalog, info, state))
     };
     // Connecting waits as long as the network does; a stop must not.
@@ -154,7 +130,7 @@ pub async fn run(
         _ = cancel.cancelled() => return Ok(()),
         r = prelude => r?,
     };
-    let mapper = Mapper::new(&config, &info.tables).map_err(RunError::Config)?;
+    let mapper = Mapper::new(&config, &info.tables).map_err(RunError::Compile)?;
     let state = Arc::new(state);
     let metrics = Arc::new(Metrics::default());
     let progress = Arc::new(Progress::default());
@@ -201,6 +177,9 @@ pub async fn run(
         return Ok(());
     };
     let lease_stop = CancellationToken::new();
+    // The one task outside `tracker`: it holds the lease while the tracker's tasks stop
+    // (a lane still delivering must not outlive its lease), so it ends after them, by
+    // its own token, and is awaited (or aborted) below.
     let keeper = tokio::spawn(lease.keep(progress.clone(), metrics.clone(), lease_stop.clone()));
     let result = lead(LeadArgs {
         config,
@@ -286,27 +265,18 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         lane_list,
     } = args;
     let fence = progress.fence.clone();
-    let marks = state
-        .load_watermarks()
-        .await
-        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let marks = state.load_watermarks().await?;
     let mut lanes = Vec::new();
     if no_delivery {
         tracing::warn!("--no-delivery: events are decoded and mapped, then dropped; nothing is sent");
     }
     let database = crate::pg::database_name(&config.source.url);
-    let stops = state
-        .stops()
-        .await
-        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let stops = state.stops().await?;
     for (i, sub) in config.subscribers.iter().enumerate().filter(|_| !no_delivery) {
-        let (backlog, _) = state
-            .backlog(&sub.name)
-            .await
-            .map_err(|e| RunError::Runtime(e.to_string()))?;
+        let (backlog, _) = state.backlog(&sub.name).await?;
         let mark = marks.get(&sub.name).cloned().unwrap_or_default();
         let lane = Lane::new(sub, i, &database, state.clone(), progress.clone(), mark, backlog)
-            .map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
+            .map_err(RunError::Compile)?;
         if backlog {
             tracing::info!(subscriber = %sub.name, "spill log has events: lane resumes in spill mode");
         }
@@ -377,7 +347,6 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         metrics,
         progress.clone(),
     )
-    .map_err(|e| RunError::Config(e.to_string()))?
     .with_swaps(swap_rx);
     let streaming = pipeline.run(cancel.clone());
     tokio::pin!(streaming);
@@ -428,7 +397,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
     {
         tracing::warn!("cannot save lane watermarks in time; the next start re-sends a little more");
     }
-    result.map_err(|e| RunError::Prerequisite(e.to_string()))
+    Ok(result?)
 }
 
 /// Tells the tasks of a run to stop and waits for them until `budget.abandon()`; the

@@ -85,7 +85,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
             (exact, json) = number_columns(&catalog, &table).await?;
         }
     }
-    let mapper = Mapper::new(&scoped, &tables).map_err(RunError::Config)?;
+    let mapper = Mapper::new(&scoped, &tables).map_err(RunError::Compile)?;
     let tx = TxMeta {
         commit_lsn: 0,
         xid: 0,
@@ -155,7 +155,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         for &i in routes.iter() {
             let sub = &config.subscribers[i];
             let target = Target::new(sub, i, &crate::pg::database_name(&config.source.url))
-                .map_err(|e| bad(format!("subscribers[{i}]: {e}")))?;
+                .map_err(|problems| bad(crate::config::fmt_problems(&problems)))?;
             let _ = writeln!(out, "\n--> subscriber {:?} at {}", sub.name, sub.url);
             match target.request(&event.id, &event.body, ts) {
                 Ok(request) => out.push_str(&String::from_utf8_lossy(&request).replace("\r\n", "\n")),
@@ -215,17 +215,14 @@ async fn number_columns(
     client: &tokio_postgres::Client,
     table: &TableName,
 ) -> Result<(Vec<Arc<str>>, Vec<Arc<str>>), RunError> {
-    let failed = |e: String| RunError::Runtime(format!("catalog query failed: {e}"));
     let rows = client
         .query(COLUMN_TYPES, &[&table.schema, &table.name])
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| RunError::Catalog(e.into()))?;
     let columns: Vec<(String, u32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut types = crate::decode::TypeRegistry::with_builtins();
     let oids: Vec<u32> = columns.iter().map(|(_, oid)| *oid).collect();
-    crate::source::setup::load_types(client, &mut types, Some(&oids))
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    crate::source::setup::load_types(client, &mut types, Some(&oids)).await?;
     let named = |keep: &dyn Fn(u32) -> bool| {
         columns
             .iter()
@@ -247,7 +244,7 @@ async fn catalog_column_names(
     let rows = client
         .query(query, &[&table.schema, &table.name])
         .await
-        .map_err(|e| RunError::Runtime(format!("catalog query failed: {}", crate::pg::describe(&e))))?;
+        .map_err(|e| RunError::Catalog(e.into()))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -274,8 +271,8 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
             crate::config::fmt_problems(&problems).replace("subscribers[0]", &format!("subscribers[{i}]")),
         ));
     }
-    let target = Target::new(sub, i, &crate::pg::database_name(&config.source.url))
-        .map_err(|e| RunError::Config(format!("subscribers[{i}]: {e}")))?;
+    let target =
+        Target::new(sub, i, &crate::pg::database_name(&config.source.url)).map_err(RunError::Compile)?;
     let now = SystemTime::now();
     let micros = now
         .duration_since(SystemTime::UNIX_EPOCH)

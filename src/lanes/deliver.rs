@@ -5,11 +5,11 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::Formatter;
-use super::http::{Client, Options};
+use super::http::{self, Client, Options};
 use super::limit::{self, Limiter};
-use super::retry::{Policy, Verdict};
+use super::retry::{self, Policy, Verdict};
 use super::sign::{signature_header, Secret};
-use crate::config::Subscriber;
+use crate::config::{Problem, Subscriber};
 
 /// Bodies up to this size are sent in one buffer with their head; larger ones are written
 /// after it from where they are, not copied (a large row's body would be copied per
@@ -82,10 +82,60 @@ pub struct Target {
 const UNSHAPEABLE: &str = "cannot shape the request: ";
 
 impl Target {
-    /// The target of subscriber `index`; `database` names the source in CloudEvents.
-    pub fn new(sub: &Subscriber, index: usize, database: &str) -> Result<Target, String> {
-        let url = url::Url::parse(&sub.url).map_err(|e| format!("url: {e}"))?;
-        let format = Formatter::new(sub, index, database)?;
+    /// The target of subscriber `index`, compiled from its config; `database` names the
+    /// source in CloudEvents. This is the check of the subscriber's delivery settings
+    /// too (`lanes::check` calls it): every problem is returned at once, with its key
+    /// path, so a target that passed the check cannot fail to build when a run starts.
+    pub fn new(sub: &Subscriber, index: usize, database: &str) -> Result<Target, Vec<Problem>> {
+        let key = |k: &str| format!("subscribers[{index}].{k}");
+        let mut problems = Vec::new();
+        let url = url::Url::parse(&sub.url)
+            .map_err(|e| problems.push(Problem::new(key("url"), format!("not a URL: {e}"))))
+            .ok();
+        let format = Formatter::new(sub, index, database)
+            .map_err(|(k, message)| problems.push(Problem::new(key(&k), message)))
+            .ok();
+        let mut secrets = Vec::new();
+        for (j, entry) in sub.secrets.iter().enumerate() {
+            let secret = Secret::parse(entry.secret())
+                .map_err(|e| problems.push(Problem::new(entry.path(index, j), e.to_string())));
+            let expires = entry
+                .expires()
+                .map_err(|e| problems.push(Problem::new(key(&format!("secrets[{j}].expires")), e)));
+            if let (Ok(secret), Ok(expires)) = (secret, expires) {
+                let expires = expires.map(|at| {
+                    at.duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                });
+                secrets.push((secret, expires));
+            }
+        }
+        let limiter = match sub.rate_limit.as_deref().map(limit::parse) {
+            Some(Ok(rate)) => Some(Limiter::new(rate)),
+            Some(Err(e)) => {
+                problems.push(Problem::new(key("rate_limit"), e));
+                None
+            }
+            None => None,
+        };
+        for (name, value) in &sub.headers {
+            let message = if !http::valid_header_name(name) {
+                "not a valid HTTP header name: use letters, digits and - _ ."
+            } else if http::reserved_header(name) {
+                "set by walhook itself: remove it from headers"
+            } else if !http::valid_header_value(value) {
+                "the value holds a line break or control character: remove it"
+            } else {
+                continue;
+            };
+            problems.push(Problem::new(key(&format!("headers.{name}")), message));
+        }
+        for (k, message) in retry::check(sub) {
+            problems.push(Problem::new(key(&k), message));
+        }
+        let (Some(url), Some(format), true) = (url, format, problems.is_empty()) else {
+            return Err(problems);
+        };
         let templated = format.templated_headers();
         let headers: Vec<(String, String)> = sub
             .headers
@@ -104,23 +154,8 @@ impl Target {
                 roots: None,
                 allow_private: sub.allow_private_targets,
             },
-        )?;
-        let secrets = sub
-            .secrets
-            .iter()
-            .map(|s| {
-                let secret = Secret::parse(s.secret()).map_err(|e| e.to_string())?;
-                let expires = s.expires()?.map(|at| {
-                    at.duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-                });
-                Ok((secret, expires))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let limiter = match &sub.rate_limit {
-            Some(rate) => Some(Limiter::new(limit::parse(rate)?)),
-            None => None,
-        };
+        )
+        .map_err(|e| vec![Problem::new(key("url"), e)])?;
         Ok(Target {
             client,
             format,

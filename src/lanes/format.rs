@@ -220,12 +220,12 @@ fn truncate(value: String, length: Option<usize>, end: Option<String>) -> String
 
 impl Formatter {
     /// The formatter of subscriber `index`; `database` names the source in CloudEvents.
-    /// Settings are checked by `check` when the config loads; errors name their key
-    /// within the subscriber.
-    pub fn new(sub: &Subscriber, index: usize, database: &str) -> Result<Formatter, String> {
+    /// An error is the first problem found, as its key within the subscriber and its
+    /// message.
+    pub fn new(sub: &Subscriber, index: usize, database: &str) -> Result<Formatter, (String, String)> {
         let label = format!("subscribers[{index}]");
-        if let Some((key, message)) = check(sub).into_iter().next() {
-            return Err(format!("{key}: {message}"));
+        if let Some(first) = check(sub).into_iter().next() {
+            return Err(first);
         }
         let default_type = match sub.format {
             BodyFormat::CloudEvents => CLOUDEVENTS_JSON,
@@ -261,7 +261,7 @@ impl Formatter {
                         }
                     };
                     env.add_template_owned(name, source)
-                        .map_err(|e| format!("{key}: {}", describe(&e)))?;
+                        .map_err(|e| (key.clone(), describe(&e)))?;
                 }
                 Kind::Template {
                     env: Box::new(env),

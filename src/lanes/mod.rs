@@ -115,42 +115,16 @@ const STATE_RETRY: Duration = Duration::from_millis(500);
 /// re-sends what was delivered after it.
 pub const MARK_PENDING_MAX: usize = 1_000;
 
-/// The problems of the subscribers' parts lanes compile: secrets, rate limits, headers,
-/// body formats and retry policies.
+/// The problems of the subscribers' delivery settings (URL, secrets, rate limits,
+/// headers, body formats and retry policies): each subscriber's target is compiled as a
+/// run compiles it (`Target::new`), and everything it finds is returned.
 pub fn check(config: &crate::config::Config) -> Vec<crate::config::Problem> {
-    let mut out = Vec::new();
-    for (i, sub) in config.subscribers.iter().enumerate() {
-        let mut bad = |key: String, message: String| out.push(crate::config::Problem { path: key, message });
-        let p = |k: &str| format!("subscribers[{i}].{k}");
-        for (j, secret) in sub.secrets.iter().enumerate() {
-            if let Err(e) = sign::Secret::parse(secret.secret()) {
-                bad(secret.path(i, j), e.to_string());
-            }
-        }
-        if let Some(Err(e)) = sub.rate_limit.as_deref().map(limit::parse) {
-            bad(p("rate_limit"), e);
-        }
-        for (name, value) in &sub.headers {
-            let key = p(&format!("headers.{name}"));
-            if !http::valid_header_name(name) {
-                bad(
-                    key,
-                    "not a valid HTTP header name: use letters, digits and - _ .".into(),
-                );
-            } else if http::reserved_header(name) {
-                bad(key, "set by walhook itself: remove it from headers".into());
-            } else if !http::valid_header_value(value) {
-                bad(
-                    key,
-                    "the value holds a line break or control character: remove it".into(),
-                );
-            }
-        }
-        for (key, message) in format::check(sub).into_iter().chain(retry::check(sub)) {
-            bad(p(&key), message);
-        }
-    }
-    out
+    config
+        .subscribers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, sub)| Target::new(sub, i, "").err().unwrap_or_default())
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,7 +334,7 @@ impl Lane {
         progress: Arc<Progress>,
         mark: Mark,
         spilled: bool,
-    ) -> Result<Arc<Lane>, String> {
+    ) -> Result<Arc<Lane>, Vec<crate::config::Problem>> {
         let target = Target::new(cfg, index, database)?;
         Ok(Lane::assemble(
             cfg,

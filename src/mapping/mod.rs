@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::config::{Config, Numbers, Op, TableName};
+use crate::config::{Config, Numbers, Op, Problem, TableName};
 use crate::event::EventRef;
 
 pub use condition::Condition;
@@ -138,24 +138,39 @@ pub struct Mapper {
 }
 
 impl Mapper {
-    /// Compiles every rule. `tables` holds the catalog facts for each rule's table.
-    pub fn new(config: &Config, tables: &HashMap<TableName, TableMeta>) -> Result<Mapper, String> {
+    /// Compiles every rule. `tables` holds the catalog facts for each rule's table. An
+    /// error lists every rule that cannot be compiled, with its key path.
+    pub fn new(config: &Config, tables: &HashMap<TableName, TableMeta>) -> Result<Mapper, Vec<Problem>> {
         let mut by_table: HashMap<TableName, Vec<Rule>> = HashMap::new();
+        let mut problems = Vec::new();
         for (i, r) in config.events.iter().enumerate() {
-            let table = TableName::parse(&r.table).map_err(|e| format!("events[{i}].table: {e}"))?;
+            let table = match TableName::parse(&r.table) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(Problem::new(format!("events[{i}].table"), e));
+                    continue;
+                }
+            };
             let meta = tables.get(&table).cloned().unwrap_or_default();
             let key = match &r.key {
                 Some(k) => k.clone(),
                 None if !meta.default_key.is_empty() => meta.default_key.clone(),
                 None => {
-                    return Err(format!(
-                        "events[{i}]: table {table} has no primary key; set events[{i}].key to the columns that identify a row"
-                    ))
+                    problems.push(Problem::new(
+                        format!("events[{i}].key"),
+                        format!("table {table} has no primary key; set events[{i}].key to the columns that identify a row"),
+                    ));
+                    continue;
                 }
             };
             let rules = by_table.entry(table.clone()).or_default();
-            let index =
-                u16::try_from(rules.len()).map_err(|_| format!("events[{i}]: too many rules for {table}"))?;
+            let Ok(index) = u16::try_from(rules.len()) else {
+                problems.push(Problem::new(
+                    format!("events[{i}]"),
+                    format!("too many rules for {table}"),
+                ));
+                continue;
+            };
             let mut names = HashMap::new();
             for &op in &r.on {
                 let name = match &r.name {
@@ -193,8 +208,12 @@ impl Mapper {
                 (None, Some(x)) => Projection::Except(x.iter().cloned().collect()),
                 (None, None) => Projection::All,
             };
-            let when = match &r.when {
-                Some(w) => Some(Condition::compile(w).map_err(|e| format!("events[{i}].when: {e}"))?),
+            let when = match r.when.as_deref().map(Condition::compile) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    problems.push(Problem::new(format!("events[{i}].when"), e));
+                    continue;
+                }
                 None => None,
             };
             rules.push(Rule {
@@ -226,6 +245,9 @@ impl Mapper {
             .filter(|(t, m)| m.oid != 0 && by_table.contains_key(*t))
             .map(|(t, m)| (m.oid, t.clone()))
             .collect();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(Mapper { by_table, oids })
     }
 

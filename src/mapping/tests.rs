@@ -300,6 +300,7 @@ fn a_table_without_primary_key_needs_a_key() {
     let err = Mapper::new(&config("[[events]]\ntable = \"logs\"\n"), &HashMap::new())
         .err()
         .unwrap();
+    let err = crate::config::fmt_problems(&err);
     assert!(err.contains("events[0].key"), "{err}");
 }
 

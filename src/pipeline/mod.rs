@@ -131,8 +131,8 @@ impl Pipeline {
         types: TypeRegistry,
         metrics: Arc<Metrics>,
         progress: Arc<Progress>,
-    ) -> Result<Pipeline, SourceError> {
-        Ok(Pipeline {
+    ) -> Pipeline {
+        Pipeline {
             config,
             source,
             catalog: Some(catalog),
@@ -154,7 +154,7 @@ impl Pipeline {
             received: 0,
             last_confirmed: 0,
             clock: ClockOffset::new(),
-        })
+        }
     }
 
     /// Takes new rules from `swaps` (config reloads) between transactions.
