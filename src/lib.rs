@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod pg;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod source;
 pub mod state;
 pub mod telemetry;

@@ -77,12 +77,14 @@ async fn check_and_run_report_every_mistake() {
     .unwrap();
     let path = path.to_str().unwrap();
 
+    // `check` prints its report on stdout and its verdict on stderr; `run` both on
+    // stderr: one "walhook:" line, then a line per problem.
     for command in ["check", "run"] {
-        let (code, _, err) = walhook_output(&[command, "--config", path]);
+        let (code, out, err) = walhook_output(&[command, "--config", path]);
         assert_eq!(code, 2, "{command}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("walhook:")).collect();
         assert_eq!(lines.len(), 1, "{command}: one error line, got:\n{err}");
-        assert_all_three(&lines[0].replace("; ", "\n"));
+        assert_all_three(&format!("{out}{err}"));
     }
 
     let db = pg.client("shop").await;
@@ -99,7 +101,8 @@ async fn check_and_run_report_every_mistake() {
     assert_eq!((slots, publications), (0, 0), "a refused config set something up");
 
     // The file alone: only the mistake it holds by itself.
-    let (code, _, err) = walhook_output(&["check", "--offline", "--config", path]);
+    let (code, out, err) = walhook_output(&["check", "--offline", "--config", path]);
+    let err = format!("{out}{err}");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("events[1].when"), "{err}");
     assert!(
@@ -124,7 +127,8 @@ async fn check_finds_what_only_the_catalog_knows() {
     std::fs::write(&path, text).unwrap();
     let path = path.to_str().unwrap();
     for command in ["check", "run"] {
-        let (code, _, err) = walhook_output(&[command, "--config", path]);
+        let (code, out, err) = walhook_output(&[command, "--config", path]);
+        let err = format!("{out}{err}");
         assert_eq!(code, 3, "{command}: {err}");
         assert!(
             err.contains("events[1].columns: table \"public\".\"products\" has no column \"colour\""),

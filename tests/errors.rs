@@ -9,10 +9,20 @@ use std::time::Duration;
 use common::*;
 
 /// The one `walhook:` error line.
+/// The one "walhook:" line of `stderr`, with the report's lines after it (a problem or
+/// a warning each), on one line.
 fn error_line(stderr: &str) -> String {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("walhook:")).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
-    lines[0].to_string()
+    let report = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("walhook:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("problem ") || l.starts_with("warning "));
+    std::iter::once(lines[0])
+        .chain(report)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn cfg(url: &str, table: &str, extra_rule: &str, sub_extra: &str) -> String {
@@ -341,7 +351,8 @@ fn stray_walhook_variables_leave_the_config_alone() {
 
     // A real override still applies and is checked.
     env.push(("WALHOOK_ADMIN__LISTEN", "not an address"));
-    let (code, _, err) = walhook_output_env(&["check"], &env);
+    let (code, out, err) = walhook_output_env(&["check"], &env);
+    let err = format!("{out}{err}");
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("admin.listen") && err.contains("not an address"),

@@ -194,7 +194,8 @@ async fn a_when_past_the_expression_limits_is_refused_at_check_and_reload() {
         ),
     ] {
         std::fs::write(&path, with_when(when)).unwrap();
-        let (code, _, err) = walhook_output(&["check", "--config", path.to_str().unwrap()]);
+        let (code, out, err) = walhook_output(&["check", "--config", path.to_str().unwrap()]);
+        let err = format!("{out}{err}");
         assert_eq!(code, 2, "{want}: {err}");
         assert!(err.contains(want), "{want}: {err}");
     }

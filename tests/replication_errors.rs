@@ -169,6 +169,17 @@ async fn a_slot_invalidated_mid_stream_stops_walhook_with_the_fix() {
     ] {
         assert!(message.contains(want), "{want:?} missing from: {message}");
     }
+    // `walhook check` refuses it too, with the same fix.
+    let (code, out, err) = walhook_output(&["check", "--config", w.config_path().to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("problem slot walhook"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("invalidated") && line.contains("SELECT pg_drop_replication_slot('walhook');"),
+        "{line}"
+    );
     db.batch_execute("SELECT pg_drop_replication_slot('walhook')")
         .await
         .unwrap();

@@ -13,9 +13,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{fmt_problems, Config, ConfigError, Parsed, Problem};
+use crate::config::{Config, ConfigError, Parsed, Problem};
 use crate::lanes::target;
 use crate::pg::PgTarget;
+use crate::report::{Finding, Level, Report};
 
 /// A config read and checked offline, with every problem found so far.
 pub struct Checked {
@@ -106,62 +107,97 @@ pub enum Reach {
 pub struct Findings {
     /// Mistakes of the config: subscriber URLs refused (exit code 2).
     pub config: Vec<Problem>,
-    /// Rules the source's tables cannot serve (exit code 3 when nothing else is wrong).
-    pub source: Vec<Problem>,
-    /// A prerequisite the source server lacks (wal_level, the replication privilege),
-    /// which stops the look at the catalog.
-    pub prerequisite: Option<String>,
+    /// Every check of the source's server, catalog, publication and slot, and of the
+    /// state database: ok, warnings and problems, with their fixes.
+    pub source: Vec<Finding>,
     /// Why the source's catalog was not looked at: it did not answer.
     pub unreachable: Option<String>,
     /// What could not be checked from here (`Reach::Check`), as warnings.
     pub unchecked: Vec<Problem>,
 }
 
-/// Why a config is refused.
+/// Why a config is refused: a report with at least one problem.
 #[derive(Debug)]
-pub enum Refusal {
-    /// The config itself is wrong (with whatever else was found): exit code 2.
-    Config(Vec<Problem>),
-    /// The config is right, but the source is not ready for it: exit code 3.
-    Source(String),
+pub struct Refusal {
+    pub report: Report,
 }
 
 impl Refusal {
+    /// 2 when the config itself is wrong (with whatever else was found), 3 when it is
+    /// right but the source is not ready for it.
     pub fn exit_code(&self) -> i32 {
-        match self {
-            Refusal::Config(_) => 2,
-            Refusal::Source(_) => 3,
-        }
+        self.report.exit_code()
     }
 
-    /// The problems on one line; `origin` names the file they are in.
+    /// A first line that says what is refused (`origin` names the file), then one line
+    /// per problem and warning with its fix.
     pub fn message(&self, origin: Option<&str>) -> String {
-        match (self, origin) {
-            (Refusal::Config(p), Some(origin)) => format!("invalid config {origin}: {}", fmt_problems(p)),
-            (Refusal::Config(p), None) => fmt_problems(p),
-            (Refusal::Source(s), _) => s.clone(),
+        format!("{}\n{}", self.head(origin), self.report.text(false).trim_end())
+    }
+
+    /// The same on one line, for a log: every problem, then every warning, after `; `.
+    pub fn one_line(&self, origin: Option<&str>) -> String {
+        let mut parts = vec![self.head(origin)];
+        parts.extend(
+            self.report
+                .findings
+                .iter()
+                .filter(|f| f.level != Level::Ok)
+                .map(|f| f.line().split_whitespace().collect::<Vec<_>>().join(" ")),
+        );
+        parts.join("; ")
+    }
+
+    fn head(&self, origin: Option<&str>) -> String {
+        let count = counts(&self.report);
+        match (self.exit_code(), origin) {
+            (2, Some(origin)) => format!("invalid config {origin}: {count}"),
+            (2, None) => format!("invalid config: {count}"),
+            (_, Some(origin)) => format!("{origin}: the source is not ready for this config: {count}"),
+            (_, None) => format!("the source is not ready for this config: {count}"),
         }
+    }
+}
+
+/// "2 problems, 1 warning".
+pub fn counts(report: &Report) -> String {
+    let n = |level: Level| report.findings.iter().filter(|f| f.level == level).count();
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    match n(Level::Warning) {
+        0 => plural(n(Level::Problem), "problem"),
+        w => format!(
+            "{}, {}",
+            plural(n(Level::Problem), "problem"),
+            plural(w, "warning")
+        ),
     }
 }
 
 impl Findings {
+    /// Everything found, with the offline problems, in the order of the checks: the
+    /// config's mistakes (in key-path order), then the source's checks, then what could
+    /// not be checked.
+    pub fn report(&self, offline: &[Problem]) -> Report {
+        let mut config: Vec<Problem> = offline.iter().chain(&self.config).cloned().collect();
+        sort(&mut config);
+        let mut report = Report::default();
+        report.extend(config.into_iter().map(|p| Finding::config(p.path, p.message)));
+        report.extend(self.source.iter().cloned());
+        if let Some(why) = &self.unreachable {
+            report.push(Finding::warning("source", format!("not checked: {why}")));
+        }
+        report.extend(
+            self.unchecked.iter().map(|p| {
+                Finding::warning("config", format!("not checked: {}", p.message)).at(p.path.clone())
+            }),
+        );
+        report
+    }
+
     /// Refuses when the offline problems, or anything found here, say so.
     pub fn refusal(&self, offline: &[Problem]) -> Option<Refusal> {
-        let mut config: Vec<Problem> = offline.iter().chain(&self.config).cloned().collect();
-        if !config.is_empty() {
-            config.extend(self.source.iter().cloned());
-            if let Some(p) = &self.prerequisite {
-                config.push(Problem::new("source.url", p.clone()));
-            }
-            sort(&mut config);
-            return Some(Refusal::Config(config));
-        }
-        if !self.source.is_empty() {
-            let mut source = self.source.clone();
-            sort(&mut source);
-            return Some(Refusal::Source(fmt_problems(&source)));
-        }
-        self.prerequisite.clone().map(Refusal::Source)
+        let report = self.report(offline);
+        (report.exit_code() != 0).then_some(Refusal { report })
     }
 
     /// Logs what was not checked, as warnings.
@@ -206,6 +242,15 @@ pub async fn look(config: &Config, reach: Reach) -> Findings {
     let connect = source.connect("check");
     let catalog = match reach {
         Reach::Check => match tokio::time::timeout(CHECK_CONNECT_TIMEOUT, connect).await {
+            // A server that answered and refused (a password, a certificate, a database
+            // that does not exist) is a problem, as it is for `run`; one that did not
+            // answer may be out of reach from here only.
+            Ok(Err(e)) if !no_answer(&e) => {
+                found.source.push(
+                    Finding::problem("source", crate::pg::connect_message("source.url", &e)).at("source.url"),
+                );
+                return found;
+            }
             Ok(r) => r.map_err(|e| crate::pg::connect_message("source.url", &e)),
             Err(_) => Err(format!(
                 "source.url: no answer within {}s",
@@ -224,10 +269,48 @@ pub async fn look(config: &Config, reach: Reach) -> Findings {
         }
     };
     match crate::source::inspect::inspect(&catalog, config).await {
-        Ok(inspection) => found.source = inspection.problems,
-        Err(e) => found.prerequisite = Some(e.to_string()),
+        Ok(inspection) => found.source = inspection.findings,
+        Err(e) => found.source.push(Finding::problem("source", e.to_string())),
+    }
+    // The state database: the source's own unless state.url names another.
+    let same = config.state.url.as_deref().is_none_or(|u| u == config.source.url);
+    let state = crate::state::check::inspect(config.state_url(), same.then_some(&catalog));
+    match reach {
+        Reach::Check => match tokio::time::timeout(CHECK_CONNECT_TIMEOUT, state).await {
+            Ok(f) => found.source.extend(f),
+            Err(_) => found.source.push(Finding::warning(
+                "state database",
+                format!(
+                    "not checked: no answer within {}s",
+                    CHECK_CONNECT_TIMEOUT.as_secs()
+                ),
+            )),
+        },
+        Reach::Run => found.source.extend(state.await),
     }
     found
+}
+
+/// Whether a failed connection got no answer at all: refused, unreachable, timed out or
+/// a name that does not resolve (rather than a server that said no).
+fn no_answer(e: &tokio_postgres::Error) -> bool {
+    use std::io::ErrorKind::*;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | TimedOut
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | AddrNotAvailable
+                    | NotFound
+            ) || io.to_string().contains("failed to lookup address");
+        }
+        cur = err.source();
+    }
+    e.as_db_error().is_none() && e.to_string().contains("timeout")
 }
 
 /// Orders problems as the file reads: by section (top-level keys, `[source]`, `[state]`,

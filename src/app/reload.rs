@@ -100,7 +100,7 @@ async fn read(path: &Path) -> Option<Config> {
         return Some(checked.config);
     }
     if let Some(refusal) = check::whole(&checked, Reach::Run).await {
-        refuse(&refusal.message(Some(&path.display().to_string())));
+        refuse(&refusal.one_line(Some(&path.display().to_string())));
     }
     None
 }

@@ -26,9 +26,9 @@ use crate::state::State;
 impl From<Refusal> for RunError {
     fn from(refusal: Refusal) -> Self {
         let message = refusal.message(None);
-        match refusal {
-            Refusal::Config(_) => RunError::Config(message),
-            Refusal::Source(_) => RunError::Prerequisite(message),
+        match refusal.exit_code() {
+            2 => RunError::Config(message),
+            _ => RunError::Prerequisite(message),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use super::Command;
 use crate::app::check::{self, Findings, Reach, Refusal};
 use crate::config::Config;
+use crate::report::{Finding, Level};
 
 /// Loads a config file, or prints why not and gives the exit code (2).
 pub(super) fn load(path: &std::path::Path) -> Result<Config, i32> {
@@ -18,9 +19,17 @@ pub(super) fn load(path: &std::path::Path) -> Result<Config, i32> {
     })
 }
 
-/// `walhook check`: the file, then (unless `offline`) what it names beyond itself;
-/// prints every problem, or "ok".
-async fn check(path: &Path, offline: bool) -> i32 {
+/// How `walhook check` looks and prints.
+pub(super) struct CheckOpts {
+    pub offline: bool,
+    pub sql: bool,
+    pub json: bool,
+    pub ping: bool,
+}
+
+/// `walhook check`: the file, then (unless `offline`) everything it names beyond itself;
+/// prints every finding (or the fixes as SQL, or JSON) and gives the exit code.
+async fn check(path: &Path, opts: CheckOpts) -> i32 {
     let checked = match check::read(path) {
         Ok(c) => c,
         Err(e) => {
@@ -28,21 +37,58 @@ async fn check(path: &Path, offline: bool) -> i32 {
             return 2;
         }
     };
-    let refusal = if offline {
-        Findings::default().refusal(&checked.problems)
+    let findings = if opts.offline {
+        Findings::default()
     } else {
-        check::whole(&checked, Reach::Check).await
+        check::look(&checked.config, Reach::Check).await
     };
-    match refusal {
-        Some(refusal) => {
-            eprintln!("walhook: {}", refusal.message(Some(&path.display().to_string())));
-            refusal.exit_code()
-        }
-        None => {
-            println!("{}: ok", path.display());
-            0
+    let mut report = findings.report(&checked.problems);
+    if opts.ping {
+        for sub in &checked.config.subscribers {
+            let subject = format!("subscriber {}", sub.name);
+            report.push(match super::explain::ping(&checked.config, &sub.name).await {
+                Ok((said, true)) => Finding::ok(subject, format!("walhook.ping {said}")),
+                Ok((said, false)) => Finding::warning(subject, format!("walhook.ping {said}")),
+                Err(e) => Finding::warning(subject, format!("walhook.ping not sent: {e}")),
+            });
         }
     }
+    let code = report.exit_code();
+    let origin = path.display().to_string();
+    if opts.json {
+        let json = serde_json::json!({
+            "config": origin,
+            "exit_code": code,
+            "findings": report.findings,
+            "sql": report.sql(""),
+        });
+        println!("{json:#}");
+        return code;
+    }
+    if opts.sql {
+        let header = format!(
+            "walhook check --sql --config {origin}\n\
+             Idempotent: run each part as the role it names (psql -v ON_ERROR_STOP=1 -f FILE),\n\
+             then what it says to restart, then walhook check again."
+        );
+        print!("{}", report.sql(&header));
+        return code;
+    }
+    print!("{}", report.text(true));
+    let counted = check::counts(&report);
+    match code {
+        0 if report.findings.iter().any(|f| f.level == Level::Warning) => {
+            let warnings = counted.split(", ").last().unwrap_or_default();
+            println!("{origin}: ok ({warnings})")
+        }
+        0 => println!("{origin}: ok"),
+        2 => eprintln!("walhook: invalid config {origin}: {counted}"),
+        _ => eprintln!(
+            "walhook: {origin}: the source is not ready for this config: {counted} \
+             (walhook check --sql prints the fixes as one script)"
+        ),
+    }
+    code
 }
 
 /// The config `walhook run` starts with. A file with problems is also looked at online,
@@ -59,7 +105,9 @@ async fn read_for_run(path: &Path) -> Result<Config, i32> {
     // With problems of its own, the file is always refused.
     let refusal = check::whole(&checked, Reach::Run)
         .await
-        .unwrap_or_else(|| Refusal::Config(checked.problems.clone()));
+        .unwrap_or_else(|| Refusal {
+            report: Findings::default().report(&checked.problems),
+        });
     eprintln!("walhook: {}", refusal.message(Some(&path.display().to_string())));
     Err(refusal.exit_code())
 }
@@ -67,7 +115,21 @@ async fn read_for_run(path: &Path) -> Result<Config, i32> {
 /// Runs one command to its end; returns the process's exit code.
 pub async fn run(command: Command) -> i32 {
     match command {
-        Command::Check { config, offline } => check(&config.config, offline).await,
+        Command::Check {
+            config,
+            offline,
+            sql,
+            json,
+            ping,
+        } => {
+            let opts = CheckOpts {
+                offline,
+                sql,
+                json,
+                ping,
+            };
+            check(&config.config, opts).await
+        }
         Command::Run { config, no_delivery } => {
             let path = config.config;
             let config = match read_for_run(&path).await {

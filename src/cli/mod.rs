@@ -43,15 +43,29 @@ pub enum Command {
         #[arg(long)]
         no_delivery: bool,
     },
-    /// Check a config file, print every problem, and exit: the file itself, then
-    /// (read-only) its rules against the source database's catalog and its subscriber
-    /// URLs' addresses.
+    /// Check a config and everything it needs, read-only, and print one line per check
+    /// (ok, warning or problem) with its fix: the file itself, the source server
+    /// (wal_level, slots, WAL senders), walhook's role and its privileges, the
+    /// publication, the slot, every rule against its table, the state database, and the
+    /// subscribers' addresses. Exit code 0 when nothing stops a start, 2 for a mistake in
+    /// the config, 3 when something the config needs is missing.
     Check {
         #[command(flatten)]
         config: ConfigArg,
         /// Check the file alone: connect to no database and resolve no host name.
         #[arg(long)]
         offline: bool,
+        /// Print one idempotent SQL script that fixes everything fixable, grouped by the
+        /// role that must run each part, then what must be restarted.
+        #[arg(long, conflicts_with = "json")]
+        sql: bool,
+        /// Print the findings as JSON (for automation).
+        #[arg(long)]
+        json: bool,
+        /// Also send each subscriber a signed `walhook.ping` event and show its answer
+        /// and latency.
+        #[arg(long, conflicts_with = "offline")]
+        ping: bool,
     },
     /// Dry run: print the events one row change would make and, for each subscriber that
     /// wants them, the exact request (method, headers, body). Sends nothing.

@@ -1,17 +1,19 @@
-//! What the source's catalog says of the config, read-only: the server's prerequisites
-//! (wal_level, the replication privilege, writing stream time), then every rule against
-//! its table (it exists, is a table, has the columns the rule names, logs what the rule
-//! reads of old rows, carries the ordering key on every operation). A server
-//! prerequisite stops the look at once; a rule's problems are all collected, each with
-//! its key path, so `walhook check`, `walhook run` and a reload report every one.
+//! What the source's catalog says of the config, read-only: the server and walhook's
+//! role (`preflight::server`), every rule against its table (it exists, is a logged
+//! table, has the columns the rule names, logs what the rule reads of old rows, carries
+//! the ordering key on every operation, may be read), then the publication and the slot
+//! (`preflight`). Nothing stops the look early: every finding is collected, each with its
+//! key path and fix, so `walhook check`, `walhook run` and a reload report every one.
 
 use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::Client;
 
-use crate::config::{quote_ident, Config, Op, Problem, TableName};
+use crate::config::{quote_ident, Config, Op, TableName};
 use crate::mapping::{Condition, TableMeta};
+use crate::report::{Finding, Who};
 
+use super::preflight::{self, Captured, Server};
 use super::setup::SetupError;
 
 /// What the catalog says of the config's rules.
@@ -20,35 +22,65 @@ pub struct Inspection {
     pub tables: HashMap<TableName, TableMeta>,
     /// Some captured table is partitioned, or a partition.
     pub partitioned: bool,
-    /// Every rule whose table cannot serve it, with the fix.
-    pub problems: Vec<Problem>,
+    /// Every check made, ok or not; problems and warnings with their fix.
+    pub findings: Vec<Finding>,
 }
 
-fn need(msg: String) -> SetupError {
-    SetupError::Prerequisite(msg)
+impl Inspection {
+    pub fn problems(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.is_problem())
+    }
 }
 
-/// Checks the server, then every rule against the catalog; changes nothing.
+/// Checks the server, every rule against the catalog, the publication and the slot;
+/// changes nothing.
 pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, SetupError> {
-    server(client, config).await?;
     let mut problems = Vec::new();
+    let server = preflight::server(client, config, &mut problems).await?;
     // Tables named by rules, with the paths that name them.
     let mut wanted: BTreeMap<TableName, Vec<usize>> = BTreeMap::new();
     for (i, rule) in config.events.iter().enumerate() {
         match TableName::parse(&rule.table) {
             Ok(t) => wanted.entry(t).or_default().push(i),
-            Err(e) => problems.push(Problem::new(format!("events[{i}].table"), e)),
+            Err(e) => problems.push(Finding::config(format!("events[{i}].table"), e)),
         }
     }
     let mut tables = HashMap::new();
+    let mut captured = BTreeMap::new();
     let mut partitioned = false;
     for (table, rules) in &wanted {
-        let Some(facts) = table_facts(client, table, rules[0], &wanted, &mut problems).await? else {
+        let Some(facts) = table_facts(client, &server, table, rules[0], &wanted, &mut problems).await? else {
             continue;
         };
+        let before = problems.len();
         for &i in rules {
-            rule_problems(config, i, table, &facts, &mut problems);
+            rule_problems(config, i, table, &facts, &server, &mut problems);
         }
+        if !problems[before..].iter().any(Finding::is_problem) {
+            let identity = match &facts.identity.logged {
+                None => "logs whole old rows (REPLICA IDENTITY FULL)".to_string(),
+                Some(cols) => format!("logs the old values of {}", cols.join(", ")),
+            };
+            let rules: Vec<String> = rules.iter().map(|i| format!("events[{i}]")).collect();
+            problems.push(Finding::ok(
+                format!("table {table}"),
+                format!(
+                    "serves {}; owned by {}; {identity}",
+                    rules.join(", "),
+                    facts.owner
+                ),
+            ));
+        }
+        captured.insert(
+            table.clone(),
+            Captured {
+                owner: facts.owner.clone(),
+                ops: rules
+                    .iter()
+                    .flat_map(|&i| config.events[i].on.iter().copied())
+                    .collect(),
+            },
+        );
         // Every operation of a row must carry its ordering key, or a row's delete would
         // not share the key of its insert and update: under REPLICA IDENTITY USING INDEX
         // a delete carries only that index's columns, so they are the default key.
@@ -58,9 +90,10 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
             r.key.is_none() && r.on.iter().any(|op| matches!(op, Op::Update | Op::Delete))
         });
         if let (Some(j), true) = (keyless, default_key.is_empty() && !facts.pk.is_empty()) {
-            problems.push(Problem::new(
-                format!("events[{j}].key"),
-                format!(
+            problems.push(
+                Finding::problem(
+                    format!("table {table}"),
+                    format!(
                     "the partitions of table {t} log different key columns in their replica identity, so a \
                      row's delete would not carry the ordering key of its insert (events[{j}] orders by the \
                      primary key). Fix: {fix} or give every partition the same replica identity, or set \
@@ -68,7 +101,10 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
                     t = table.quoted(),
                     fix = facts.identity.full_fix(table)
                 ),
-            ));
+                )
+                .at(format!("events[{j}].key"))
+                .with_fix(facts.who(&server, table), facts.identity.full_sql(table)),
+            );
         }
         tables.insert(
             table.clone(),
@@ -79,66 +115,20 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
         );
         partitioned |= facts.relkind == "p" || facts.is_partition;
     }
+    preflight::publication(client, config, &server, &captured, partitioned, &mut problems).await?;
+    preflight::slot(client, config, &server, &mut problems).await?;
     Ok(Inspection {
         tables,
         partitioned,
-        problems,
+        findings: problems,
     })
-}
-
-/// The server's prerequisites: wal_level, the replication privilege, and writing stream
-/// time into the WAL when a rule coalesces.
-async fn server(client: &Client, config: &Config) -> Result<(), SetupError> {
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
-    if wal_level != "logical" {
-        return Err(need(format!(
-            "wal_level is '{wal_level}', but logical replication needs 'logical'. Fix: run \
-             ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
-        )));
-    }
-    let row = client
-        .query_one(
-            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await?;
-    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
-    if !can_replicate {
-        return Err(need(format!(
-            "role {user} may not start replication. Fix: ALTER ROLE {} WITH REPLICATION;",
-            quote_ident(&user)
-        )));
-    }
-
-    // Coalescing windows close on stream time, which walhook writes into the WAL when no
-    // transaction carries it (pipeline::ticker).
-    if let Some(i) = config.events.iter().position(|r| r.coalesce.is_some()) {
-        let may: bool = client
-            .query_one(
-                // PostgreSQL 17 added a fourth argument (flush).
-                "SELECT coalesce(has_function_privilege(coalesce(
-                     to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text, boolean)'),
-                     to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text)'))::oid, 'EXECUTE'), false)",
-                &[],
-            )
-            .await?
-            .get(0);
-        if !may {
-            return Err(need(format!(
-                "events[{i}].coalesce needs role {user} to write stream time into the WAL with \
-                 pg_logical_emit_message. Fix: GRANT EXECUTE ON FUNCTION \
-                 pg_catalog.pg_logical_emit_message(boolean, text, text) TO {}; \
-                 (on PostgreSQL 17 and later: pg_logical_emit_message(boolean, text, text, boolean))",
-                quote_ident(&user)
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// What the catalog says of one captured table.
 struct TableFacts {
     oid: u32,
+    /// The role that owns it.
+    owner: String,
     relkind: String,
     is_partition: bool,
     pk: Vec<String>,
@@ -146,47 +136,112 @@ struct TableFacts {
     columns: Vec<String>,
 }
 
+impl TableFacts {
+    /// Who may alter `table` (this one).
+    fn who(&self, server: &Server, table: &TableName) -> Who {
+        TableFacts::runner(server, &self.owner, table)
+    }
+
+    /// Who may alter `table`, owned by `owner`.
+    fn runner(server: &Server, owner: &str, table: &TableName) -> Who {
+        if server.superuser || owner == server.role {
+            Who::Walhook {
+                role: server.role.clone(),
+            }
+        } else {
+            Who::Owner {
+                role: owner.to_string(),
+                tables: vec![table.to_string()],
+            }
+        }
+    }
+}
+
 /// Looks `table` up; None (with a problem at the path of `first`, its first rule) when
 /// it cannot be captured at all.
 async fn table_facts(
     client: &Client,
+    server: &Server,
     table: &TableName,
     first: usize,
     wanted: &BTreeMap<TableName, Vec<usize>>,
-    problems: &mut Vec<Problem>,
+    problems: &mut Vec<Finding>,
 ) -> Result<Option<TableFacts>, SetupError> {
     let path = format!("events[{first}].table");
+    let subject = format!("table {table}");
     let row = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text, c.relkind::text, c.relispartition FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
+            "SELECT c.oid, c.relreplident::text, c.relkind::text, c.relispartition,
+                    pg_get_userbyid(c.relowner)::text, c.relpersistence::text,
+                    has_table_privilege(c.oid, 'SELECT')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&table.schema, &table.name],
         )
         .await?;
+    let problem = |message: String| Finding::problem(subject.clone(), message).at(path.clone());
     let Some(row) = row else {
-        problems.push(Problem::new(
-            path,
-            format!(
-                "table {} named in events[{first}].table does not exist in this database \
+        problems.push(problem(format!(
+            "table {} named in events[{first}].table does not exist in this database \
                  (names are exact and case-sensitive: \"schema.table\")",
-                table.quoted()
-            ),
-        ));
+            table.quoted()
+        )));
         return Ok(None);
     };
     let oid: u32 = row.get(0);
     let relkind: String = row.get(2);
     let is_partition: bool = row.get(3);
+    let owner: String = row.get(4);
+    let persistence: String = row.get(5);
+    let readable: bool = row.get(6);
     if relkind != "r" && relkind != "p" {
-        problems.push(Problem::new(
-            path,
-            format!(
+        problems.push(problem(format!(
                 "{} named in events[{first}].table is not a table (relkind '{relkind}'); only tables can be published",
                 table.quoted()
-            ),
-        ));
+            )));
         return Ok(None);
+    }
+    let who = |sql: String| {
+        let facts_owner = TableFacts::runner(server, &owner, table);
+        (facts_owner, vec![sql])
+    };
+    if persistence != "p" {
+        let (what, fix) = if persistence == "u" {
+            (
+                "unlogged",
+                Some(format!("ALTER TABLE {} SET LOGGED;", table.quoted())),
+            )
+        } else {
+            ("temporary", None)
+        };
+        let mut finding = problem(format!(
+            "{} is an {what} table: its changes are not written to the WAL, so logical replication              cannot see them{}",
+            table.quoted(),
+            if fix.is_some() { "; make it logged" } else { "; capture a permanent table" }
+        ));
+        if let Some(sql) = fix {
+            let (runner, sql) = who(sql);
+            finding = finding.with_fix(runner, sql);
+        }
+        problems.push(finding);
+        return Ok(None);
+    }
+    if !readable {
+        let (runner, sql) = who(format!(
+            "GRANT SELECT ON {} TO {};",
+            table.quoted(),
+            quote_ident(&server.role)
+        ));
+        problems.push(
+            Finding::warning(
+                subject.clone(),
+                format!(
+                    "role {} may not read it: streaming works without, but `walhook explain` and backfills read it",
+                    server.role
+                ),
+            )
+            .with_fix(runner, sql),
+        );
     }
     if is_partition {
         // Its changes arrive under the partitioned table a rule names, never its own.
@@ -196,17 +251,14 @@ async fn table_facts(
             .skip(1)
             .find(|a| wanted.contains_key(a));
         if let Some(root) = captured {
-            problems.push(Problem::new(
-                path,
-                format!(
+            problems.push(problem(format!(
                     "events[{first}].table names {t}, a partition of {r}, which another rule captures: \
                      changes of a partition are published as changes of the partitioned table, so this rule \
                      would never fire. Fix: name {r} in events[{first}].table and select the partition's rows \
                      with `when` on the partition key",
                     t = table.quoted(),
                     r = root.quoted()
-                ),
-            ));
+                )));
             return Ok(None);
         }
     }
@@ -220,6 +272,7 @@ async fn table_facts(
     .await?;
     Ok(Some(TableFacts {
         oid,
+        owner,
         relkind,
         is_partition,
         pk,
@@ -235,10 +288,15 @@ fn rule_problems(
     i: usize,
     table: &TableName,
     facts: &TableFacts,
-    problems: &mut Vec<Problem>,
+    server: &Server,
+    problems: &mut Vec<Finding>,
 ) {
     let rule = &config.events[i];
     let identity = &facts.identity;
+    let subject = format!("table {table}");
+    let problem = |path: String, message: String| Finding::problem(subject.clone(), message).at(path);
+    // What makes every old row whole, and who may run it.
+    let full = |f: Finding| f.with_fix(facts.who(server, table), identity.full_sql(table));
     // A `when` that does not compile is reported by mapping's check; its columns are
     // not looked at here.
     let when = rule.when.as_deref().and_then(|w| Condition::compile(w).ok());
@@ -257,7 +315,7 @@ fn rule_problems(
     for (key, list) in &named {
         for col in list.iter().flatten() {
             if !facts.columns.contains(col) {
-                problems.push(Problem::new(
+                problems.push(problem(
                     format!("events[{i}].{key}"),
                     format!(
                         "table {} has no column {col:?} (it has: {})",
@@ -271,7 +329,7 @@ fn rule_problems(
     let writes = rule.on.iter().any(|op| matches!(op, Op::Update | Op::Delete));
     let no_identity = identity.nothing || identity.logged.as_ref().is_some_and(Vec::is_empty);
     if writes && no_identity {
-        problems.push(Problem::new(
+        problems.push(full(problem(
             format!("events[{i}].on"),
             format!(
                 "table {t} has no replica identity, so PostgreSQL cannot publish its updates and deletes \
@@ -279,7 +337,7 @@ fn rule_problems(
                 t = table.quoted(),
                 fix = identity.full_fix(table)
             ),
-        ));
+        )));
         return;
     }
     // Keys whose conditions read the old row of updates (or deletes).
@@ -294,7 +352,7 @@ fn rule_problems(
     ];
     if let Some((key, _)) = old_readers.iter().find(|(_, reads)| *reads) {
         if identity.logged.is_some() {
-            problems.push(Problem::new(
+            problems.push(full(problem(
                 format!("events[{i}].{key}"),
                 format!(
                     "events[{i}].{key} needs the old values of every column, but table {t} only logs its key. \
@@ -302,7 +360,7 @@ fn rule_problems(
                     t = table.quoted(),
                     fix = identity.full_fix(table)
                 ),
-            ));
+            )));
         }
     }
     // A delete carries only the identity columns: a key outside them would be null.
@@ -311,7 +369,7 @@ fn rule_problems(
     let outside = |logged: &Vec<String>| rule.key.iter().flatten().find(|c| !logged.contains(c)).cloned();
     if let Some((logged, col)) = identity.logged.as_ref().and_then(|l| Some((l, outside(l)?))) {
         if rule.on.contains(&Op::Delete) {
-            problems.push(Problem::new(
+            problems.push(full(problem(
                 format!("events[{i}].key"),
                 format!(
                     "column {col:?} is not part of table {t}'s replica identity, so deletes cannot carry it. \
@@ -320,7 +378,7 @@ fn rule_problems(
                     t = table.quoted(),
                     fix = identity.full_fix(table)
                 ),
-            ));
+            )));
         } else if rule.on.contains(&Op::Update) {
             tracing::warn!(rule = %format!("events[{i}]"), table = %table, column = %col,
                 fix = %identity.full_fix(table),
@@ -390,7 +448,19 @@ struct Identity {
 }
 
 impl Identity {
-    /// The statements that make every old row whole.
+    /// The statements that make every old row whole, one each.
+    fn full_sql(&self, table: &TableName) -> Vec<String> {
+        let each = if self.not_full.is_empty() {
+            std::slice::from_ref(table)
+        } else {
+            &self.not_full[..]
+        };
+        each.iter()
+            .map(|t| format!("ALTER TABLE {} REPLICA IDENTITY FULL;", t.quoted()))
+            .collect()
+    }
+
+    /// The statements that make every old row whole, as a fix in a message.
     fn full_fix(&self, table: &TableName) -> String {
         if self.not_full.is_empty() {
             return format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted());

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod inspect;
+pub mod preflight;
 pub mod refusal;
 pub mod setup;
 

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
-use crate::config::{fmt_problems, quote_ident, Config, Problem, TableName};
+use crate::config::{quote_ident, Config, TableName};
 use crate::decode::{TypeKind, TypeRegistry};
 use crate::mapping::TableMeta;
 use crate::pg::PgError;
+use crate::report::Finding;
 
 use super::inspect::{inspect, Inspection};
 
@@ -24,15 +25,25 @@ pub enum SetupError {
     /// statement. Looking again finds it.
     #[error("{0}")]
     Raced(String),
-    /// Rules their tables cannot serve (`inspect`), each with its fix.
-    #[error("{}", fmt_problems(.0))]
-    Rules(Vec<Problem>),
+    /// What the checks before a start found missing (`inspect`), each with its fix.
+    #[error("{}", problem_lines(.0))]
+    Checks(Vec<Finding>),
 }
 
 impl From<tokio_postgres::Error> for SetupError {
     fn from(e: tokio_postgres::Error) -> Self {
         SetupError::Query(PgError(e))
     }
+}
+
+/// The problems among `findings`, one per line.
+fn problem_lines(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .filter(|f| f.is_problem())
+        .map(Finding::line)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn need(msg: String) -> SetupError {
@@ -68,10 +79,10 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<SourceInfo, Set
     let Inspection {
         tables,
         partitioned,
-        problems,
+        findings,
     } = inspect(client, config).await?;
-    if !problems.is_empty() {
-        return Err(SetupError::Rules(problems));
+    if findings.iter().any(Finding::is_problem) {
+        return Err(SetupError::Checks(findings));
     }
     let mut names: Vec<&TableName> = tables.keys().collect();
     names.sort();
@@ -117,13 +128,14 @@ async fn ensure_publication<'a>(
         )
         .await?;
     let Some(row) = exists else {
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
-            quote_ident(publication)
-        );
+        let major: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+            .await?
+            .get(0);
+        let sql = super::preflight::create_publication(publication, &tables, partitioned, major);
         if !config.source.create {
             return Err(need(format!(
-                "publication {publication:?} does not exist. Fix: {sql}; (or set source.create = true)"
+                "publication {publication:?} does not exist. Fix: {sql} (or set source.create = true)"
             )));
         }
         client.batch_execute(&sql).await.map_err(|e| {
@@ -173,32 +185,7 @@ async fn ensure_publication<'a>(
     if row.get::<_, bool>(0) {
         return Ok(());
     }
-    // A table counts as published when it, a partitioned table it is a partition of, or
-    // one of its partitions is listed (without publish_via_partition_root the list names
-    // a partitioned table's partitions).
-    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-    let missing: Vec<TableName> = client
-        .query(
-            "SELECT u.s, u.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(s, n, i)
-             WHERE NOT EXISTS (
-               SELECT 1 FROM pg_publication_tables pt
-               JOIN pg_namespace pn ON pn.nspname = pt.schemaname
-               JOIN pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename
-               WHERE pt.pubname = $1 AND pc.oid IN (
-                 SELECT format('%I.%I', u.s, u.n)::regclass
-                 UNION ALL SELECT relid FROM pg_partition_ancestors(format('%I.%I', u.s, u.n)::regclass)
-                 UNION ALL SELECT relid FROM pg_partition_tree(format('%I.%I', u.s, u.n)::regclass)))
-             ORDER BY u.i",
-            &[publication, &schemas, &names],
-        )
-        .await?
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect();
+    let missing = super::preflight::missing_tables(client, publication, &tables).await?;
     if missing.is_empty() {
         return Ok(());
     }

@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use crate::event::{Event, Mark, Pos};
 use crate::pg::PgError;
 
+pub mod check;
 mod chunks;
 pub mod deliveries;
 pub mod lease;

@@ -294,12 +294,21 @@ pub fn walhook_output(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Runs `walhook run` with this config (admin server off) to completion: (exit code, stderr).
+/// Runs `walhook run` with this config (admin server off) to completion: (exit code,
+/// stderr). `walhook check` runs on it first and must give the same verdict: it refuses
+/// nothing `run` accepts and accepts nothing `run` refuses.
 pub fn run_config(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("walhook.toml");
     std::fs::write(&path, format!("{config}\n[admin]\nlisten = \"\"\n")).unwrap();
-    walhook_cmd(&["run", "--config", path.to_str().unwrap()])
+    let path = path.to_str().unwrap();
+    let (checked, out, check_err) = walhook_output(&["check", "--config", path]);
+    let (code, err) = walhook_cmd(&["run", "--config", path]);
+    assert_eq!(
+        checked, code,
+        "walhook check and walhook run disagree on this config:\n{config}\ncheck said:\n{out}{check_err}\nrun said:\n{err}"
+    );
+    (code, err)
 }
 
 /// A subscriber section for a receiver on loopback.

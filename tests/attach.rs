@@ -1,0 +1,242 @@
+//! Attaching to a database the way applications set theirs up: `wal_level = replica`,
+//! tables owned by the application's role, a table without a primary key, and a walhook
+//! role with no privileges. One `walhook check` lists every problem with its fix; the
+//! script `walhook check --sql` prints, run section by section as the roles it names,
+//! plus the restart it asks for, makes the next check pass and `walhook run` deliver.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pg::connect;
+use common::*;
+
+/// An application's schema in the style of Medusa 2: text ids, numeric amounts, jsonb
+/// metadata, soft deletes; `inventory_level` has no primary key (so no replica identity).
+const APP_SQL: &str = "
+    CREATE TABLE product (id text PRIMARY KEY, title text NOT NULL, metadata jsonb,
+                          deleted_at timestamptz);
+    CREATE TABLE price (id text PRIMARY KEY, product_id text NOT NULL REFERENCES product,
+                        currency_code text NOT NULL, amount numeric NOT NULL);
+    CREATE TABLE inventory_level (inventory_item_id text NOT NULL, location_id text NOT NULL,
+                                  stocked_quantity int NOT NULL);
+    INSERT INTO product VALUES ('prod_01', 'Oak desk', '{\"origin\": \"FR\"}', NULL);
+    INSERT INTO price VALUES ('price_01', 'prod_01', 'eur', 499.00);
+    INSERT INTO inventory_level VALUES ('iitem_01', 'sloc_01', 12);
+";
+
+/// A cluster at default settings (`wal_level = replica`) with database `shop` owned by
+/// role `medusa`, its tables created by `medusa`, and (`with_walhook`) a role `walhook`
+/// that may only log in. Returns walhook's URL.
+async fn app_database(pg: &PgCluster, with_walhook: bool) -> String {
+    let admin = pg.client("postgres").await;
+    admin.batch_execute("CREATE ROLE medusa LOGIN").await.unwrap();
+    if with_walhook {
+        admin.batch_execute("CREATE ROLE walhook LOGIN").await.unwrap();
+    }
+    admin
+        .batch_execute("CREATE DATABASE shop OWNER medusa")
+        .await
+        .unwrap();
+    let app = connect(&pg.url("shop").replace("postgres@", "medusa@")).await;
+    app.batch_execute(APP_SQL).await.unwrap();
+    pg.url("shop").replace("postgres@", "walhook@")
+}
+
+fn config(url: &str, receiver: &str) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\n\n\
+         [[events]]\ntable = \"price\"\nname = \"price.changed\"\non = [\"update\"]\nchanged = [\"amount\"]\n\n\
+         [[events]]\ntable = \"inventory_level\"\nkey = [\"inventory_item_id\", \"location_id\"]\n\
+         on = [\"update\", \"delete\"]\n\n{}\n[admin]\nlisten = \"\"\n",
+        subscriber("shop", receiver, "\"*\"", "")
+    )
+}
+
+/// The line of `report` that names `subject` and says `what`.
+fn line<'a>(report: &'a str, subject: &str, what: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.contains(subject) && l.contains(what))
+        .unwrap_or_else(|| panic!("no line on {subject} saying {what:?}:\n{report}"))
+}
+
+/// Runs `sql` as `role` with psql reading it as a file (one statement at a time, as
+/// `psql -f` does).
+fn psql(pg: &PgCluster, role: &str, sql: &str) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), sql).unwrap();
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port().to_string())
+        .args(["-U", role, "-d", "shop", "-f"])
+        .arg(file.path())
+        .output()
+        .expect("run psql (Debian: apt-get install -y postgresql-client)");
+    assert!(
+        out.status.success(),
+        "the part for {role} failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs each section of a `--sql` script as the role it names.
+fn run_script(pg: &PgCluster, script: &str) {
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for l in script.lines() {
+        if let Some(who) = l.strip_prefix("-- as ") {
+            let role = if who == "a superuser" {
+                "postgres".to_string()
+            } else {
+                // "role medusa, the owner of ..." / "walhook's role walhook"
+                who.split_whitespace()
+                    .skip_while(|w| *w != "role")
+                    .nth(1)
+                    .expect("a role")
+                    .trim_end_matches(',')
+                    .to_string()
+            };
+            sections.push((role, String::new()));
+        } else if let Some((_, body)) = sections.last_mut() {
+            body.push_str(l);
+            body.push('\n');
+        }
+    }
+    assert!(!sections.is_empty(), "no sections in:\n{script}");
+    for (role, body) in sections {
+        psql(pg, &role, &body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_every_problem_and_its_script_fixes_them() {
+    let pg = PgCluster::start_with(&[("wal_level", "replica")]).await;
+    let url = app_database(&pg, true).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, config(&url, &rx.url())).unwrap();
+    let path = path.to_str().unwrap();
+
+    // One check lists everything, each with its fix.
+    let (code, out, err) = walhook_output(&["check", "--config", path]);
+    assert_eq!(code, 3, "a missing prerequisite: {out}\n{err}");
+    line(&out, "server", "wal_level is 'replica'");
+    line(&out, "role walhook", "REPLICATION");
+    for table in ["public.price", "public.inventory_level"] {
+        let select = line(&out, &format!("table {table}"), "may not read it");
+        assert!(select.contains("GRANT SELECT"), "{select}");
+        assert!(select.contains("as role medusa"), "the owner runs it: {select}");
+    }
+    line(&out, "table public.price", "only logs its key");
+    line(&out, "table public.inventory_level", "has no replica identity");
+    let publication = line(&out, "publication walhook", "may not create it");
+    assert!(
+        publication.contains("as role medusa") && publication.contains("CREATE PUBLICATION"),
+        "the owner of the tables creates it: {publication}"
+    );
+    line(&out, "state database", "may not create it");
+    assert!(err.contains("walhook check --sql"), "{err}");
+
+    // `run` refuses with the same report, and sets nothing up.
+    let (code, _, err) = walhook_output(&["run", "--config", path]);
+    assert_eq!(code, 3, "{err}");
+    line(&err, "server", "wal_level is 'replica'");
+    line(&err, "publication walhook", "may not create it");
+
+    // The script, run as the roles it names, then the restart it asks for.
+    let (code, script, _) = walhook_output(&["check", "--sql", "--config", path]);
+    assert_eq!(code, 3);
+    assert!(script.contains("-- as a superuser"), "{script}");
+    assert!(
+        script.contains("-- as role medusa, the owner of public.inventory_level, public.price"),
+        "{script}"
+    );
+    assert!(script.contains("restart PostgreSQL"), "{script}");
+    run_script(&pg, &script);
+    // Idempotent: a second run changes nothing and fails nowhere.
+    run_script(&pg, &script);
+    pg.restart().await;
+
+    let (code, out, err) = walhook_output(&["check", "--config", path]);
+    assert_eq!(code, 0, "after the fixes:\n{out}\n{err}");
+    assert!(!out.lines().any(|l| l.starts_with("problem")), "{out}");
+    line(&out, "server", "wal_level = logical");
+    line(&out, "publication walhook", "holds every captured table");
+
+    let walhook = Walhook::start(&config(&url, &rx.url()).replace("[admin]\nlisten = \"\"\n", ""));
+    walhook.wait_ready().await;
+    let app = connect(&pg.url("shop").replace("postgres@", "medusa@")).await;
+    app.batch_execute(
+        "UPDATE price SET amount = 459.00 WHERE id = 'price_01';
+         UPDATE inventory_level SET stocked_quantity = 11 WHERE inventory_item_id = 'iitem_01';",
+    )
+    .await
+    .unwrap();
+    let got = rx
+        .wait_for(Duration::from_secs(30), "two events", |r| r.len() >= 2)
+        .await;
+    let bodies: Vec<serde_json::Value> = got.iter().map(Received::json).collect();
+    let price = bodies
+        .iter()
+        .find(|b| b["type"] == "price.changed")
+        .unwrap_or_else(|| panic!("{bodies:?}"));
+    let amount = |row: &str| serde_json::to_string(&price["data"][row]["amount"]).unwrap();
+    assert_eq!((amount("new"), amount("old")), ("459.00".into(), "499.00".into()));
+    assert!(
+        bodies.iter().any(|b| b["type"] == "inventory_level.updated"),
+        "{bodies:?}"
+    );
+}
+
+/// The README's "Set-up on your database", followed literally: its SQL blocks run as the
+/// roles they name (`-- as a superuser`, `-- as medusa`) on the application's database,
+/// the restart it asks for, then `walhook check` passes and `walhook run` delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_set_up_gives_a_running_walhook() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Set-up on your database"))
+        .expect("README has a section \"Set-up on your database\"");
+    let blocks: Vec<&str> = section
+        .split("```sql\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 2, "a superuser's block and the owner's:\n{section}");
+
+    let pg = PgCluster::start_with(&[("wal_level", "replica")]).await;
+    app_database(&pg, false).await;
+    for block in blocks {
+        let role = match block.lines().next() {
+            Some("-- as a superuser") => "postgres",
+            Some("-- as medusa") => "medusa",
+            other => panic!("a README SQL block must say who runs it first, not {other:?}"),
+        };
+        psql(&pg, role, block);
+    }
+    assert!(section.contains("Then restart PostgreSQL"), "{section}");
+    pg.restart().await;
+
+    let url = format!("postgres://walhook:change-me@127.0.0.1:{}/shop", pg.port());
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, config(&url, &rx.url())).unwrap();
+    let (code, out, err) = walhook_output(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "after the README's steps:\n{out}\n{err}");
+    assert!(!out.lines().any(|l| l.starts_with("problem")), "{out}");
+
+    let walhook = Walhook::start(&config(&url, &rx.url()).replace("[admin]\nlisten = \"\"\n", ""));
+    walhook.wait_ready().await;
+    let app = connect(&pg.url("shop").replace("postgres@", "medusa@")).await;
+    app.batch_execute("UPDATE price SET amount = 479.00 WHERE id = 'price_01'")
+        .await
+        .unwrap();
+    let got = rx
+        .wait_for(Duration::from_secs(30), "the price change", |r| !r.is_empty())
+        .await;
+    assert_eq!(got[0].json()["type"], "price.changed");
+}
