@@ -607,6 +607,28 @@ async fn explain_prints_the_exact_signed_request_and_sends_nothing() {
         "{out}"
     );
 
+    // A column the rules name that a row leaves out counts as null, and the report says so.
+    let (code, out, err) = walhook_output(&[
+        "explain",
+        "--config",
+        &config,
+        "--table",
+        "products",
+        "--op",
+        "update",
+        "--old",
+        r#"{"id": 3}"#,
+        "--new",
+        r#"{"id": 3, "status": "approved"}"#,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let note = out
+        .lines()
+        .find(|l| l.contains("count as null"))
+        .unwrap_or_else(|| panic!("no note on the columns left out:\n{out}"));
+    let old = note.split("--old ").nth(1).unwrap_or_default();
+    assert!(old.contains("status"), "{note}");
+
     // Bad input names the fix.
     let (code, _, err) =
         walhook_output(&["explain", "--config", &config, "--table", "prices", "--new", "{}"]);

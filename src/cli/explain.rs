@@ -40,7 +40,11 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         }
     };
     // Only this table's rules, in their order: ids and positions come out as in `run`.
+    // `numbered[j]` is the config's own number of the j-th of them, for messages.
     let mut scoped = config.clone();
+    let numbered: Vec<usize> = (0..config.events.len())
+        .filter(|&i| TableName::parse(&config.events[i].table).is_ok_and(|t| t == table))
+        .collect();
     scoped
         .events
         .retain(|r| TableName::parse(&r.table).is_ok_and(|t| t == table));
@@ -51,8 +55,8 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
             named.join(", ")
         )));
     }
-    let new = q.new.map(|j| row("--new", j)).transpose().map_err(bad)?;
-    let old = q.old.map(|j| row("--old", j)).transpose().map_err(bad)?;
+    let mut new = q.new.map(|j| row("--new", j)).transpose().map_err(bad)?;
+    let mut old = q.old.map(|j| row("--old", j)).transpose().map_err(bad)?;
     let needs_new = matches!(op, Op::Insert | Op::Update);
     if needs_new && new.is_none() {
         return Err(bad(format!("--op {}: give the new row as --new JSON", q.op)));
@@ -85,7 +89,32 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
             (exact, json) = number_columns(&catalog, &table).await?;
         }
     }
-    let mapper = Mapper::new(&scoped, &tables).map_err(RunError::Compile)?;
+    let mapper = Mapper::new(&scoped, &tables).map_err(|problems| {
+        RunError::Compile(
+            problems
+                .into_iter()
+                .map(|p| {
+                    crate::config::Problem::new(renumber(&p.path, &numbered), renumber(&p.message, &numbered))
+                })
+                .collect(),
+        )
+    })?;
+    // Columns the rules name that a row leaves out count as null, as PostgreSQL would
+    // send a NULL column; the report says which.
+    let mut defaulted = Vec::new();
+    for (flag, row) in [("--new", new.as_mut()), ("--old", old.as_mut())] {
+        let Some(row) = row else { continue };
+        let mut left_out = Vec::new();
+        for col in named_columns(&scoped) {
+            if !row.iter().any(|(c, _)| **c == *col) {
+                row.push((Arc::from(col.as_str()), ColValue::Value(serde_json::Value::Null)));
+                left_out.push(col);
+            }
+        }
+        if !left_out.is_empty() {
+            defaulted.push(format!("{flag} {}", left_out.join(", ")));
+        }
+    }
     let tx = TxMeta {
         commit_lsn: 0,
         xid: 0,
@@ -111,8 +140,20 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         events.len(),
         op = q.op
     );
+    if !defaulted.is_empty() {
+        let _ = writeln!(
+            out,
+            "Note: columns the rules name but the rows leave out count as null: {}.",
+            defaulted.join("; ")
+        );
+    }
     for f in &failures {
-        let _ = writeln!(out, "\n{} could not be evaluated: {}", f.rule, f.error);
+        let _ = writeln!(
+            out,
+            "\n{} could not be evaluated: {}",
+            renumber(&f.rule, &numbered),
+            f.error
+        );
     }
     let ts = unix_now();
     for crate::mapping::Routed {
@@ -173,6 +214,60 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         );
     }
     Ok(out)
+}
+
+/// `text` with each `events[j]` (the j-th rule of the explained table) written as the
+/// config's own number, `events[numbered[j]]`.
+fn renumber(text: &str, numbered: &[usize]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("events[") {
+        let (before, after) = rest.split_at(at + "events[".len());
+        out.push_str(before);
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        match after[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|j| numbered.get(j))
+        {
+            Some(i) if after[digits..].starts_with(']') => out.push_str(&i.to_string()),
+            _ => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The columns `config`'s rules name: keys, carried columns, conditions.
+fn named_columns(config: &Config) -> Vec<String> {
+    let mut cols: Vec<String> = Vec::new();
+    for r in &config.events {
+        let when = r
+            .when
+            .as_deref()
+            .and_then(|w| crate::mapping::Condition::compile(w).ok())
+            .map(|c| c.columns());
+        for list in [
+            r.key.clone(),
+            r.columns.clone(),
+            r.changed.clone(),
+            r.ignore_changes.clone(),
+            r.transition.as_ref().map(|t| vec![t.column.clone()]),
+            r.soft_delete.clone().map(|c| vec![c]),
+            when,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for c in list {
+                if !cols.contains(&c) {
+                    cols.push(c);
+                }
+            }
+        }
+    }
+    cols
 }
 
 /// A row image from a JSON object of column to value, in the object's order.
@@ -303,4 +398,25 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
             false,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber;
+
+    #[test]
+    fn rule_numbers_are_the_configs_own() {
+        // The explained table's rules are events[1] and events[4] of the config.
+        let numbered = [1, 4];
+        assert_eq!(renumber("events[0].when: x", &numbered), "events[1].when: x");
+        assert_eq!(
+            renumber("events[1]: set events[1].key", &numbered),
+            "events[4]: set events[4].key"
+        );
+        assert_eq!(
+            renumber("events[7] and events[", &numbered),
+            "events[7] and events["
+        );
+        assert_eq!(renumber("no rule", &numbered), "no rule");
+    }
 }

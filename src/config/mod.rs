@@ -142,6 +142,10 @@ pub struct SourceConfig {
     /// `pipeline::silence_limit`).
     #[serde(default = "default_receive_timeout", with = "humantime_serde")]
     pub receive_timeout: Duration,
+    /// Create the slot as a failover slot (PostgreSQL 17 and later), so that a standby
+    /// with `sync_replication_slots = on` keeps it through a failover. Default: on where
+    /// the server supports it.
+    pub failover_slot: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -205,6 +209,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// An update that clears a rule's `soft_delete` column: the row is back.
+    Restore,
 }
 
 impl Op {
@@ -214,6 +220,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Truncate => "truncate",
+            Op::Restore => "restore",
         }
     }
 
@@ -224,6 +231,7 @@ impl Op {
             Op::Update => "updated",
             Op::Delete => "deleted",
             Op::Truncate => "truncated",
+            Op::Restore => "restored",
         }
     }
 }
@@ -257,6 +265,23 @@ pub struct EventRule {
     pub when: Option<String>,
     /// Changes of one key within a window become one event.
     pub coalesce: Option<CoalesceRule>,
+    /// A nullable column whose setting marks a row deleted (`deleted_at`): an update
+    /// that sets it is reported as a delete, one that clears it as a restore.
+    pub soft_delete: Option<String>,
+    /// What becomes of other updates (and inserts) of a soft-deleted row.
+    #[serde(default)]
+    pub soft_deleted: SoftDeleted,
+}
+
+/// Changes of a row whose `soft_delete` column is set, other than the one that set it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoftDeleted {
+    /// They make no event (the row is deleted, as far as subscribers know).
+    #[default]
+    Ignore,
+    /// They make events as usual.
+    Include,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

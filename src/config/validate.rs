@@ -93,8 +93,25 @@ impl Config {
             if rule.on.is_empty() {
                 bad(
                     p("on"),
-                    "empty: list one or more of insert, update, delete, truncate".into(),
+                    "empty: list one or more of insert, update, delete, truncate (and restore, with soft_delete)"
+                        .into(),
                 );
+            }
+            match &rule.soft_delete {
+                None if rule.on.contains(&Op::Restore) => bad(
+                    p("on"),
+                    "\"restore\" needs soft_delete: name the column that marks a row deleted, e.g. soft_delete = \"deleted_at\""
+                        .into(),
+                ),
+                None if rule.soft_deleted == SoftDeleted::Include => bad(
+                    p("soft_deleted"),
+                    "applies with soft_delete only: name the column that marks a row deleted".into(),
+                ),
+                Some(col) if col.is_empty() => bad(
+                    p("soft_delete"),
+                    "empty: name the nullable column that marks a row deleted, e.g. \"deleted_at\"".into(),
+                ),
+                _ => {}
             }
             for (k, list) in [
                 ("key", &rule.key),

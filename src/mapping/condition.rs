@@ -430,7 +430,7 @@ impl Transition {
         let new_v = new.and_then(|r| column_value(r, col));
         match op {
             Op::Insert => Ok(self.from.is_none() && new_v.as_ref() == Some(&self.to)),
-            Op::Update => {
+            Op::Update | Op::Restore => {
                 let Some(old) = full_old else {
                     return Err(format!(
                         "transition on {col:?} needs the old row, which was not sent"

@@ -10,6 +10,7 @@ mod condition;
 mod pattern;
 mod plan;
 mod render;
+mod soft;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -88,6 +89,10 @@ struct Rule {
     transition: Option<Transition>,
     when: Option<Condition>,
     coalesce: Option<crate::mapping::coalesce::Spec>,
+    /// The column whose setting marks a row deleted (`soft_delete`).
+    soft_delete: Option<String>,
+    /// Changes of soft-deleted rows make events (`soft_deleted = "include"`).
+    include_soft_deleted: bool,
     /// `schema.table` as written in bodies.
     table: String,
     /// Per op: event name, routes and id tag.
@@ -237,6 +242,8 @@ impl Mapper {
                     max_wait: micros(c.max_wait),
                     max_open: c.max_open,
                 }),
+                soft_delete: r.soft_delete.clone(),
+                include_soft_deleted: r.soft_deleted == crate::config::SoftDeleted::Include,
                 names,
             });
         }
@@ -286,20 +293,29 @@ impl Mapper {
         };
         let mut out = Vec::new();
         for rule in rules {
-            if !rule.ops.contains(&change.op) {
+            let failed = |error: String| RuleFailure {
+                rule: rule.label.clone(),
+                table: rule.table.clone(),
+                key: render::key_json(rule, change, Numbers::Exact),
+                error,
+            };
+            let op = match soft::reported(rule, change) {
+                Ok(Some(op)) => op,
+                Ok(None) => continue,
+                Err(error) => {
+                    failures.push(failed(error));
+                    continue;
+                }
+            };
+            if !rule.ops.contains(&op) {
                 continue;
             }
-            let Some(named) = rule.names.get(&change.op) else {
+            let Some(named) = rule.names.get(&op) else {
                 continue;
             };
-            match render::render(rule, named, tx, change) {
+            match render::render(rule, named, tx, change, op) {
                 Ok(events) => out.extend(events),
-                Err(error) => failures.push(RuleFailure {
-                    rule: rule.label.clone(),
-                    table: rule.table.clone(),
-                    key: render::key_json(rule, change, Numbers::Exact),
-                    error,
-                }),
+                Err(error) => failures.push(failed(error)),
             }
         }
         out

@@ -261,10 +261,11 @@ fn fires(
     rule: &Rule,
     tx: &TxMeta,
     c: &Change<'_>,
+    op: Op,
     full_old: Option<&Row>,
     changed: Option<&[&str]>,
 ) -> Result<bool, String> {
-    if c.op == Op::Update {
+    if op == Op::Update {
         if let Some(wanted) = &rule.changed {
             match changed {
                 Some(ch) if ch.iter().any(|col| wanted.iter().any(|w| w == col)) => {}
@@ -281,23 +282,24 @@ fn fires(
         }
     }
     if let Some(t) = &rule.transition {
-        if !t.holds(c.op, c.new.as_ref(), full_old)? {
+        if !t.holds(op, c.new.as_ref(), full_old)? {
             return Ok(false);
         }
     }
     if let Some(when) = &rule.when {
         // An insert changes every column it sets; a delete changes none.
         let all: Vec<&str>;
+        // An update reported as a delete or a restore (`soft_delete`) changed what it did.
         let changed = match c.op {
             Op::Insert => {
                 all = c.new.iter().flatten().map(|(col, _)| &**col).collect();
                 Some(all.as_slice())
             }
             Op::Delete | Op::Truncate => Some(&[][..]),
-            Op::Update => changed,
+            Op::Update | Op::Restore => changed,
         };
         let facts = Facts {
-            op: c.op,
+            op,
             table: &rule.table,
             new: c.new.as_ref(),
             old: c.old.as_ref(),
@@ -343,10 +345,17 @@ fn body_size_hint(rule: &Rule, c: &Change<'_>, full_old: Option<&Row>) -> usize 
     512 + values + values / 16
 }
 
-/// The events one rule makes of one change, one per way its subscribers want numbers
-/// written (none when the rule does not fire), or an error when one of its conditions
-/// cannot be evaluated for this change.
-pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) -> Result<Vec<Routed>, String> {
+/// The events one rule makes of one change, reported as `op` (the change's own, or what
+/// `soft_delete` makes of it), one per way its subscribers want numbers written (none
+/// when the rule does not fire), or an error when one of its conditions cannot be
+/// evaluated for this change.
+pub(super) fn render(
+    rule: &Rule,
+    named: &Named,
+    tx: &TxMeta,
+    c: &Change<'_>,
+    op: Op,
+) -> Result<Vec<Routed>, String> {
     let full_old = if c.old_is_key_only { None } else { c.old.as_ref() };
     // Columns whose value changed: only knowable with the whole old row.
     let changed: Option<Vec<&str>> = match (c.op, c.new.as_ref(), full_old) {
@@ -362,7 +371,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
         ),
         _ => None,
     };
-    if !fires(rule, tx, c, full_old, changed.as_deref())? {
+    if !fires(rule, tx, c, op, full_old, changed.as_deref())? {
         return Ok(Vec::new());
     }
     let in_columns = |col: &str| rule.carries(col);
@@ -395,7 +404,7 @@ pub(super) fn render(rule: &Rule, named: &Named, tx: &TxMeta, c: &Change<'_>) ->
             timestamp: &tx.commit_time,
             data: Data {
                 table: &rule.table,
-                op: c.op.as_str(),
+                op: op.as_str(),
                 key: &key_raw,
                 new: c.new.as_ref().map(|row| RowJson {
                     row,

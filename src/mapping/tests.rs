@@ -549,3 +549,149 @@ numbers = "string"
     );
     Mapper::new(&config, &tables).unwrap()
 }
+
+const SOFT_RULE: &str = r#"
+[[events]]
+table = "products"
+on = ["insert", "update", "delete", "restore"]
+soft_delete = "deleted_at"
+when = "op != 'restore' || new.title != 'hidden'"
+"#;
+
+/// A product row with `deleted_at` (null or a time).
+fn product(title: &str, deleted_at: serde_json::Value) -> Row {
+    row(&[
+        ("id", v(json!(7))),
+        ("title", v(json!(title))),
+        ("deleted_at", v(deleted_at)),
+    ])
+}
+
+/// What `m` reports of one change of product 7: (event type, op) of each event.
+fn soft(m: &Mapper, op: Op, old: Option<Row>, new: Option<Row>) -> Vec<(String, String)> {
+    let table = TableName::parse("products").unwrap();
+    let change = Change {
+        table: &table,
+        op,
+        new,
+        old,
+        old_is_key_only: false,
+        index: 0,
+        exact: &[],
+        json: &[],
+    };
+    let mut failures = Vec::new();
+    let out = m.map(&tx(), &change, &mut failures);
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        failures.iter().map(|f| &f.error).collect::<Vec<_>>()
+    );
+    out.iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.event.body).unwrap();
+            (
+                r.event.event_type.clone(),
+                body["data"]["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn soft_deletes_are_reported_as_deletes_and_restores() {
+    let m = mapper(SOFT_RULE);
+    let at = json!("2026-12-04T10:00:00Z");
+    let live = || Some(product("desk", json!(null)));
+    let gone = || Some(product("desk", at.clone()));
+    let ev = |t: &str, op: &str| vec![(t.to_string(), op.to_string())];
+
+    assert_eq!(
+        soft(&m, Op::Update, live(), gone()),
+        ev("products.deleted", "delete")
+    );
+    assert_eq!(
+        soft(&m, Op::Update, gone(), live()),
+        ev("products.restored", "restore")
+    );
+    assert_eq!(
+        soft(&m, Op::Update, live(), Some(product("lamp", json!(null)))),
+        ev("products.updated", "update")
+    );
+    // A soft-deleted row: its updates and its hard delete make nothing.
+    assert_eq!(
+        soft(&m, Op::Update, gone(), Some(product("lamp", at.clone()))),
+        vec![]
+    );
+    assert_eq!(soft(&m, Op::Delete, gone(), None), vec![]);
+    assert_eq!(
+        soft(&m, Op::Insert, None, gone()),
+        vec![],
+        "inserted deleted already"
+    );
+    // A row never soft-deleted is deleted as usual.
+    assert_eq!(
+        soft(&m, Op::Delete, live(), None),
+        ev("products.deleted", "delete")
+    );
+    // `when` sees the reported op.
+    assert_eq!(
+        soft(
+            &m,
+            Op::Update,
+            Some(product("hidden", at.clone())),
+            Some(product("hidden", json!(null)))
+        ),
+        vec![]
+    );
+
+    // With soft_deleted = "include", a soft-deleted row's updates make events.
+    let m = mapper(&format!("{SOFT_RULE}soft_deleted = \"include\"\n"));
+    assert_eq!(
+        soft(&m, Op::Update, gone(), Some(product("lamp", at.clone()))),
+        ev("products.updated", "update")
+    );
+    assert_eq!(
+        soft(&m, Op::Delete, gone(), None),
+        vec![],
+        "still one delete per row"
+    );
+}
+
+#[test]
+fn a_soft_delete_without_the_old_row_is_a_rule_failure_not_a_guess() {
+    let m = mapper(SOFT_RULE);
+    let table = TableName::parse("products").unwrap();
+    let change = Change {
+        table: &table,
+        op: Op::Update,
+        new: Some(product("desk", json!("2026-12-04T10:00:00Z"))),
+        old: None,
+        old_is_key_only: false,
+        index: 0,
+        exact: &[],
+        json: &[],
+    };
+    let mut failures = Vec::new();
+    assert!(m.map(&tx(), &change, &mut failures).is_empty());
+    assert_eq!(failures.len(), 1);
+    assert!(
+        failures[0].error.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        failures[0].error
+    );
+}
+
+#[test]
+fn restore_needs_soft_delete() {
+    let text = "[source]\nurl = \"postgres://localhost/shop\"\n[[events]]\ntable = \"products\"\non = [\"restore\"]\n\
+                [[subscribers]]\nname = \"a\"\nurl = \"https://a.example.com/\"\nevents = [\"*\"]\n\
+                secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n";
+    let err = crate::app::check::from_toml(text, "t", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("events[0].on") && err.contains("soft_delete = \"deleted_at\""),
+        "{err}"
+    );
+}

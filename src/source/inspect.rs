@@ -311,6 +311,7 @@ fn rule_problems(
             rule.transition.as_ref().map(|t| vec![t.column.clone()]),
         ),
         ("when", when.as_ref().map(Condition::columns)),
+        ("soft_delete", rule.soft_delete.clone().map(|c| vec![c])),
     ];
     for (key, list) in &named {
         for col in list.iter().flatten() {
@@ -326,7 +327,11 @@ fn rule_problems(
             }
         }
     }
-    let writes = rule.on.iter().any(|op| matches!(op, Op::Update | Op::Delete));
+    let writes = rule.soft_delete.is_some()
+        || rule
+            .on
+            .iter()
+            .any(|op| matches!(op, Op::Update | Op::Delete | Op::Restore));
     let no_identity = identity.nothing || identity.logged.as_ref().is_some_and(Vec::is_empty);
     if writes && no_identity {
         problems.push(full(problem(
@@ -349,6 +354,9 @@ fn rule_problems(
             rule.transition.is_some() && rule.on.contains(&Op::Update),
         ),
         ("when", when.as_ref().is_some_and(|w| w.needs_old()) && writes),
+        // Whether an update sets or clears the column, or a delete's row was deleted
+        // already, only the old row says.
+        ("soft_delete", rule.soft_delete.is_some()),
     ];
     if let Some((key, _)) = old_readers.iter().find(|(_, reads)| *reads) {
         if identity.logged.is_some() {

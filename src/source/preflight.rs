@@ -376,6 +376,94 @@ pub async fn publication(
     if server.major() >= 15 {
         filters(client, name, &names, &subject, out).await?;
     }
+    if server.major() >= 18 {
+        let fixes_itself = config.source.create && (server.superuser || owner == server.role);
+        generated_columns(client, name, &owner, server, fixes_itself, &names, &subject, out).await?;
+    }
+    Ok(())
+}
+
+/// Whether `publication` publishes stored generated columns (PostgreSQL 18; the catalog
+/// column's name changed during 18's development, so whichever is there is read).
+pub async fn publishes_generated(client: &Client, publication: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(to_jsonb(p) ->> 'pubgencols_type', to_jsonb(p) ->> 'pubgencols', 'n') IN ('s', 'true')
+             FROM pg_publication p WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .get(0))
+}
+
+/// PostgreSQL 18: a publication that does not publish stored generated columns, holding
+/// a table with one and `REPLICA IDENTITY FULL`, makes the application's UPDATEs of that
+/// table fail ("Replica identity must not contain unpublished generated columns"). Such
+/// a table, or one a rule would need FULL on, is a problem with the fix that publishes
+/// them (events then carry those columns too).
+async fn generated_columns(
+    client: &Client,
+    name: &str,
+    owner: &str,
+    server: &Server,
+    fixes_itself: bool,
+    tables: &[&TableName],
+    subject: &str,
+    out: &mut Vec<Finding>,
+) -> Result<(), SetupError> {
+    if publishes_generated(client, name).await? {
+        return Ok(());
+    }
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident = 'f'
+             FROM unnest($1::text[], $2::text[]) AS u(s, n)
+             JOIN pg_namespace n ON n.nspname = u.s
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.n
+             WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attgenerated = 's'
+                           AND NOT a.attisdropped)",
+            &[&schemas, &names],
+        )
+        .await?;
+    for row in rows {
+        let table = TableName {
+            schema: row.get(0),
+            name: row.get(1),
+        };
+        let full: bool = row.get(2);
+        if fixes_itself {
+            out.push(Finding::ok(
+                subject,
+                format!("{table} has a stored generated column: walhook publishes them at start (publish_generated_columns = stored)"),
+            ));
+            continue;
+        }
+        let why = if full {
+            "the application's UPDATEs of it fail now"
+        } else {
+            "setting REPLICA IDENTITY FULL on it would make the application's UPDATEs of it fail"
+        };
+        out.push(
+            Finding::problem(
+                subject,
+                format!(
+                    "does not publish stored generated columns, and {table} has one: on PostgreSQL 18 {why} \
+                     (\"Replica identity must not contain unpublished generated columns\"). Publish them \
+                     (events then carry them)"
+                ),
+            )
+            .at("source.publication")
+            .with_fix(
+                server.owner(owner, Vec::new()),
+                vec![format!(
+                    "ALTER PUBLICATION {} SET (publish_generated_columns = stored);",
+                    quote_ident(name)
+                )],
+            ),
+        );
+    }
     Ok(())
 }
 
@@ -551,19 +639,38 @@ pub async fn slot(
 ) -> Result<(), SetupError> {
     let name = &config.source.slot;
     let subject = format!("slot {name}");
-    let row = client
-        .query_opt(
-            "SELECT plugin::text, slot_type, d.datname::text, coalesce(wal_status, ''), active_pid,
-                    pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
-                                         ELSE pg_current_wal_lsn() END, restart_lsn)::bigint
-             FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid
-             WHERE slot_name = $1",
-            &[name],
-        )
-        .await?;
+    let major = server.major();
+    let sql = format!(
+        "SELECT plugin::text, slot_type, d.datname::text, coalesce(wal_status, ''), active_pid,
+                        pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                                             ELSE pg_current_wal_lsn() END, restart_lsn)::bigint,
+                        {failover}
+                 FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid
+                 WHERE slot_name = $1",
+        failover = if major >= 17 {
+            "s.failover"
+        } else {
+            "NULL::boolean"
+        }
+    );
+    let row = client.query_opt(sql.as_str(), &[name]).await?;
+    let failover = config.source.failover_slot.unwrap_or(major >= 17);
+    if failover && major < 17 {
+        out.push(Finding::config(
+            "source.failover_slot",
+            format!("failover slots need PostgreSQL 17 or later; this server is {major}: remove source.failover_slot"),
+        ));
+    }
     let Some(row) = row else {
         out.push(if config.source.create {
-            Finding::ok(subject, "does not exist yet; walhook creates it at start")
+            Finding::ok(
+                subject,
+                if failover && major >= 17 {
+                    "does not exist yet; walhook creates it at start, as a failover slot"
+                } else {
+                    "does not exist yet; walhook creates it at start"
+                },
+            )
         } else {
             Finding::problem(subject, "does not exist (source.create = false)")
                 .at("source.slot")
@@ -586,6 +693,7 @@ pub async fn slot(
     let wal_status: String = row.get(3);
     let pid: Option<i32> = row.get(4);
     let held: Option<i64> = row.get(5);
+    let is_failover: Option<bool> = row.get(6);
     let drop = vec![format!("SELECT pg_drop_replication_slot({});", literal(name))];
     let walhook = Who::Walhook {
         role: server.role.clone(),
@@ -625,6 +733,15 @@ pub async fn slot(
             .with_fix(walhook, drop),
         );
         return Ok(());
+    }
+    if failover && is_failover == Some(false) {
+        out.push(Finding::warning(
+            subject.clone(),
+            "is not a failover slot (it was made before PostgreSQL 17, or with source.failover_slot = false): \
+             a standby does not keep it, so after a failover walhook must start from a new slot. To make it \
+             one, stop walhook, drop it and start walhook again (events committed in between are not sent), \
+             or set source.failover_slot = false to say this is known",
+        ));
     }
     let held = held.map_or_else(|| "unknown".to_string(), bytes);
     out.push(match pid {

@@ -150,6 +150,38 @@ async fn ensure_publication<'a>(
         tracing::info!(publication = %publication, tables = %list, "created publication");
         return Ok(());
     };
+    // PostgreSQL 18: stored generated columns are published, or a table with one and
+    // REPLICA IDENTITY FULL refuses the application's updates (see `preflight`).
+    let major: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .await?
+        .get(0);
+    let may_alter: bool = client
+        .query_one(
+            "SELECT p.pubowner = r.oid OR r.rolsuper FROM pg_publication p, pg_roles r
+             WHERE p.pubname = $1 AND r.rolname = current_user",
+            &[publication],
+        )
+        .await?
+        .get(0);
+    // Without the right to alter it, `preflight` refuses the start where it matters.
+    if major >= 18
+        && config.source.create
+        && may_alter
+        && !super::preflight::publishes_generated(client, publication).await?
+    {
+        let sql = format!(
+            "ALTER PUBLICATION {} SET (publish_generated_columns = stored)",
+            quote_ident(publication)
+        );
+        client.batch_execute(&sql).await.map_err(|e| {
+            need(format!(
+                "cannot set publish_generated_columns on publication {publication:?} ({sql}): {}",
+                db_message(&e)
+            ))
+        })?;
+        tracing::info!(publication = %publication, "publication now publishes stored generated columns");
+    }
     if partitioned && !row.get::<_, bool>(1) {
         let sql = format!(
             "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
@@ -226,19 +258,30 @@ async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SetupError>
                     "replication slot {slot:?} does not exist. Fix: SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput'); (or set source.create = true)"
                 )));
             }
-            client
-                .execute(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[slot],
+            // A failover slot (PostgreSQL 17+) is kept in step on standbys with
+            // sync_replication_slots = on, so walhook resumes on a promoted standby.
+            let major: i32 = client
+                .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+                .await?
+                .get(0);
+            let failover = config.source.failover_slot.unwrap_or(major >= 17);
+            if failover && major < 17 {
+                return Err(need(format!(
+                    "source.failover_slot = true needs PostgreSQL 17 or later; this server is {major}. Fix: remove it"
+                )));
+            }
+            let sql = if failover {
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+            } else {
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
+            };
+            client.execute(sql, &[slot]).await.map_err(|e| {
+                need_unless_raced(
+                    &e,
+                    format!("cannot create replication slot {slot:?}: {}", db_message(&e)),
                 )
-                .await
-                .map_err(|e| {
-                    need_unless_raced(
-                        &e,
-                        format!("cannot create replication slot {slot:?}: {}", db_message(&e)),
-                    )
-                })?;
-            tracing::info!(slot = %slot, "created logical replication slot");
+            })?;
+            tracing::info!(slot = %slot, failover, "created logical replication slot");
             Ok(())
         }
         Some(r) => {
