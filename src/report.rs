@@ -56,6 +56,10 @@ pub struct Fix {
     /// What must be restarted or reloaded for the fix to take effect, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub then: Option<String>,
+    /// It must run before the other fixes (and is not optional, even for a warning):
+    /// another fix would do harm without it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub first: bool,
 }
 
 /// One check and what it found.
@@ -118,7 +122,20 @@ impl Finding {
     }
 
     pub fn with_fix(mut self, who: Who, sql: Vec<String>) -> Finding {
-        self.fix = Some(Fix { who, sql, then: None });
+        self.fix = Some(Fix {
+            who,
+            sql,
+            then: None,
+            first: false,
+        });
+        self
+    }
+
+    /// Its fix runs before every other one (see `Fix::first`).
+    pub fn first(mut self) -> Finding {
+        if let Some(fix) = &mut self.fix {
+            fix.first = true;
+        }
         self
     }
 
@@ -225,21 +242,22 @@ impl Report {
     /// commented out.
     pub fn sql(&self, header: &str) -> String {
         // By runner; a table owner's group names every table it is for.
-        let mut groups: Vec<(Who, Vec<String>)> = Vec::new();
+        // Fixes that must come first form sections of their own, before the rest.
+        let mut groups: Vec<(bool, Who, Vec<String>)> = Vec::new();
         let mut then: Vec<&str> = Vec::new();
         for f in self.findings.iter().filter(|f| f.level != Level::Ok) {
             let Some(fix) = &f.fix else { continue };
             let at = match groups
                 .iter()
-                .position(|(who, _)| who.runner() == fix.who.runner())
+                .position(|(first, who, _)| *first == fix.first && who.runner() == fix.who.runner())
             {
                 Some(at) => at,
                 None => {
-                    groups.push((fix.who.clone(), Vec::new()));
+                    groups.push((fix.first, fix.who.clone(), Vec::new()));
                     groups.len() - 1
                 }
             };
-            let (who, statements) = &mut groups[at];
+            let (_, who, statements) = &mut groups[at];
             if let (Who::Owner { tables, .. }, Who::Owner { tables: more, .. }) = (who, &fix.who) {
                 for t in more {
                     if !tables.contains(t) {
@@ -250,7 +268,7 @@ impl Report {
             }
             for s in &fix.sql {
                 let line = match f.level {
-                    Level::Warning => format!("-- optional: {s}"),
+                    Level::Warning if !fix.first => format!("-- optional: {s}"),
                     _ => s.clone(),
                 };
                 if !statements.contains(&line) {
@@ -265,15 +283,15 @@ impl Report {
                 then.push(t);
             }
         }
-        groups.sort_by(|a, b| a.0.runner().cmp(&b.0.runner()));
+        groups.sort_by(|a, b| (!a.0, a.1.runner()).cmp(&(!b.0, b.1.runner())));
         let mut out = String::new();
         for line in header.lines() {
             let _ = writeln!(out, "-- {line}");
         }
-        if groups.iter().all(|(_, s)| s.is_empty()) {
+        if groups.iter().all(|(_, _, s)| s.is_empty()) {
             out.push_str("-- nothing to fix in the database\n");
         }
-        for (who, statements) in groups.iter().filter(|(_, s)| !s.is_empty()) {
+        for (_, who, statements) in groups.iter().filter(|(_, _, s)| !s.is_empty()) {
             let _ = writeln!(out, "\n-- {}", who.said());
             // A section for another role switches to it, so that a superuser may run the
             // whole script at once; that role itself may run its section alone.
@@ -379,6 +397,30 @@ mod tests {
              -- optional: GRANT SELECT ON public.product TO walhook;\nRESET ROLE;\n\
              \n-- then:\n--   restart PostgreSQL (wal_level)\n"
         );
+    }
+
+    #[test]
+    fn a_fix_that_must_come_first_does_even_from_a_warning() {
+        let mut r = Report::default();
+        r.push(
+            Finding::problem("table public.product", "only logs its key").with_fix(
+                owner("medusa", "public.product"),
+                vec!["ALTER TABLE p REPLICA IDENTITY FULL;".into()],
+            ),
+        );
+        r.push(
+            Finding::warning("publication walhook", "does not publish generated columns")
+                .with_fix(
+                    Who::Superuser,
+                    vec!["ALTER PUBLICATION w SET (publish_generated_columns = stored);".into()],
+                )
+                .first(),
+        );
+        let sql = r.sql("h");
+        let first = sql.find("ALTER PUBLICATION").expect("the publication's fix");
+        let full = sql.find("ALTER TABLE").expect("the table's fix");
+        assert!(first < full, "{sql}");
+        assert!(!sql.contains("-- optional: ALTER PUBLICATION"), "{sql}");
     }
 
     #[test]

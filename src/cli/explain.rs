@@ -317,7 +317,12 @@ async fn number_columns(
     let columns: Vec<(String, u32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut types = crate::decode::TypeRegistry::with_builtins();
     let oids: Vec<u32> = columns.iter().map(|(_, oid)| *oid).collect();
-    crate::source::setup::load_types(client, &mut types, Some(&oids)).await?;
+    crate::source::setup::load_types(client, &mut types, Some(&oids))
+        .await
+        .map_err(|e| match e {
+            crate::source::setup::SetupError::Query(pg) => RunError::Catalog(pg),
+            other => other.into(),
+        })?;
     let named = |keep: &dyn Fn(u32) -> bool| {
         columns
             .iter()

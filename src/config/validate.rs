@@ -111,6 +111,14 @@ impl Config {
                     p("soft_delete"),
                     "empty: name the nullable column that marks a row deleted, e.g. \"deleted_at\"".into(),
                 ),
+                // A window would merge a soft delete or a restore into the updates around
+                // it, and subscribers would miss it.
+                Some(_) if rule.coalesce.is_some() => bad(
+                    p("coalesce"),
+                    "cannot be combined with soft_delete yet: put the soft deletes in a rule of their own \
+                     (on = [\"delete\", \"restore\"]) without coalesce"
+                        .into(),
+                ),
                 _ => {}
             }
             for (k, list) in [

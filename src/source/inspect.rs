@@ -75,10 +75,19 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
             table.clone(),
             Captured {
                 owner: facts.owner.clone(),
+                // What the WAL must carry: a soft delete or a restore is an update.
                 ops: rules
                     .iter()
-                    .flat_map(|&i| config.events[i].on.iter().copied())
+                    .flat_map(|&i| {
+                        let r = &config.events[i];
+                        let soft = r.soft_delete.as_ref().map(|_| Op::Update);
+                        r.on.iter()
+                            .map(|&op| if op == Op::Restore { Op::Update } else { op })
+                            .chain(soft)
+                    })
                     .collect(),
+                full: facts.identity.logged.is_none(),
+                needs_full: rules.iter().any(|&i| reads_old(&config.events[i])),
             },
         );
         // Every operation of a row must carry its ordering key, or a row's delete would
@@ -396,6 +405,18 @@ fn rule_problems(
                  identity columns");
         }
     }
+}
+
+/// Whether `rule` reads the old values of every column of an update (or a delete), which
+/// only `REPLICA IDENTITY FULL` logs.
+fn reads_old(rule: &crate::config::EventRule) -> bool {
+    let writes = rule.on.iter().any(|op| matches!(op, Op::Update | Op::Delete));
+    let when = rule.when.as_deref().and_then(|w| Condition::compile(w).ok());
+    rule.changed.is_some()
+        || rule.ignore_changes.is_some()
+        || (rule.transition.is_some() && rule.on.contains(&Op::Update))
+        || (when.is_some_and(|w| w.needs_old()) && writes)
+        || rule.soft_delete.is_some()
 }
 
 /// The columns of the primary key of table `$1` (an oid), in key order.

@@ -7,14 +7,18 @@
 //! slot, and the publication when its role may. What it may not do is a problem that
 //! names the role that may (a table's owner, or a superuser).
 
-use std::collections::BTreeMap;
-
 use tokio_postgres::Client;
 
-use crate::config::{quote_ident, Config, Op, TableName};
+use crate::config::{quote_ident, Config};
 use crate::report::{literal, Finding, Who};
 
 use super::setup::SetupError;
+
+mod publication;
+
+pub use publication::{
+    create_publication, missing_tables, publication, publishes_generated, with_generated_columns, Captured,
+};
 
 /// The oldest PostgreSQL major walhook supports.
 pub const OLDEST_MAJOR: i32 = 14;
@@ -30,6 +34,8 @@ pub struct Server {
     pub replication: bool,
     /// May create schemas (and publications) in the database.
     pub create_in_database: bool,
+    /// The server is a standby (in recovery).
+    pub standby: bool,
 }
 
 impl Server {
@@ -70,7 +76,8 @@ pub async fn server(client: &Client, config: &Config, out: &mut Vec<Finding>) ->
                     current_setting('max_slot_wal_keep_size'),
                     r.rolsuper, r.rolreplication,
                     has_database_privilege(current_database(), 'CREATE'),
-                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    pg_is_in_recovery()
              FROM pg_roles r WHERE r.rolname = current_user",
             &[&config.source.slot],
         )
@@ -82,6 +89,7 @@ pub async fn server(client: &Client, config: &Config, out: &mut Vec<Finding>) ->
         superuser: row.get(10),
         replication: row.get(11),
         create_in_database: row.get(12),
+        standby: row.get(14),
     };
     let version: String = row.get(3);
     let wal_level: String = row.get(4);
@@ -224,411 +232,6 @@ pub async fn server(client: &Client, config: &Config, out: &mut Vec<Finding>) ->
     Ok(server)
 }
 
-/// What the publication check needs of each captured table.
-pub struct Captured {
-    pub owner: String,
-    /// The rules on it and what they listen to.
-    pub ops: Vec<Op>,
-}
-
-/// The publication: it exists or this role may create it, it holds every captured
-/// table (or this role may add them), it publishes the operations the rules listen to,
-/// and what a column list or row filter made by hand means for the events.
-pub async fn publication(
-    client: &Client,
-    config: &Config,
-    server: &Server,
-    tables: &BTreeMap<TableName, Captured>,
-    partitioned: bool,
-    out: &mut Vec<Finding>,
-) -> Result<(), SetupError> {
-    if tables.is_empty() {
-        return Ok(());
-    }
-    let name = &config.source.publication;
-    let subject = format!("publication {name}");
-    let names: Vec<&TableName> = tables.keys().collect();
-    let row = client
-        .query_opt(
-            "SELECT puballtables, pg_get_userbyid(pubowner)::text, pubinsert, pubupdate, pubdelete, pubtruncate
-             FROM pg_publication WHERE pubname = $1",
-            &[name],
-        )
-        .await?;
-    let Some(row) = row else {
-        let sql = create_publication(name, &names, partitioned, server.major());
-        let may = server.superuser
-            || (server.create_in_database && tables.values().all(|t| t.owner == server.role));
-        if config.source.create && may {
-            out.push(Finding::ok(
-                subject,
-                "does not exist yet; walhook creates it at start",
-            ));
-            return Ok(());
-        }
-        let who = runner(client, server, tables.iter().map(|(t, c)| (t, c.owner.as_str()))).await?;
-        let why = if config.source.create {
-            format!(
-                "does not exist, and role {} may not create it: a publication of a table can only be \
-                 made by the table's owner (or a superuser)",
-                server.role
-            )
-        } else {
-            "does not exist (source.create = false)".to_string()
-        };
-        out.push(
-            Finding::problem(subject, why)
-                .at("source.publication")
-                .with_fix(who, vec![sql]),
-        );
-        return Ok(());
-    };
-    let all_tables: bool = row.get(0);
-    let owner: String = row.get(1);
-    let published: Vec<(&str, bool)> = ["insert", "update", "delete", "truncate"]
-        .into_iter()
-        .zip([row.get(2), row.get(3), row.get(4), row.get(5)])
-        .collect();
-    for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate] {
-        let listening: Vec<String> = tables
-            .iter()
-            .filter(|(_, c)| c.ops.contains(&op))
-            .map(|(t, _)| t.to_string())
-            .collect();
-        if published.contains(&(op.as_str(), false)) && !listening.is_empty() {
-            let set: Vec<&str> = published
-                .iter()
-                .filter(|(o, yes)| *yes || *o == op.as_str())
-                .map(|(o, _)| *o)
-                .collect();
-            out.push(
-                Finding::problem(
-                    subject.clone(),
-                    format!(
-                        "does not publish {}s, which rules on {} listen to",
-                        op.as_str(),
-                        listening.join(", ")
-                    ),
-                )
-                .with_fix(
-                    server.owner(&owner, Vec::new()),
-                    vec![format!(
-                        "ALTER PUBLICATION {} SET (publish = {});",
-                        quote_ident(name),
-                        literal(&set.join(", "))
-                    )],
-                ),
-            );
-        }
-    }
-    if all_tables {
-        out.push(Finding::ok(
-            subject.clone(),
-            "publishes every table (FOR ALL TABLES)",
-        ));
-    } else {
-        let missing = missing_tables(client, name, &names).await?;
-        if missing.is_empty() {
-            out.push(Finding::ok(
-                subject.clone(),
-                format!("exists and holds every captured table ({})", names.len()),
-            ));
-        } else {
-            let list = missing
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let may = server.superuser
-                || (owner == server.role
-                    && missing
-                        .iter()
-                        .all(|t| tables.get(t).is_some_and(|c| c.owner == server.role)));
-            if config.source.create && may {
-                out.push(Finding::ok(
-                    subject.clone(),
-                    format!("walhook adds {list} at start"),
-                ));
-            } else {
-                let who = if missing
-                    .iter()
-                    .all(|t| tables.get(t).is_some_and(|c| c.owner == owner))
-                {
-                    server.owner(&owner, missing.iter().map(|t| t.to_string()).collect())
-                } else {
-                    Who::Superuser
-                };
-                let sql = missing.iter().map(|t| add_table(name, t)).collect();
-                out.push(
-                    Finding::problem(
-                        subject.clone(),
-                        format!(
-                            "does not include {list}; only a role that owns both the publication (role {owner}) \
-                             and the table may add it"
-                        ),
-                    )
-                    .at("source.publication")
-                    .with_fix(who, sql),
-                );
-            }
-        }
-    }
-    if server.major() >= 15 {
-        filters(client, name, &names, &subject, out).await?;
-    }
-    if server.major() >= 18 {
-        let fixes_itself = config.source.create && (server.superuser || owner == server.role);
-        generated_columns(client, name, &owner, server, fixes_itself, &names, &subject, out).await?;
-    }
-    Ok(())
-}
-
-/// Whether `publication` publishes stored generated columns (PostgreSQL 18; the catalog
-/// column's name changed during 18's development, so whichever is there is read).
-pub async fn publishes_generated(client: &Client, publication: &str) -> Result<bool, tokio_postgres::Error> {
-    Ok(client
-        .query_one(
-            "SELECT coalesce(to_jsonb(p) ->> 'pubgencols_type', to_jsonb(p) ->> 'pubgencols', 'n') IN ('s', 'true')
-             FROM pg_publication p WHERE pubname = $1",
-            &[&publication],
-        )
-        .await?
-        .get(0))
-}
-
-/// PostgreSQL 18: a publication that does not publish stored generated columns, holding
-/// a table with one and `REPLICA IDENTITY FULL`, makes the application's UPDATEs of that
-/// table fail ("Replica identity must not contain unpublished generated columns"). Such
-/// a table, or one a rule would need FULL on, is a problem with the fix that publishes
-/// them (events then carry those columns too).
-async fn generated_columns(
-    client: &Client,
-    name: &str,
-    owner: &str,
-    server: &Server,
-    fixes_itself: bool,
-    tables: &[&TableName],
-    subject: &str,
-    out: &mut Vec<Finding>,
-) -> Result<(), SetupError> {
-    if publishes_generated(client, name).await? {
-        return Ok(());
-    }
-    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-    let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text, c.relreplident = 'f'
-             FROM unnest($1::text[], $2::text[]) AS u(s, n)
-             JOIN pg_namespace n ON n.nspname = u.s
-             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.n
-             WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attgenerated = 's'
-                           AND NOT a.attisdropped)",
-            &[&schemas, &names],
-        )
-        .await?;
-    for row in rows {
-        let table = TableName {
-            schema: row.get(0),
-            name: row.get(1),
-        };
-        let full: bool = row.get(2);
-        if fixes_itself {
-            out.push(Finding::ok(
-                subject,
-                format!("{table} has a stored generated column: walhook publishes them at start (publish_generated_columns = stored)"),
-            ));
-            continue;
-        }
-        let why = if full {
-            "the application's UPDATEs of it fail now"
-        } else {
-            "setting REPLICA IDENTITY FULL on it would make the application's UPDATEs of it fail"
-        };
-        out.push(
-            Finding::problem(
-                subject,
-                format!(
-                    "does not publish stored generated columns, and {table} has one: on PostgreSQL 18 {why} \
-                     (\"Replica identity must not contain unpublished generated columns\"). Publish them \
-                     (events then carry them)"
-                ),
-            )
-            .at("source.publication")
-            .with_fix(
-                server.owner(owner, Vec::new()),
-                vec![format!(
-                    "ALTER PUBLICATION {} SET (publish_generated_columns = stored);",
-                    quote_ident(name)
-                )],
-            ),
-        );
-    }
-    Ok(())
-}
-
-/// Column lists and row filters of a publication made by hand, and what they mean.
-async fn filters(
-    client: &Client,
-    name: &str,
-    tables: &[&TableName],
-    subject: &str,
-    out: &mut Vec<Finding>,
-) -> Result<(), SetupError> {
-    let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text, attnames::text[], rowfilter
-             FROM pg_publication_tables WHERE pubname = $1",
-            &[&name],
-        )
-        .await?;
-    for row in rows {
-        let table = TableName {
-            schema: row.get(0),
-            name: row.get(1),
-        };
-        if !tables.contains(&&table) {
-            continue;
-        }
-        let columns: Option<Vec<String>> = row.get(2);
-        let all: Vec<String> = client
-            .query(
-                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1::text) AND attnum > 0 AND NOT attisdropped",
-                &[&table.quoted()],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if let Some(cols) = columns.filter(|c| c.len() < all.len()) {
-            out.push(Finding::warning(
-                subject,
-                format!(
-                    "publishes only columns {} of {table}: events carry only those, and a rule that names \
-                     another column of it never sees a value",
-                    cols.join(", ")
-                ),
-            ));
-        }
-        let filter: Option<String> = row.get(3);
-        if let Some(filter) = filter {
-            out.push(Finding::warning(
-                subject,
-                format!(
-                    "publishes only rows of {table} where {filter}: other rows make no events, and an update \
-                     that moves a row into or out of the filter arrives as an insert or a delete"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Who may run statements on `tables` (each with its owner): their one owner, or a
-/// superuser when they have several or the owner may not create in the database.
-async fn runner<'a>(
-    client: &Client,
-    server: &Server,
-    tables: impl Iterator<Item = (&'a TableName, &'a str)>,
-) -> Result<Who, SetupError> {
-    let mut owners: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (t, owner) in tables {
-        owners.entry(owner).or_default().push(t.to_string());
-    }
-    if owners.len() != 1 {
-        return Ok(Who::Superuser);
-    }
-    let Some((owner, tables)) = owners.into_iter().next() else {
-        return Ok(Who::Superuser);
-    };
-    let may_create: bool = client
-        .query_one(
-            "SELECT rolsuper OR has_database_privilege(rolname, current_database(), 'CREATE')
-             FROM pg_roles WHERE rolname = $1",
-            &[&owner],
-        )
-        .await?
-        .get(0);
-    Ok(if may_create {
-        server.owner(owner, tables)
-    } else {
-        Who::Superuser
-    })
-}
-
-/// `CREATE PUBLICATION` for `tables`, idempotent. It publishes partitions' changes as
-/// their partitioned table's, and on PostgreSQL 18 stored generated columns too (without
-/// them, a table with REPLICA IDENTITY FULL and a stored generated column refuses the
-/// application's updates).
-pub fn create_publication(name: &str, tables: &[&TableName], partitioned: bool, major: i32) -> String {
-    let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
-    let mut with = Vec::new();
-    if partitioned {
-        with.push("publish_via_partition_root = true");
-    }
-    if major >= 18 {
-        with.push("publish_generated_columns = stored");
-    }
-    let with = if with.is_empty() {
-        String::new()
-    } else {
-        format!(" WITH ({})", with.join(", "))
-    };
-    format!(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = {lit}) THEN \
-         CREATE PUBLICATION {ident} FOR TABLE {list}{with}; END IF; END $$;",
-        lit = literal(name),
-        ident = quote_ident(name)
-    )
-}
-
-/// `ALTER PUBLICATION ... ADD TABLE`, idempotent.
-fn add_table(name: &str, table: &TableName) -> String {
-    format!(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = {lit} \
-         AND schemaname = {s} AND tablename = {t}) THEN ALTER PUBLICATION {ident} ADD TABLE {q}; END IF; END $$;",
-        lit = literal(name),
-        s = literal(&table.schema),
-        t = literal(&table.name),
-        ident = quote_ident(name),
-        q = table.quoted()
-    )
-}
-
-/// The tables among `tables` the publication does not publish. A table counts as
-/// published when it, a partitioned table it is a partition of, or one of its
-/// partitions is listed (without publish_via_partition_root the list names a
-/// partitioned table's partitions).
-pub async fn missing_tables(
-    client: &Client,
-    publication: &str,
-    tables: &[&TableName],
-) -> Result<Vec<TableName>, tokio_postgres::Error> {
-    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-    Ok(client
-        .query(
-            "SELECT u.s, u.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(s, n, i)
-             WHERE NOT EXISTS (
-               SELECT 1 FROM pg_publication_tables pt
-               JOIN pg_namespace pn ON pn.nspname = pt.schemaname
-               JOIN pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename
-               WHERE pt.pubname = $1 AND pc.oid IN (
-                 SELECT format('%I.%I', u.s, u.n)::regclass
-                 UNION ALL SELECT relid FROM pg_partition_ancestors(format('%I.%I', u.s, u.n)::regclass)
-                 UNION ALL SELECT relid FROM pg_partition_tree(format('%I.%I', u.s, u.n)::regclass)))
-             ORDER BY u.i",
-            &[&publication, &schemas, &names],
-        )
-        .await?
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect())
-}
-
 /// The slot: it exists (or walhook creates it), is a pgoutput slot of this database,
 /// was not invalidated, who streams it, and how much WAL it holds.
 pub async fn slot(
@@ -654,11 +257,19 @@ pub async fn slot(
         }
     );
     let row = client.query_opt(sql.as_str(), &[name]).await?;
-    let failover = config.source.failover_slot.unwrap_or(major >= 17);
+    let failover = config
+        .source
+        .failover_slot
+        .unwrap_or(major >= 17 && !server.standby);
     if failover && major < 17 {
         out.push(Finding::config(
             "source.failover_slot",
             format!("failover slots need PostgreSQL 17 or later; this server is {major}: remove source.failover_slot"),
+        ));
+    } else if failover && server.standby {
+        out.push(Finding::config(
+            "source.failover_slot",
+            "the source is a standby, where a slot cannot be a failover slot: remove source.failover_slot",
         ));
     }
     let Some(row) = row else {
@@ -678,12 +289,17 @@ pub async fn slot(
                     Who::Walhook {
                         role: server.role.clone(),
                     },
+                    // Does nothing before wal_level is logical: run the script again
+                    // after the restart.
                     vec![format!(
-                        "SELECT pg_create_logical_replication_slot({lit}, 'pgoutput') WHERE NOT EXISTS \
-                         (SELECT 1 FROM pg_replication_slots WHERE slot_name = {lit});",
-                        lit = literal(name)
+                        "SELECT pg_create_logical_replication_slot({lit}, 'pgoutput'{failover}) WHERE NOT EXISTS \
+                         (SELECT 1 FROM pg_replication_slots WHERE slot_name = {lit}) \
+                         AND current_setting('wal_level') = 'logical';",
+                        lit = literal(name),
+                        failover = if failover && major >= 17 { ", false, false, true" } else { "" }
                     )],
                 )
+                .then("after a restart for wal_level, run the script again: it creates the slot only then")
         });
         return Ok(());
     };
@@ -774,26 +390,6 @@ fn bytes(n: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scripts_are_idempotent_and_complete() {
-        let price = TableName {
-            schema: "public".into(),
-            name: "price".into(),
-        };
-        let sql = create_publication("wal'hook", &[&price], false, 18);
-        assert!(sql.contains("pubname = 'wal''hook'"), "{sql}");
-        assert!(
-            sql.contains("CREATE PUBLICATION \"wal'hook\" FOR TABLE \"public\".\"price\""),
-            "{sql}"
-        );
-        assert!(sql.contains("publish_generated_columns = stored"), "{sql}");
-        assert!(!create_publication("w", &[&price], true, 17).contains("generated"));
-        assert!(create_publication("w", &[&price], true, 17).contains("publish_via_partition_root = true"));
-        let add = add_table("w", &price);
-        assert!(add.starts_with("DO $$ BEGIN IF NOT EXISTS"), "{add}");
-        assert!(add.contains("ADD TABLE \"public\".\"price\""), "{add}");
-    }
 
     #[test]
     fn sizes_read_as_people_write_them() {

@@ -138,15 +138,16 @@ async fn ensure_publication<'a>(
                 "publication {publication:?} does not exist. Fix: {sql} (or set source.create = true)"
             )));
         }
-        client.batch_execute(&sql).await.map_err(|e| {
-            need_unless_raced(
+        if let Err(e) = client.batch_execute(&sql).await {
+            let owners = owners_hint(client, &e, &tables).await;
+            return Err(need_unless_raced(
                 &e,
                 format!(
-                    "cannot create publication {publication:?} ({sql}): {}",
+                    "cannot create publication {publication:?}: {}{owners}. Fix: {sql}",
                     db_message(&e)
                 ),
-            )
-        })?;
+            ));
+        }
         tracing::info!(publication = %publication, tables = %list, "created publication");
         return Ok(());
     };
@@ -169,6 +170,9 @@ async fn ensure_publication<'a>(
         && config.source.create
         && may_alter
         && !super::preflight::publishes_generated(client, publication).await?
+        && !super::preflight::with_generated_columns(client, tables.iter().copied())
+            .await?
+            .is_empty()
     {
         let sql = format!(
             "ALTER PUBLICATION {} SET (publish_generated_columns = stored)",
@@ -198,10 +202,11 @@ async fn ensure_publication<'a>(
                     .await?
                     .map(|r| r.get(0));
                 if set_now != Some(true) {
-                    return Err(need(format!(
-                        "cannot set publish_via_partition_root on publication {publication:?} ({sql}): {}",
-                        db_message(&e)
-                    )));
+                    // Partitions' changes are mapped to their partitioned table's rules
+                    // either way; publishing them via the root is only cheaper.
+                    tracing::warn!(publication = %publication, fix = %sql, error = %db_message(&e),
+                        "cannot set publish_via_partition_root on the publication; partitions' changes \
+                         arrive under their own names and walhook maps them to the partitioned table's rules");
                 }
             }
             tracing::info!(publication = %publication,
@@ -228,15 +233,17 @@ async fn ensure_publication<'a>(
             "publication {publication:?} does not include {add}. Fix: {sql}; (or set source.create = true)"
         )));
     }
-    client.batch_execute(&sql).await.map_err(|e| {
-        need_unless_raced(
+    if let Err(e) = client.batch_execute(&sql).await {
+        let missing: Vec<&TableName> = missing.iter().collect();
+        let owners = owners_hint(client, &e, &missing).await;
+        return Err(need_unless_raced(
             &e,
             format!(
-                "cannot extend publication {publication:?} ({sql}): {}",
+                "cannot extend publication {publication:?}: {}{owners}. Fix: {sql};",
                 db_message(&e)
             ),
-        )
-    })?;
+        ));
+    }
     tracing::info!(publication = %publication, tables = %add, "added tables to publication");
     Ok(())
 }
@@ -264,7 +271,15 @@ async fn ensure_slot(client: &Client, config: &Config) -> Result<(), SetupError>
                 .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
                 .await?
                 .get(0);
-            let failover = config.source.failover_slot.unwrap_or(major >= 17);
+            let standby: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+            let failover = config.source.failover_slot.unwrap_or(major >= 17 && !standby);
+            if failover && standby {
+                return Err(need(
+                    "source.failover_slot = true, but the source is a standby, where a slot cannot be a failover slot. \
+                     Fix: remove it"
+                        .into(),
+                ));
+            }
             if failover && major < 17 {
                 return Err(need(format!(
                     "source.failover_slot = true needs PostgreSQL 17 or later; this server is {major}. Fix: remove it"
@@ -402,6 +417,38 @@ fn add_types(types: &mut TypeRegistry, rows: Vec<tokio_postgres::Row>) -> Vec<u3
 }
 
 /// The server's message, SQLSTATE, detail and hint of a failed statement.
+/// For a statement refused for want of ownership ("must be owner of table"): who owns
+/// `tables`, so the message names the role that must run the fix (or a superuser).
+async fn owners_hint(client: &Client, e: &tokio_postgres::Error, tables: &[&TableName]) -> String {
+    if e.code().map(|c| c.code()) != Some("42501") {
+        return String::new();
+    }
+    let mut owners = Vec::new();
+    for t in tables {
+        let owner: Option<String> = client
+            .query_opt(
+                "SELECT pg_get_userbyid(c.relowner)::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&t.schema, &t.name],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        if let Some(owner) = owner {
+            owners.push(format!("{t} is owned by role {owner}"));
+        }
+    }
+    if owners.is_empty() {
+        return String::new();
+    }
+    format!(
+        " ({}; only a table's owner or a superuser may publish it: run the fix as that role, \
+         `walhook check --sql` prints it)",
+        owners.join(", ")
+    )
+}
+
 fn db_message(e: &tokio_postgres::Error) -> String {
     crate::pg::describe(e)
 }

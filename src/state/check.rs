@@ -92,14 +92,13 @@ async fn look(client: &Client) -> Result<Vec<Finding>, tokio_postgres::Error> {
         0
     };
     out.push(if version > known {
-        Finding::problem(
+        Finding::warning(
             subject,
             format!(
-                "{database}: schema version {version} is newer than this walhook knows ({known}): an \
-                 upgraded walhook wrote it; run that version (or newer)"
+                "{database}: schema version {version} is newer than this walhook knows ({known}): a newer \
+                 walhook wrote it; run that version (or newer), this one leaves it as it is"
             ),
         )
-        .at("state.url")
     } else if version < known {
         Finding::ok(
             subject,

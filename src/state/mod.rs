@@ -589,7 +589,9 @@ async fn migrate(client: &Client) -> Result<(), StateError> {
         .batch_execute(
             "SET client_min_messages = warning;
              SELECT pg_advisory_lock(7262917370);
-             CREATE SCHEMA IF NOT EXISTS walhook;
+             -- CREATE SCHEMA IF NOT EXISTS would need CREATE on the database even when
+             -- the schema is there (a DBA may have made it for walhook's role).
+             DO $$ BEGIN IF to_regnamespace('walhook') IS NULL THEN CREATE SCHEMA walhook; END IF; END $$;
              CREATE TABLE IF NOT EXISTS walhook.schema_migrations (
                version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
         )
