@@ -26,11 +26,11 @@ impl Lane {
             };
             // The wakeup registration lives only while looking and waiting for work; it
             // is the only one, so every `notify_one` of an event reaches it.
-            let event = loop {
+            let (event, carried) = loop {
                 let mut woken = pin!(self.wake_workers.notified());
                 woken.as_mut().enable();
-                if let Some(event) = self.take_hot() {
-                    break event;
+                if let Some(next) = self.take_hot() {
+                    break next;
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -38,18 +38,25 @@ impl Lane {
                     _ = tokio::time::sleep(IDLE_WORKER_CHECK) => {}
                 }
             };
-            let worker = self.clone().hot_worker(event, slot, cancel.clone());
+            let worker = self.clone().hot_worker(event, carried, slot, cancel.clone());
             tracker.spawn(fenced(&abandon, worker));
         }
     }
 
-    /// In hot mode and not stopped, the first event of the next ready key (see `next_hot`).
-    pub(super) fn take_hot(&self) -> Option<EventRef> {
+    /// In hot mode and not stopped, the first event of the next ready key (see `next_hot`),
+    /// with the attempts it made before it went back to its queue, if it did. One lock
+    /// for both: this runs once per event.
+    pub(super) fn take_hot(&self) -> Option<(EventRef, Option<Carried>)> {
         if self.is_stopped() {
             return None;
         }
         let mut inner = self.lock();
-        next_hot(&mut inner)
+        let event = next_hot(&mut inner)?;
+        let carried = match inner.carried.is_empty() {
+            true => None,
+            false => inner.carried.remove(&event.pos),
+        };
+        Some((event, carried))
     }
 
     /// A hot worker, holding one of the lane's `max_in_flight` slots: delivers `event`,
@@ -59,16 +66,17 @@ impl Lane {
     pub(super) async fn hot_worker(
         self: Arc<Self>,
         mut event: EventRef,
+        mut carried: Option<Carried>,
         _slot: OwnedSemaphorePermit,
         cancel: CancellationToken,
     ) {
         loop {
-            self.deliver_hot(event, &cancel).await;
+            self.deliver_hot(event, carried, &cancel).await;
             if cancel.is_cancelled() {
                 return;
             }
             match self.take_hot() {
-                Some(next) => event = next,
+                Some(next) => (event, carried) = next,
                 None => return,
             }
         }
@@ -91,10 +99,9 @@ impl Lane {
         }
     }
 
-    /// Delivers one event from memory, retrying quickly while the lane stays hot.
-    pub(super) async fn deliver_hot(&self, event: EventRef, cancel: &CancellationToken) {
-        // An event back in its queue after failed attempts goes on where it stopped.
-        let carried = self.lock().carried.remove(&event.pos);
+    /// Delivers one event from memory, retrying quickly while the lane stays hot. An event
+    /// back in its queue after failed attempts (`carried`) goes on where it stopped.
+    pub(super) async fn deliver_hot(&self, event: EventRef, carried: Option<Carried>, cancel: &CancellationToken) {
         let (mut attempts, mut history, mut until) = match carried {
             Some(c) => (c.attempts, c.history, Some(c.due)),
             None => (0, Vec::new(), None),
