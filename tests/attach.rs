@@ -240,3 +240,38 @@ async fn the_readme_set_up_gives_a_running_walhook() {
         .await;
     assert_eq!(got[0].json()["type"], "price.changed");
 }
+
+/// A DBA made walhook's schema for its role, which may create nothing else in the
+/// database: `walhook check` passes and `walhook run` starts (it creates the schema only
+/// when it is missing, which would need CREATE on the database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_made_for_walhook_is_all_it_needs() {
+    let pg = PgCluster::start().await;
+    let url = app_database(&pg, true).await;
+    psql(
+        &pg,
+        "postgres",
+        "ALTER ROLE walhook WITH REPLICATION;\nCREATE SCHEMA walhook AUTHORIZATION walhook;\n",
+    );
+    psql(
+        &pg,
+        "medusa",
+        "ALTER TABLE price REPLICA IDENTITY FULL;\nALTER TABLE inventory_level REPLICA IDENTITY FULL;\n\
+         CREATE PUBLICATION walhook FOR TABLE price, inventory_level;\n",
+    );
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, config(&url, &rx.url())).unwrap();
+    let (code, out, err) = walhook_output(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let walhook = Walhook::start(&config(&url, &rx.url()).replace("[admin]\nlisten = \"\"\n", ""));
+    walhook.wait_ready().await;
+    let app = connect(&pg.url("shop").replace("postgres@", "medusa@")).await;
+    app.batch_execute("UPDATE price SET amount = 489.00 WHERE id = 'price_01'")
+        .await
+        .unwrap();
+    rx.wait_for(Duration::from_secs(30), "the price change", |r| !r.is_empty())
+        .await;
+}

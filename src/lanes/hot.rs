@@ -101,7 +101,12 @@ impl Lane {
 
     /// Delivers one event from memory, retrying quickly while the lane stays hot. An event
     /// back in its queue after failed attempts (`carried`) goes on where it stopped.
-    pub(super) async fn deliver_hot(&self, event: EventRef, carried: Option<Carried>, cancel: &CancellationToken) {
+    pub(super) async fn deliver_hot(
+        &self,
+        event: EventRef,
+        carried: Option<Carried>,
+        cancel: &CancellationToken,
+    ) {
         let (mut attempts, mut history, mut until) = match carried {
             Some(c) => (c.attempts, c.history, Some(c.due)),
             None => (0, Vec::new(), None),
