@@ -326,7 +326,8 @@ class Bench:
                 time.sleep(0.05)
         return proc, f"http://127.0.0.1:{port}"
 
-    def start_walhook(self, slot, subscribers, state_url=None, no_delivery=False, extra_sub="", rules=PLAIN_RULES):
+    def start_walhook(self, slot, subscribers, state_url=None, no_delivery=False, extra_sub="", rules=PLAIN_RULES,
+                      binary=None):
         admin = f"127.0.0.1:{free_port()}"
         subs = ""
         for name, url, events in subscribers:
@@ -338,7 +339,7 @@ class Bench:
                f'[admin]\nlisten = "{admin}"\n' + rules + subs)
         path = self.work / f"walhook-{slot}.toml"
         path.write_text(cfg)
-        args = self.pinned(self.client_cpus) + [self.walhook, "run", "--config", str(path)] + \
+        args = self.pinned(self.client_cpus) + [binary or self.walhook, "run", "--config", str(path)] + \
             (["--no-delivery"] if no_delivery else [])
         proc = Proc(args, self.work / f"walhook-{slot}.log", env={**os.environ, "RUST_LOG": self.args.log})
         for _ in range(600):
@@ -424,14 +425,15 @@ class Bench:
             self.record(memory_key, rss, "MB")
         return self.results[key]
 
-    def end_to_end_run(self, subscribers, run, factor=1, rules=PLAIN_RULES, extra_sub="", changes=None):
+    def end_to_end_run(self, subscribers, run, factor=1, rules=PLAIN_RULES, extra_sub="", changes=None, binary=None):
         """One burst delivered to these subscribers: events/s and walhook's peak RSS; its
         CPU per event (microseconds) is left in `last_cpu_us`."""
         changes = changes or self.args.changes
         n_tx = changes // 100
         receivers = [self.start_receiver() for _ in subscribers]
         subs = [(f"s{i}", url, events) for i, ((_, url), events) in enumerate(zip(receivers, subscribers))]
-        proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra + extra_sub, rules=rules)
+        proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra + extra_sub, rules=rules,
+                                         binary=binary)
         cpu0 = proc.cpu_seconds()
         expected = changes * factor
         start = time.time()
@@ -450,13 +452,71 @@ class Bench:
         bad = sum(s["bad_signatures"] for s in stats)
         sampled = sum(s["sampled"] for s in stats)
         assert bad == 0, f"{bad} bad signatures"
-        log(f"  run {run + 1}: {expected:,.0f} events in {last - start:.1f}s = {rate:,.0f} events/s, "
+        who = "baseline " if binary else ""
+        log(f"  {who}run {run + 1}: {expected:,.0f} events in {last - start:.1f}s = {rate:,.0f} events/s, "
             f"walhook {self.last_cpu_us:.1f} us CPU/event, peak RSS {rss:.0f} MB, {sampled} signatures verified")
         proc.stop()
         for r, _ in receivers:
             r.stop()
         self.reset_walhook("bench_e")
         return rate, rss
+
+    def against(self):
+        """This build beside a baseline binary (--against), run by run and in alternating
+        order, so each pair sees the same machine: decode (no delivery) and end to end with
+        one subscriber and with 3+1. Records both sides and each pair's ratio (this build /
+        baseline); the baseline's own spread is the run-to-run noise to read them against."""
+        base = str(Path(self.args.against).resolve())
+        n_tx = self.args.changes // 100
+        fig = {}
+
+        def add(key, this, baseline, unit):
+            for side, v in (("this", this), ("baseline", baseline)):
+                fig.setdefault((key, side), []).append(v)
+            fig.setdefault((key, "ratio"), []).append(this / baseline)
+            fig[(key, "unit")] = unit
+
+        for run in range(self.args.runs):
+            order = [None, base] if run % 2 == 0 else [base, None]
+            # Decode: a slot per side, made before this run's burst, each drained to its end.
+            for i, _ in enumerate(order):
+                self.pg.sql(f"SELECT pg_create_logical_replication_slot('bench_ab{i}', 'pgoutput')")
+            self.pg.sql(f"SET synchronous_commit = off; CALL burst({n_tx}, {run + 500})")
+            end = self.pg.lsn()
+            dec = {}
+            for i, binary in enumerate(order):
+                slot = f"bench_ab{i}"
+                t = time.monotonic()
+                proc, _ = self.start_walhook(slot, [("sink", "http://127.0.0.1:9", ["*"])], no_delivery=True,
+                                             binary=binary)
+                self.wait("walhook to drain the burst", lambda: self.pg.confirmed(slot) >= end, 600)
+                dec[binary] = (self.args.changes / (time.monotonic() - t),
+                               proc.cpu_seconds() / self.args.changes * 1e6)
+                proc.stop()
+                self.reset_walhook(slot)
+            add("decode", dec[None][0], dec[base][0], "changes/s")
+            add("decode_cpu", dec[None][1], dec[base][1], "us CPU/change")
+            log(f"  run {run + 1} decode: this {dec[None][0]:,.0f}/s ({dec[None][1]:.1f} us), "
+                f"baseline {dec[base][0]:,.0f}/s ({dec[base][1]:.1f} us)")
+            for key, subs, factor in (("e2e_one", [["*"]], 1),
+                                      ("e2e_four", [["price.*"], ["stock.*"], ["products.*"], ["*"]], 2)):
+                got = {}
+                for binary in order:
+                    rate, _ = self.end_to_end_run(subs, run, factor, binary=binary)
+                    got[binary] = (rate, self.last_cpu_us)
+                add(key, got[None][0], got[base][0], "events/s")
+                add(key + "_cpu", got[None][1], got[base][1], "us CPU/event")
+        for key in ("decode", "decode_cpu", "e2e_one", "e2e_one_cpu", "e2e_four", "e2e_four_cpu"):
+            unit = fig[(key, "unit")]
+            self.record(f"{key}_this", fig[(key, "this")], unit)
+            b = self.record(f"{key}_baseline", fig[(key, "baseline")], unit)
+            r = self.record(f"{key}_vs_baseline", fig[(key, "ratio")], "x baseline")
+            self.results[f"{key}_vs_baseline"] = r
+            # The baseline's own spread, as a share of its median: the noise of one side.
+            self.results[f"{key}_baseline_spread"] = (max(fig[(key, "baseline")]) - min(fig[(key, "baseline")])) / b
+            log(f"  {key}: this / baseline = {r:.3f} (median of {len(fig[(key, 'ratio')])} pairs, "
+                f"{min(fig[(key, 'ratio')]):.3f}-{max(fig[(key, 'ratio')]):.3f}); baseline's own spread "
+                f"{self.results[f'{key}_baseline_spread']:.1%}")
 
     def one_and_isolation(self, isolation):
         """Scenario 2 with one subscriber and, run by run, scenario 3: each isolation run is
@@ -720,6 +780,9 @@ class Bench:
             if "memory" in scen:
                 log(f"scenario 6: memory through one {12 * self.args.big_tx_products:,}-row transaction")
                 self.big_transaction()
+            if self.args.against:
+                log(f"against {self.args.against}: decode and end to end, alternating, {self.args.runs} pairs")
+                self.against()
             if "mapping" in scen:
                 log("scenario 7: cost of conditions and templates, end to end, one subscriber")
                 self.mapping_cost()
@@ -790,6 +853,9 @@ def main():
     ap.add_argument("--out", default=str(BENCH / "results"), help="where latest.md and latest.json go")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--log", default="warn", help="RUST_LOG for walhook")
+    ap.add_argument("--against", metavar="BINARY",
+                    help="a baseline walhook binary (say, built from an earlier commit): decode and end to end "
+                         "run it beside this build, alternating run by run, and report this build / baseline")
     ap.add_argument("--sub-extra", default="", help="extra TOML lines for every subscriber (experiments)")
     args = ap.parse_args()
     args.scenarios = set(args.scenarios.split(","))
