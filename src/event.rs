@@ -85,6 +85,10 @@ impl Mark {
     }
 }
 
+/// Set in the sequence of a row read by a backfill: it goes out at its chunk's high
+/// watermark (a logical message, its `lsn`), numbered by row and rule within the chunk.
+pub const READ: u64 = 1 << 61;
+
 #[derive(Debug)]
 pub struct Event {
     pub pos: Pos,

@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod decode;

@@ -24,6 +24,8 @@ pub const LEADER: &str = "walhook_leader";
 pub const COALESCE_OPEN: &str = "walhook_coalesce_open_windows";
 pub const COALESCE_CLOSED_EARLY: &str = "walhook_coalesce_closed_early_total";
 pub const CHANGES_COALESCED: &str = "walhook_changes_coalesced_total";
+pub const BACKFILL_ROWS: &str = "walhook_backfill_rows_total";
+pub const BACKFILL_REMAINING: &str = "walhook_backfill_remaining_rows";
 
 /// Upper bounds (seconds) of the delivery latency histogram.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -97,6 +99,10 @@ pub struct Metrics {
     pub coalesce_closed_early: Counter,
     /// Changes taken into coalescing windows.
     pub changes_coalesced: Counter,
+    /// Per subscriber: rows backfills read for it.
+    pub backfill_rows: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per subscriber: rows its running backfill has left, as estimated.
+    pub backfill_remaining: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// One lane's figures as rendered.
@@ -181,6 +187,29 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         "Changes taken into coalescing windows (each window makes one event).",
     );
     let _ = writeln!(out, "{CHANGES_COALESCED} {}", m.changes_coalesced.get());
+    head(
+        &mut out,
+        BACKFILL_ROWS,
+        "counter",
+        "Rows backfills read for a subscriber (a row a live change overtook counts: its live event stands in for it).",
+    );
+    for (sub, n) in m.backfill_rows.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{BACKFILL_ROWS}{{subscriber=\"{}\"}} {n}", label(sub));
+    }
+    head(
+        &mut out,
+        BACKFILL_REMAINING,
+        "gauge",
+        "Rows the subscriber's running backfill has left to read, from the planner's estimate (0 when none runs).",
+    );
+    for (sub, n) in m
+        .backfill_remaining
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(out, "{BACKFILL_REMAINING}{{subscriber=\"{}\"}} {n}", label(sub));
+    }
     head(&mut out, COALESCE_OPEN, "gauge", "Coalescing windows open now.");
     let _ = writeln!(out, "{COALESCE_OPEN} {}", m.coalesce_open.get());
     head(

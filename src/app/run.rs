@@ -337,6 +337,23 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
             ),
         ));
     }
+    let board = Arc::new(crate::backfill::Board::new());
+    if !no_delivery {
+        initial_backfills(&config, &state, &marks).await;
+        tracker.spawn(fenced(
+            &abandon,
+            crate::backfill::Runner {
+                config: config.clone(),
+                source: source.clone(),
+                state: state.clone(),
+                board: board.clone(),
+                lanes: lanes.clone(),
+                progress: progress.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(lanes_cancel.clone()),
+        ));
+    }
     let pipeline = Pipeline::new(
         config.clone(),
         source,
@@ -347,7 +364,8 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         metrics,
         progress.clone(),
     )
-    .with_swaps(swap_rx);
+    .with_swaps(swap_rx)
+    .with_board(board);
     let streaming = pipeline.run(cancel.clone());
     tokio::pin!(streaming);
     let result = tokio::select! {
@@ -506,5 +524,39 @@ fn fenced_ok(e: RunError) -> Result<(), RunError> {
     match e {
         RunError::Fenced => Ok(()),
         e => Err(e),
+    }
+}
+
+/// Asks for the backfill of every subscriber with `initial_backfill` that the state
+/// database has not seen: no saved mark, and no initial backfill before.
+async fn initial_backfills(
+    config: &Config,
+    state: &State,
+    marks: &std::collections::HashMap<String, crate::event::Mark>,
+) {
+    for sub in config.subscribers.iter().filter(|s| s.initial_backfill) {
+        if marks.contains_key(&sub.name) {
+            continue;
+        }
+        let asked = async {
+            if state.had_initial_backfill(&sub.name).await? {
+                return Ok(None);
+            }
+            let tables = crate::mapping::tables_for(config, &sub.name);
+            let req = crate::state::backfills::Request {
+                subscriber: &sub.name,
+                tables: &tables,
+                where_sql: None,
+                initial: true,
+            };
+            state.create_backfill(&req).await.map(Some)
+        };
+        match asked.await {
+            Ok(Some(id)) => tracing::info!(subscriber = %sub.name, backfill = id,
+                "new subscriber with initial_backfill: its backfill is asked for"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(subscriber = %sub.name, error = %e,
+                "cannot ask for the initial backfill; it is asked for at the next start"),
+        }
     }
 }

@@ -180,6 +180,7 @@ pub async fn run(command: Command) -> i32 {
         }
         Command::Deliveries { action } => super::admin::deliveries(action).await,
         Command::Subscribers { action } => super::admin::subscribers(action).await,
+        Command::Backfill { action } => super::backfill::backfill(action).await,
         Command::Ping { config, subscriber } => {
             let config = match load(&config.config) {
                 Ok(c) => c,

@@ -2,6 +2,7 @@
 //! `walhook receive`, and the admin clients `walhook deliveries` and `walhook subscribers`.
 
 mod admin;
+mod backfill;
 pub mod commands;
 pub mod explain;
 pub mod receiver;
@@ -105,6 +106,13 @@ pub enum Command {
     Subscribers {
         #[command(subcommand)]
         action: SubscribersAction,
+    },
+    /// Backfills: send a subscriber the rows its rules cover, as they are now, in key
+    /// order and in step with the live stream (through the state database; the leading
+    /// walhook runs them).
+    Backfill {
+        #[command(subcommand)]
+        action: BackfillAction,
     },
     /// Run a receiver that verifies signatures and prints every webhook (for trying walhook out).
     Receive {
@@ -213,5 +221,54 @@ pub enum SubscribersAction {
         config: ConfigArg,
         /// The subscriber's name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackfillAction {
+    /// Ask for a backfill of one subscriber: every table its rules cover, or those named.
+    Start {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The subscriber's name: only it receives the rows.
+        #[arg(long)]
+        subscriber: String,
+        /// A table to read ("schema.table"; repeat for more); default every table whose
+        /// rules route to the subscriber.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Only rows for which this SQL condition holds, e.g. "status = 'active'".
+        #[arg(long = "where")]
+        where_sql: Option<String>,
+        /// Show its progress until it ends (exit 0 when done, 1 when it failed or was
+        /// cancelled).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every backfill, newest first, with its progress, rate and ETA.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a backfill after its current chunk; resume goes on from there.
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: i64,
+    },
+    /// Go on with a paused backfill from where it stopped.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: i64,
+    },
+    /// Stop a backfill for good (rows sent stay sent).
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: i64,
     },
 }

@@ -116,6 +116,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub backfill: BackfillConfig,
+    #[serde(default)]
     pub events: Vec<EventRule>,
     #[serde(default)]
     pub subscribers: Vec<Subscriber>,
@@ -168,6 +170,31 @@ pub struct StateConfig {
     pub lease: Duration,
 }
 
+/// How backfills read the source (see `backfill`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// Rows per chunk: each chunk is one short statement, in key order.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: usize,
+    /// The most rows read per second; 0 for no limit.
+    #[serde(default)]
+    pub rows_per_second: u64,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            chunk_rows: default_chunk_rows(),
+            rows_per_second: 0,
+        }
+    }
+}
+
+fn default_chunk_rows() -> usize {
+    5_000
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
@@ -211,6 +238,9 @@ pub enum Op {
     Truncate,
     /// An update that clears a rule's `soft_delete` column: the row is back.
     Restore,
+    /// A row as a backfill read it (never in `on`: a rule takes reads unless it says
+    /// `backfill = false`).
+    Read,
 }
 
 impl Op {
@@ -221,6 +251,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Truncate => "truncate",
             Op::Restore => "restore",
+            Op::Read => "read",
         }
     }
 
@@ -232,6 +263,7 @@ impl Op {
             Op::Delete => "deleted",
             Op::Truncate => "truncated",
             Op::Restore => "restored",
+            Op::Read => "read",
         }
     }
 }
@@ -271,6 +303,9 @@ pub struct EventRule {
     /// What becomes of other updates (and inserts) of a soft-deleted row.
     #[serde(default)]
     pub soft_deleted: SoftDeleted,
+    /// Whether a backfill's rows make events of this rule (`op = "read"`).
+    #[serde(default = "default_true")]
+    pub backfill: bool,
 }
 
 /// Changes of a row whose `soft_delete` column is set, other than the one that set it.
@@ -381,6 +416,10 @@ pub struct Subscriber {
     pub disable_after: Duration,
     /// ... or after this many failed attempts in a row (none: no such limit).
     pub disable_after_attempts: Option<u32>,
+    /// A subscriber the state database has not seen before gets a backfill of every
+    /// table its rules cover, while its live events flow.
+    #[serde(default)]
+    pub initial_backfill: bool,
 }
 
 /// How a subscriber's events are ordered.

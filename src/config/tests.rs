@@ -284,7 +284,7 @@ secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
     );
     assert!(p[2]
         .message
-        .contains("matches no event the rules make (price.changed, products.deleted)"));
+        .contains("matches no event the rules make (price.changed, products.deleted, products.read)"));
     assert!(p[3].message.contains("must be an event name"));
 }
 

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// The most rows a backfill chunk may hold.
+pub const MAX_CHUNK_ROWS: usize = 100_000;
+
 impl Config {
     /// Every problem in the config, with its key path.
     pub fn validate(&self) -> Vec<Problem> {
@@ -25,6 +28,12 @@ impl Config {
                 "shutdown_grace".into(),
                 "must be at least 1s (deliveries in flight, the last watermark save and the lease release share it)"
                     .into(),
+            );
+        }
+        if !(1..=MAX_CHUNK_ROWS).contains(&self.backfill.chunk_rows) {
+            bad(
+                "backfill.chunk_rows".into(),
+                format!("must be from 1 to {MAX_CHUNK_ROWS} (one chunk is held in memory while it is read)"),
             );
         }
         if self.source.status_interval.is_zero() {
@@ -94,6 +103,14 @@ impl Config {
                 bad(
                     p("on"),
                     "empty: list one or more of insert, update, delete, truncate (and restore, with soft_delete)"
+                        .into(),
+                );
+            }
+            if rule.on.contains(&Op::Read) {
+                bad(
+                    p("on"),
+                    "\"read\" is not an operation to listen to: a backfill's rows reach every rule of their table \
+                     unless it says backfill = false"
                         .into(),
                 );
             }

@@ -429,7 +429,8 @@ impl Transition {
         let col = &self.column;
         let new_v = new.and_then(|r| column_value(r, col));
         match op {
-            Op::Insert => Ok(self.from.is_none() && new_v.as_ref() == Some(&self.to)),
+            // A row read by a backfill holds `to` already: it is there, as an insert is.
+            Op::Insert | Op::Read => Ok(self.from.is_none() && new_v.as_ref() == Some(&self.to)),
             Op::Update | Op::Restore => {
                 let Some(old) = full_old else {
                     return Err(format!(

@@ -177,16 +177,30 @@ impl Mapper {
                 continue;
             };
             let mut names = HashMap::new();
-            for &op in &r.on {
-                let name = match &r.name {
-                    Some(n) => n.clone(),
-                    None => format!("{}.{}", table.name, op.default_suffix()),
-                };
+            let name_of = |op: Op| match &r.name {
+                Some(n) => n.clone(),
+                None => format!("{}.{}", table.name, op.default_suffix()),
+            };
+            // Reads reach the subscribers that want any event of the rule (a backfill
+            // then picks its own among them).
+            let all_names: Vec<String> =
+                r.on.iter()
+                    .map(|&op| name_of(op))
+                    .chain([name_of(Op::Read)])
+                    .collect();
+            let read = r.backfill.then_some(Op::Read);
+            for op in r.on.iter().copied().chain(read) {
+                let name = name_of(op);
                 let wanting: Vec<usize> = config
                     .subscribers
                     .iter()
                     .enumerate()
-                    .filter(|(_, s)| s.events.iter().any(|p| pattern::matches(p, &name)))
+                    .filter(|(_, s)| {
+                        s.events.iter().any(|p| match op {
+                            Op::Read => all_names.iter().any(|n| pattern::matches(p, n)),
+                            _ => pattern::matches(p, &name),
+                        })
+                    })
                     .map(|(j, _)| j)
                     .collect();
                 let mut routes = Vec::new();
@@ -307,7 +321,7 @@ impl Mapper {
                     continue;
                 }
             };
-            if !rule.ops.contains(&op) {
+            if op != Op::Read && !rule.ops.contains(&op) {
                 continue;
             }
             let Some(named) = rule.names.get(&op) else {
@@ -341,7 +355,8 @@ pub fn check(config: &Config) -> Vec<crate::config::Problem> {
         .iter()
         .filter_map(|r| {
             let table = TableName::parse(&r.table).ok()?;
-            Some(r.on.iter().map(move |op| match &r.name {
+            let read = r.backfill.then_some(Op::Read);
+            Some(r.on.iter().copied().chain(read).map(move |op| match &r.name {
                 Some(n) => n.clone(),
                 None => format!("{}.{}", table.name, op.default_suffix()),
             }))
@@ -369,6 +384,33 @@ pub fn check(config: &Config) -> Vec<crate::config::Problem> {
     out
 }
 
+/// The tables whose rules route to subscriber `name` (any of a rule's events, its reads
+/// included, matches one of its patterns), as the rules name them, in rule order: what a
+/// backfill of that subscriber reads when no table is named.
+pub fn tables_for(config: &Config, name: &str) -> Vec<String> {
+    let Some(sub) = config.subscribers.iter().find(|s| s.name == name) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for r in config.events.iter().filter(|r| r.backfill) {
+        let Ok(table) = TableName::parse(&r.table) else {
+            continue;
+        };
+        let wants = r.on.iter().copied().chain([Op::Read]).any(|op| {
+            let event = match &r.name {
+                Some(n) => n.clone(),
+                None => format!("{}.{}", table.name, op.default_suffix()),
+            };
+            sub.events.iter().any(|p| pattern::matches(p, &event))
+        });
+        let table = table.to_string();
+        if wants && !out.contains(&table) {
+            out.push(table);
+        }
+    }
+    out
+}
+
 /// An event and the lanes (subscriber indexes) it goes to.
 #[derive(Debug)]
 pub struct Routed {
@@ -382,6 +424,16 @@ pub struct Routed {
 
 fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A stable 64-bit hash (FNV-1a), for the ids of rows a backfill read.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// A stable 32-bit hash (FNV-1a): event ids must not depend on the process.

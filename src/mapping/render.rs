@@ -12,7 +12,7 @@ use super::condition::Facts;
 use super::{Change, ColValue, Named, Routed, Row, Rule, TxMeta};
 use crate::config::{Numbers, Op};
 use crate::decode::json;
-use crate::event::{format_lsn, Event, Pos};
+use crate::event::{format_lsn, Event, Pos, READ};
 
 /// A row image as a JSON object: projected to the rule's columns, unchanged TOAST values
 /// taken from `fallback` (a full old row) or left out.
@@ -291,7 +291,7 @@ fn fires(
         let all: Vec<&str>;
         // An update reported as a delete or a restore (`soft_delete`) changed what it did.
         let changed = match c.op {
-            Op::Insert => {
+            Op::Insert | Op::Read => {
                 all = c.new.iter().flatten().map(|(col, _)| &**col).collect();
                 Some(all.as_slice())
             }
@@ -359,6 +359,8 @@ pub(super) fn render(
     let full_old = if c.old_is_key_only { None } else { c.old.as_ref() };
     // Columns whose value changed: only knowable with the whole old row.
     let changed: Option<Vec<&str>> = match (c.op, c.new.as_ref(), full_old) {
+        // A row a backfill read: every column is news to its subscriber.
+        (Op::Read, Some(new), _) => Some(new.iter().map(|(col, _)| &**col).collect()),
         (Op::Update, Some(new), Some(old)) => Some(
             new.iter()
                 .enumerate()
@@ -388,10 +390,32 @@ pub(super) fn render(
         .map(|(_, (col, _))| &**col)
         .collect();
     let lsn = format_lsn(tx.commit_lsn);
-    let pos = Pos::new(tx.commit_lsn, c.index, rule.index);
-    let id = format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, named.tag);
     // The ordering key is the same whatever the format, so a lane's order never depends on it.
     let key = format!("{}|{}", rule.table, key_json(rule, c, Numbers::Exact));
+    let (pos, id) = match c.op {
+        // A read goes out at its chunk's high watermark, and its id is a function of the
+        // row: a row read again (after a resume) and not changed meanwhile keeps its id.
+        Op::Read => {
+            let row = c.new.as_ref().map(|row| RowJson {
+                row,
+                rule,
+                fallback: None,
+                stringify: &[],
+                inexact: &[],
+            });
+            let text = serde_json::to_string(&row).map_err(|e| format!("row: {e}"))?;
+            let hash = super::fnv1a64(format!("{key}\u{0}{text}").as_bytes());
+            let pos = Pos {
+                lsn: tx.commit_lsn,
+                seq: READ | (u64::from(c.index) << 16) | u64::from(rule.index),
+            };
+            (pos, format!("evt_r{hash:016x}_{:08x}", named.tag))
+        }
+        _ => (
+            Pos::new(tx.commit_lsn, c.index, rule.index),
+            format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, named.tag),
+        ),
+    };
     let prev_key = prev_key(rule, c).filter(|p| *p != key);
     let size_hint = body_size_hint(rule, c, full_old);
     let mut out = Vec::with_capacity(named.routes.len());

@@ -18,9 +18,9 @@ pub(super) fn reported(rule: &Rule, c: &Change<'_>) -> Result<Option<Op>, String
     let full_old = if c.old_is_key_only { None } else { c.old.as_ref() };
     let include = rule.include_soft_deleted;
     Ok(match c.op {
-        Op::Insert => match marked(c.new.as_ref(), col) {
+        Op::Insert | Op::Read => match marked(c.new.as_ref(), col) {
             Some(true) if !include => None,
-            _ => Some(Op::Insert),
+            _ => Some(c.op),
         },
         Op::Update => {
             let now = marked(c.new.as_ref(), col);

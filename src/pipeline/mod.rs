@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::{self, Board};
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::decode::{self, Cell, LogicalMessage, TypeRegistry};
 use crate::event::{format_lsn, EventRef, Pos};
@@ -36,6 +37,7 @@ use crate::source::{refusal, setup, ReplConn, ReplMessage, SourceError};
 
 mod confirm;
 mod lag;
+mod reads;
 mod relations;
 mod ticker;
 
@@ -109,6 +111,8 @@ pub struct Pipeline {
     swaps: Option<tokio::sync::mpsc::Receiver<Swap>>,
     /// The position of the last coalesced event handed over.
     last_closed: Pos,
+    /// Backfill chunks between their watermarks (see `backfill::board`).
+    board: Option<Arc<Board>>,
 }
 
 /// A reloaded config whose rules (only) changed, with its compiled mapper.
@@ -149,12 +153,19 @@ impl Pipeline {
             spans: Default::default(),
             swaps: None,
             last_closed: Pos::ZERO,
+            board: None,
             tx: None,
             frontier: 0,
             received: 0,
             last_confirmed: 0,
             clock: ClockOffset::new(),
         }
+    }
+
+    /// Takes backfill chunks from `board` at their watermarks.
+    pub fn with_board(mut self, board: Arc<Board>) -> Pipeline {
+        self.board = Some(board);
+        self
     }
 
     /// Takes new rules from `swaps` (config reloads) between transactions.
@@ -531,6 +542,9 @@ impl Pipeline {
                     }
                 }
             }
+            LogicalMessage::Message { prefix, content, .. } if prefix == backfill::PREFIX => {
+                return self.watermark(&content, cancel).await;
+            }
             LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
         }
         Ok(true)
@@ -724,6 +738,10 @@ impl Pipeline {
             exact: &rel.exact,
             json: &rel.json,
         };
+        if let Some(board) = self.board.as_ref().filter(|b| b.any_open()) {
+            let images: Vec<&Row> = change.new.iter().chain(change.old.iter()).collect();
+            board.touched(change.table, &images);
+        }
         let tx = tx.clone();
         let mut failures = Vec::new();
         let events = self.mapper.map(&tx, &change, &mut failures);

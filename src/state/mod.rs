@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use crate::event::{Event, Mark, Pos};
 use crate::pg::PgError;
 
+pub mod backfills;
 pub mod check;
 mod chunks;
 pub mod deliveries;
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/005_attempt_history.sql"),
     include_str!("../../sql/006_prev_keys.sql"),
     include_str!("../../sql/007_lane_marks.sql"),
+    include_str!("../../sql/008_backfills.sql"),
 ];
 
 /// A state database error. Each keeps PostgreSQL's message, SQLSTATE and detail (see

@@ -1,0 +1,291 @@
+//! Backfills: a new sales channel gets the whole catalog, then every change, in order,
+//! while the shop keeps writing. Every row carries a `version` the writer bumps, so the
+//! order a channel sees a key's events in can be checked against the database.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const PRODUCTS: i64 = 50_000;
+
+const SCHEMA: &str = "
+    CREATE TABLE products (id bigint PRIMARY KEY, sku text NOT NULL, title text NOT NULL,
+                           status text NOT NULL DEFAULT 'active', version int NOT NULL DEFAULT 1);
+    CREATE TABLE prices (product_id bigint NOT NULL, currency text NOT NULL, amount numeric(12,2) NOT NULL,
+                         version int NOT NULL DEFAULT 1, PRIMARY KEY (product_id, currency));
+    CREATE TABLE stock (product_id bigint NOT NULL, warehouse text NOT NULL, qty int NOT NULL,
+                        version int NOT NULL DEFAULT 1, PRIMARY KEY (product_id, warehouse));
+    INSERT INTO products (id, sku, title) SELECT i, 'SKU-' || i, 'Product ' || i FROM generate_series(1, 50000) i;
+    INSERT INTO prices (product_id, currency, amount) SELECT i, 'EUR', 10 + i % 90 FROM generate_series(1, 50000) i;
+    INSERT INTO stock (product_id, warehouse, qty) SELECT i, 'main', i % 17 FROM generate_series(1, 50000) i;
+";
+
+fn config(url: &str, live: &str, channel: &str) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\n\
+         [[events]]\ntable = \"products\"\n\
+         [[events]]\ntable = \"prices\"\nname = \"price.changed\"\n\
+         [[events]]\ntable = \"stock\"\nname = \"stock.changed\"\n\
+         {}{}",
+        subscriber("live", live, "\"*\"", ""),
+        subscriber("channel", channel, "\"*\"", "")
+    )
+}
+
+/// The ordering key of an event: its table and its key object (its fields sorted).
+fn key_of(body: &Value) -> String {
+    format!("{}|{}", body["data"]["table"], canonical(&body["data"]["key"]))
+}
+
+fn canonical(key: &Value) -> String {
+    let fields: BTreeMap<&String, &Value> = key.as_object().map(|o| o.iter().collect()).unwrap_or_default();
+    serde_json::to_string(&fields).unwrap()
+}
+
+/// Updates products, prices and stock rows (each a transaction bumping `version`) until
+/// `stop`; counts the transactions. Every other one updates a row just past where the
+/// running backfill has got to, in the table it reads, so live changes keep landing in
+/// the chunks being read; the others pick any row.
+fn writer(
+    db: tokio_postgres::Client,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        while !stop.load(Ordering::SeqCst) {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut id = ((seed >> 33) % PRODUCTS as u64) as i64 + 1;
+            let mut table = ["products", "prices", "stock"][((seed >> 20) % 3) as usize].to_string();
+            if seed & 1 == 1 {
+                let at = db
+                    .query_opt(
+                        "SELECT p.key, ((p.value->'after')->>0)::bigint FROM walhook.backfills b, jsonb_each(b.progress) p
+                         WHERE b.status = 'running' AND NOT (p.value->>'done')::boolean AND p.value ? 'after'
+                         ORDER BY b.id DESC LIMIT 1",
+                        &[],
+                    )
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(at) = at {
+                    table = at.get::<_, String>(0).trim_start_matches("public.").to_string();
+                    id = (at.get::<_, i64>(1) + 1 + ((seed >> 40) % 15_000) as i64).min(PRODUCTS);
+                }
+            }
+            let sql = match table.as_str() {
+                "products" => format!("UPDATE products SET version = version + 1, title = 'Product {id} v' || (version + 1) WHERE id = {id}"),
+                "prices" => format!("UPDATE prices SET version = version + 1, amount = amount + 0.01 WHERE product_id = {id}"),
+                _ => format!("UPDATE stock SET version = version + 1, qty = qty + 1 WHERE product_id = {id}"),
+            };
+            db.batch_execute(&sql).await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            // About 200 a second: busy, and the test's receivers keep up in a debug build.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    })
+}
+
+/// Every row's key (as events carry it) and version, as the database holds them now.
+async fn versions(db: &tokio_postgres::Client) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for (table, key) in [
+        ("products", "jsonb_build_object('id', id)"),
+        (
+            "prices",
+            "jsonb_build_object('product_id', product_id, 'currency', currency)",
+        ),
+        (
+            "stock",
+            "jsonb_build_object('product_id', product_id, 'warehouse', warehouse)",
+        ),
+    ] {
+        for r in db
+            .query(&format!("SELECT {key}::text, version FROM {table}"), &[])
+            .await
+            .unwrap()
+        {
+            let k: Value = serde_json::from_str(r.get::<_, &str>(0)).unwrap();
+            out.insert(
+                format!("\"public.{table}\"|{}", canonical(&k)),
+                i64::from(r.get::<_, i32>(1)),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_beside_a_busy_writer_sends_every_row_in_order_with_the_stream() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", SCHEMA).await;
+    let live = Receiver::start().await;
+    let channel = Receiver::start().await;
+    let walhook = Walhook::start(&config(&url, &live.url(), &channel.url()));
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writing = writer(pg.client("shop").await, stop.clone(), writes.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let path = walhook.config_path();
+    let path = path.to_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        walhook_output(&[
+            "backfill",
+            "start",
+            "--config",
+            &path,
+            "--subscriber",
+            "channel",
+            "--wait",
+        ])
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, 0, "backfill start --wait:\n{out}\n{err}\n{}", walhook.log());
+    assert!(
+        out.contains("public.products, public.prices, public.stock to channel"),
+        "{out}"
+    );
+    // The progress lines (not a terminal: one per tenth) end with the backfill done.
+    assert!(err.trim_end().ends_with("done"), "{err}");
+    assert!(err.contains("[####################] 100%"), "{err}");
+    stop.store(true, Ordering::SeqCst);
+    writing.await.unwrap();
+    let during = writes.load(Ordering::SeqCst);
+    assert!(
+        during > 100,
+        "the writer made only {during} changes during the backfill"
+    );
+
+    // Wait until the channel's last event of every key carries the row as it is now.
+    let want = versions(&db).await;
+    let last_versions = |got: &[Received]| {
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for r in got {
+            let b = r.json();
+            last.insert(key_of(&b), b["data"]["new"]["version"].as_i64().unwrap_or(-1));
+        }
+        last
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let got = channel.delivered();
+        let last = last_versions(&got);
+        let behind: Vec<_> = want.iter().filter(|(k, v)| last.get(*k) != Some(v)).collect();
+        if behind.is_empty() {
+            break got;
+        }
+        if std::time::Instant::now() > deadline {
+            let show: Vec<String> = behind
+                .iter()
+                .take(5)
+                .map(|(k, v)| {
+                    let seq: Vec<String> = got
+                        .iter()
+                        .map(|r| r.json())
+                        .filter(|b| &key_of(b) == *k)
+                        .map(|b| format!("{} v{}", b["data"]["op"], b["data"]["new"]["version"]))
+                        .collect();
+                    format!("{k} is at v{v} in the database; the channel got {seq:?}")
+                })
+                .collect();
+            panic!(
+                "after 120 s, {} keys' last event at the channel is not their row as it is now:\n{}\n{}",
+                behind.len(),
+                show.join("\n"),
+                walhook.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Every row arrived, and per key the versions never go back: no read arrives after a
+    // later live change of its key.
+    let mut seqs: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
+    for r in &got {
+        assert!(r.verifies(SECRET));
+        let b = r.json();
+        let read = b["data"]["op"] == "read";
+        seqs.entry(key_of(&b))
+            .or_default()
+            .push((b["data"]["new"]["version"].as_i64().unwrap(), read));
+    }
+    assert_eq!(
+        seqs.len(),
+        want.len(),
+        "keys at the channel vs rows in the database"
+    );
+    let mut reads = 0;
+    for (key, seq) in &seqs {
+        assert!(
+            seq.windows(2).all(|w| w[0].0 <= w[1].0),
+            "{key}: versions in arrival order (version, is_read): {seq:?}"
+        );
+        let n = seq.iter().filter(|(_, read)| *read).count();
+        assert!(n <= 1, "{key} was read {n} times: {seq:?}");
+        reads += n;
+    }
+    // Some rows were overtaken by their live change (the writer aims just past the
+    // backfill), the rest came as reads.
+    assert!(
+        reads < 3 * PRODUCTS as usize,
+        "no live change landed in a chunk being read"
+    );
+    assert!(reads as i64 > 3 * PRODUCTS - during as i64 - 10, "{reads} reads");
+
+    // A read looks like the README says.
+    let read = got
+        .iter()
+        .map(|r| r.json())
+        .find(|b| b["type"] == "products.read")
+        .expect("a products.read event");
+    assert_eq!(read["data"]["op"], "read");
+    assert!(read["data"]["old"].is_null());
+    let changed: Vec<&str> = read["data"]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["id", "sku", "title", "status", "version"]);
+    assert!(got
+        .iter()
+        .any(|r| r.json()["type"] == "price.changed" && r.json()["data"]["op"] == "read"));
+
+    // The live subscriber got the live changes only.
+    let live_got = live.delivered();
+    assert!(!live_got.is_empty());
+    assert!(
+        live_got.iter().all(|r| r.json()["data"]["op"] != "read"),
+        "the other subscriber got reads"
+    );
+
+    // The list says it is done, with every row counted.
+    let path = walhook.config_path();
+    let (code, out, err) = walhook_output(&["backfill", "list", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().nth(1).unwrap_or_default();
+    assert!(line.contains("done") && line.contains("channel"), "{out}");
+    let metric = walhook
+        .metric("walhook_backfill_rows_total{subscriber=\"channel\"}")
+        .await;
+    assert_eq!(metric, Some((3 * PRODUCTS) as f64));
+    eprintln!(
+        "backfill of {} rows beside {during} live changes took {took:?}; {reads} went as reads",
+        3 * PRODUCTS
+    );
+}
