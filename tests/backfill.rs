@@ -14,21 +14,24 @@ use serde_json::Value;
 
 const PRODUCTS: i64 = 50_000;
 
-const SCHEMA: &str = "
-    CREATE TABLE products (id bigint PRIMARY KEY, sku text NOT NULL, title text NOT NULL,
-                           status text NOT NULL DEFAULT 'active', version int NOT NULL DEFAULT 1);
-    CREATE TABLE prices (product_id bigint NOT NULL, currency text NOT NULL, amount numeric(12,2) NOT NULL,
-                         version int NOT NULL DEFAULT 1, PRIMARY KEY (product_id, currency));
-    CREATE TABLE stock (product_id bigint NOT NULL, warehouse text NOT NULL, qty int NOT NULL,
-                        version int NOT NULL DEFAULT 1, PRIMARY KEY (product_id, warehouse));
-    INSERT INTO products (id, sku, title) SELECT i, 'SKU-' || i, 'Product ' || i FROM generate_series(1, 50000) i;
-    INSERT INTO prices (product_id, currency, amount) SELECT i, 'EUR', 10 + i % 90 FROM generate_series(1, 50000) i;
-    INSERT INTO stock (product_id, warehouse, qty) SELECT i, 'main', i % 17 FROM generate_series(1, 50000) i;
-";
-
-fn config(url: &str, live: &str, channel: &str) -> String {
+/// Products, prices and stock, `n` rows each.
+fn schema(n: i64) -> String {
     format!(
-        "[source]\nurl = \"{url}\"\n\
+        "CREATE TABLE products (id bigint PRIMARY KEY, sku text NOT NULL, title text NOT NULL,
+                                status text NOT NULL DEFAULT 'active', version int NOT NULL DEFAULT 1);
+         CREATE TABLE prices (product_id bigint NOT NULL, currency text NOT NULL, amount numeric(12,2) NOT NULL,
+                              version int NOT NULL DEFAULT 1, PRIMARY KEY (product_id, currency));
+         CREATE TABLE stock (product_id bigint NOT NULL, warehouse text NOT NULL, qty int NOT NULL,
+                             version int NOT NULL DEFAULT 1, PRIMARY KEY (product_id, warehouse));
+         INSERT INTO products (id, sku, title) SELECT i, 'SKU-' || i, 'Product ' || i FROM generate_series(1, {n}) i;
+         INSERT INTO prices (product_id, currency, amount) SELECT i, 'EUR', 10 + i % 90 FROM generate_series(1, {n}) i;
+         INSERT INTO stock (product_id, warehouse, qty) SELECT i, 'main', i % 17 FROM generate_series(1, {n}) i;"
+    )
+}
+
+fn config(url: &str, live: &str, channel: &str, extra: &str) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\n{extra}\n\
          [[events]]\ntable = \"products\"\n\
          [[events]]\ntable = \"prices\"\nname = \"price.changed\"\n\
          [[events]]\ntable = \"stock\"\nname = \"stock.changed\"\n\
@@ -54,6 +57,7 @@ fn canonical(key: &Value) -> String {
 /// the chunks being read; the others pick any row.
 fn writer(
     db: tokio_postgres::Client,
+    rows: i64,
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
@@ -63,7 +67,7 @@ fn writer(
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let mut id = ((seed >> 33) % PRODUCTS as u64) as i64 + 1;
+            let mut id = ((seed >> 33) % rows as u64) as i64 + 1;
             let mut table = ["products", "prices", "stock"][((seed >> 20) % 3) as usize].to_string();
             if seed & 1 == 1 {
                 let at = db
@@ -78,7 +82,7 @@ fn writer(
                     .flatten();
                 if let Some(at) = at {
                     table = at.get::<_, String>(0).trim_start_matches("public.").to_string();
-                    id = (at.get::<_, i64>(1) + 1 + ((seed >> 40) % 15_000) as i64).min(PRODUCTS);
+                    id = (at.get::<_, i64>(1) + 1 + ((seed >> 40) % 15_000) as i64).min(rows);
                 }
             }
             let sql = match table.as_str() {
@@ -123,19 +127,100 @@ async fn versions(db: &tokio_postgres::Client) -> HashMap<String, i64> {
     out
 }
 
+/// A key's events at the channel in arrival order: (version, webhook-id, is a read).
+type Seq = Vec<(i64, String, bool)>;
+
+/// Waits (up to 120 s) until the channel's last event of every key carries the row as
+/// the database holds it now, then checks that every event verifies and that per key the
+/// versions of the events sent never go back (no read arrives after a later live change
+/// of its key). The events delivered, and each key's sequence.
+async fn caught_up(
+    db: &tokio_postgres::Client,
+    channel: &Receiver,
+    walhook: &Walhook,
+) -> (Vec<Received>, BTreeMap<String, Seq>) {
+    let want = versions(db).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let got = channel.delivered();
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for r in &got {
+            let b = r.json();
+            last.insert(key_of(&b), b["data"]["new"]["version"].as_i64().unwrap_or(-1));
+        }
+        let behind: Vec<_> = want.iter().filter(|(k, v)| last.get(*k) != Some(v)).collect();
+        if behind.is_empty() {
+            break got;
+        }
+        if std::time::Instant::now() > deadline {
+            let show: Vec<String> = behind
+                .iter()
+                .take(5)
+                .map(|(k, v)| {
+                    let seq: Vec<String> = got
+                        .iter()
+                        .map(|r| r.json())
+                        .filter(|b| &key_of(b) == *k)
+                        .map(|b| format!("{} v{}", b["data"]["op"], b["data"]["new"]["version"]))
+                        .collect();
+                    format!("{k} is at v{v} in the database; the channel got {seq:?}")
+                })
+                .collect();
+            panic!(
+                "after 120 s, {} keys' last event at the channel is not their row as it is now:\n{}\n{}",
+                behind.len(),
+                show.join("\n"),
+                walhook.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut seqs: BTreeMap<String, Seq> = BTreeMap::new();
+    for r in &got {
+        assert!(r.verifies(SECRET));
+        let b = r.json();
+        let read = b["data"]["op"] == "read";
+        seqs.entry(key_of(&b)).or_default().push((
+            b["data"]["new"]["version"].as_i64().unwrap(),
+            r.id.clone(),
+            read,
+        ));
+    }
+    assert_eq!(
+        seqs.len(),
+        want.len(),
+        "keys at the channel vs rows in the database"
+    );
+    // An event sent again (a crash or a takeover re-sends what was not confirmed yet)
+    // carries the id it had: only first sendings are in order.
+    for (key, seq) in &seqs {
+        let mut seen = std::collections::HashSet::new();
+        let first: Vec<i64> = seq
+            .iter()
+            .filter(|(_, id, _)| seen.insert(id.clone()))
+            .map(|(v, _, _)| *v)
+            .collect();
+        assert!(
+            first.windows(2).all(|w| w[0] <= w[1]),
+            "{key}: versions in arrival order (version, id, is_read): {seq:?}"
+        );
+    }
+    (got, seqs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_beside_a_busy_writer_sends_every_row_in_order_with_the_stream() {
     let pg = PgCluster::start().await;
-    let url = pg.create_db("shop", SCHEMA).await;
+    let url = pg.create_db("shop", &schema(PRODUCTS)).await;
     let live = Receiver::start().await;
     let channel = Receiver::start().await;
-    let walhook = Walhook::start(&config(&url, &live.url(), &channel.url()));
+    let walhook = Walhook::start(&config(&url, &live.url(), &channel.url(), ""));
     walhook.wait_ready().await;
     let db = pg.client("shop").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
-    let writing = writer(pg.client("shop").await, stop.clone(), writes.clone());
+    let writing = writer(pg.client("shop").await, PRODUCTS, stop.clone(), writes.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let path = walhook.config_path();
@@ -171,71 +256,10 @@ async fn a_backfill_beside_a_busy_writer_sends_every_row_in_order_with_the_strea
         "the writer made only {during} changes during the backfill"
     );
 
-    // Wait until the channel's last event of every key carries the row as it is now.
-    let want = versions(&db).await;
-    let last_versions = |got: &[Received]| {
-        let mut last: HashMap<String, i64> = HashMap::new();
-        for r in got {
-            let b = r.json();
-            last.insert(key_of(&b), b["data"]["new"]["version"].as_i64().unwrap_or(-1));
-        }
-        last
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let got = loop {
-        let got = channel.delivered();
-        let last = last_versions(&got);
-        let behind: Vec<_> = want.iter().filter(|(k, v)| last.get(*k) != Some(v)).collect();
-        if behind.is_empty() {
-            break got;
-        }
-        if std::time::Instant::now() > deadline {
-            let show: Vec<String> = behind
-                .iter()
-                .take(5)
-                .map(|(k, v)| {
-                    let seq: Vec<String> = got
-                        .iter()
-                        .map(|r| r.json())
-                        .filter(|b| &key_of(b) == *k)
-                        .map(|b| format!("{} v{}", b["data"]["op"], b["data"]["new"]["version"]))
-                        .collect();
-                    format!("{k} is at v{v} in the database; the channel got {seq:?}")
-                })
-                .collect();
-            panic!(
-                "after 120 s, {} keys' last event at the channel is not their row as it is now:\n{}\n{}",
-                behind.len(),
-                show.join("\n"),
-                walhook.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-
-    // Every row arrived, and per key the versions never go back: no read arrives after a
-    // later live change of its key.
-    let mut seqs: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
-    for r in &got {
-        assert!(r.verifies(SECRET));
-        let b = r.json();
-        let read = b["data"]["op"] == "read";
-        seqs.entry(key_of(&b))
-            .or_default()
-            .push((b["data"]["new"]["version"].as_i64().unwrap(), read));
-    }
-    assert_eq!(
-        seqs.len(),
-        want.len(),
-        "keys at the channel vs rows in the database"
-    );
+    let (got, seqs) = caught_up(&db, &channel, &walhook).await;
     let mut reads = 0;
     for (key, seq) in &seqs {
-        assert!(
-            seq.windows(2).all(|w| w[0].0 <= w[1].0),
-            "{key}: versions in arrival order (version, is_read): {seq:?}"
-        );
-        let n = seq.iter().filter(|(_, read)| *read).count();
+        let n = seq.iter().filter(|(_, _, read)| *read).count();
         assert!(n <= 1, "{key} was read {n} times: {seq:?}");
         reads += n;
     }
@@ -288,4 +312,133 @@ async fn a_backfill_beside_a_busy_writer_sends_every_row_in_order_with_the_strea
         "backfill of {} rows beside {during} live changes took {took:?}; {reads} went as reads",
         3 * PRODUCTS
     );
+}
+
+/// The newest backfill's status and rows done, as the state database holds them.
+async fn progress(db: &tokio_postgres::Client) -> (String, i64) {
+    db.query_opt(
+        "SELECT status, rows_done FROM walhook.backfills ORDER BY id DESC LIMIT 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .map_or((String::new(), 0), |r| (r.get(0), r.get(1)))
+}
+
+/// Asks for a backfill of "channel" with the CLI (it returns at once).
+fn start_backfill(walhook: &Walhook) {
+    let path = walhook.config_path();
+    let (code, out, err) = walhook_output(&[
+        "backfill",
+        "start",
+        "--config",
+        path.to_str().unwrap(),
+        "--subscriber",
+        "channel",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Per key, a row read twice (its chunk read again after the crash) and not changed in
+/// between went out under the same id. How many keys were read twice.
+fn same_ids_for_rows_read_again(seqs: &BTreeMap<String, Seq>) -> usize {
+    let mut twice = 0;
+    for (key, seq) in seqs {
+        let reads: Vec<_> = seq.iter().filter(|(_, _, read)| *read).collect();
+        if reads.len() > 1 {
+            twice += 1;
+        }
+        for pair in reads.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                assert_eq!(
+                    pair[0].1, pair[1].1,
+                    "{key}: one row read twice, two ids: {seq:?}"
+                );
+            }
+        }
+        assert!(reads.len() <= 2, "{key} read {} times: {seq:?}", reads.len());
+    }
+    twice
+}
+
+const CRASH_ROWS: i64 = 20_000;
+/// Small chunks at a gentle pace, so the crash lands in the middle.
+const CRASH_EXTRA: &str = "[backfill]\nchunk_rows = 1000\nrows_per_second = 4000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_killed_midway_resumes_and_misses_nothing() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", &schema(CRASH_ROWS)).await;
+    let live = Receiver::start().await;
+    let channel = Receiver::start().await;
+    let mut walhook = Walhook::start(&config(&url, &live.url(), &channel.url(), CRASH_EXTRA));
+    walhook.wait_ready().await;
+    let db = pg.client("shop").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writing = writer(pg.client("shop").await, CRASH_ROWS, stop.clone(), writes.clone());
+    start_backfill(&walhook);
+    eventually(Duration::from_secs(60), "a quarter of the backfill", || async {
+        progress(&db).await.1 >= 15_000
+    })
+    .await;
+    walhook.sigkill();
+    let (status, done) = progress(&db).await;
+    assert_eq!(status, "running");
+    walhook.restart();
+    walhook.wait_ready().await;
+    eventually(Duration::from_secs(120), "the backfill to finish", || async {
+        progress(&db).await.0 == "done"
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    writing.await.unwrap();
+    let (_, seqs) = caught_up(&db, &channel, &walhook).await;
+    let twice = same_ids_for_rows_read_again(&seqs);
+    let log = walhook.log();
+    assert!(
+        log.contains(&format!("resumed_at={done}")),
+        "the restarted walhook resumes after the {done} rows saved:\n{log}"
+    );
+    assert_eq!(progress(&db).await.1, 3 * CRASH_ROWS);
+    assert!(live.delivered().iter().all(|r| r.json()["data"]["op"] != "read"));
+    eprintln!("killed at {done} rows; {twice} rows were read twice (same ids)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_takes_over_finishes_the_backfill() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", &schema(CRASH_ROWS)).await;
+    let live = Receiver::start().await;
+    let channel = Receiver::start().await;
+    let text = config(&url, &live.url(), &channel.url(), CRASH_EXTRA);
+    let mut a = Walhook::start(&text);
+    a.wait_ready().await;
+    // As if on another host: it waits for the leader's lease to expire.
+    let b = Walhook::start_with_env(&text, "", &[("HOSTNAME", "standby-host")]);
+    b.wait_log("standing by: another walhook leads", 1).await;
+    let db = pg.client("shop").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writing = writer(pg.client("shop").await, CRASH_ROWS, stop.clone(), writes.clone());
+    start_backfill(&a);
+    eventually(Duration::from_secs(60), "a quarter of the backfill", || async {
+        progress(&db).await.1 >= 15_000
+    })
+    .await;
+    a.sigkill();
+    let (_, done) = progress(&db).await;
+    b.wait_log("leading: this walhook holds the slot's lease", 1)
+        .await;
+    eventually(Duration::from_secs(120), "the backfill to finish", || async {
+        progress(&db).await.0 == "done"
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    writing.await.unwrap();
+    let (_, seqs) = caught_up(&db, &channel, &b).await;
+    let twice = same_ids_for_rows_read_again(&seqs);
+    assert!(b.log().contains(&format!("resumed_at={done}")), "{}", b.log());
+    assert!(live.delivered().iter().all(|r| r.json()["data"]["op"] != "read"));
+    eprintln!("the leader died at {done} rows; {twice} rows were read twice (same ids)");
 }
