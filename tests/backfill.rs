@@ -442,3 +442,148 @@ async fn a_standby_that_takes_over_finishes_the_backfill() {
     assert!(live.delivered().iter().all(|r| r.json()["data"]["op"] != "read"));
     eprintln!("the leader died at {done} rows; {twice} rows were read twice (same ids)");
 }
+
+const TOKEN: &str = "backfill-test-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_and_the_cli_ask_for_pause_resume_and_refuse_backfills() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", &schema(1000)).await;
+    let live = Receiver::start().await;
+    let channel = Receiver::start().await;
+    let extra = "[backfill]\nchunk_rows = 20\nrows_per_second = 100\n";
+    let walhook = Walhook::start_with_admin(
+        &config(&url, &live.url(), &channel.url(), extra),
+        &format!("token = \"{TOKEN}\""),
+    );
+    walhook.wait_ready().await;
+    let path = walhook.config_path();
+    let path = path.to_str().unwrap();
+
+    // Mistakes are refused with what to do instead.
+    let (status, answer) = walhook
+        .api(
+            "POST",
+            "/backfills",
+            Some(TOKEN),
+            Some(serde_json::json!({"subscriber": "chanel"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("it has: live, channel"),
+        "{answer}"
+    );
+    let (status, answer) = walhook
+        .api(
+            "POST",
+            "/backfills",
+            Some(TOKEN),
+            Some(serde_json::json!({"subscriber": "channel", "tables": ["products"], "where": "colour = 'red'"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("column \"colour\" does not exist"),
+        "{answer}"
+    );
+    let (code, _, err) = walhook_output(&[
+        "backfill",
+        "start",
+        "--config",
+        path,
+        "--subscriber",
+        "channel",
+        "--table",
+        "orders",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the tables that do: public.products, public.prices, public.stock"),
+        "{err}"
+    );
+    let (status, _) = walhook.api("GET", "/backfills", None, None).await;
+    assert_eq!(status, 401);
+
+    // Ask, pause, resume.
+    let (status, answer) = walhook
+        .api(
+            "POST",
+            "/backfills",
+            Some(TOKEN),
+            Some(serde_json::json!({"subscriber": "channel", "tables": ["products"], "where": "id <= 300"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["id"].as_i64().unwrap();
+    assert_eq!(answer["status"], "pending");
+    assert_eq!(answer["where"], "id <= 300");
+    let db = pg.client("shop").await;
+    eventually(Duration::from_secs(30), "the backfill to run", || async {
+        progress(&db).await.1 >= 40
+    })
+    .await;
+    let (status, answer) = walhook
+        .api("POST", &format!("/backfills/{id}/pause"), Some(TOKEN), None)
+        .await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("paused")),
+        "{answer}"
+    );
+    // It stops after the chunk it is in.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let paused_at = progress(&db).await.1;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(progress(&db).await, ("paused".to_string(), paused_at));
+    assert!(paused_at < 300, "paused at {paused_at}");
+    let (code, out, err) = walhook_output(&["backfill", "resume", "--config", path, &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("backfill {id}: pending"));
+    eventually(Duration::from_secs(60), "the backfill to finish", || async {
+        progress(&db).await.0 == "done"
+    })
+    .await;
+
+    // The channel got products 1 to 300 as reads, nothing else read.
+    let reads: std::collections::BTreeSet<i64> = channel
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["data"]["op"] == "read")
+        .map(|b| {
+            assert_eq!(b["type"], "products.read");
+            b["data"]["key"]["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(reads, (1..=300).collect());
+    assert!(live.delivered().is_empty());
+
+    // Over: it can be listed, not cancelled.
+    let (status, answer) = walhook
+        .api("POST", &format!("/backfills/{id}/cancel"), Some(TOKEN), None)
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("is done"), "{answer}");
+    let (status, answer) = walhook.api("GET", "/backfills", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    let b = &answer["backfills"][0];
+    assert_eq!(
+        (b["id"].as_i64(), b["rows_done"].as_i64()),
+        (Some(id), Some(300)),
+        "{answer}"
+    );
+    assert_eq!(b["progress"]["public.products"]["done"], true, "{answer}");
+    let (code, out, _) = walhook_output(&["backfill", "list", "--config", path]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("public.products where id <= 300") && out.contains("done"),
+        "{out}"
+    );
+}

@@ -156,12 +156,12 @@ where
     }
 }
 
-fn error(code: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(json!({ "error": message.into() }))).into_response()
 }
 
 /// None when the request carries the token; else the answer to give.
-fn refuse(a: &Admin, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn refuse(a: &Admin, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &a.token else {
         return Some(error(
             StatusCode::NOT_FOUND,

@@ -1,7 +1,8 @@
 //! Admin HTTP server: `/healthz` (the process runs), `/readyz` (replication streaming and
 //! the state database reachable), `/metrics` (Prometheus text), and with `admin.token`
-//! the deliveries API (`deliveries.rs`).
+//! the deliveries API (`deliveries.rs`) and the backfills API (`backfills.rs`).
 
+mod backfills;
 pub mod client;
 mod deliveries;
 
@@ -29,6 +30,8 @@ pub struct Admin {
     pub progress: Arc<Progress>,
     /// The deliveries API's bearer token; None turns that API off.
     pub token: Option<String>,
+    /// The config this process started with (backfill requests are checked against it).
+    pub config: Arc<crate::config::Config>,
 }
 
 impl Admin {
@@ -44,6 +47,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(deliveries::routes())
+        .merge(backfills::routes())
         .with_state(admin)
 }
 

@@ -157,6 +157,7 @@ pub async fn run(
             state: state.clone(),
             progress: progress.clone(),
             token: config.admin.token.clone(),
+            config: config.clone(),
         };
         tracker.spawn(fenced(
             &abandon,

@@ -1,0 +1,136 @@
+//! The backfills API, behind the same bearer token as the deliveries API:
+//! - `GET /backfills` lists every backfill, newest first, with its progress;
+//! - `POST /backfills` with `{"subscriber": ..., "tables": [...], "where": ...}` (tables and
+//!   where optional) asks for one, checked as `walhook backfill start` checks it;
+//! - `POST /backfills/{id}/pause|resume|cancel` steers one.
+//!
+//! Requests go to the state database, which every walhook on the slot shares: a standby
+//! answers them too, and the leader takes a new backfill up within a second.
+
+use axum::extract::{Path, State as AxumState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::deliveries::{error, refuse};
+use super::Admin;
+use crate::state::backfills::{Request, Status};
+
+pub fn routes() -> Router<Admin> {
+    Router::new()
+        .route("/backfills", get(list).post(start))
+        .route("/backfills/:id/:action", post(steer))
+}
+
+async fn list(AxumState(a): AxumState<Admin>, headers: HeaderMap) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    match a.state.backfills().await {
+        Ok(list) => Json(json!({ "backfills": list })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    subscriber: String,
+    #[serde(default)]
+    tables: Vec<String>,
+    #[serde(rename = "where")]
+    where_sql: Option<String>,
+}
+
+async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    let req: StartRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "not a backfill request ({{\"subscriber\": ..., \"tables\": [...], \"where\": ...}}): {e}"
+            ),
+        ),
+    };
+    let tables = match crate::backfill::tables(&a.config, &req.subscriber, &req.tables) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(w) = req.where_sql.as_deref().filter(|w| !w.trim().is_empty()) {
+        let checked = async {
+            let source = crate::pg::PgTarget::parse(&a.config.source.url)?;
+            let client = source
+                .connect("backfill check")
+                .await
+                .map_err(|e| crate::pg::connect_message("source.url", &e))?;
+            crate::backfill::check_where(&client, &tables, w).await
+        };
+        if let Err(e) = checked.await {
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+    }
+    let asked = Request {
+        subscriber: &req.subscriber,
+        tables: &tables,
+        where_sql: req.where_sql.as_deref().filter(|w| !w.trim().is_empty()),
+        initial: false,
+    };
+    let created = async {
+        let id = a.state.create_backfill(&asked).await?;
+        a.state.backfill(id).await
+    };
+    match created.await {
+        Ok(Some(b)) => (StatusCode::CREATED, Json(json!(b))).into_response(),
+        Ok(None) => error(StatusCode::INTERNAL_SERVER_ERROR, "the backfill was not stored"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn steer(
+    AxumState(a): AxumState<Admin>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = refuse(&a, &headers) {
+        return r;
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no backfill {id:?}: ids are numbers"),
+        );
+    };
+    let (from, to): (&[Status], Status) = match action.as_str() {
+        "pause" => (&[Status::Pending, Status::Running], Status::Paused),
+        "resume" => (&[Status::Paused], Status::Pending),
+        "cancel" => (
+            &[Status::Pending, Status::Running, Status::Paused],
+            Status::Cancelled,
+        ),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?}: use pause, resume or cancel"),
+            )
+        }
+    };
+    match a.state.set_backfill_status(id, from, to).await {
+        Ok((None, _)) => error(StatusCode::NOT_FOUND, format!("no backfill {id}")),
+        Ok((Some(b), true)) => Json(json!(b)).into_response(),
+        Ok((Some(b), false)) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "backfill {id} is {}, so it cannot become {}",
+                b.status.as_str(),
+                to.as_str()
+            ),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
