@@ -51,12 +51,14 @@ async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::b
     }
     let req: StartRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(
-            StatusCode::BAD_REQUEST,
-            format!(
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
                 "not a backfill request ({{\"subscriber\": ..., \"tables\": [...], \"where\": ...}}): {e}"
             ),
-        ),
+            )
+        }
     };
     let tables = match crate::backfill::tables(&a.config, &req.subscriber, &req.tables) {
         Ok(t) => t,
@@ -108,7 +110,7 @@ async fn steer(
     };
     let (from, to): (&[Status], Status) = match action.as_str() {
         "pause" => (&[Status::Pending, Status::Running], Status::Paused),
-        "resume" => (&[Status::Paused], Status::Pending),
+        "resume" => (&[Status::Paused, Status::Failed], Status::Pending),
         "cancel" => (
             &[Status::Pending, Status::Running, Status::Paused],
             Status::Cancelled,

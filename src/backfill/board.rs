@@ -4,9 +4,12 @@
 //! The runner pins a chunk here, writes the low watermark into the WAL, reads the rows,
 //! puts them here and writes the high watermark. The pipeline, reading the stream in
 //! order, opens the chunk at the low watermark, notes the key of every live change of its
-//! table from then on, and at the high watermark takes the rows whose keys no live change
-//! touched (the live event is newer than the read) and hands them to the lanes at that
-//! place in the stream. Pure bookkeeping: no I/O, no clock.
+//! table from then on (a truncate touches every row), and at the high watermark takes the
+//! rows whose keys no live change touched and hands them to the lanes at that place in
+//! the stream. The rows it left out are the runner's to read again between new
+//! watermarks: the live change may have made no event for the backfill's subscriber (a
+//! rule's condition), so it cannot stand in for the read. Pure bookkeeping: no I/O, no
+//! clock.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,8 +52,8 @@ pub struct Taken {
 enum Phase {
     /// Pinned; the low watermark is not seen yet.
     Pinned,
-    /// Between the watermarks: the keys live changes touched.
-    Open(HashSet<String>),
+    /// Between the watermarks: the keys live changes touched, or every key (a truncate).
+    Open(HashSet<String>, bool),
 }
 
 #[derive(Debug)]
@@ -61,6 +64,9 @@ struct Chunk {
     rows: Option<(Vec<TextRow>, String)>,
 }
 
+/// A chunk taken at its high watermark: the keys left out, and the LSN once handed over.
+type Handed = (Vec<TextRow>, Option<u64>);
+
 /// Shared by the runner and the pipeline.
 #[derive(Debug, Default)]
 pub struct Board {
@@ -70,8 +76,9 @@ pub struct Board {
     chunks: Mutex<HashMap<u64, Chunk>>,
     /// Chunks between their watermarks: the pipeline notes keys only while some are.
     open: AtomicUsize,
-    /// Chunks handed over, by id, with the high watermark's LSN.
-    handed: Mutex<HashMap<u64, u64>>,
+    /// Chunks taken at their high watermark, by id: the keys left out (their key
+    /// columns' text), and once handed over, the watermark's LSN.
+    handed: Mutex<HashMap<u64, Handed>>,
     pub wake: Notify,
 }
 
@@ -105,7 +112,7 @@ impl Board {
     /// Forgets chunk `id` (read nothing, or given up).
     pub fn unpin(&self, id: u64) {
         if let Some(c) = self.lock().remove(&id) {
-            if matches!(c.phase, Phase::Open(_)) {
+            if matches!(c.phase, Phase::Open(..)) {
                 self.open.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -123,7 +130,7 @@ impl Board {
     pub fn low(&self, id: u64) {
         if let Some(c) = self.lock().get_mut(&id) {
             if matches!(c.phase, Phase::Pinned) {
-                c.phase = Phase::Open(HashSet::new());
+                c.phase = Phase::Open(HashSet::new(), false);
                 self.open.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -152,13 +159,22 @@ impl Board {
     pub fn touched(&self, table: &TableName, images: &[&Row]) {
         let mut chunks = self.lock();
         for c in chunks.values_mut().filter(|c| &c.pin.table == table) {
-            let Phase::Open(seen) = &mut c.phase else {
+            let Phase::Open(seen, _) = &mut c.phase else {
                 continue;
             };
             for image in images {
                 if let Some(key) = key_of(&c.pin.key, image) {
                     seen.insert(key);
                 }
+            }
+        }
+    }
+
+    /// `table` was truncated: every row of its open chunks is touched.
+    pub fn truncated(&self, table: &TableName) {
+        for c in self.lock().values_mut().filter(|c| &c.pin.table == table) {
+            if let Phase::Open(_, all) = &mut c.phase {
+                *all = true;
             }
         }
     }
@@ -173,19 +189,23 @@ impl Board {
         chunks.get(&id)?.rows.as_ref()?;
         let chunk = chunks.remove(&id)?;
         drop(chunks);
-        let seen = match chunk.phase {
-            Phase::Open(seen) => {
+        let (seen, all) = match chunk.phase {
+            Phase::Open(seen, all) => {
                 self.open.fetch_sub(1, Ordering::SeqCst);
-                seen
+                (seen, all)
             }
             // A high watermark without its low one cannot come (it is written after);
             // if it did, no live change is known and every row goes.
-            Phase::Pinned => HashSet::new(),
+            Phase::Pinned => (HashSet::new(), false),
         };
         let (rows, read_at) = chunk.rows.unwrap_or_default();
+        let key_at: Vec<usize> = (chunk.pin.key.iter())
+            .filter_map(|k| chunk.pin.columns.iter().position(|(c, _)| c == k))
+            .collect();
         let mut kept = Vec::with_capacity(rows.len());
-        let mut dropped = 0;
+        let mut left_out = Vec::new();
         for row in rows {
+            let key_text: TextRow = key_at.iter().map(|&i| row.get(i).cloned().flatten()).collect();
             let image: Row = chunk
                 .pin
                 .columns
@@ -197,10 +217,16 @@ impl Board {
                 })
                 .collect();
             match key_of(&chunk.pin.key, &image) {
-                Some(k) if seen.contains(&k) => dropped += 1,
+                _ if all => left_out.push(key_text),
+                Some(k) if seen.contains(&k) => left_out.push(key_text),
                 _ => kept.push(image),
             }
         }
+        let dropped = left_out.len();
+        self.handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (left_out, None));
         Some(Taken {
             pin: chunk.pin,
             rows: kept,
@@ -211,16 +237,18 @@ impl Board {
 
     /// The pipeline handed chunk `id`'s events to the lanes at `lsn`.
     pub fn hand(&self, id: u64, lsn: u64) {
-        self.handed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, lsn);
+        if let Some(h) = self.handed.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+            h.1 = Some(lsn);
+        }
         self.wake.notify_waiters();
     }
 
-    /// The LSN chunk `id` was handed over at, once it was (forgotten then).
-    pub fn handed(&self, id: u64) -> Option<u64> {
-        self.handed.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+    /// Once chunk `id` was handed over (forgotten then): the LSN, and the keys of the rows
+    /// left out, to be read again.
+    pub fn handed(&self, id: u64) -> Option<(u64, Vec<TextRow>)> {
+        let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        let lsn = handed.get(&id)?.1?;
+        handed.remove(&id).map(|(keys, _)| (lsn, keys))
     }
 }
 
@@ -299,7 +327,8 @@ mod tests {
         assert!(!board.any_open());
         assert_eq!(board.handed(7), None);
         board.hand(7, 100);
-        assert_eq!(board.handed(7), Some(100));
+        // The row left out is to be read again, by its key.
+        assert_eq!(board.handed(7), Some((100, vec![vec![Some("2".to_string())]])));
         assert_eq!(board.handed(7), None);
         // Seen again after a reconnect: nothing more to hand over.
         assert!(board.high(7, to_value).is_none());
@@ -331,5 +360,18 @@ mod tests {
         // Rows not filled yet: a high watermark hands nothing over.
         board.pin(3, pin());
         assert!(board.high(3, to_value).is_none());
+    }
+
+    #[test]
+    fn a_truncate_between_the_watermarks_leaves_every_row_to_be_read_again() {
+        let board = Board::default();
+        board.pin(4, pin());
+        board.low(4);
+        board.truncated(&pin().table);
+        board.fill(4, vec![row(1, "a"), row(2, "b")], "t".into());
+        let taken = board.high(4, to_value).unwrap();
+        assert_eq!((taken.rows.len(), taken.dropped), (0, 2));
+        board.hand(4, 9);
+        assert_eq!(board.handed(4).unwrap().1.len(), 2);
     }
 }

@@ -81,9 +81,62 @@ pub fn tables(config: &Config, subscriber: &str, tables: &[String]) -> Result<Ve
     Ok(out)
 }
 
+/// What is wrong with `where_sql` as one condition, before the server sees it: it may not
+/// end the statement (`;`), hold a comment, or close a parenthesis it did not open, so it
+/// stays inside its own parentheses (outside quoted text and identifiers).
+pub fn where_problem(where_sql: &str) -> Option<String> {
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut chars = where_sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            if c == q {
+                // A doubled quote stands for itself.
+                if chars.peek() == Some(&q) {
+                    chars.next();
+                } else {
+                    quote = None;
+                }
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Some("a \")\" closes a parenthesis the condition did not open".into());
+                }
+            }
+            ';' => {
+                return Some(
+                    "\";\" may not end the condition: give one condition, e.g. \"status = 'active'\"".into(),
+                )
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                return Some("comments (--) may not be in the condition".into())
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                return Some("comments (/*) may not be in the condition".into())
+            }
+            '$' => return Some("dollar quotes and parameters ($) may not be in the condition".into()),
+            _ => {}
+        }
+    }
+    match (quote, depth) {
+        (Some(q), _) => Some(format!("a quote ({q}) is not closed")),
+        (None, 0) => None,
+        _ => Some("a parenthesis is not closed".into()),
+    }
+}
+
 /// Whether `where_sql` is a condition on every one of `tables`: the server plans (never
 /// runs) a read of each with it. An error quotes the server.
 pub async fn check_where(source: &Client, tables: &[String], where_sql: &str) -> Result<(), String> {
+    if let Some(why) = where_problem(where_sql) {
+        return Err(format!("--where {where_sql:?}: {why}"));
+    }
     // One statement (a prepared one cannot hold two) on a read-only session: the
     // condition cannot write, whatever it says.
     source
@@ -92,7 +145,7 @@ pub async fn check_where(source: &Client, tables: &[String], where_sql: &str) ->
         .map_err(|e| crate::pg::describe(&e))?;
     for t in tables {
         let name = TableName::parse(t)?;
-        let sql = format!("EXPLAIN SELECT 1 FROM {} WHERE ({where_sql})", name.quoted());
+        let sql = format!("EXPLAIN SELECT 1 FROM {} WHERE (\n{where_sql}\n)", name.quoted());
         source
             .query(sql.as_str(), &[])
             .await
@@ -225,6 +278,12 @@ impl Runner {
                 b.subscriber
             )));
         };
+        if let Some(why) = b.where_sql.as_deref().and_then(where_problem) {
+            return Err(Stop::Failed(format!(
+                "its condition {:?}: {why}",
+                b.where_sql.unwrap_or_default()
+            )));
+        }
         let conn = self.connect(cancel).await?;
         let mut tables = Vec::new();
         for name in &b.tables {
@@ -265,14 +324,15 @@ impl Runner {
             // Every chunk settled: the table is done.
             self.settle(&mut run, true, cancel).await?;
             progress.done = true;
-            self.save(&mut run, &key, &progress, 0).await?;
+            self.save(&mut run, &key, &progress, 0, cancel).await?;
         }
         tracing::info!(backfill = b.id, subscriber = %b.subscriber, rows = run.done,
             seconds = run.started.elapsed().as_secs_f64().round(), "backfill done");
         Ok(())
     }
 
-    /// Reads `t` chunk by chunk after `progress.after`, each between its watermarks.
+    /// Reads `t` chunk by chunk after `progress.after`, each between its watermarks; rows
+    /// a live change touched meanwhile are read again (by key) until none is left.
     async fn table_chunks(
         &self,
         conn: &Conns,
@@ -283,45 +343,7 @@ impl Runner {
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let limit = self.config.backfill.chunk_rows;
-        let cols: Vec<String> = t
-            .columns
-            .iter()
-            .map(|(c, _)| format!("src.{}::text", quote_ident(c)))
-            .collect();
-        // Qualified: in ORDER BY a bare name would be the selected text, in text order.
-        let key_cols: Vec<String> = t
-            .key
-            .iter()
-            .map(|(c, _)| format!("src.{}", quote_ident(c)))
-            .collect();
-        let key_list = key_cols.join(", ");
-        let params: Vec<String> = t
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, (_, ty))| format!("${}::text::{ty}", i + 1))
-            .collect();
-        let mut filters = Vec::new();
-        if let Some(f) = &t.row_filter {
-            filters.push(format!("({f})"));
-        }
-        if let Some(w) = where_sql.filter(|w| !w.trim().is_empty()) {
-            filters.push(format!("({w})"));
-        }
-        let first = format!(
-            "SELECT {} FROM {} AS src {} ORDER BY {key_list} LIMIT {limit}",
-            cols.join(", "),
-            t.name.quoted(),
-            where_clause(&filters)
-        );
-        let mut after_filters = vec![format!("({key_list}) > ({})", params.join(", "))];
-        after_filters.extend(filters.iter().cloned());
-        let next = format!(
-            "SELECT {} FROM {} AS src {} ORDER BY {key_list} LIMIT {limit}",
-            cols.join(", "),
-            t.name.quoted(),
-            where_clause(&after_filters)
-        );
+        let q = Queries::new(t, where_sql, limit);
         let key_at: Vec<usize> = t
             .key
             .iter()
@@ -329,83 +351,39 @@ impl Runner {
             .collect();
         let table_key = t.name.to_string();
         loop {
-            let chunk = CHUNKS.fetch_add(1, Ordering::Relaxed);
-            self.board.pin(
-                chunk,
-                Pin {
-                    backfill: run.id,
-                    table: t.name.clone(),
-                    columns: t.columns.clone(),
-                    key: t.key.iter().map(|(k, _)| k.clone()).collect(),
-                    lanes: Arc::from(vec![run.lane]),
-                },
-            );
-            let read = async {
-                self.mark(&conn.marks, chunk, "low").await?;
-                let rows = match &progress.after {
-                    None => conn.reader.query(first.as_str(), &[]).await?,
-                    Some(after) => {
-                        let args: Vec<&(dyn ToSql + Sync)> =
-                            after.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                        conn.reader.query(next.as_str(), &args).await?
-                    }
-                };
-                Ok::<_, tokio_postgres::Error>(rows)
+            let (sql, args) = match &progress.after {
+                None => (q.first.clone(), Vec::new()),
+                Some(after) => (q.next.clone(), after.clone()),
             };
-            let rows = tokio::select! {
-                _ = cancel.cancelled() => {
-                    self.board.unpin(chunk);
-                    return Err(Stop::Cancelled);
-                }
-                r = read => r,
-            };
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    self.board.unpin(chunk);
-                    let why = read_error(&e, &t.name, conn.role.as_str());
-                    return Err(if transient(&e) {
-                        Stop::Transient(why)
-                    } else {
-                        Stop::Failed(why)
-                    });
-                }
-            };
-            if rows.is_empty() {
-                self.board.unpin(chunk);
+            let Some((n, last, mut lsn, mut again)) =
+                self.chunk(conn, t, run, &sql, &args, &key_at, cancel).await?
+            else {
                 return Ok(());
+            };
+            // Rows left out for a live change: read again, between new watermarks, before
+            // the chunk counts as done (a crash reads the whole chunk again).
+            let mut round = 0u32;
+            while !again.is_empty() {
+                round += 1;
+                if round > 1 {
+                    let pause = Duration::from_millis(10 * u64::from(round.min(100)));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                let mut left = Vec::new();
+                for keys in again.chunks(REREAD_KEYS) {
+                    let (sql, args) = q.by_keys(keys);
+                    if let Some((_, _, at, more)) =
+                        self.chunk(conn, t, run, &sql, &args, &key_at, cancel).await?
+                    {
+                        lsn = at;
+                        left.extend(more);
+                    }
+                }
+                again = left;
             }
-            let n = rows.len();
-            let texts: Vec<board::TextRow> = rows
-                .iter()
-                .map(|r| {
-                    (0..t.columns.len())
-                        .map(|i| r.get::<_, Option<String>>(i))
-                        .collect()
-                })
-                .collect();
-            let last = texts
-                .last()
-                .map(|r| key_at.iter().map(|&i| r[i].clone()).collect());
-            let read_at = crate::decode::time::pg_micros_to_rfc3339(
-                crate::progress::unix_micros() - crate::progress::PG_EPOCH_UNIX_MICROS,
-            );
-            self.board.fill(chunk, texts, read_at);
-            if let Err(e) = self.mark(&conn.marks, chunk, "high").await {
-                self.board.unpin(chunk);
-                let why = format!(
-                    "cannot write a watermark into the WAL: {}",
-                    crate::pg::describe(&e)
-                );
-                return Err(if transient(&e) {
-                    Stop::Transient(why)
-                } else {
-                    Stop::Failed(why)
-                });
-            }
-            let lsn = self.handed(chunk, cancel).await?;
-            tracing::debug!(backfill = run.id, table = %t.name, chunk, rows = n, after = ?last, lsn = %crate::event::format_lsn(lsn),
-                "backfill chunk handed over");
             progress.after = last;
             progress.rows += n as i64;
             run.unsaved.push_back(Unsaved {
@@ -424,12 +402,98 @@ impl Runner {
         }
     }
 
-    /// Waits until the pipeline handed chunk `id` over; its LSN.
-    async fn handed(&self, id: u64, cancel: &CancellationToken) -> Result<u64, Stop> {
+    /// One chunk: pinned, the low watermark, the rows `sql` reads with `args`, the high
+    /// watermark, handed over by the pipeline. None when it read no row; else the rows
+    /// read, the last one's key, the LSN it went out at and the keys left out.
+    #[allow(clippy::too_many_arguments)]
+    async fn chunk(
+        &self,
+        conn: &Conns,
+        t: &catalog::Table,
+        run: &Run,
+        sql: &str,
+        args: &[Option<String>],
+        key_at: &[usize],
+        cancel: &CancellationToken,
+    ) -> Result<Option<(usize, Option<board::TextRow>, u64, Vec<board::TextRow>)>, Stop> {
+        let chunk = CHUNKS.fetch_add(1, Ordering::Relaxed);
+        self.board.pin(
+            chunk,
+            Pin {
+                backfill: run.id,
+                table: t.name.clone(),
+                columns: t.columns.clone(),
+                key: t.key.iter().map(|(k, _)| k.clone()).collect(),
+                lanes: Arc::from(vec![run.lane]),
+            },
+        );
+        let read = async {
+            self.mark(&conn.marks, chunk, "low").await?;
+            consistent_read(&conn.reader, sql, args, t.columns.len()).await
+        };
+        let rows = tokio::select! {
+            _ = cancel.cancelled() => {
+                self.board.unpin(chunk);
+                return Err(Stop::Cancelled);
+            }
+            r = read => r,
+        };
+        let rows = match rows {
+            Ok(Some(rows)) => rows,
+            Ok(None) => {
+                self.board.unpin(chunk);
+                return Err(Stop::Transient(
+                    "a transaction committed in the WAL stayed invisible to reads for 2 s \
+                     (a commit waiting for a synchronous standby that does not answer?)"
+                        .into(),
+                ));
+            }
+            Err(e) => {
+                self.board.unpin(chunk);
+                let why = read_error(&e, &t.name, conn.role.as_str());
+                return Err(if transient(&e) {
+                    Stop::Transient(why)
+                } else {
+                    Stop::Failed(why)
+                });
+            }
+        };
+        if rows.is_empty() {
+            self.board.unpin(chunk);
+            return Ok(None);
+        }
+        let n = rows.len();
+        let last = rows
+            .last()
+            .map(|r| key_at.iter().map(|&i| r[i].clone()).collect());
+        let read_at = crate::decode::time::pg_micros_to_rfc3339(
+            crate::progress::unix_micros() - crate::progress::PG_EPOCH_UNIX_MICROS,
+        );
+        self.board.fill(chunk, rows, read_at);
+        if let Err(e) = self.mark(&conn.marks, chunk, "high").await {
+            self.board.unpin(chunk);
+            let why = format!(
+                "cannot write a watermark into the WAL: {}",
+                crate::pg::describe(&e)
+            );
+            return Err(if transient(&e) {
+                Stop::Transient(why)
+            } else {
+                Stop::Failed(why)
+            });
+        }
+        let (lsn, again) = self.handed(chunk, cancel).await?;
+        tracing::debug!(backfill = run.id, table = %t.name, chunk, rows = n, after = ?last,
+            left_out = again.len(), lsn = %crate::event::format_lsn(lsn), "backfill chunk handed over");
+        Ok(Some((n, last, lsn, again)))
+    }
+
+    /// Waits until the pipeline handed chunk `id` over: its LSN and the keys left out.
+    async fn handed(&self, id: u64, cancel: &CancellationToken) -> Result<(u64, Vec<board::TextRow>), Stop> {
         loop {
             let woken = self.board.wake.notified();
-            if let Some(lsn) = self.board.handed(id) {
-                return Ok(lsn);
+            if let Some(h) = self.board.handed(id) {
+                return Ok(h);
             }
             tokio::select! {
                 _ = cancel.cancelled() => {
@@ -455,7 +519,7 @@ impl Runner {
                     break;
                 }
                 let u = run.unsaved.pop_front().expect("front");
-                self.save(run, &u.table, &u.progress, u.rows).await?;
+                self.save(run, &u.table, &u.progress, u.rows, cancel).await?;
             }
             if !all || run.unsaved.is_empty() {
                 return Ok(());
@@ -475,6 +539,7 @@ impl Runner {
         table: &str,
         progress: &TableProgress,
         rows: i64,
+        cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let mut backoff = RETRY_MIN;
         let status = loop {
@@ -486,7 +551,10 @@ impl Runner {
                 Ok(status) => break status,
                 Err(e) => {
                     tracing::warn!(backfill = run.id, error = %e, "cannot save the backfill's progress; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
@@ -552,8 +620,16 @@ impl Runner {
             let open = async {
                 let reader = self.source.connect("backfill").await?;
                 // A backfill only reads: its filters cannot write, whatever they say.
+                // Values as the stream prints them (the session settings walhook pins).
+                let pinned: Vec<String> = crate::source::PINNED_SETTINGS
+                    .iter()
+                    .map(|(k, v)| format!("SET {k} = '{v}'"))
+                    .collect();
                 reader
-                    .batch_execute("SET default_transaction_read_only = on; SET statement_timeout = '10min'")
+                    .batch_execute(&format!(
+                        "{}; SET default_transaction_read_only = on; SET statement_timeout = '10min'",
+                        pinned.join("; ")
+                    ))
                     .await?;
                 let role: String = reader.query_one("SELECT current_user::text", &[]).await?.get(0);
                 let marks = self.source.connect("backfill watermarks").await?;
@@ -575,6 +651,150 @@ impl Runner {
             }
             backoff = (backoff * 2).min(RETRY_MAX);
         }
+    }
+}
+
+/// Keys read again in one statement at most.
+const REREAD_KEYS: usize = 1_000;
+/// Reads whose snapshot missed a committed transaction are tried again this often at
+/// most, 10 ms apart (then the backfill pauses as after any passing trouble).
+const SNAPSHOT_TRIES: u32 = 200;
+
+/// A table's chunk statements.
+struct Queries {
+    cols: String,
+    from: String,
+    key_list: String,
+    /// Casts of the key columns' text, `$1::text::bigint`, from parameter 1.
+    casts: Vec<String>,
+    filters: Vec<String>,
+    limit: usize,
+    /// The first chunk, and the next after a key.
+    first: String,
+    next: String,
+}
+
+impl Queries {
+    fn new(t: &catalog::Table, where_sql: Option<&str>, limit: usize) -> Queries {
+        let cols = t
+            .columns
+            .iter()
+            .map(|(c, _)| format!("src.{}::text", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Qualified: in ORDER BY a bare name would be the selected text, in text order.
+        let key_list = (t.key.iter())
+            .map(|(c, _)| format!("src.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let casts: Vec<String> = (t.key.iter()).map(|(_, ty)| format!("::text::{ty}")).collect();
+        let mut filters = Vec::new();
+        if let Some(f) = &t.row_filter {
+            filters.push(format!("({f})"));
+        }
+        // On lines of their own: a comment in the condition ends with its line.
+        if let Some(w) = where_sql.filter(|w| !w.trim().is_empty()) {
+            filters.push(format!("(\n{w}\n)"));
+        }
+        let from = format!("{} AS src", t.name.quoted());
+        let mut q = Queries {
+            cols,
+            from,
+            key_list,
+            casts,
+            filters,
+            limit,
+            first: String::new(),
+            next: String::new(),
+        };
+        q.first = q.select(None, true);
+        let after: Vec<String> = (q.casts.iter().enumerate())
+            .map(|(i, c)| format!("${}{c}", i + 1))
+            .collect();
+        q.next = q.select(Some(format!("({}) > ({})", q.key_list, after.join(", "))), true);
+        q
+    }
+
+    fn select(&self, key_filter: Option<String>, limited: bool) -> String {
+        let filters: Vec<String> = key_filter
+            .into_iter()
+            .chain(self.filters.iter().cloned())
+            .collect();
+        let limit = if limited {
+            format!(" LIMIT {}", self.limit)
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT {} FROM {} {} ORDER BY {}{limit}",
+            self.cols,
+            self.from,
+            where_clause(&filters),
+            self.key_list
+        )
+    }
+
+    /// The rows of these keys (their columns' text), and the arguments.
+    fn by_keys(&self, keys: &[board::TextRow]) -> (String, Vec<Option<String>>) {
+        let width = self.casts.len();
+        let tuples: Vec<String> = (0..keys.len())
+            .map(|k| {
+                let cells: Vec<String> = (self.casts.iter().enumerate())
+                    .map(|(i, c)| format!("${}{c}", k * width + i + 1))
+                    .collect();
+                format!("({})", cells.join(", "))
+            })
+            .collect();
+        let sql = self.select(
+            Some(format!("({}) IN ({})", self.key_list, tuples.join(", "))),
+            false,
+        );
+        (sql, keys.iter().flatten().cloned().collect())
+    }
+}
+
+/// Reads a chunk in one read-only transaction (a condition cannot turn that off) whose
+/// snapshot sees every transaction committed before it in the WAL: one that was
+/// committed but not yet visible (a commit waiting for a synchronous standby) would make
+/// the read older than the stream around it, so the read is taken again.
+async fn consistent_read(
+    c: &Client,
+    sql: &str,
+    args: &[Option<String>],
+    width: usize,
+) -> Result<Option<Vec<board::TextRow>>, tokio_postgres::Error> {
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    let mut tries = 0;
+    loop {
+        c.batch_execute("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let read = async {
+            let rows = c.query(sql, &params).await?;
+            let unseen: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+                     WHERE pg_xact_status(x) = 'committed'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok::<_, tokio_postgres::Error>((rows, unseen))
+        };
+        let result = read.await;
+        let _ = c.batch_execute("COMMIT").await;
+        let (rows, unseen) = result?;
+        if unseen == 0 {
+            return Ok(Some(
+                rows.iter()
+                    .map(|r| (0..width).map(|i| r.get::<_, Option<String>>(i)).collect())
+                    .collect(),
+            ));
+        }
+        tries += 1;
+        if tries >= SNAPSHOT_TRIES {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -664,6 +884,29 @@ mod tests {
         assert_eq!(Watermark::parse(&bytes, "walhook", "r2"), None);
         assert_eq!(Watermark::parse(&bytes, "other", "r1"), None);
         assert_eq!(Watermark::parse(b"not json", "walhook", "r1"), None);
+    }
+
+    #[test]
+    fn a_condition_stays_one_condition() {
+        assert_eq!(
+            where_problem("status = 'active' AND (price > 10 OR stock < 5)"),
+            None
+        );
+        assert_eq!(
+            where_problem("title = 'it''s; -- (fine)' AND \"odd)name\" > 1"),
+            None
+        );
+        for bad in [
+            "true) --",
+            "1=1) OR (1=1",
+            "true; DROP TABLE x",
+            "a /* b */",
+            "(a",
+            "'open",
+            "$1 > 0",
+        ] {
+            assert!(where_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

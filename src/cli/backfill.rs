@@ -90,7 +90,10 @@ async fn run(action: BackfillAction) -> Result<i32, Failure> {
         BackfillAction::Pause { config, id } => {
             steer(config, id, &[Status::Pending, Status::Running], Status::Paused).await
         }
-        BackfillAction::Resume { config, id } => steer(config, id, &[Status::Paused], Status::Pending).await,
+        // A failed backfill goes on from its last saved chunk once its cause is fixed.
+        BackfillAction::Resume { config, id } => {
+            steer(config, id, &[Status::Paused, Status::Failed], Status::Pending).await
+        }
         BackfillAction::Cancel { config, id } => {
             steer(
                 config,

@@ -119,6 +119,7 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         commit_lsn: 0,
         xid: 0,
         commit_time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        backfill: 0,
     };
     let change = Change {
         table: &table,

@@ -259,7 +259,8 @@ pub enum BackfillAction {
         config: ConfigArg,
         id: i64,
     },
-    /// Go on with a paused backfill from where it stopped.
+    /// Go on with a paused backfill, or a failed one once its cause is fixed, from where
+    /// it stopped.
     Resume {
         #[command(flatten)]
         config: ConfigArg,

@@ -31,6 +31,9 @@ pub struct TxMeta {
     pub xid: u32,
     /// RFC 3339 commit time.
     pub commit_time: String,
+    /// For rows a backfill read: its id (part of their ids, so a second backfill is not
+    /// taken for a repeat of the first); 0 otherwise.
+    pub backfill: i64,
 }
 
 /// One column of a row image.

@@ -404,7 +404,7 @@ pub(super) fn render(
                 inexact: &[],
             });
             let text = serde_json::to_string(&row).map_err(|e| format!("row: {e}"))?;
-            let hash = super::fnv1a64(format!("{key}\u{0}{text}").as_bytes());
+            let hash = super::fnv1a64(format!("{}\u{0}{key}\u{0}{text}", tx.backfill).as_bytes());
             let pos = Pos {
                 lsn: tx.commit_lsn,
                 seq: READ | (u64::from(c.index) << 16) | u64::from(rule.index),

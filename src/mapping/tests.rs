@@ -63,6 +63,7 @@ fn tx() -> TxMeta {
         commit_lsn: 0x16B3748,
         xid: 731,
         commit_time: "2026-11-22T10:00:00.123456Z".into(),
+        backfill: 0,
     }
 }
 

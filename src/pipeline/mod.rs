@@ -436,6 +436,7 @@ impl Pipeline {
                     commit_lsn: final_lsn,
                     xid,
                     commit_time: decode::time::pg_micros_to_rfc3339(commit_time),
+                    backfill: 0,
                 };
                 self.tx = Some((meta, 0));
                 self.tx_time = commit_time;
@@ -739,8 +740,12 @@ impl Pipeline {
             json: &rel.json,
         };
         if let Some(board) = self.board.as_ref().filter(|b| b.any_open()) {
-            let images: Vec<&Row> = change.new.iter().chain(change.old.iter()).collect();
-            board.touched(change.table, &images);
+            if op == Op::Truncate {
+                board.truncated(change.table);
+            } else {
+                let images: Vec<&Row> = change.new.iter().chain(change.old.iter()).collect();
+                board.touched(change.table, &images);
+            }
         }
         let tx = tx.clone();
         let mut failures = Vec::new();

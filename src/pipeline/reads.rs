@@ -53,6 +53,7 @@ impl Pipeline {
             commit_lsn: lsn,
             xid: 0,
             commit_time: taken.read_at.clone(),
+            backfill: taken.pin.backfill,
         };
         let mut failures = Vec::new();
         for (i, row) in taken.rows.into_iter().enumerate() {

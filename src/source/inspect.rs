@@ -49,7 +49,12 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
     let mut captured = BTreeMap::new();
     let mut partitioned = false;
     for (table, rules) in &wanted {
-        let Some(facts) = table_facts(client, &server, table, rules[0], &wanted, &mut problems).await? else {
+        // A subscriber with initial_backfill reads this table when it first comes.
+        let backfilled = config.subscribers.iter().position(|s| {
+            s.initial_backfill && crate::mapping::tables_for(config, &s.name).contains(&table.to_string())
+        });
+        let first = (rules[0], backfilled);
+        let Some(facts) = table_facts(client, &server, table, first, &wanted, &mut problems).await? else {
             continue;
         };
         let before = problems.len();
@@ -172,7 +177,7 @@ async fn table_facts(
     client: &Client,
     server: &Server,
     table: &TableName,
-    first: usize,
+    (first, backfilled): (usize, Option<usize>),
     wanted: &BTreeMap<TableName, Vec<usize>>,
     problems: &mut Vec<Finding>,
 ) -> Result<Option<TableFacts>, SetupError> {
@@ -241,8 +246,17 @@ async fn table_facts(
             table.quoted(),
             quote_ident(&server.role)
         ));
-        problems.push(
-            Finding::warning(
+        problems.push(match backfilled {
+            Some(i) => Finding::problem(
+                subject.clone(),
+                format!(
+                    "role {} may not read it, and subscribers[{i}].initial_backfill reads it",
+                    server.role
+                ),
+            )
+            .at(format!("subscribers[{i}].initial_backfill"))
+            .with_fix(runner, sql),
+            None => Finding::warning(
                 subject.clone(),
                 format!(
                     "role {} may not read it: streaming works without, but `walhook explain` and backfills read it",
@@ -250,7 +264,7 @@ async fn table_facts(
                 ),
             )
             .with_fix(runner, sql),
-        );
+        });
     }
     if is_partition {
         // Its changes arrive under the partitioned table a rule names, never its own.

@@ -8,7 +8,7 @@ pub mod preflight;
 pub mod refusal;
 pub mod setup;
 
-pub use conn::{ReplConn, ReplMessage, ServerError};
+pub use conn::{ReplConn, ReplMessage, ServerError, PINNED_SETTINGS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

@@ -193,42 +193,57 @@ pub async fn server(client: &Client, config: &Config, out: &mut Vec<Finding>) ->
         )
     });
     // Coalescing windows close on stream time, which walhook writes into the WAL when no
-    // transaction carries it (pipeline::ticker).
-    if let Some(i) = config.events.iter().position(|r| r.coalesce.is_some()) {
-        let may: bool = client
-            .query_one(
-                // PostgreSQL 17 added a fourth argument (flush).
-                "SELECT coalesce(has_function_privilege(coalesce(
-                     to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text, boolean)'),
-                     to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text)'))::oid, 'EXECUTE'), false)",
-                &[],
-            )
-            .await?
-            .get(0);
-        let signature = if major >= 17 {
-            "boolean, text, text, boolean"
-        } else {
-            "boolean, text, text"
-        };
-        out.push(if may {
-            Finding::ok(subject, "may write stream time into the WAL (coalescing)")
-        } else {
-            Finding::problem(
-                subject,
-                format!(
-                    "events[{i}].coalesce needs the role to write stream time into the WAL with \
-                     pg_logical_emit_message"
-                ),
-            )
-            .at(format!("events[{i}].coalesce"))
-            .with_fix(
-                Who::Superuser,
-                vec![format!(
-                    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message({signature}) TO {role};"
-                )],
-            )
-        });
-    }
+    // transaction carries it (pipeline::ticker); backfills write their watermarks there.
+    let may: bool = client
+        .query_one(
+            // PostgreSQL 17 added a fourth argument (flush).
+            "SELECT coalesce(has_function_privilege(coalesce(
+                 to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text, boolean)'),
+                 to_regprocedure('pg_catalog.pg_logical_emit_message(boolean, text, text)'))::oid, 'EXECUTE'), false)",
+            &[],
+        )
+        .await?
+        .get(0);
+    let signature = if major >= 17 {
+        "boolean, text, text, boolean"
+    } else {
+        "boolean, text, text"
+    };
+    let grant = vec![format!(
+        "GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message({signature}) TO {role};"
+    )];
+    let coalescing = config.events.iter().position(|r| r.coalesce.is_some());
+    let initial = config.subscribers.iter().position(|s| s.initial_backfill);
+    out.push(match (may, coalescing, initial) {
+        (true, _, _) => Finding::ok(
+            subject,
+            "may write into the WAL with pg_logical_emit_message (coalescing, backfills)",
+        ),
+        (false, Some(i), _) => Finding::problem(
+            subject,
+            format!(
+                "events[{i}].coalesce needs the role to write stream time into the WAL with \
+                 pg_logical_emit_message"
+            ),
+        )
+        .at(format!("events[{i}].coalesce"))
+        .with_fix(Who::Superuser, grant),
+        (false, None, Some(i)) => Finding::problem(
+            subject,
+            format!(
+                "subscribers[{i}].initial_backfill needs the role to write backfill watermarks into \
+                 the WAL with pg_logical_emit_message"
+            ),
+        )
+        .at(format!("subscribers[{i}].initial_backfill"))
+        .with_fix(Who::Superuser, grant),
+        (false, None, None) => Finding::warning(
+            subject,
+            "may not write into the WAL with pg_logical_emit_message: streaming works without, \
+             but backfills write their watermarks with it",
+        )
+        .with_fix(Who::Superuser, grant),
+    });
     Ok(server)
 }
 

@@ -221,7 +221,8 @@ impl State {
             .await?
             .execute(
                 "UPDATE walhook.backfills SET status = $3, updated_at = now(),
-                        finished_at = CASE WHEN $3 IN ('done', 'cancelled', 'failed') THEN now() END
+                        finished_at = CASE WHEN $3 IN ('done', 'cancelled', 'failed') THEN now() END,
+                        error = CASE WHEN $3 = 'pending' THEN NULL ELSE error END
                  WHERE slot = $1 AND id = $2 AND status = ANY($4)",
                 &[&self.slot, &id, &to.as_str(), &from],
             )
