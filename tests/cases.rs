@@ -845,3 +845,65 @@ async fn coalesced_events_closed_together_survive_a_crash_while_one_is_pending()
     assert_eq!(two.json()["data"]["new"]["qty"], 142);
     assert_eq!(one[0].json()["data"]["new"]["qty"], 13);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_12_a_new_channel_gets_the_catalog_then_every_change() {
+    let (_pg, mut walhook, rx, db) = start("12-new-channel-backfill", &["MARKETPLACE"]).await;
+    let counts = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM products), (SELECT count(*) FROM prices), (SELECT count(*) FROM stock)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: i64 = counts.get::<_, i64>(0) + counts.get::<_, i64>(1) + counts.get::<_, i64>(2);
+    // The initial backfill: every row, as reads.
+    let got = rx[0]
+        .wait_for(WAIT, "the catalog", |r| r.len() >= rows as usize)
+        .await;
+    let mut types: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let b = r.json();
+            (
+                b["type"].as_str().unwrap().to_string(),
+                b["data"]["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    types.sort();
+    types.dedup();
+    assert_eq!(
+        types,
+        [
+            ("price.changed".to_string(), "read".to_string()),
+            ("products.read".to_string(), "read".to_string()),
+            ("stock.changed".to_string(), "read".to_string())
+        ]
+    );
+    // Then the changes.
+    run(
+        &db,
+        &["UPDATE prices SET amount = amount + 1 WHERE product_id = 1 AND currency = 'EUR'"],
+    )
+    .await;
+    let got = rx[0]
+        .wait_for(WAIT, "the change after the catalog", |r| r.len() > rows as usize)
+        .await;
+    let last = got.last().unwrap().json();
+    assert_eq!(
+        (last["type"].as_str(), last["data"]["op"].as_str()),
+        (Some("price.changed"), Some("update"))
+    );
+    // Asked once: a restart asks for no second backfill.
+    assert!(walhook.log().contains("new subscriber with initial_backfill"));
+    walhook.stop();
+    walhook.restart();
+    walhook.wait_ready().await;
+    let asked: i64 = db
+        .query_one("SELECT count(*) FROM walhook.backfills", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(asked, 1);
+}
