@@ -129,6 +129,20 @@ pub fn bump(counts: &std::sync::Mutex<std::collections::BTreeMap<String, u64>>, 
     }
 }
 
+/// A metric with one label: its head, then one line per label value.
+fn labelled(
+    out: &mut String,
+    (name, kind): (&str, &str),
+    help: &str,
+    key: &str,
+    counts: &std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (value, n) in counts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {n}", label(value));
+    }
+}
+
 pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
     let mut out = String::new();
     let head = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -148,38 +162,27 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         "Events produced by mapping rules.",
     );
     let _ = writeln!(out, "{EVENTS_EMITTED} {}", m.events_emitted.get());
-    head(
+    labelled(
         &mut out,
-        RULE_ERRORS,
-        "counter",
+        (RULE_ERRORS, "counter"),
         "Changes a rule could not be evaluated for (its condition failed at run time); they made no event for that rule.",
+        "rule",
+        &m.rule_errors,
     );
-    for (rule, n) in m.rule_errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "{RULE_ERRORS}{{rule=\"{rule}\"}} {n}");
-    }
-    head(
+    labelled(
         &mut out,
-        CHANGES_UNMATCHED,
-        "counter",
+        (CHANGES_UNMATCHED, "counter"),
         "Changes of a published table that no rule takes (a table renamed since the rules were loaded, a partition of an uncaptured table, or a table left in the publication).",
+        "table",
+        &m.unmatched,
     );
-    for (table, n) in m.unmatched.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "{CHANGES_UNMATCHED}{{table=\"{}\"}} {n}", label(table));
-    }
-    head(
+    labelled(
         &mut out,
-        KEY_COLUMNS_MISSING,
-        "counter",
+        (KEY_COLUMNS_MISSING, "counter"),
         "Changes whose rule orders by a column the table no longer has (its events share one null key).",
+        "rule",
+        &m.key_columns_missing,
     );
-    for (rule, n) in m
-        .key_columns_missing
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        let _ = writeln!(out, "{KEY_COLUMNS_MISSING}{{rule=\"{rule}\"}} {n}");
-    }
     head(
         &mut out,
         CHANGES_COALESCED,
@@ -187,29 +190,20 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         "Changes taken into coalescing windows (each window makes one event).",
     );
     let _ = writeln!(out, "{CHANGES_COALESCED} {}", m.changes_coalesced.get());
-    head(
+    labelled(
         &mut out,
-        BACKFILL_ROWS,
-        "counter",
-        "Rows backfills read for a subscriber (a row a live change overtook counts: its live event stands in for it).",
+        (BACKFILL_ROWS, "counter"),
+        "Rows backfills read for a subscriber (a row read again because a live change touched it counts once).",
+        "subscriber",
+        &m.backfill_rows,
     );
-    for (sub, n) in m.backfill_rows.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "{BACKFILL_ROWS}{{subscriber=\"{}\"}} {n}", label(sub));
-    }
-    head(
+    labelled(
         &mut out,
-        BACKFILL_REMAINING,
-        "gauge",
+        (BACKFILL_REMAINING, "gauge"),
         "Rows the subscriber's running backfill has left to read, from the planner's estimate (0 when none runs).",
+        "subscriber",
+        &m.backfill_remaining,
     );
-    for (sub, n) in m
-        .backfill_remaining
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        let _ = writeln!(out, "{BACKFILL_REMAINING}{{subscriber=\"{}\"}} {n}", label(sub));
-    }
     head(&mut out, COALESCE_OPEN, "gauge", "Coalescing windows open now.");
     let _ = writeln!(out, "{COALESCE_OPEN} {}", m.coalesce_open.get());
     head(

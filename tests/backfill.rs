@@ -98,6 +98,48 @@ fn writer(
     })
 }
 
+/// The writer running in the background.
+struct Writing {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writing {
+    /// Starts `writer` on the shop database of `pg` (`rows` per table).
+    async fn start(pg: &PgCluster, rows: i64) -> Writing {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let task = writer(pg.client("shop").await, rows, stop.clone(), count.clone());
+        Writing { stop, count, task }
+    }
+
+    /// Stops it; the transactions it made.
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits until the newest backfill saved at least `rows` rows.
+async fn wait_rows(db: &tokio_postgres::Client, rows: i64) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{rows} rows backfilled"),
+        || async { progress(db).await.1 >= rows },
+    )
+    .await;
+}
+
+/// Waits until the newest backfill is done.
+async fn wait_done(db: &tokio_postgres::Client) {
+    eventually(Duration::from_secs(120), "the backfill to finish", || async {
+        progress(db).await.0 == "done"
+    })
+    .await;
+}
+
 /// Every row's key (as events carry it) and version, as the database holds them now.
 async fn versions(db: &tokio_postgres::Client) -> HashMap<String, i64> {
     let mut out = HashMap::new();
@@ -218,9 +260,7 @@ async fn a_backfill_beside_a_busy_writer_sends_every_row_in_order_with_the_strea
     walhook.wait_ready().await;
     let db = pg.client("shop").await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writing = writer(pg.client("shop").await, PRODUCTS, stop.clone(), writes.clone());
+    let writing = Writing::start(&pg, PRODUCTS).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let path = walhook.config_path();
@@ -248,9 +288,7 @@ async fn a_backfill_beside_a_busy_writer_sends_every_row_in_order_with_the_strea
     // The progress lines (not a terminal: one per tenth) end with the backfill done.
     assert!(err.trim_end().ends_with("done"), "{err}");
     assert!(err.contains("[####################] 100%"), "{err}");
-    stop.store(true, Ordering::SeqCst);
-    writing.await.unwrap();
-    let during = writes.load(Ordering::SeqCst);
+    let during = writing.finish().await;
     assert!(
         during > 100,
         "the writer made only {during} changes during the backfill"
@@ -384,25 +422,16 @@ async fn a_backfill_killed_midway_resumes_and_misses_nothing() {
     let mut walhook = Walhook::start(&config(&url, &live.url(), &channel.url(), CRASH_EXTRA));
     walhook.wait_ready().await;
     let db = pg.client("shop").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writing = writer(pg.client("shop").await, CRASH_ROWS, stop.clone(), writes.clone());
+    let writing = Writing::start(&pg, CRASH_ROWS).await;
     start_backfill(&walhook);
-    eventually(Duration::from_secs(60), "a quarter of the backfill", || async {
-        progress(&db).await.1 >= 15_000
-    })
-    .await;
+    wait_rows(&db, 15_000).await;
     walhook.sigkill();
     let (status, done) = progress(&db).await;
     assert_eq!(status, "running");
     walhook.restart();
     walhook.wait_ready().await;
-    eventually(Duration::from_secs(120), "the backfill to finish", || async {
-        progress(&db).await.0 == "done"
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    writing.await.unwrap();
+    wait_done(&db).await;
+    writing.finish().await;
     let (_, seqs) = caught_up(&db, &channel, &walhook).await;
     let twice = same_ids_for_rows_read_again(&seqs);
     let log = walhook.log();
@@ -428,24 +457,15 @@ async fn a_standby_that_takes_over_finishes_the_backfill() {
     let b = Walhook::start_with_env(&text, "", &[("HOSTNAME", "standby-host")]);
     b.wait_log("standing by: another walhook leads", 1).await;
     let db = pg.client("shop").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writing = writer(pg.client("shop").await, CRASH_ROWS, stop.clone(), writes.clone());
+    let writing = Writing::start(&pg, CRASH_ROWS).await;
     start_backfill(&a);
-    eventually(Duration::from_secs(60), "a quarter of the backfill", || async {
-        progress(&db).await.1 >= 15_000
-    })
-    .await;
+    wait_rows(&db, 15_000).await;
     a.sigkill();
     let (_, done) = progress(&db).await;
     b.wait_log("leading: this walhook holds the slot's lease", 1)
         .await;
-    eventually(Duration::from_secs(120), "the backfill to finish", || async {
-        progress(&db).await.0 == "done"
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    writing.await.unwrap();
+    wait_done(&db).await;
+    writing.finish().await;
     let (_, seqs) = caught_up(&db, &channel, &b).await;
     let twice = same_ids_for_rows_read_again(&seqs);
     assert!(b.log().contains(&format!("resumed_at={done}")), "{}", b.log());
@@ -454,6 +474,11 @@ async fn a_standby_that_takes_over_finishes_the_backfill() {
 }
 
 const TOKEN: &str = "backfill-test-token-0123456789";
+
+/// `POST /backfills` with this body: the status and the answer.
+async fn ask(walhook: &Walhook, body: Value) -> (u16, Value) {
+    walhook.api("POST", "/backfills", Some(TOKEN), Some(body)).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_and_the_cli_ask_for_pause_resume_and_refuse_backfills() {
@@ -471,14 +496,7 @@ async fn the_admin_api_and_the_cli_ask_for_pause_resume_and_refuse_backfills() {
     let path = path.to_str().unwrap();
 
     // Mistakes are refused with what to do instead.
-    let (status, answer) = walhook
-        .api(
-            "POST",
-            "/backfills",
-            Some(TOKEN),
-            Some(serde_json::json!({"subscriber": "chanel"})),
-        )
-        .await;
+    let (status, answer) = ask(&walhook, serde_json::json!({"subscriber": "chanel"})).await;
     assert_eq!(status, 400, "{answer}");
     assert!(
         answer["error"]
@@ -487,14 +505,11 @@ async fn the_admin_api_and_the_cli_ask_for_pause_resume_and_refuse_backfills() {
             .contains("it has: live, channel"),
         "{answer}"
     );
-    let (status, answer) = walhook
-        .api(
-            "POST",
-            "/backfills",
-            Some(TOKEN),
-            Some(serde_json::json!({"subscriber": "channel", "tables": ["products"], "where": "colour = 'red'"})),
-        )
-        .await;
+    let (status, answer) = ask(
+        &walhook,
+        serde_json::json!({"subscriber": "channel", "tables": ["products"], "where": "colour = 'red'"}),
+    )
+    .await;
     assert_eq!(status, 400, "{answer}");
     assert!(
         answer["error"]
@@ -522,23 +537,17 @@ async fn the_admin_api_and_the_cli_ask_for_pause_resume_and_refuse_backfills() {
     assert_eq!(status, 401);
 
     // Ask, pause, resume.
-    let (status, answer) = walhook
-        .api(
-            "POST",
-            "/backfills",
-            Some(TOKEN),
-            Some(serde_json::json!({"subscriber": "channel", "tables": ["products"], "where": "id <= 300"})),
-        )
-        .await;
+    let (status, answer) = ask(
+        &walhook,
+        serde_json::json!({"subscriber": "channel", "tables": ["products"], "where": "id <= 300"}),
+    )
+    .await;
     assert_eq!(status, 201, "{answer}");
     let id = answer["id"].as_i64().unwrap();
     assert_eq!(answer["status"], "pending");
     assert_eq!(answer["where"], "id <= 300");
     let db = pg.client("shop").await;
-    eventually(Duration::from_secs(30), "the backfill to run", || async {
-        progress(&db).await.1 >= 40
-    })
-    .await;
+    wait_rows(&db, 40).await;
     let (status, answer) = walhook
         .api("POST", &format!("/backfills/{id}/pause"), Some(TOKEN), None)
         .await;
@@ -556,10 +565,7 @@ async fn the_admin_api_and_the_cli_ask_for_pause_resume_and_refuse_backfills() {
     let (code, out, err) = walhook_output(&["backfill", "resume", "--config", path, &id.to_string()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), format!("backfill {id}: pending"));
-    eventually(Duration::from_secs(60), "the backfill to finish", || async {
-        progress(&db).await.0 == "done"
-    })
-    .await;
+    wait_done(&db).await;
 
     // The channel got products 1 to 300 as reads, nothing else read.
     let reads: std::collections::BTreeSet<i64> = channel

@@ -541,6 +541,13 @@ fn example_file(dir: &std::path::Path, db: &str, receiver: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// `walhook explain` of an update of a product: (exit code, stdout, stderr).
+fn explain_update(config: &str, old: &str, new: &str) -> (i32, String, String) {
+    walhook_output(&[
+        "explain", "--config", config, "--table", "products", "--op", "update", "--old", old, "--new", new,
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_prints_the_exact_signed_request_and_sends_nothing() {
     let pg = PgCluster::start().await;
@@ -551,10 +558,7 @@ async fn explain_prints_the_exact_signed_request_and_sends_nothing() {
     let draft = r#"{"id": 3, "sku": "SKU-3", "title": "Office chair", "description": "Mesh back.", "brand": "Sitwell", "status": "draft"}"#;
     let approved = draft.replace("draft", "approved");
 
-    let (code, out, err) = walhook_output(&[
-        "explain", "--config", &config, "--table", "products", "--op", "update", "--old", draft, "--new",
-        &approved,
-    ]);
+    let (code, out, err) = explain_update(&config, draft, &approved);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("event product.approved"), "{out}");
     assert!(out.contains("--> subscriber \"marketplace\""), "{out}");
@@ -588,19 +592,7 @@ async fn explain_prints_the_exact_signed_request_and_sends_nothing() {
     assert!(json["data"].get("old").is_none());
 
     // A change that does not fire says so.
-    let (code, out, _) = walhook_output(&[
-        "explain",
-        "--config",
-        &config,
-        "--table",
-        "products",
-        "--op",
-        "update",
-        "--old",
-        &approved,
-        "--new",
-        &approved.replace("Office chair", "Chair"),
-    ]);
+    let (code, out, _) = explain_update(&config, &approved, &approved.replace("Office chair", "Chair"));
     assert_eq!(code, 0);
     assert!(
         out.contains("0 event(s)") && out.contains("No rule fires"),
@@ -608,19 +600,7 @@ async fn explain_prints_the_exact_signed_request_and_sends_nothing() {
     );
 
     // A column the rules name that a row leaves out counts as null, and the report says so.
-    let (code, out, err) = walhook_output(&[
-        "explain",
-        "--config",
-        &config,
-        "--table",
-        "products",
-        "--op",
-        "update",
-        "--old",
-        r#"{"id": 3}"#,
-        "--new",
-        r#"{"id": 3, "status": "approved"}"#,
-    ]);
+    let (code, out, err) = explain_update(&config, r#"{"id": 3}"#, r#"{"id": 3, "status": "approved"}"#);
     assert_eq!(code, 0, "{err}");
     let note = out
         .lines()

@@ -1,6 +1,6 @@
 //! Backfill chunks at their watermarks (see `backfill`): the low one opens a chunk, and
-//! at the high one its rows that no live change overtook go to the backfill's lanes,
-//! there in the stream.
+//! at the high one its rows that no live change touched go to the backfill's lanes,
+//! there in the stream (the runner reads the others again).
 
 use super::*;
 

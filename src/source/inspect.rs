@@ -459,20 +459,24 @@ pub const DEFAULT_KEY: &str = "SELECT a.attname::text FROM pg_class c
 /// A partition and its partitioned ancestors, nearest first (nothing for a table that is
 /// not a partition).
 pub async fn ancestors(client: &Client, oid: u32) -> Result<Vec<TableName>, tokio_postgres::Error> {
-    Ok(client
+    Ok(table_names(&client
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_partition_ancestors($1::oid::regclass) WITH ORDINALITY AS a(relid, i)
              JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
              ORDER BY a.i",
             &[&oid],
         )
-        .await?
-        .iter()
+        .await?))
+}
+
+/// Tables as catalog rows name them: schema, then name.
+pub(crate) fn table_names(rows: &[tokio_postgres::Row]) -> Vec<TableName> {
+    rows.iter()
         .map(|r| TableName {
             schema: r.get(0),
             name: r.get(1),
         })
-        .collect())
+        .collect()
 }
 
 /// What a table's changes carry of their old rows. For a partitioned table, what its

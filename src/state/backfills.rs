@@ -58,7 +58,7 @@ pub struct TableProgress {
     /// The last key done, as its columns' text, in key order; none before the first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Vec<Option<String>>>,
-    /// Rows read (a row a live change overtook counts: its live event stands in for it).
+    /// Rows read (a row read again because a live change touched it counts once).
     #[serde(default)]
     pub rows: i64,
     #[serde(default)]

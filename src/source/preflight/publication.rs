@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 use super::Server;
 use crate::config::{quote_ident, Config, Op, TableName};
 use crate::report::{literal, Finding, Who};
+use crate::source::inspect::table_names;
 use crate::source::setup::SetupError;
 
 /// What the publication check needs of each captured table.
@@ -267,23 +268,19 @@ pub async fn with_generated_columns<'a>(
 ) -> Result<Vec<TableName>, tokio_postgres::Error> {
     let (schemas, names): (Vec<&str>, Vec<&str>) =
         tables.map(|t| (t.schema.as_str(), t.name.as_str())).unzip();
-    Ok(client
-        .query(
-            "SELECT n.nspname::text, c.relname::text
+    Ok(table_names(
+        &client
+            .query(
+                "SELECT n.nspname::text, c.relname::text
              FROM unnest($1::text[], $2::text[]) AS u(s, n)
              JOIN pg_namespace n ON n.nspname = u.s
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.n
              WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attgenerated = 's'
                            AND NOT a.attisdropped)",
-            &[&schemas, &names],
-        )
-        .await?
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect())
+                &[&schemas, &names],
+            )
+            .await?,
+    ))
 }
 
 /// Column lists and row filters of a publication made by hand, and what they mean.
@@ -427,9 +424,10 @@ pub async fn missing_tables(
 ) -> Result<Vec<TableName>, tokio_postgres::Error> {
     let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-    Ok(client
-        .query(
-            "SELECT u.s, u.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(s, n, i)
+    Ok(table_names(
+        &client
+            .query(
+                "SELECT u.s, u.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(s, n, i)
              WHERE NOT EXISTS (
                SELECT 1 FROM pg_publication_tables pt
                JOIN pg_namespace pn ON pn.nspname = pt.schemaname
@@ -439,15 +437,10 @@ pub async fn missing_tables(
                  UNION ALL SELECT relid FROM pg_partition_ancestors(format('%I.%I', u.s, u.n)::regclass)
                  UNION ALL SELECT relid FROM pg_partition_tree(format('%I.%I', u.s, u.n)::regclass)))
              ORDER BY u.i",
-            &[&publication, &schemas, &names],
-        )
-        .await?
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            name: r.get(1),
-        })
-        .collect())
+                &[&publication, &schemas, &names],
+            )
+            .await?,
+    ))
 }
 
 #[cfg(test)]
