@@ -27,6 +27,7 @@ pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod documents;
 pub mod error;
 pub mod event;
 pub mod lanes;

@@ -26,6 +26,9 @@ pub const COALESCE_CLOSED_EARLY: &str = "walhook_coalesce_closed_early_total";
 pub const CHANGES_COALESCED: &str = "walhook_changes_coalesced_total";
 pub const BACKFILL_ROWS: &str = "walhook_backfill_rows_total";
 pub const BACKFILL_REMAINING: &str = "walhook_backfill_remaining_rows";
+pub const DOCUMENTS_MADE: &str = "walhook_documents_made_total";
+pub const DOCUMENT_ERRORS: &str = "walhook_document_errors_total";
+pub const DOCUMENT_KEYS_UNKNOWN: &str = "walhook_document_keys_unknown_total";
 
 /// Upper bounds (seconds) of the delivery latency histogram.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -103,6 +106,12 @@ pub struct Metrics {
     pub backfill_rows: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Per subscriber: rows its running backfill has left, as estimated.
     pub backfill_remaining: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per document: documents read (one per event, whatever the routes).
+    pub documents_made: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per document: failed tries to read documents (each is tried again).
+    pub document_errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per document: source changes that did not carry the document key.
+    pub document_keys_unknown: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// One lane's figures as rendered.
@@ -203,6 +212,27 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         "Rows the subscriber's running backfill has left to read, from the planner's estimate (0 when none runs).",
         "subscriber",
         &m.backfill_remaining,
+    );
+    labelled(
+        &mut out,
+        (DOCUMENTS_MADE, "counter"),
+        "Documents read by their query, one per event (a document with no row makes a delete).",
+        "document",
+        &m.documents_made,
+    );
+    labelled(
+        &mut out,
+        (DOCUMENT_ERRORS, "counter"),
+        "Failed tries to read documents; each is tried again with backoff, and the stream waits for it.",
+        "document",
+        &m.document_errors,
+    );
+    labelled(
+        &mut out,
+        (DOCUMENT_KEYS_UNKNOWN, "counter"),
+        "Changes of a document's source that did not carry its key column (a delete under a replica identity without it, a truncate): they made no document due.",
+        "document",
+        &m.document_keys_unknown,
     );
     head(&mut out, COALESCE_OPEN, "gauge", "Coalescing windows open now.");
     let _ = writeln!(out, "{COALESCE_OPEN} {}", m.coalesce_open.get());

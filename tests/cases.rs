@@ -887,3 +887,86 @@ async fn case_12_a_new_channel_gets_the_catalog_then_every_change() {
         .get(0);
     assert_eq!(asked, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_13_a_bulk_import_makes_one_product_document_per_product() {
+    let (_pg, walhook, rx, db) = start("13-product-documents", &["MARKETPLACE", "SEARCH"]).await;
+    // A bulk import within the window: products, their prices and stock, then a second
+    // pass over the products, each statement its own transaction.
+    run(
+        &db,
+        &[
+            "INSERT INTO products (id, sku, title, brand, status)
+             SELECT g, 'IMP-' || g, 'Imported ' || g, 'Acme', 'draft' FROM generate_series(1001, 2000) g",
+            "INSERT INTO prices (product_id, currency, amount)
+             SELECT g, c, g / 10.0 FROM generate_series(1001, 2000) g, (VALUES ('EUR'), ('USD')) v(c)",
+            "INSERT INTO stock (product_id, warehouse, qty) SELECT g, 'berlin', g % 7 FROM generate_series(1001, 2000) g",
+            "UPDATE products SET status = 'approved' WHERE id BETWEEN 1001 AND 2000",
+        ],
+    )
+    .await;
+    for (i, r) in rx.iter().enumerate() {
+        r.wait_for(WAIT, "a document per product", |r| r.len() >= 1000)
+            .await;
+        // The window is over: nothing more comes for the import.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got = r.delivered();
+        assert_eq!(got.len(), 1000, "one event per product, at subscriber {i}");
+        let mut ids = std::collections::BTreeSet::new();
+        for r in &got {
+            assert!(r.verifies(SECRET));
+            let b = r.json();
+            assert_eq!(b["type"], "product.updated");
+            let d = &b["data"];
+            assert_eq!(d["op"], "update");
+            assert_eq!(d["coalesced"], 5, "{b}");
+            let mut sources: Vec<String> = d["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| format!("{} {}", s["table"].as_str().unwrap(), s["op"].as_str().unwrap()))
+                .collect();
+            sources.sort();
+            assert_eq!(
+                sources,
+                [
+                    "public.prices insert",
+                    "public.products insert",
+                    "public.products update",
+                    "public.stock insert"
+                ]
+            );
+            // The document as it is after the import.
+            let doc = &d["document"];
+            let id: i64 = match i {
+                0 => doc["id"].as_i64().unwrap(),
+                _ => doc["id"].as_str().unwrap().parse().unwrap(),
+            };
+            assert!(ids.insert(id));
+            assert_eq!(d["key"]["product_id"].to_string(), doc["id"].to_string());
+            assert_eq!(doc["status"], "approved");
+            assert_eq!(doc["title"], format!("Imported {id}"));
+            let stock = (id % 7).to_string();
+            match i {
+                0 => assert_eq!(doc["stock"].to_string(), stock),
+                _ => assert_eq!(doc["stock"], json!(stock)),
+            }
+            let prices: Vec<&str> = doc["prices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["currency"].as_str().unwrap())
+                .collect();
+            assert_eq!(prices, ["EUR", "USD"]);
+        }
+        assert_eq!(ids.len(), 1000);
+    }
+    // A deleted product (its prices and stock go with it) makes one delete.
+    run(&db, &["DELETE FROM products WHERE id = 1500"]).await;
+    let got = rx[0].wait_for(WAIT, "the delete", |r| r.len() > 1000).await;
+    let last = got.last().unwrap().json();
+    assert_eq!(last["data"]["op"], "delete", "{last}");
+    assert_eq!(last["data"]["key"], json!({"product_id": 1500}));
+    assert_eq!(last["data"]["document"], Value::Null);
+    assert!(walhook.metric("walhook_documents_made_total").await.is_some());
+}

@@ -272,6 +272,13 @@ pub async fn look(config: &Config, reach: Reach) -> Findings {
         Ok(inspection) => found.source = inspection.findings,
         Err(e) => found.source.push(Finding::problem("source", e.to_string())),
     }
+    // Each document's query, prepared (never run) as walhook prepares it.
+    for (i, message) in crate::documents::check(&catalog, config).await {
+        let subject = format!("document {}", config.documents[i].name);
+        found
+            .source
+            .push(Finding::problem(subject, message).at(format!("documents[{i}].query")));
+    }
     // The state database: the source's own unless state.url names another.
     let same = config.state.url.as_deref().is_none_or(|u| u == config.source.url);
     let state = crate::state::check::inspect(config.state_url(), same.then_some(&catalog));

@@ -6,6 +6,7 @@
 //! with its key path (`subscribers[1].url`), so an operator fixes a file in one pass.
 //! Every default is a named constant below and documented in `config/walhook.toml`.
 
+mod documents;
 mod env;
 mod expand;
 mod table;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use documents::{Document, DocumentSource, DEFAULT_DOCUMENT_WINDOW};
 pub use expand::expand_vars;
 pub use table::{quote_ident, TableName};
 
@@ -121,6 +123,9 @@ pub struct Config {
     pub events: Vec<EventRule>,
     #[serde(default)]
     pub subscribers: Vec<Subscriber>,
+    /// Queries keyed by an aggregate id, made due by changes of their source tables.
+    #[serde(default)]
+    pub documents: Vec<Document>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -80,12 +80,13 @@ impl Config {
                 );
             }
         }
-        if self.events.is_empty() {
+        if self.events.is_empty() && self.documents.is_empty() {
             bad(
                 "events".into(),
                 "no [[events]] rules: add at least one, e.g. [[events]] table = \"public.products\"".into(),
             );
         }
+        self.document_problems(&mut bad);
         for (i, rule) in self.events.iter().enumerate() {
             let p = |k: &str| format!("events[{i}].{k}");
             if let Err(e) = TableName::parse(&rule.table) {
@@ -192,30 +193,11 @@ impl Config {
                 }
             }
             if let Some(c) = &rule.coalesce {
-                if c.window.is_zero() {
-                    bad(p("coalesce.window"), "must be above 0, e.g. \"2s\"".into());
-                }
-                if c.max_wait < c.window {
-                    bad(
-                        p("coalesce.max_wait"),
-                        format!(
-                            "must not be below window ({})",
-                            humantime::format_duration(c.window)
-                        ),
-                    );
-                }
-                for (k, d) in [("window", c.window), ("max_wait", c.max_wait)] {
-                    if d > Duration::from_secs(24 * 3600) {
-                        bad(
-                            p(&format!("coalesce.{k}")),
-                            "must not be above 24h (the confirmed LSN waits for a window's first change)"
-                                .into(),
-                        );
-                    }
-                }
-                if c.max_open == 0 {
-                    bad(p("coalesce.max_open"), "must be at least 1".into());
-                }
+                window_problems(
+                    &mut bad,
+                    &|k| p(&format!("coalesce.{k}")),
+                    (c.window, c.max_wait, c.max_open),
+                );
             }
         }
         let mut sub_names = std::collections::HashSet::new();
@@ -317,5 +299,37 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// The problems of a window's settings (coalescing, documents): `path` gives each key's
+/// path.
+pub(super) fn window_problems(
+    bad: &mut dyn FnMut(String, String),
+    path: &dyn Fn(&str) -> String,
+    (window, max_wait, max_open): (Duration, Duration, usize),
+) {
+    if window.is_zero() {
+        bad(path("window"), "must be above 0, e.g. \"2s\"".into());
+    }
+    if max_wait < window {
+        bad(
+            path("max_wait"),
+            format!(
+                "must not be below window ({})",
+                humantime::format_duration(window)
+            ),
+        );
+    }
+    for (k, d) in [("window", window), ("max_wait", max_wait)] {
+        if d > Duration::from_secs(24 * 3600) {
+            bad(
+                path(k),
+                "must not be above 24h (the confirmed LSN waits for a window's first change)".into(),
+            );
+        }
+    }
+    if max_open == 0 {
+        bad(path("max_open"), "must be at least 1".into());
     }
 }

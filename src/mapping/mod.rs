@@ -7,6 +7,7 @@
 
 pub mod coalesce;
 mod condition;
+pub mod documents;
 mod pattern;
 mod plan;
 mod render;
@@ -143,6 +144,7 @@ pub struct Mapper {
     by_table: HashMap<TableName, Vec<Rule>>,
     /// Captured tables by oid, as named in the rules.
     oids: HashMap<u32, TableName>,
+    documents: documents::Documents,
 }
 
 impl Mapper {
@@ -264,20 +266,25 @@ impl Mapper {
                 names,
             });
         }
+        let documents = documents::Documents::new(config);
         let oids = tables
             .iter()
-            .filter(|(t, m)| m.oid != 0 && by_table.contains_key(*t))
+            .filter(|(t, m)| m.oid != 0 && (by_table.contains_key(*t) || documents.feeds(t)))
             .map(|(t, m)| (m.oid, t.clone()))
             .collect();
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Mapper { by_table, oids })
+        Ok(Mapper {
+            by_table,
+            oids,
+            documents,
+        })
     }
 
-    /// True when some rule watches this table.
+    /// True when some rule watches this table, or it feeds a document.
     pub fn watches(&self, table: &TableName) -> bool {
-        self.by_table.contains_key(table)
+        self.by_table.contains_key(table) || self.documents.feeds(table)
     }
 
     /// The name rules know the table with this oid by, when they capture it.
@@ -365,6 +372,7 @@ pub fn check(config: &Config) -> Vec<crate::config::Problem> {
             }))
         })
         .flatten()
+        .chain(config.documents.iter().map(|d| d.name.clone()))
         .collect();
     if names.is_empty() {
         return out;

@@ -70,13 +70,13 @@ enum Strings {
 }
 
 /// A column value, its numbers written as strings as `strings` says.
-struct Num<'a> {
+pub(super) struct Num<'a> {
     v: &'a Value,
     strings: Strings,
 }
 
 impl Num<'_> {
-    fn of(v: &Value, strings: bool) -> Num<'_> {
+    pub(super) fn of(v: &Value, strings: bool) -> Num<'_> {
         Num {
             v,
             strings: if strings { Strings::All } else { Strings::None },
@@ -84,7 +84,7 @@ impl Num<'_> {
     }
 
     /// A value of a json or jsonb column.
-    fn json(v: &Value, inexact: bool) -> Num<'_> {
+    pub(super) fn json(v: &Value, inexact: bool) -> Num<'_> {
         Num {
             v,
             strings: if inexact { Strings::Inexact } else { Strings::None },

@@ -24,6 +24,9 @@ impl Pipeline {
         if let Some(low) = self.coalescer.low() {
             lsn = lsn.min(low);
         }
+        if let Some(low) = self.windows.low() {
+            lsn = lsn.min(low);
+        }
         for (first, _) in self.held.values() {
             lsn = lsn.min(*first);
         }

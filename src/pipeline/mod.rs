@@ -36,10 +36,12 @@ use crate::progress::{monotonic_ms, unix_micros, Progress, PG_EPOCH_UNIX_MICROS}
 use crate::source::{refusal, setup, ReplConn, ReplMessage, SourceError};
 
 mod confirm;
+mod documents;
 mod lag;
 mod reads;
 mod relations;
 mod ticker;
+mod windows;
 
 use confirm::{silence_limit, ClockOffset};
 pub use lag::lag_watch;
@@ -113,6 +115,11 @@ pub struct Pipeline {
     last_closed: Pos,
     /// Backfill chunks between their watermarks (see `backfill::board`).
     board: Option<Arc<Board>>,
+    /// Open document windows, and what reads their documents (None without documents).
+    windows: crate::mapping::documents::Windows,
+    maker: Option<crate::documents::Maker>,
+    /// A change without its document's key was logged.
+    keys_unknown_told: bool,
 }
 
 /// A reloaded config whose rules (only) changed, with its compiled mapper.
@@ -136,7 +143,13 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         progress: Arc<Progress>,
     ) -> Pipeline {
+        let maker = (!mapper.documents().is_empty()).then(|| {
+            crate::documents::Maker::new(source.clone(), mapper.documents(), types.clone(), metrics.clone())
+        });
         Pipeline {
+            windows: Default::default(),
+            maker,
+            keys_unknown_told: false,
             config,
             source,
             catalog: Some(catalog),
@@ -188,6 +201,7 @@ impl Pipeline {
             // The stream restarts at the confirmed LSN, at or before the first change of
             // every window, so windows are formed again from it.
             self.coalescer = Coalescer::default();
+            self.windows = Default::default();
             self.progress.open_windows.store(0, Ordering::Relaxed);
             let result = match result {
                 Err(e) => Err(self.explain(e).await),
@@ -551,90 +565,6 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// A transaction committed at `now` (PostgreSQL microseconds) begins: windows whose
-    /// deadline is before it close (and go out at its commit).
-    fn stream_time_moved(&mut self, now: i64) {
-        self.progress
-            .stream_time_moved_ms
-            .store(monotonic_ms(), Ordering::Relaxed);
-        self.coalescer.advance(now);
-    }
-
-    /// Applies reloaded rules between two transactions: open coalescing windows close
-    /// (their events go out now, under the old rules), and every later change is mapped
-    /// by the new rules. Returns false when cancelled.
-    async fn apply(&mut self, swap: Swap, cancel: &CancellationToken) -> bool {
-        self.coalescer.advance(i64::MAX);
-        // After everything handed over so far and before the next transaction: its commit
-        // LSN may equal the frontier when that came from a keepalive, never less.
-        let lsn = self.frontier.saturating_sub(1).max(self.last_closed.lsn);
-        let first_k = if lsn == self.last_closed.lsn && self.last_closed.seq & CLOSED != 0 {
-            (self.last_closed.seq & !CLOSED) + 1
-        } else {
-            0
-        };
-        if !self.hand_over_closed(lsn, first_k, cancel).await {
-            return false;
-        }
-        self.coalescer = Coalescer::default();
-        self.mapper = swap.mapper;
-        self.config = swap.config;
-        let mut rels = std::mem::take(&mut self.rels);
-        for (oid, rel) in rels.iter_mut() {
-            self.map_relation(*oid, rel).await;
-        }
-        self.rels = rels;
-        tracing::info!(
-            rules = self.config.events.len(),
-            "config reloaded: new rules apply from the next transaction"
-        );
-        true
-    }
-
-    /// Hands the windows closed since the last call to their lanes, at positions
-    /// `(lsn, CLOSED | k)` from `first_k` on. Returns false when cancelled.
-    ///
-    /// Windows closed together are numbered in the order of their first change, so a
-    /// replay numbers them alike only if it forms all of them again: each one's event
-    /// holds the confirmed LSN at the first change of the whole group while some lane may
-    /// still hold it.
-    async fn hand_over_closed(&mut self, lsn: u64, first_k: u64, cancel: &CancellationToken) -> bool {
-        let closed = self.coalescer.take_closed(lsn, first_k);
-        self.metrics
-            .coalesce_closed_early
-            .add(std::mem::take(&mut self.coalescer.closed_early));
-        self.count_open_windows();
-        let Some(group_low) = closed.iter().map(|c| c.first_lsn).min() else {
-            return true;
-        };
-        for Closed {
-            event,
-            routes,
-            first_lsn,
-            last_lsn,
-            ..
-        } in closed
-        {
-            self.metrics.events_emitted.add(1);
-            self.last_closed = event.pos;
-            self.spans.insert((first_lsn, last_lsn));
-            if !routes.is_empty() && !self.lanes.is_empty() {
-                self.held.insert(event.pos, (group_low, routes.clone()));
-            }
-            if !self.push(event, &routes, cancel).await {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Publishes how many coalescing windows are open (metric, and the ticker's cue).
-    fn count_open_windows(&self) {
-        let open = self.coalescer.open_windows();
-        self.metrics.coalesce_open.set(open as u64);
-        self.progress.open_windows.store(open, Ordering::Relaxed);
-    }
-
     /// Hands one event to the lanes of `routes`, in stream order. Returns false when
     /// cancelled.
     async fn push(&self, event: EventRef, routes: &[usize], cancel: &CancellationToken) -> bool {
@@ -748,8 +678,20 @@ impl Pipeline {
             }
         }
         let tx = tx.clone();
+        let documents = self.maker.is_some();
+        if documents {
+            Self::documents_due(
+                (&self.mapper, &mut self.windows, &self.metrics),
+                &mut self.keys_unknown_told,
+                (&tx, self.tx_time),
+                &change,
+            );
+        }
         let mut failures = Vec::new();
         let events = self.mapper.map(&tx, &change, &mut failures);
+        if documents {
+            self.count_open_windows();
+        }
         for f in failures {
             self.rule_failed(f);
         }

@@ -3,14 +3,19 @@
 
 use super::*;
 
-/// How often stream time is written into the WAL while coalescing windows are open and
-/// no transaction moved it: a quarter of the shortest window, within 50 ms and 1 s.
+/// How often stream time is written into the WAL while coalescing or document windows
+/// are open and no transaction moved it: a quarter of the shortest window, within 50 ms
+/// and 1 s.
 pub fn tick_interval(config: &Config) -> Option<Duration> {
-    config
+    let coalescing = config
         .events
         .iter()
         .filter_map(|r| r.coalesce.as_ref())
-        .map(|c| (c.window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
+        .map(|c| c.window);
+    let documents = config.documents.iter().map(|d| d.window);
+    coalescing
+        .chain(documents)
+        .map(|w| (w / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
         .min()
 }
 

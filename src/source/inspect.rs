@@ -16,6 +16,8 @@ use crate::report::{Finding, Who};
 use super::preflight::{self, Captured, Server};
 use super::setup::SetupError;
 
+mod documents;
+
 /// What the catalog says of the config's rules.
 pub struct Inspection {
     /// Every captured table, with what its rules need of it.
@@ -53,7 +55,8 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
         let backfilled = config.subscribers.iter().position(|s| {
             s.initial_backfill && crate::mapping::tables_for(config, &s.name).contains(&table.to_string())
         });
-        let first = (rules[0], backfilled);
+        let first = (format!("events[{}]", rules[0]), backfilled);
+        let first = (first.0.as_str(), first.1);
         let Some(facts) = table_facts(client, &server, table, first, &wanted, &mut problems).await? else {
             continue;
         };
@@ -129,6 +132,15 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
         );
         partitioned |= facts.relkind == "p" || facts.is_partition;
     }
+    documents::sources(
+        client,
+        config,
+        &server,
+        &wanted,
+        (&mut captured, &mut tables),
+        &mut problems,
+    )
+    .await?;
     preflight::publication(client, config, &server, &captured, partitioned, &mut problems).await?;
     preflight::slot(client, config, &server, &mut problems).await?;
     Ok(Inspection {
@@ -171,17 +183,17 @@ impl TableFacts {
     }
 }
 
-/// Looks `table` up; None (with a problem at the path of `first`, its first rule) when
+/// Looks `table` up; None (with a problem at `first`, the path of its first rule or document source) when
 /// it cannot be captured at all.
 async fn table_facts(
     client: &Client,
     server: &Server,
     table: &TableName,
-    (first, backfilled): (usize, Option<usize>),
+    (first, backfilled): (&str, Option<usize>),
     wanted: &BTreeMap<TableName, Vec<usize>>,
     problems: &mut Vec<Finding>,
 ) -> Result<Option<TableFacts>, SetupError> {
-    let path = format!("events[{first}].table");
+    let path = format!("{first}.table");
     let subject = format!("table {table}");
     let row = client
         .query_opt(
@@ -196,7 +208,7 @@ async fn table_facts(
     let problem = |message: String| Finding::problem(subject.clone(), message).at(path.clone());
     let Some(row) = row else {
         problems.push(problem(format!(
-            "table {} named in events[{first}].table does not exist in this database \
+            "table {} named in {first}.table does not exist in this database \
                  (names are exact and case-sensitive: \"schema.table\")",
             table.quoted()
         )));
@@ -210,9 +222,9 @@ async fn table_facts(
     let readable: bool = row.get(6);
     if relkind != "r" && relkind != "p" {
         problems.push(problem(format!(
-                "{} named in events[{first}].table is not a table (relkind '{relkind}'); only tables can be published",
-                table.quoted()
-            )));
+            "{} named in {first}.table is not a table (relkind '{relkind}'); only tables can be published",
+            table.quoted()
+        )));
         return Ok(None);
     }
     let who = |sql: String| {
@@ -275,13 +287,13 @@ async fn table_facts(
             .find(|a| wanted.contains_key(a));
         if let Some(root) = captured {
             problems.push(problem(format!(
-                    "events[{first}].table names {t}, a partition of {r}, which another rule captures: \
+                "{first}.table names {t}, a partition of {r}, which another rule captures: \
                      changes of a partition are published as changes of the partitioned table, so this rule \
-                     would never fire. Fix: name {r} in events[{first}].table and select the partition's rows \
+                     would never fire. Fix: name {r} in {first}.table and select the partition's rows \
                      with `when` on the partition key",
-                    t = table.quoted(),
-                    r = root.quoted()
-                )));
+                t = table.quoted(),
+                r = root.quoted()
+            )));
             return Ok(None);
         }
     }

@@ -212,21 +212,23 @@ pub async fn server(client: &Client, config: &Config, out: &mut Vec<Finding>) ->
     let grant = vec![format!(
         "GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message({signature}) TO {role};"
     )];
-    let coalescing = config.events.iter().position(|r| r.coalesce.is_some());
+    // Coalescing windows and documents' windows close on stream time, moved by ticks.
+    let windowed = match config.events.iter().position(|r| r.coalesce.is_some()) {
+        Some(i) => Some(format!("events[{i}].coalesce")),
+        None if !config.documents.is_empty() => Some("documents[0].window".to_string()),
+        None => None,
+    };
     let initial = config.subscribers.iter().position(|s| s.initial_backfill);
-    out.push(match (may, coalescing, initial) {
+    out.push(match (may, windowed, initial) {
         (true, _, _) => Finding::ok(
             subject,
-            "may write into the WAL with pg_logical_emit_message (coalescing, backfills)",
+            "may write into the WAL with pg_logical_emit_message (coalescing, documents, backfills)",
         ),
-        (false, Some(i), _) => Finding::problem(
+        (false, Some(path), _) => Finding::problem(
             subject,
-            format!(
-                "events[{i}].coalesce needs the role to write stream time into the WAL with \
-                 pg_logical_emit_message"
-            ),
+            format!("{path} needs the role to write stream time into the WAL with pg_logical_emit_message"),
         )
-        .at(format!("events[{i}].coalesce"))
+        .at(path)
         .with_fix(Who::Superuser, grant),
         (false, None, Some(i)) => Finding::problem(
             subject,

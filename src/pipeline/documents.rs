@@ -1,0 +1,101 @@
+//! Documents in the stream: the changes that make documents due go into their windows,
+//! and closed windows are made (their queries run, concurrently) and handed to the lanes
+//! in position order, held like coalesced events until no lane holds them pending.
+
+use super::*;
+use crate::mapping::documents::{self, Closed, Touch, Windows};
+
+/// Documents made and handed over in one go at most (a bulk import closes thousands).
+const MAKE_BATCH: usize = 2_000;
+
+impl Pipeline {
+    /// Notes the documents `change` (of transaction `tx`, committed at `time`) makes due
+    /// in `windows`. (Of the pipeline's fields, as the change borrows its relation.)
+    pub(super) fn documents_due(
+        (mapper, windows, metrics): (&Mapper, &mut Windows, &Metrics),
+        told: &mut bool,
+        (tx, time): (&TxMeta, i64),
+        change: &Change<'_>,
+    ) {
+        let dues = mapper.dues(change);
+        for (doc, col) in &dues.unknown {
+            let name = &mapper.documents()[*doc].name;
+            crate::metrics::bump(&metrics.document_keys_unknown, name, 1);
+            if !std::mem::replace(told, true) {
+                tracing::warn!(document = %name, table = %change.table, column = %col, op = change.op.as_str(),
+                    "a change of a document's source does not carry its key column, so it makes no document due \
+                     (counted in walhook_document_keys_unknown_total). For deletes: set REPLICA IDENTITY FULL on the \
+                     table, or key the source on its replica identity; for a truncate, run a document backfill");
+            }
+        }
+        for (doc, key) in dues.keys {
+            let spec = &mapper.documents()[doc];
+            // No subscriber wants it: nothing to read.
+            if spec.routes.is_empty() {
+                continue;
+            }
+            windows.add(
+                spec,
+                Touch {
+                    doc,
+                    key,
+                    table: change.table,
+                    op: change.op,
+                    pos: Pos::new(tx.commit_lsn, change.index, 0),
+                    time,
+                    commit_time: &tx.commit_time,
+                    xid: tx.xid,
+                },
+            );
+        }
+        if windows.closed_early > 0 {
+            metrics
+                .coalesce_closed_early
+                .add(std::mem::take(&mut windows.closed_early));
+        }
+    }
+
+    /// Makes the documents of `closed` and hands them to their lanes, in order, each
+    /// held (with `group_low`, the first change of its group) while a lane may hold it
+    /// pending. Returns false when cancelled.
+    pub(super) async fn hand_over_documents(
+        &mut self,
+        closed: Vec<Closed>,
+        group_low: u64,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let Some(mut maker) = self.maker.take() else {
+            return closed.is_empty();
+        };
+        let mut handed = true;
+        for batch in closed.chunks(MAKE_BATCH) {
+            let Some(made) = maker.make(batch, cancel).await else {
+                handed = false;
+                break;
+            };
+            for (c, row) in batch.iter().zip(made) {
+                let spec = &self.mapper.documents()[c.doc];
+                let events = documents::render(spec, c, row.as_deref());
+                self.metrics.events_emitted.add(1);
+                self.last_closed = c.pos;
+                self.spans.insert((c.first.lsn, c.last_lsn));
+                let routes: Arc<[usize]> = {
+                    let mut all: Vec<usize> = events.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+                    all.sort_unstable();
+                    all.into()
+                };
+                if !routes.is_empty() && !self.lanes.is_empty() {
+                    self.held.insert(c.pos, (group_low, routes));
+                }
+                for (event, routes) in events {
+                    if !self.push(event, &routes, cancel).await {
+                        self.maker = Some(maker);
+                        return false;
+                    }
+                }
+            }
+        }
+        self.maker = Some(maker);
+        handed
+    }
+}
