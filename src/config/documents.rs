@@ -75,6 +75,16 @@ impl Config {
                         .into(),
                 );
             }
+            if d.sources.len() > crate::mapping::documents::MAX_SOURCES {
+                bad(
+                    p("sources"),
+                    format!(
+                        "{} tables: a document has at most {} sources",
+                        d.sources.len(),
+                        crate::mapping::documents::MAX_SOURCES
+                    ),
+                );
+            }
             if d.sources.is_empty() {
                 bad(
                     p("sources"),

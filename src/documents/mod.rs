@@ -40,9 +40,16 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// 1 ms apart, before it counts as a failed try.
 const SNAPSHOT_TRIES: u32 = 1_000;
 
-/// How many of a batch's transactions the snapshot does not see yet.
-const UNSEEN: &str = "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-                      WHERE (x::text::bigint % 4294967296) = ANY($1::bigint[])";
+/// How many of a batch's transactions (32-bit ids, all committed in the WAL) the
+/// snapshot does not see yet. Each id is made whole (xid8) as the one nearest the
+/// snapshot's xmax (wrap-aware); one at or past xmax (newer than every transaction
+/// finished when the snapshot was taken) or in its running list is not seen.
+const UNSEEN: &str = "WITH s AS (SELECT pg_current_snapshot() AS snap),
+                           m AS (SELECT snap, pg_snapshot_xmax(snap)::text::bigint AS xmax FROM s)
+                      SELECT count(*) FROM m, unnest($1::bigint[]) AS x
+                      WHERE NOT pg_visible_in_snapshot(
+                          (m.xmax + ((x - m.xmax % 4294967296 + 6442450944) % 4294967296 - 2147483648))::text::xid8,
+                          m.snap)";
 
 /// A made document: its columns, or None when its query found no row.
 pub type Made = Option<Vec<Column>>;
@@ -66,7 +73,8 @@ pub struct Maker {
 
 /// Why a share was not read.
 enum Failed {
-    /// The server or connection refused: the document it was about, and what it said.
+    /// The server or connection refused: the document it was about (its place in the
+    /// batch), and what it said.
     Query(Option<usize>, String),
     /// The snapshot kept missing a committed transaction.
     NotVisible,
@@ -111,15 +119,12 @@ impl Maker {
                     })
                 }
             };
-            let Some((doc, error)) = failure else {
+            let Some((at, error)) = failure else {
                 continue;
             };
             tries += 1;
-            let name = doc.map(|d| self.names[d].clone()).unwrap_or_default();
-            let key = doc.and_then(|d| {
-                let i = left.iter().copied().find(|&i| batch[i].doc == d)?;
-                Some(batch[i].key.to_string())
-            });
+            let name = at.map(|i| self.names[batch[i].doc].clone()).unwrap_or_default();
+            let key = at.map(|i| batch[i].key.to_string());
             crate::metrics::bump(&self.metrics.document_errors, &name, 1);
             tracing::warn!(document = %name, key = key.as_deref().unwrap_or(""), %error, tries, retry_in = ?backoff,
                 "cannot read documents; trying again (the stream waits: nothing is dropped). \
@@ -283,7 +288,7 @@ async fn read_share(
                 rows.first()
                     .map(|r| (0..r.len()).map(|k| r.get::<_, Option<String>>(k)).collect()),
             ),
-            Err(e) => return Err(query_failed(Some(batch[i].doc))(e)),
+            Err(e) => return Err(query_failed(Some(i))(e)),
         }
     }
     tracing::trace!(documents = share.len(), took = ?started.elapsed(), "documents read");

@@ -74,8 +74,9 @@ pub async fn shape(client: &Client, query: &str) -> Result<Shape, String> {
         .map(|(n, _)| format!("{ALIAS}.{}::text", quote_ident(n)))
         .collect::<Vec<_>>()
         .join(", ");
-    // On lines of its own: a comment on the query's last line ends there.
-    let sql = format!("SELECT {cols} FROM (\n{query}\n) AS {ALIAS}");
+    // On lines of its own: a comment on the query's last line ends there. One row is
+    // used, so one is fetched, whatever the query returns.
+    let sql = format!("SELECT {cols} FROM (\n{query}\n) AS {ALIAS} LIMIT 1");
     Ok(Shape {
         sql,
         key_type,

@@ -7,8 +7,10 @@
 //! key's open window when it commits at most `window` after the window's last change (and
 //! at most `max_wait` after its first); a window closes at the first transaction committed
 //! past its deadline, or early when its document has `max_open` windows open. A closed
-//! window's event takes the position `(lsn, CLOSED | k)` of the transaction that closed
-//! it, numbered after that transaction's coalesced events.
+//! window's event takes the position `(lsn, CLOSED | DOCUMENT | k)` of the transaction
+//! that closed it: after that transaction's coalesced events, and numbered among
+//! documents only, so its position does not depend on the rules (a reload or restart
+//! with other coalescing rules must not move a pending document below a lane's mark).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +25,9 @@ use crate::event::{format_lsn, Event, EventRef, Pos};
 
 use super::coalesce::CLOSED;
 
+/// Set, with `CLOSED`, in the sequence of a document's position.
+pub const DOCUMENT: u64 = 1 << 60;
+
 /// Transaction ids a window keeps to check its document's read sees them (the latest).
 const WINDOW_XIDS: usize = 16;
 
@@ -33,6 +38,8 @@ pub struct DocSpec {
     /// The document key's name in `data.key`.
     pub key: String,
     pub query: String,
+    /// Its source tables, as written in `data.sources`.
+    sources: Vec<String>,
     /// The subscribers it goes to, by how they want numbers (as rules route).
     pub routes: Vec<(Numbers, Arc<[usize]>)>,
     window: i64,
@@ -45,8 +52,9 @@ pub struct DocSpec {
 #[derive(Debug, Default)]
 pub struct Documents {
     pub specs: Vec<DocSpec>,
-    /// Per source table: the documents it feeds and the column holding their key.
-    by_table: HashMap<TableName, Vec<(usize, String)>>,
+    /// Per source table: the documents it feeds, the column holding their key, and its
+    /// place among the document's sources.
+    by_table: HashMap<TableName, Vec<(usize, String, u8)>>,
 }
 
 impl Documents {
@@ -70,15 +78,21 @@ impl Documents {
                 name: d.name.clone(),
                 key: d.key.clone(),
                 query: d.query.clone(),
+                sources: (d.sources.iter())
+                    .map(|s| TableName::parse(&s.table).map_or_else(|_| s.table.clone(), |t| t.to_string()))
+                    .collect(),
                 routes,
                 window: super::micros(d.window),
                 max_wait: super::micros(d.max_wait),
                 max_open: d.max_open,
                 tag: fnv1a(format!("document\u{0}{}", d.name).as_bytes()),
             });
-            for s in &d.sources {
+            for (j, s) in d.sources.iter().enumerate().take(MAX_SOURCES) {
                 if let Ok(t) = TableName::parse(&s.table) {
-                    out.by_table.entry(t).or_default().push((i, s.key.clone()));
+                    out.by_table
+                        .entry(t)
+                        .or_default()
+                        .push((i, s.key.clone(), j as u8));
                 }
             }
         }
@@ -93,8 +107,9 @@ impl Documents {
 /// What one change makes due.
 #[derive(Debug, Default, PartialEq)]
 pub struct Dues {
-    /// Documents and keys (a change that moved a row to another key makes both due).
-    pub keys: Vec<(usize, Value)>,
+    /// Documents, keys and the source's place among the document's sources (a change
+    /// that moved a row to another key makes both keys due).
+    pub keys: Vec<(usize, Value, u8)>,
     /// Documents whose key this change does not carry (a delete whose old row lacks the
     /// key column, a truncate), with that column.
     pub unknown: Vec<(usize, String)>,
@@ -111,7 +126,7 @@ impl Mapper {
         let Some(feeds) = self.documents.by_table.get(change.table) else {
             return out;
         };
-        for (doc, col) in feeds {
+        for (doc, col, source) in feeds {
             if change.op == Op::Truncate {
                 out.unknown.push((*doc, col.clone()));
                 continue;
@@ -121,8 +136,8 @@ impl Mapper {
             let mut found = false;
             for v in [new, old].into_iter().flatten() {
                 found = true;
-                if !v.is_null() && !out.keys.iter().any(|(d, k)| d == doc && k == v) {
-                    out.keys.push((*doc, v.clone()));
+                if !v.is_null() && !out.keys.iter().any(|(d, k, _)| d == doc && k == v) {
+                    out.keys.push((*doc, v.clone(), *source));
                 }
             }
             if !found {
@@ -134,21 +149,21 @@ impl Mapper {
 }
 
 /// One open window: a document of one key made due by changes committed close together.
+/// Kept small: a bulk import closes (early) tens of thousands that wait for its commit.
 #[derive(Debug)]
 struct Window {
     doc: usize,
     key: Value,
-    key_text: String,
     first: Pos,
     last_lsn: u64,
-    /// Tables and operations that made it due, in first-seen order.
-    sources: Vec<(String, &'static str)>,
+    /// Sources and operations that made it due (`source_bit`).
+    sources: u64,
     xids: Vec<u32>,
     count: u64,
     first_time: i64,
     deadline: i64,
-    /// The last change's commit time (RFC 3339).
-    commit_time: String,
+    /// The last change's commit time (PostgreSQL microseconds).
+    last_time: i64,
 }
 
 /// A closed window: the document to make, at its position.
@@ -160,23 +175,36 @@ pub struct Closed {
     /// The position of its first change.
     pub first: Pos,
     pub last_lsn: u64,
-    pub sources: Vec<(String, &'static str)>,
+    /// Sources and operations that made it due (`source_bit`).
+    pub sources: u64,
     /// Transactions of its changes (the latest ones): its read must see them.
     pub xids: Vec<u32>,
     pub count: u64,
-    pub commit_time: String,
+    /// The last change's commit time (PostgreSQL microseconds).
+    pub last_time: i64,
+}
+
+/// Sources a document may have at most (their operations are bits of a u64).
+pub const MAX_SOURCES: usize = 16;
+/// The operations that make a document due, in the order `data.sources` lists them.
+const OPS: [Op; 3] = [Op::Insert, Op::Update, Op::Delete];
+
+/// The bit of `source` (its place among the document's sources) and `op`.
+fn source_bit(source: u8, op: Op) -> u64 {
+    let op = OPS.iter().position(|o| *o == op).unwrap_or(1) as u64;
+    1 << ((u64::from(source) % MAX_SOURCES as u64) * 4 + op)
 }
 
 /// A change that makes a document due.
-pub struct Touch<'a> {
+pub struct Touch {
     pub doc: usize,
     pub key: Value,
-    pub table: &'a TableName,
+    /// Its table's place among the document's sources.
+    pub source: u8,
     pub op: Op,
     pub pos: Pos,
-    /// Commit time, PostgreSQL microseconds and RFC 3339.
+    /// Commit time, PostgreSQL microseconds.
     pub time: i64,
-    pub commit_time: &'a str,
     pub xid: u32,
 }
 
@@ -206,10 +234,9 @@ impl Windows {
     }
 
     /// Takes one change that makes document `t.doc` of `t.key` due.
-    pub fn add(&mut self, spec: &DocSpec, t: Touch<'_>) {
-        let key_text = t.key.to_string();
-        let wk = (t.doc, key_text);
-        let source = (t.table.to_string(), t.op.as_str());
+    pub fn add(&mut self, spec: &DocSpec, t: Touch) {
+        let wk = (t.doc, t.key.to_string());
+        let bit = source_bit(t.source, t.op);
         if let Some(&id) = self.by_key.get(&wk) {
             if self.open.get(&id).is_some_and(|w| t.time <= w.deadline) {
                 let w = self.open.get_mut(&id).expect("window is open");
@@ -218,10 +245,8 @@ impl Windows {
                 w.deadline =
                     (t.time.saturating_add(spec.window)).min(w.first_time.saturating_add(spec.max_wait));
                 w.last_lsn = t.pos.lsn;
-                w.commit_time = t.commit_time.to_string();
-                if !w.sources.contains(&source) {
-                    w.sources.push(source);
-                }
+                w.last_time = t.time;
+                w.sources |= bit;
                 if w.xids.last() != Some(&t.xid) {
                     w.xids.retain(|x| *x != t.xid);
                     if w.xids.len() == WINDOW_XIDS {
@@ -248,15 +273,14 @@ impl Windows {
         let w = Window {
             doc: t.doc,
             key: t.key,
-            key_text: wk.1.clone(),
             first: t.pos,
             last_lsn: t.pos.lsn,
-            sources: vec![source],
+            sources: bit,
             xids: vec![t.xid],
             count: 1,
             first_time: t.time,
             deadline: t.time.saturating_add(spec.window.min(spec.max_wait)),
-            commit_time: t.commit_time.to_string(),
+            last_time: t.time,
         };
         self.deadlines.insert((w.deadline, id), ());
         self.per_doc.entry(t.doc).or_default().insert(id, ());
@@ -272,7 +296,7 @@ impl Windows {
         if let Some(m) = self.per_doc.get_mut(&w.doc) {
             m.remove(&id);
         }
-        let wk = (w.doc, w.key_text.clone());
+        let wk = (w.doc, w.key.to_string());
         if self.by_key.get(&wk) == Some(&id) {
             self.by_key.remove(&wk);
         }
@@ -284,17 +308,23 @@ impl Windows {
         self.advance(i64::MAX);
     }
 
-    /// The windows closed since the last call, at positions `(lsn, CLOSED | k)` from
-    /// `k = first_k` on, in the order of their first change (then document and key).
-    pub fn take_closed(&mut self, lsn: u64, first_k: u64) -> Vec<Closed> {
+    /// The windows closed since the last call, at positions `(lsn, CLOSED | DOCUMENT | k)`,
+    /// in the order of their first change (then document and key).
+    pub fn take_closed(&mut self, lsn: u64) -> Vec<Closed> {
         let mut closing = std::mem::take(&mut self.closing);
-        closing.sort_by(|a, b| (a.first, a.doc, &a.key_text).cmp(&(b.first, b.doc, &b.key_text)));
+        // A change makes at most one window of a document and key due, so first change,
+        // document and key order them (the key by its text only when the rest is equal).
+        closing.sort_by(|a, b| {
+            (a.first, a.doc)
+                .cmp(&(b.first, b.doc))
+                .then_with(|| a.key.to_string().cmp(&b.key.to_string()))
+        });
         (closing.into_iter().enumerate())
             .map(|(k, w)| Closed {
                 doc: w.doc,
                 pos: Pos {
                     lsn,
-                    seq: CLOSED | (first_k + k as u64),
+                    seq: CLOSED | DOCUMENT | k as u64,
                 },
                 key: w.key,
                 first: w.first,
@@ -302,7 +332,7 @@ impl Windows {
                 sources: w.sources,
                 xids: w.xids,
                 count: w.count,
-                commit_time: w.commit_time,
+                last_time: w.last_time,
             })
             .collect()
     }
@@ -364,7 +394,7 @@ struct Data<'a> {
     key: BTreeMap<&'a str, Num<'a>>,
     op: &'a str,
     document: Option<DocJson<'a>>,
-    sources: Vec<SourceJson<'a>>,
+    sources: &'a [SourceJson<'a>],
     coalesced: u64,
     source: Position<'a>,
 }
@@ -393,23 +423,32 @@ pub fn render(spec: &DocSpec, c: &Closed, row: Option<&[Column]>) -> Vec<(EventR
     let id = format!("evt_d{hash:016x}_{:08x}", spec.tag);
     let ordering = format!("{}|{key_exact}", spec.name);
     let lsn = format_lsn(c.last_lsn);
+    let commit_time = crate::decode::time::pg_micros_to_rfc3339(c.last_time);
+    let sources: Vec<SourceJson<'_>> = (spec.sources.iter().enumerate())
+        .flat_map(|(j, table)| {
+            (OPS.iter())
+                .filter(move |op| c.sources & source_bit(j as u8, **op) != 0)
+                .map(move |op| SourceJson {
+                    table,
+                    op: op.as_str(),
+                })
+        })
+        .collect();
     let mut out = Vec::with_capacity(spec.routes.len());
     for (numbers, routes) in &spec.routes {
         let strings = *numbers == Numbers::String;
         let body = Body {
             kind: &spec.name,
-            timestamp: &c.commit_time,
+            timestamp: &commit_time,
             data: Data {
                 key: BTreeMap::from([(spec.key.as_str(), Num::of(&c.key, strings))]),
                 op: if row.is_some() { "update" } else { "delete" },
                 document: row.map(|cols| DocJson { cols, strings }),
-                sources: (c.sources.iter())
-                    .map(|(table, op)| SourceJson { table, op })
-                    .collect(),
+                sources: &sources,
                 coalesced: c.count,
                 source: Position {
                     lsn: &lsn,
-                    commit_time: &c.commit_time,
+                    commit_time: &commit_time,
                 },
             },
         };

@@ -93,7 +93,7 @@ impl ClockOffset {
 /// changes, so a replay from it forms every window whole. One pass from the latest first
 /// change down is enough: lowering to a span's first change can only put spans that
 /// start earlier around the new value.
-pub(super) fn outside_spans(mut lsn: u64, spans: &std::collections::BTreeSet<(u64, u64)>) -> u64 {
+pub(crate) fn outside_spans(mut lsn: u64, spans: &std::collections::BTreeSet<(u64, u64)>) -> u64 {
     for (first, last) in spans.iter().rev() {
         if *first < lsn && *last >= lsn {
             lsn = *first;

@@ -28,7 +28,7 @@ impl Pipeline {
                      table, or key the source on its replica identity; for a truncate, run a document backfill");
             }
         }
-        for (doc, key) in dues.keys {
+        for (doc, key, source) in dues.keys {
             let spec = &mapper.documents()[doc];
             // No subscriber wants it: nothing to read.
             if spec.routes.is_empty() {
@@ -39,11 +39,10 @@ impl Pipeline {
                 Touch {
                     doc,
                     key,
-                    table: change.table,
+                    source,
                     op: change.op,
                     pos: Pos::new(tx.commit_lsn, change.index, 0),
                     time,
-                    commit_time: &tx.commit_time,
                     xid: tx.xid,
                 },
             );
@@ -57,19 +56,39 @@ impl Pipeline {
 
     /// Makes the documents of `closed` and hands them to their lanes, in order, each
     /// held (with `group_low`, the first change of its group) while a lane may hold it
-    /// pending. Returns false when cancelled.
+    /// pending. While they are read, the server hears from walhook every
+    /// `status_interval` (at most 10 s) on `conn`, confirming nothing at or after
+    /// `group_low`, so a long read does not end the replication connection. Returns false
+    /// when cancelled.
     pub(super) async fn hand_over_documents(
         &mut self,
         closed: Vec<Closed>,
         group_low: u64,
+        mut conn: Option<&mut ReplConn>,
         cancel: &CancellationToken,
     ) -> bool {
         let Some(mut maker) = self.maker.take() else {
             return closed.is_empty();
         };
+        let every = self.config.source.status_interval.min(Duration::from_secs(10));
         let mut handed = true;
         for batch in closed.chunks(MAKE_BATCH) {
-            let Some(made) = maker.make(batch, cancel).await else {
+            let made = {
+                let mut making = std::pin::pin!(maker.make(batch, cancel));
+                loop {
+                    tokio::select! {
+                        made = &mut making => break made,
+                        _ = tokio::time::sleep(every) => {
+                            if let Some(conn) = conn.as_deref_mut() {
+                                let flush = confirm::outside_spans(self.confirm_lsn().min(group_low), &self.spans);
+                                // A failure shows on the next read of the stream.
+                                let _ = conn.send_status(self.received.max(flush), flush, false).await;
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(made) = made else {
                 handed = false;
                 break;
             };
@@ -77,7 +96,6 @@ impl Pipeline {
                 let spec = &self.mapper.documents()[c.doc];
                 let events = documents::render(spec, c, row.as_deref());
                 self.metrics.events_emitted.add(1);
-                self.last_closed = c.pos;
                 self.spans.insert((c.first.lsn, c.last_lsn));
                 let routes: Arc<[usize]> = {
                     let mut all: Vec<usize> = events.iter().flat_map(|(_, r)| r.iter().copied()).collect();

@@ -382,7 +382,7 @@ impl Pipeline {
                     ReplMessage::XLogData { wal_start, wal_end, send_time, data } => {
                         self.received = self.received.max(wal_end);
                         self.clock.observe(send_time);
-                        if !self.handle(wal_start, data, cancel).await? {
+                        if !self.handle(wal_start, data, &mut conn, cancel).await? {
                             conn.close().await;
                             return Ok(());
                         }
@@ -432,6 +432,7 @@ impl Pipeline {
         &mut self,
         wal_start: u64,
         data: bytes::Bytes,
+        conn: &mut ReplConn,
         cancel: &CancellationToken,
     ) -> Result<bool, SourceError> {
         let msg = decode::parse(&data).map_err(|source| SourceError::Decode {
@@ -464,7 +465,7 @@ impl Pipeline {
                 // Windows closed in this transaction go out at its commit LSN, after its
                 // own events and before the frontier passes it.
                 if let Some(lsn) = self.tx.as_ref().map(|(tx, _)| tx.commit_lsn) {
-                    if !self.hand_over_closed(lsn, 0, cancel).await {
+                    if !self.hand_over_closed(lsn, 0, Some(conn), cancel).await {
                         return Ok(false);
                     }
                 }

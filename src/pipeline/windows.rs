@@ -19,8 +19,9 @@ impl Pipeline {
     /// (their events go out now, under the old rules), and every later change is mapped
     /// by the new rules. Returns false when cancelled.
     pub(super) async fn apply(&mut self, swap: Swap, cancel: &CancellationToken) -> bool {
+        // Document windows stay open: documents change only with a restart, so their
+        // windows form as a replay forms them.
         self.coalescer.advance(i64::MAX);
-        self.windows.close_all();
         // After everything handed over so far and before the next transaction: its commit
         // LSN may equal the frontier when that came from a keepalive, never less.
         let lsn = self.frontier.saturating_sub(1).max(self.last_closed.lsn);
@@ -29,7 +30,7 @@ impl Pipeline {
         } else {
             0
         };
-        if !self.hand_over_closed(lsn, first_k, cancel).await {
+        if !self.hand_over_closed(lsn, first_k, None, cancel).await {
             return false;
         }
         self.coalescer = Coalescer::default();
@@ -58,11 +59,13 @@ impl Pipeline {
         &mut self,
         lsn: u64,
         first_k: u64,
+        conn: Option<&mut ReplConn>,
         cancel: &CancellationToken,
     ) -> bool {
         let closed = self.coalescer.take_closed(lsn, first_k);
-        // Documents closed here are numbered after the coalesced events.
-        let docs = self.windows.take_closed(lsn, first_k + closed.len() as u64);
+        // Documents are numbered apart from coalesced events (`DOCUMENT`): their
+        // positions do not depend on the rules.
+        let docs = self.windows.take_closed(lsn);
         self.metrics
             .coalesce_closed_early
             .add(std::mem::take(&mut self.coalescer.closed_early));
@@ -91,7 +94,7 @@ impl Pipeline {
                 return false;
             }
         }
-        self.hand_over_documents(docs, group_low, cancel).await
+        self.hand_over_documents(docs, group_low, conn, cancel).await
     }
 
     /// Publishes how many coalescing windows are open (metric, and the ticker's cue).

@@ -60,7 +60,7 @@ fn a_change_of_a_source_makes_its_key_due_and_a_moved_row_both_keys() {
     let m = mapper(&config(""));
     let prices = TableName::parse("prices").unwrap();
     let c = change(&prices, Op::Insert, Some(row(&[("product_id", json!(7))])), None);
-    assert_eq!(m.dues(&c).keys, vec![(0, json!(7))]);
+    assert_eq!(m.dues(&c).keys, vec![(0, json!(7), 1)]);
     // A price moved from product 7 to 8: both documents change.
     let c = change(
         &prices,
@@ -68,7 +68,7 @@ fn a_change_of_a_source_makes_its_key_due_and_a_moved_row_both_keys() {
         Some(row(&[("product_id", json!(8))])),
         Some(row(&[("product_id", json!(7))])),
     );
-    assert_eq!(m.dues(&c).keys, vec![(0, json!(8)), (0, json!(7))]);
+    assert_eq!(m.dues(&c).keys, vec![(0, json!(8), 1), (0, json!(7), 1)]);
     // Unmoved: once.
     let c = change(
         &prices,
@@ -76,7 +76,7 @@ fn a_change_of_a_source_makes_its_key_due_and_a_moved_row_both_keys() {
         Some(row(&[("product_id", json!(8))])),
         Some(row(&[("product_id", json!(8))])),
     );
-    assert_eq!(m.dues(&c).keys, vec![(0, json!(8))]);
+    assert_eq!(m.dues(&c).keys, vec![(0, json!(8), 1)]);
     // A null key makes nothing due; a delete whose old row lacks the key is told.
     let c = change(
         &prices,
@@ -96,38 +96,38 @@ fn a_change_of_a_source_makes_its_key_due_and_a_moved_row_both_keys() {
     assert!(m.watches(&prices) && !m.watches(&other));
 }
 
-fn touch(table: &TableName, key: i64, lsn: u64, time: i64, xid: u32) -> Touch<'_> {
+/// A change of source `source` (0: products, 1: prices) at `time` after the epoch below.
+fn touch(source: u8, key: i64, lsn: u64, time: i64, xid: u32) -> Touch {
     Touch {
         doc: 0,
         key: json!(key),
-        table,
+        source,
         op: Op::Update,
         pos: Pos::new(lsn, 0, 0),
-        time,
-        commit_time: "2026-12-04T10:00:00Z",
+        // 2026-12-04T10:00:00Z in PostgreSQL microseconds.
+        time: T0 + time,
         xid,
     }
 }
+
+const T0: i64 = 849_693_600 * SEC;
 
 #[test]
 fn changes_of_one_key_within_the_window_make_one_document() {
     let m = mapper(&config(""));
     let spec = &m.documents()[0];
-    let (products, prices) = (
-        TableName::parse("products").unwrap(),
-        TableName::parse("prices").unwrap(),
-    );
+    let (products, prices) = (0, 1);
     let mut w = Windows::default();
-    w.add(spec, touch(&products, 1, 100, 0, 10));
-    w.add(spec, touch(&prices, 1, 110, SEC / 2, 11));
-    w.add(spec, touch(&prices, 2, 120, SEC / 2, 11));
+    w.add(spec, touch(products, 1, 100, 0, 10));
+    w.add(spec, touch(prices, 1, 110, SEC / 2, 11));
+    w.add(spec, touch(prices, 2, 120, SEC / 2, 11));
     assert_eq!(w.open_windows(), 2);
     assert_eq!(w.low(), Some(100));
     // Not yet past the deadline (1.5 s for key 1).
-    w.advance(SEC + SEC / 2);
-    assert!(w.take_closed(200, 0).is_empty());
-    w.advance(SEC + SEC / 2 + 1);
-    let closed = w.take_closed(200, 3);
+    w.advance(T0 + SEC + SEC / 2);
+    assert!(w.take_closed(200).is_empty());
+    w.advance(T0 + SEC + SEC / 2 + 1);
+    let closed = w.take_closed(200);
     assert_eq!(closed.len(), 2);
     assert_eq!(closed[0].key, json!(1));
     assert_eq!(closed[0].count, 2);
@@ -136,25 +136,21 @@ fn changes_of_one_key_within_the_window_make_one_document() {
     assert_eq!(closed[0].xids, vec![10, 11]);
     assert_eq!(
         closed[0].sources,
-        vec![
-            ("public.products".to_string(), "update"),
-            ("public.prices".to_string(), "update")
-        ]
+        source_bit(0, Op::Update) | source_bit(1, Op::Update)
     );
-    // Numbered after the coalesced events closed there, in first-change order.
-    assert_eq!(
-        closed[0].pos,
-        Pos {
-            lsn: 200,
-            seq: CLOSED | 3
-        }
-    );
-    assert_eq!(
-        closed[1].pos,
-        Pos {
-            lsn: 200,
-            seq: CLOSED | 4
-        }
+    // After the coalesced events closed there (whatever their number), in first-change
+    // order.
+    let at = |k: u64| Pos {
+        lsn: 200,
+        seq: CLOSED | DOCUMENT | k,
+    };
+    assert_eq!((closed[0].pos, closed[1].pos), (at(0), at(1)));
+    assert!(
+        closed[0].pos
+            > Pos {
+                lsn: 200,
+                seq: CLOSED | 9999
+            }
     );
     assert_eq!(w.low(), None);
 }
@@ -163,23 +159,23 @@ fn changes_of_one_key_within_the_window_make_one_document() {
 fn a_window_closes_at_max_wait_and_the_oldest_early_past_max_open() {
     let m = mapper(&config(""));
     let spec = &m.documents()[0];
-    let products = TableName::parse("products").unwrap();
+    let products = 0;
     let mut w = Windows::default();
     // A change every 0.9 s keeps the window open until max_wait (3 s) after the first.
     for i in 0..4 {
-        w.add(spec, touch(&products, 1, 100 + i, i as i64 * SEC * 9 / 10, 1));
+        w.add(spec, touch(products, 1, 100 + i, i as i64 * SEC * 9 / 10, 1));
     }
-    w.advance(3 * SEC + 1);
-    let closed = w.take_closed(300, 0);
+    w.advance(T0 + 3 * SEC + 1);
+    let closed = w.take_closed(300);
     assert_eq!((closed.len(), closed[0].count), (1, 4));
     // A change after it opens a new window.
-    w.add(spec, touch(&products, 1, 400, 3 * SEC + 2, 1));
-    w.add(spec, touch(&products, 2, 401, 3 * SEC + 2, 1));
+    w.add(spec, touch(products, 1, 400, 3 * SEC + 2, 1));
+    w.add(spec, touch(products, 2, 401, 3 * SEC + 2, 1));
     assert_eq!(w.open_windows(), 2);
     // max_open = 2: a third key closes the oldest window at once.
-    w.add(spec, touch(&products, 3, 402, 3 * SEC + 3, 1));
+    w.add(spec, touch(products, 3, 402, 3 * SEC + 3, 1));
     assert_eq!((w.open_windows(), w.closed_early), (2, 1));
-    let closed = w.take_closed(402, 0);
+    let closed = w.take_closed(402);
     assert_eq!(closed[0].key, json!(1));
     assert_eq!(w.low(), Some(401));
 }
@@ -198,11 +194,11 @@ numbers = "string"
     );
     let m = mapper(&c);
     let spec = &m.documents()[0];
-    let products = TableName::parse("products").unwrap();
+    let products = 0;
     let mut w = Windows::default();
-    w.add(spec, touch(&products, 42, 0x100, 0, 1));
+    w.add(spec, touch(products, 42, 0x100, 0, 1));
     w.close_all();
-    let closed = w.take_closed(0x200, 0);
+    let closed = w.take_closed(0x200);
     let cols = vec![
         Column {
             name: "id".into(),
@@ -223,7 +219,7 @@ numbers = "string"
     assert_eq!(&routes[..], &[0]);
     assert_eq!(
         std::str::from_utf8(&exact.body).unwrap(),
-        r#"{"type":"product.updated","timestamp":"2026-12-04T10:00:00Z","data":{"key":{"product_id":42},"op":"update","document":{"id":42,"title":"Desk"},"sources":[{"table":"public.products","op":"update"}],"coalesced":1,"source":{"lsn":"0/100","commit_time":"2026-12-04T10:00:00Z"}}}"#
+        r#"{"type":"product.updated","timestamp":"2026-12-04T10:00:00.000000Z","data":{"key":{"product_id":42},"op":"update","document":{"id":42,"title":"Desk"},"sources":[{"table":"public.products","op":"update"}],"coalesced":1,"source":{"lsn":"0/100","commit_time":"2026-12-04T10:00:00.000000Z"}}}"#
     );
     let (strings, routes) = &events[1];
     assert_eq!(&routes[..], &[1]);
