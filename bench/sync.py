@@ -150,19 +150,23 @@ class Sync(b.Bench):
         return bf["rows_done"], bf["seconds"]
 
     def backfill_run(self, run):
-        """A backfill alone, pgbench alone, and both at once; the database and pgbench on
-        one half of the cores and walhook and its receiver on the other (as bench/run.py's
-        cost scenario), so the TPS ratio is the backfill's cost to the source."""
+        """A backfill alone (every core free), then pgbench alone and pgbench beside a
+        second backfill with the database and pgbench on one half of the cores and walhook
+        and its receiver on the other (as bench/run.py's cost scenario), so the TPS ratio
+        is the backfill's cost to the source, not its clients' share of the CPUs."""
         n = os.cpu_count() or 2
         half = max(1, n // 2)
-        self.db_cpus, self.client_cpus = f"0-{half - 1}", (f"{half}-{n - 1}" if n > 1 else "0")
-        self.pin_postgres(self.db_cpus)
         rx, url = self.start_receiver()
-        proc, admin, path = self.start("bench_bf", url, '[[events]]\ntable = "items"\n', publication="items")
+        proc, admin, path = self.start("bench_bf", url, '[[events]]\ntable = "items"\n', publication="items",
+                                       extra=self.args.backfill_extra.replace("\\n", "\n"))
         try:
             rows, secs = self.backfill(path, 0, url)
             alone = rows / secs
             b.log(f"  run {run + 1}: alone {rows:,} rows in {secs:.1f}s = {alone:,.0f} rows/s")
+            self.db_cpus, self.client_cpus = f"0-{half - 1}", (f"{half}-{n - 1}" if n > 1 else "0")
+            self.pin_postgres(self.db_cpus)
+            for p in (proc, rx):
+                subprocess.run(["taskset", "-a", "-p", "-c", self.client_cpus, str(p.p.pid)], capture_output=True)
             base = self.pgbench_start(f"without-{run}")
             time.sleep(self.args.pgbench_seconds)
             without = self.pgbench_stop(base, f"without-{run}")
@@ -275,6 +279,8 @@ def main():
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--rows", type=int, default=1_000_000, help="rows the backfill reads")
     p.add_argument("--pgbench-seconds", type=int, default=20, help="pgbench alone, per run")
+    p.add_argument("--backfill-extra", default="", help="TOML for the backfill's walhook, e.g. "
+                   "'[backfill]\\nchunk_rows = 20000\\n'")
     p.add_argument("--out", default=str(b.BENCH / "results"))
     p.add_argument("--log", default="info")
     Sync(p.parse_args()).run_all()
