@@ -44,6 +44,18 @@ const QUERY: &str =
 const SOURCES: &str =
     r#"{ table = "public.products", key = "id" }, { table = "public.stock", key = "product_id" }"#;
 
+/// Products `from..=to`, each with one stock row of 1, in one transaction.
+async fn add_products(db: &tokio_postgres::Client, from: i64, to: i64) {
+    db.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO products (id, sku, title) SELECT g, 'P-' || g, 'Product ' || g FROM generate_series({from}, {to}) g;
+         INSERT INTO stock (product_id, warehouse, qty) SELECT g, 'berlin', 1 FROM generate_series({from}, {to}) g;
+         COMMIT;"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Every delivered event by id: each id's bodies must be identical.
 fn by_id(got: &[Received]) -> HashMap<String, Value> {
     let mut out: HashMap<String, Value> = HashMap::new();
@@ -64,12 +76,7 @@ async fn a_sigkill_while_documents_are_due_loses_none() {
     let mut walhook = Walhook::start(&config(&url, &rx, QUERY, SOURCES));
     walhook.wait_ready().await;
     let db = pg.client("shop").await;
-    db.batch_execute(
-        "INSERT INTO products (id, sku, title) SELECT g, 'K-' || g, 'Kept ' || g FROM generate_series(100, 399) g;
-         INSERT INTO stock (product_id, warehouse, qty) SELECT g, 'berlin', 1 FROM generate_series(100, 399) g;",
-    )
-    .await
-    .unwrap();
+    add_products(&db, 100, 399).await;
     // Killed inside the window: nothing was made yet, and the slot must not have moved
     // past the import.
     walhook.sigkill();
@@ -206,4 +213,106 @@ async fn check_names_a_broken_query_and_a_source_whose_deletes_lack_the_key() {
     let (code, out, err) = walhook_output(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("document product.updated"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_a_document_sends_every_product_as_it_is_to_its_subscriber_only() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", &format!("{PIM_SQL}{SCHEMA}")).await;
+    let db = pg.client("shop").await;
+    add_products(&db, 100, 2099).await;
+    let (rx, other) = (Receiver::start().await, Receiver::start().await);
+    let config = format!(
+        "{}\n[backfill]\nchunk_rows = 300\n{}",
+        config(&url, &rx, QUERY, SOURCES),
+        subscriber("other", &other.url(), "\"product.updated\"", "")
+    );
+    let walhook = Walhook::start(&config);
+    walhook.wait_ready().await;
+    let path = walhook.config_path();
+    let path = path.to_str().unwrap();
+    // Refusals name the fix.
+    let (code, _, err) = walhook_output(&[
+        "backfill",
+        "start",
+        "--config",
+        path,
+        "--subscriber",
+        "shop",
+        "--document",
+        "product.nope",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no such [[documents]]") && err.contains("product.updated"),
+        "{err}"
+    );
+    // Live changes all along: the last event of each product carries its stock as it is.
+    let writer = {
+        let db = pg.client("shop").await;
+        tokio::spawn(async move {
+            for n in 0..40 {
+                db.batch_execute(&format!(
+                    "UPDATE stock SET qty = {} WHERE product_id IN ({}, {}, 1)",
+                    n + 2,
+                    100 + n * 50,
+                    2099 - n * 13
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let (code, out, err) = walhook_output(&[
+        "backfill",
+        "start",
+        "--config",
+        path,
+        "--subscriber",
+        "shop",
+        "--document",
+        "product.updated",
+        "--wait",
+    ]);
+    assert_eq!(code, 0, "{out}{err}\n{}", walhook.log());
+    writer.await.unwrap();
+    let stock: HashMap<i64, i64> = db
+        .query(
+            "SELECT product_id, sum(qty)::bigint FROM stock GROUP BY product_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let products = 2003; // 3 of the PIM schema and 2,000 more
+    let got = rx
+        .wait_for(WAIT, "every product's last event current", |r| {
+            let mut last: HashMap<i64, i64> = HashMap::new();
+            for e in r {
+                let d = e.json()["data"]["document"].clone();
+                last.insert(d["id"].as_i64().unwrap(), d["stock"].as_i64().unwrap());
+            }
+            last.len() == products
+                && last
+                    .iter()
+                    .all(|(id, s)| stock.get(id).copied().unwrap_or(0) == *s)
+        })
+        .await;
+    let reads: Vec<Value> = got
+        .iter()
+        .map(Received::json)
+        .filter(|b| b["data"]["op"] == "read")
+        .collect();
+    let read_ids: std::collections::HashSet<i64> = reads
+        .iter()
+        .map(|b| b["data"]["document"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(read_ids.len(), products, "every product is read");
+    assert!(reads.iter().all(|b| b["type"] == "product.updated"));
+    // The other subscriber got live documents only.
+    assert!(other.delivered().iter().all(|e| e.json()["data"]["op"] != "read"));
+    by_id(&got);
 }

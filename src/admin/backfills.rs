@@ -43,6 +43,8 @@ struct StartRequest {
     tables: Vec<String>,
     #[serde(rename = "where")]
     where_sql: Option<String>,
+    /// A document to send (instead of the rows of tables).
+    document: Option<String>,
 }
 
 async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -55,12 +57,17 @@ async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::b
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                "not a backfill request ({{\"subscriber\": ..., \"tables\": [...], \"where\": ...}}): {e}"
+                "not a backfill request ({{\"subscriber\": ..., \"tables\": [...] or \"document\": ..., \"where\": ...}}): {e}"
             ),
             )
         }
     };
-    let tables = match crate::backfill::tables(&a.config, &req.subscriber, &req.tables) {
+    let tables = match &req.document {
+        Some(_) if !req.tables.is_empty() => Err("give \"tables\" or \"document\", not both".to_string()),
+        Some(d) => crate::backfill::document_tables(&a.config, &req.subscriber, d),
+        None => crate::backfill::tables(&a.config, &req.subscriber, &req.tables),
+    };
+    let tables = match tables {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -82,6 +89,7 @@ async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::b
         tables: &tables,
         where_sql: req.where_sql.as_deref().filter(|w| !w.trim().is_empty()),
         initial: false,
+        document: req.document.as_deref(),
     };
     let created = async {
         let id = a.state.create_backfill(&asked).await?;

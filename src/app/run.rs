@@ -549,6 +549,7 @@ async fn initial_backfills(
                 tables: &tables,
                 where_sql: None,
                 initial: true,
+                document: None,
             };
             state.create_backfill(&req).await.map(Some)
         };

@@ -35,6 +35,10 @@ pub struct Pin {
     pub key: Vec<Arc<str>>,
     /// The lanes (subscriber indexes) the rows go to.
     pub lanes: Arc<[usize]>,
+    /// For a backfill of a document: the document (its place in the config) and the
+    /// column of the rows holding its keys; the pipeline sends the documents of the rows'
+    /// keys, read as it hands them over, instead of the rows.
+    pub document: Option<(usize, Arc<str>)>,
 }
 
 /// The rows the pipeline hands over at the high watermark, with what they go out as.
@@ -215,6 +219,9 @@ impl Board {
                 })
                 .collect();
             match key_of(&chunk.pin.key, &image) {
+                // A document is read as it is handed over, so after every live change
+                // before it: no key is left out.
+                _ if chunk.pin.document.is_some() => kept.push(image),
                 _ if all => left_out.push(key_text),
                 Some(k) if seen.contains(&k) => left_out.push(key_text),
                 _ => kept.push(image),
@@ -275,6 +282,7 @@ mod tests {
             columns: vec![(Arc::from("id"), 20), (Arc::from("title"), 25)],
             key: vec![Arc::from("id")],
             lanes: Arc::from(vec![0usize]),
+            document: None,
         }
     }
 

@@ -84,6 +84,40 @@ pub fn tables(config: &Config, subscriber: &str, tables: &[String]) -> Result<Ve
     Ok(out)
 }
 
+/// The table a backfill of document `document` for `subscriber` reads (its first source,
+/// whose key column's values are the documents' keys), or why it cannot be asked for.
+pub fn document_tables(config: &Config, subscriber: &str, document: &str) -> Result<Vec<String>, String> {
+    let Some(sub) = config.subscribers.iter().find(|s| s.name == subscriber) else {
+        let names: Vec<&str> = config.subscribers.iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "no subscriber {subscriber:?} in the config (it has: {})",
+            names.join(", ")
+        ));
+    };
+    let Some(doc) = config.documents.iter().find(|d| d.name == document) else {
+        let names: Vec<&str> = config.documents.iter().map(|d| d.name.as_str()).collect();
+        return Err(format!(
+            "--document {document}: no such [[documents]] in the config (it has: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+    };
+    if !sub
+        .events
+        .iter()
+        .any(|p| crate::mapping::pattern_matches(p, &doc.name))
+    {
+        return Err(format!(
+            "--document {document}: subscriber {subscriber:?} does not receive it; add \"{document}\" to its events"
+        ));
+    }
+    let first = doc.sources.first().ok_or("the document has no sources")?;
+    Ok(vec![TableName::parse(&first.table)?.to_string()])
+}
+
 /// A watermark as written into the WAL: which slot's process wrote it, and for which
 /// chunk.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -214,6 +248,19 @@ impl Runner {
                 b.where_sql.unwrap_or_default()
             )));
         }
+        let document = match &b.document {
+            None => None,
+            Some(name) => {
+                let found = (self.config.documents.iter().enumerate())
+                    .find(|(_, d)| d.name == *name)
+                    .and_then(|(i, d)| Some((i, Arc::<str>::from(d.sources.first()?.key.as_str()))));
+                Some(found.ok_or_else(|| {
+                    Stop::Failed(format!(
+                        "document {name:?} is not in the config: add it back, or cancel the backfill"
+                    ))
+                })?)
+            }
+        };
         let conn = self.connect(cancel).await?;
         let mut tables = Vec::new();
         for name in &b.tables {
@@ -242,6 +289,7 @@ impl Runner {
             unsaved: VecDeque::new(),
             started: Instant::now(),
             rows_this_run: 0,
+            document,
         };
         for t in &tables {
             let key = t.name.to_string();
@@ -355,6 +403,7 @@ impl Runner {
                 columns: t.columns.clone(),
                 key: t.key.iter().map(|(k, _)| k.clone()).collect(),
                 lanes: Arc::from(vec![run.lane]),
+                document: run.document.clone(),
             },
         );
         let read = async {
@@ -595,6 +644,8 @@ struct Run {
     unsaved: VecDeque<Unsaved>,
     started: Instant,
     rows_this_run: u64,
+    /// For a backfill of a document: the document and its first source's key column.
+    document: Option<(usize, Arc<str>)>,
 }
 
 struct Conns {

@@ -37,10 +37,15 @@ async fn run(action: BackfillAction) -> Result<i32, Failure> {
             subscriber,
             tables,
             where_sql,
+            document,
             wait,
         } => {
             let config = super::commands::load(&config.config).map_err(|c| (c, String::new()))?;
-            let tables = crate::backfill::tables(&config, &subscriber, &tables).map_err(|e| (2, e))?;
+            let tables = match &document {
+                Some(d) => crate::backfill::document_tables(&config, &subscriber, d),
+                None => crate::backfill::tables(&config, &subscriber, &tables),
+            }
+            .map_err(|e| (2, e))?;
             if let Some(w) = &where_sql {
                 let source = crate::pg::PgTarget::parse(&config.source.url)
                     .map_err(|e| (2, format!("source.url: {e}")))?;
@@ -58,15 +63,19 @@ async fn run(action: BackfillAction) -> Result<i32, Failure> {
                 tables: &tables,
                 where_sql: where_sql.as_deref(),
                 initial: false,
+                document: document.as_deref(),
             };
             let id = state
                 .create_backfill(&req)
                 .await
                 .map_err(|e| (1, e.to_string()))?;
+            let what = match &document {
+                Some(d) => format!("document {d} (the keys of {})", tables.join(", ")),
+                None => tables.join(", "),
+            };
             println!(
-                "backfill {id}: {} to {subscriber}; the leading walhook takes it up within a second \
-                 (walhook backfill list shows its progress)",
-                tables.join(", ")
+                "backfill {id}: {what} to {subscriber}; the leading walhook takes it up within a second \
+                 (walhook backfill list shows its progress)"
             );
             if wait {
                 return watch(&state, id).await;
@@ -242,7 +251,10 @@ fn table(list: &[Backfill]) -> String {
                 b.id.to_string(),
                 b.status.as_str().to_string(),
                 b.subscriber.clone(),
-                b.tables.join(",")
+                b.document
+                    .as_ref()
+                    .map_or(String::new(), |d| format!("document {d} from "))
+                    + &b.tables.join(",")
                     + b.where_sql
                         .as_deref()
                         .map(|w| format!(" where {w}"))
@@ -318,6 +330,7 @@ mod tests {
             updated_at: "2026-12-04T10:00:10Z".into(),
             finished_at: None,
             seconds,
+            document: None,
         }
     }
 

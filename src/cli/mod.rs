@@ -240,6 +240,10 @@ pub enum BackfillAction {
         /// Only rows for which this SQL condition holds, e.g. "status = 'active'".
         #[arg(long = "where")]
         where_sql: Option<String>,
+        /// A [[documents]] name: send each document (op "read"), walking the keys of its
+        /// first source table (instead of the rows of tables).
+        #[arg(long, conflicts_with = "tables")]
+        document: Option<String>,
         /// Show its progress until it ends (exit 0 when done, 1 when it failed or was
         /// cancelled).
         #[arg(long)]

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Sources a document may have at most (their operations are bits of a u64).
+pub const MAX_SOURCES: usize = 16;
+
 /// A document's window when it names none: changes of one key within it make one event.
 pub const DEFAULT_DOCUMENT_WINDOW: Duration = Duration::from_secs(1);
 
@@ -75,13 +78,13 @@ impl Config {
                         .into(),
                 );
             }
-            if d.sources.len() > crate::mapping::documents::MAX_SOURCES {
+            if d.sources.len() > MAX_SOURCES {
                 bad(
                     p("sources"),
                     format!(
                         "{} tables: a document has at most {} sources",
                         d.sources.len(),
-                        crate::mapping::documents::MAX_SOURCES
+                        MAX_SOURCES
                     ),
                 );
             }

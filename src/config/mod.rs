@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use documents::{Document, DocumentSource, DEFAULT_DOCUMENT_WINDOW};
+pub use documents::{Document, DocumentSource, DEFAULT_DOCUMENT_WINDOW, MAX_SOURCES};
 pub use expand::expand_vars;
 pub use table::{quote_ident, TableName};
 

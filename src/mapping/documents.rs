@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::render::{value_at, Num};
 use super::{fnv1a, fnv1a64, Change, Mapper};
-use crate::config::{Config, Numbers, Op, TableName};
+use crate::config::{Config, Numbers, Op, TableName, MAX_SOURCES};
 use crate::event::{format_lsn, Event, EventRef, Pos};
 
 use super::coalesce::CLOSED;
@@ -180,12 +180,32 @@ pub struct Closed {
     /// Transactions of its changes (the latest ones): its read must see them.
     pub xids: Vec<u32>,
     pub count: u64,
-    /// The last change's commit time (PostgreSQL microseconds).
+    /// The last change's commit time (PostgreSQL microseconds); for a read, when it is
+    /// read.
     pub last_time: i64,
+    /// Set for a document a backfill sends (`op = "read"`): the backfill's id.
+    pub read: Option<i64>,
 }
 
-/// Sources a document may have at most (their operations are bits of a u64).
-pub const MAX_SOURCES: usize = 16;
+impl Closed {
+    /// A document backfill `backfill` sends for `key`, at `pos` (its chunk's high
+    /// watermark), read at `now` (PostgreSQL microseconds).
+    pub fn read(doc: usize, key: Value, pos: Pos, backfill: i64, now: i64) -> Closed {
+        Closed {
+            doc,
+            pos,
+            key,
+            first: pos,
+            last_lsn: pos.lsn,
+            sources: 0,
+            xids: Vec::new(),
+            count: 0,
+            last_time: now,
+            read: Some(backfill),
+        }
+    }
+}
+
 /// The operations that make a document due, in the order `data.sources` lists them.
 const OPS: [Op; 3] = [Op::Insert, Op::Update, Op::Delete];
 
@@ -333,6 +353,7 @@ impl Windows {
                 xids: w.xids,
                 count: w.count,
                 last_time: w.last_time,
+                read: None,
             })
             .collect()
     }
@@ -416,11 +437,25 @@ struct Body<'a> {
 /// The events of a made document (`row`: its columns, None when the query found no row),
 /// once per way its subscribers want numbers written, with their routes. Ids derive from
 /// the window's first change, document and key; the body from the row: a replay of the
-/// same window with the same row renders the same bytes.
+/// same window with the same row renders the same bytes. A read (`Closed::read`) is
+/// `op = "read"`, its id derives from the backfill, the key and the document (a document
+/// sent again after a resume keeps its id when it did not change); a read of a key with no
+/// document makes nothing.
 pub fn render(spec: &DocSpec, c: &Closed, row: Option<&[Column]>) -> Vec<(EventRef, Arc<[usize]>)> {
     let key_exact = serde_json::to_string(&BTreeMap::from([(spec.key.as_str(), &c.key)])).unwrap_or_default();
-    let hash = fnv1a64(format!("{}\u{0}{}\u{0}{key_exact}", c.first.lsn, c.first.seq).as_bytes());
-    let id = format!("evt_d{hash:016x}_{:08x}", spec.tag);
+    let (id, op) = match (c.read, row) {
+        (Some(_), None) => return Vec::new(),
+        (Some(backfill), Some(cols)) => {
+            let doc = serde_json::to_string(&DocJson { cols, strings: false }).unwrap_or_default();
+            let hash = fnv1a64(format!("{backfill}\u{0}{key_exact}\u{0}{doc}").as_bytes());
+            (format!("evt_r{hash:016x}_{:08x}", spec.tag), "read")
+        }
+        (None, _) => {
+            let hash = fnv1a64(format!("{}\u{0}{}\u{0}{key_exact}", c.first.lsn, c.first.seq).as_bytes());
+            let op = if row.is_some() { "update" } else { "delete" };
+            (format!("evt_d{hash:016x}_{:08x}", spec.tag), op)
+        }
+    };
     let ordering = format!("{}|{key_exact}", spec.name);
     let lsn = format_lsn(c.last_lsn);
     let commit_time = crate::decode::time::pg_micros_to_rfc3339(c.last_time);
@@ -442,7 +477,7 @@ pub fn render(spec: &DocSpec, c: &Closed, row: Option<&[Column]>) -> Vec<(EventR
             timestamp: &commit_time,
             data: Data {
                 key: BTreeMap::from([(spec.key.as_str(), Num::of(&c.key, strings))]),
-                op: if row.is_some() { "update" } else { "delete" },
+                op,
                 document: row.map(|cols| DocJson { cols, strings }),
                 sources: &sources,
                 coalesced: c.count,

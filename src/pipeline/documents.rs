@@ -3,6 +3,7 @@
 //! in position order, held like coalesced events until no lane holds them pending.
 
 use super::*;
+use crate::documents::{Made, Maker};
 use crate::mapping::documents::{self, Closed, Touch, Windows};
 
 /// Documents made and handed over in one go at most (a bulk import closes thousands).
@@ -54,12 +55,37 @@ impl Pipeline {
         }
     }
 
+    /// Makes the documents of `batch` with `maker`, telling the server walhook is alive
+    /// every `status_interval` (at most 10 s) on `conn` meanwhile, confirming nothing at
+    /// or after `low`, so a long read does not end the replication connection. None when
+    /// cancelled.
+    async fn make(
+        &self,
+        maker: &mut Maker,
+        batch: &[Closed],
+        low: u64,
+        conn: &mut Option<&mut ReplConn>,
+        cancel: &CancellationToken,
+    ) -> Option<Vec<Made>> {
+        let every = self.config.source.status_interval.min(Duration::from_secs(10));
+        let mut making = std::pin::pin!(maker.make(batch, cancel));
+        loop {
+            tokio::select! {
+                made = &mut making => return made,
+                _ = tokio::time::sleep(every) => {
+                    if let Some(conn) = conn.as_deref_mut() {
+                        let flush = confirm::outside_spans(self.confirm_lsn().min(low), &self.spans);
+                        // A failure shows on the next read of the stream.
+                        let _ = conn.send_status(self.received.max(flush), flush, false).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Makes the documents of `closed` and hands them to their lanes, in order, each
     /// held (with `group_low`, the first change of its group) while a lane may hold it
-    /// pending. While they are read, the server hears from walhook every
-    /// `status_interval` (at most 10 s) on `conn`, confirming nothing at or after
-    /// `group_low`, so a long read does not end the replication connection. Returns false
-    /// when cancelled.
+    /// pending. Returns false when cancelled.
     pub(super) async fn hand_over_documents(
         &mut self,
         closed: Vec<Closed>,
@@ -70,27 +96,10 @@ impl Pipeline {
         let Some(mut maker) = self.maker.take() else {
             return closed.is_empty();
         };
-        let every = self.config.source.status_interval.min(Duration::from_secs(10));
-        let mut handed = true;
         for batch in closed.chunks(MAKE_BATCH) {
-            let made = {
-                let mut making = std::pin::pin!(maker.make(batch, cancel));
-                loop {
-                    tokio::select! {
-                        made = &mut making => break made,
-                        _ = tokio::time::sleep(every) => {
-                            if let Some(conn) = conn.as_deref_mut() {
-                                let flush = confirm::outside_spans(self.confirm_lsn().min(group_low), &self.spans);
-                                // A failure shows on the next read of the stream.
-                                let _ = conn.send_status(self.received.max(flush), flush, false).await;
-                            }
-                        }
-                    }
-                }
-            };
-            let Some(made) = made else {
-                handed = false;
-                break;
+            let Some(made) = self.make(&mut maker, batch, group_low, &mut conn, cancel).await else {
+                self.maker = Some(maker);
+                return false;
             };
             for (c, row) in batch.iter().zip(made) {
                 let spec = &self.mapper.documents()[c.doc];
@@ -114,6 +123,45 @@ impl Pipeline {
             }
         }
         self.maker = Some(maker);
-        handed
+        true
+    }
+
+    /// Makes the documents a backfill reads (`closed`, at its chunk's high watermark, in
+    /// the watermark's transaction) and hands them to `lanes` only. Returns false when
+    /// cancelled.
+    pub(super) async fn hand_over_reads(
+        &mut self,
+        closed: Vec<Closed>,
+        lanes: &[usize],
+        mut conn: Option<&mut ReplConn>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let Some(mut maker) = self.maker.take() else {
+            // No documents in the config: the runner refuses such a backfill first.
+            return true;
+        };
+        for batch in closed.chunks(MAKE_BATCH) {
+            let low = batch.first().map_or(u64::MAX, |c| c.pos.lsn);
+            let Some(made) = self.make(&mut maker, batch, low, &mut conn, cancel).await else {
+                self.maker = Some(maker);
+                return false;
+            };
+            for (c, row) in batch.iter().zip(made) {
+                let spec = &self.mapper.documents()[c.doc];
+                for (event, routes) in documents::render(spec, c, row.as_deref()) {
+                    let routes: Vec<usize> = routes.iter().copied().filter(|r| lanes.contains(r)).collect();
+                    if routes.is_empty() {
+                        continue;
+                    }
+                    self.metrics.events_emitted.add(1);
+                    if !self.push(event, &routes, cancel).await {
+                        self.maker = Some(maker);
+                        return false;
+                    }
+                }
+            }
+        }
+        self.maker = Some(maker);
+        true
     }
 }

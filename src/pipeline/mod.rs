@@ -559,7 +559,7 @@ impl Pipeline {
                 }
             }
             LogicalMessage::Message { prefix, content, .. } if prefix == backfill::PREFIX => {
-                return self.watermark(&content, cancel).await;
+                return self.watermark(&content, conn, cancel).await;
             }
             LogicalMessage::Origin { .. } | LogicalMessage::Message { .. } => {}
         }

@@ -9,6 +9,7 @@ impl Pipeline {
     pub(super) async fn watermark(
         &mut self,
         content: &[u8],
+        conn: &mut ReplConn,
         cancel: &CancellationToken,
     ) -> Result<bool, SourceError> {
         let Some(board) = self.board.clone() else {
@@ -38,6 +39,37 @@ impl Pipeline {
         let Some(taken) = board.high(mark.chunk, |oid, text| types.owned_to_json(oid, text)) else {
             return Ok(true);
         };
+        if let Some((doc, col)) = taken.pin.document.clone() {
+            // A backfill of a document: the documents of the rows' keys, read now.
+            let now = crate::progress::unix_micros() - PG_EPOCH_UNIX_MICROS;
+            let mut keys: Vec<serde_json::Value> = Vec::new();
+            for row in &taken.rows {
+                let key = row.iter().find(|(c, _)| **c == *col).and_then(|(_, v)| match v {
+                    ColValue::Value(v) if !v.is_null() => Some(v.clone()),
+                    _ => None,
+                });
+                if let Some(key) = key.filter(|k| !keys.contains(k)) {
+                    keys.push(key);
+                }
+            }
+            let closed = (keys.into_iter().enumerate())
+                .map(|(i, key)| {
+                    let pos = Pos {
+                        lsn,
+                        seq: crate::event::READ | i as u64,
+                    };
+                    crate::mapping::documents::Closed::read(doc, key, pos, taken.pin.backfill, now)
+                })
+                .collect();
+            if !self
+                .hand_over_reads(closed, &taken.pin.lanes, Some(conn), cancel)
+                .await
+            {
+                return Ok(false);
+            }
+            board.hand(mark.chunk, lsn);
+            return Ok(true);
+        }
         let of_kind = |is: &dyn Fn(u32) -> bool| -> Vec<Arc<str>> {
             taken
                 .pin

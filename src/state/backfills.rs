@@ -89,6 +89,10 @@ pub struct Backfill {
     pub finished_at: Option<String>,
     /// Seconds it has been running (from its start to its end, or to now).
     pub seconds: f64,
+    /// The document it sends (`--document`), reading the keys of its first source
+    /// (`tables`); None for a backfill of rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
 }
 
 /// What a new backfill is asked to do.
@@ -98,6 +102,8 @@ pub struct Request<'a> {
     pub tables: &'a [String],
     pub where_sql: Option<&'a str>,
     pub initial: bool,
+    /// The document it sends, if it is a backfill of one.
+    pub document: Option<&'a str>,
 }
 
 const COLUMNS: &str = "id, subscriber, tables, where_sql, initial, status, progress::text, rows_done,
@@ -106,7 +112,7 @@ const COLUMNS: &str = "id, subscriber, tables, where_sql, initial, status, progr
      to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
      to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
      to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-     coalesce(extract(epoch FROM coalesce(finished_at, now()) - started_at), 0)::float8";
+     coalesce(extract(epoch FROM coalesce(finished_at, now()) - started_at), 0)::float8, document";
 
 fn from_row(r: &tokio_postgres::Row) -> Backfill {
     let progress: String = r.get(6);
@@ -126,6 +132,7 @@ fn from_row(r: &tokio_postgres::Row) -> Backfill {
         updated_at: r.get(12),
         finished_at: r.get(13),
         seconds: r.get(14),
+        document: r.get(15),
     }
 }
 
@@ -136,14 +143,15 @@ impl State {
             .client()
             .await?
             .query_one(
-                "INSERT INTO walhook.backfills (slot, subscriber, tables, where_sql, initial)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                "INSERT INTO walhook.backfills (slot, subscriber, tables, where_sql, initial, document)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 &[
                     &self.slot,
                     &req.subscriber,
                     &req.tables,
                     &req.where_sql,
                     &req.initial,
+                    &req.document,
                 ],
             )
             .await?;

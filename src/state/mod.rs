@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/006_prev_keys.sql"),
     include_str!("../../sql/007_lane_marks.sql"),
     include_str!("../../sql/008_backfills.sql"),
+    include_str!("../../sql/009_backfill_documents.sql"),
 ];
 
 /// A state database error. Each keeps PostgreSQL's message, SQLSTATE and detail (see
