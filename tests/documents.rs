@@ -316,3 +316,29 @@ async fn a_backfill_of_a_document_sends_every_product_as_it_is_to_its_subscriber
     assert!(other.delivered().iter().all(|e| e.json()["data"]["op"] != "read"));
     by_id(&got);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_with_initial_backfill_gets_every_document() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", &format!("{PIM_SQL}{SCHEMA}")).await;
+    let db = pg.client("shop").await;
+    add_products(&db, 100, 599).await;
+    let rx = Receiver::start().await;
+    let config = config(&url, &rx, QUERY, SOURCES).replace(
+        "allow_private_targets = true",
+        "allow_private_targets = true\ninitial_backfill = true",
+    );
+    let walhook = Walhook::start(&config);
+    walhook.wait_ready().await;
+    let got = rx.wait_for(WAIT, "every product read", |r| r.len() >= 503).await;
+    let ids: std::collections::HashSet<i64> = got
+        .iter()
+        .map(|e| {
+            let b = e.json();
+            assert_eq!(b["data"]["op"], "read", "{b}");
+            b["data"]["document"]["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 503);
+    assert!(walhook.log().contains("new subscriber with initial_backfill"));
+}

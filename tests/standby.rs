@@ -116,6 +116,12 @@ async fn start_pair(
     let ready = reqwest::get(format!("http://{}/readyz", b.admin)).await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
     assert!(ready.text().await.unwrap().contains("role=standby"));
+    // Ready to take over, for orchestrators that roll replicas (deploy/kubernetes).
+    let any = reqwest::get(format!("http://{}/readyz?role=any", b.admin))
+        .await
+        .unwrap();
+    assert_eq!(any.status().as_u16(), 200);
+    assert!(any.text().await.unwrap().contains("role=standby"));
     // Changes go to the leader; the standby says so.
     for (path, body) in [
         ("/subscribers/s/pause", serde_json::json!({ "reason": "test" })),

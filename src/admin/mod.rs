@@ -1,5 +1,6 @@
 //! Admin HTTP server: `/healthz` (the process runs), `/readyz` (replication streaming and
-//! the state database reachable), `/metrics` (Prometheus text), and with `admin.token`
+//! the state database reachable; with `?role=any`, also a standby whose state database is
+//! reachable, ready to take over), `/metrics` (Prometheus text), and with `admin.token`
 //! the deliveries API (`deliveries.rs`) and the backfills API (`backfills.rs`).
 
 mod backfills;
@@ -51,7 +52,18 @@ pub fn router(admin: Admin) -> Router {
         .with_state(admin)
 }
 
-async fn readyz(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
+/// `/readyz`'s query: `role=any` counts a healthy standby as ready (for orchestrators that
+/// roll replicas one at a time, such as a Kubernetes Deployment of leader and standby).
+#[derive(Debug, Default, serde::Deserialize)]
+struct ReadyQuery {
+    role: Option<String>,
+}
+
+async fn readyz(
+    AxumState(a): AxumState<Admin>,
+    query: Option<axum::extract::Query<ReadyQuery>>,
+) -> impl IntoResponse {
+    let any = query.is_some_and(|q| q.role.as_deref() == Some("any"));
     let streaming = a.progress.streaming.load(Ordering::Relaxed);
     // A state database that does not answer in time is as good as down.
     let state = tokio::time::timeout(std::time::Duration::from_secs(2), a.state.ping())
@@ -63,7 +75,8 @@ async fn readyz(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
         "standby"
     };
     let body = format!("role={role}\nreplication_streaming={streaming}\nstate_reachable={state}\n");
-    let code = if streaming && state {
+    let standing_by = any && role == "standby";
+    let code = if (streaming || standing_by) && state {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -529,7 +529,8 @@ fn fenced_ok(e: RunError) -> Result<(), RunError> {
 }
 
 /// Asks for the backfill of every subscriber with `initial_backfill` that the state
-/// database has not seen: no saved mark, and no initial backfill before.
+/// database has not seen (no saved mark, and no initial backfill before): the rows of
+/// every table its rules cover, then every document it receives.
 async fn initial_backfills(
     config: &Config,
     state: &State,
@@ -541,22 +542,40 @@ async fn initial_backfills(
         }
         let asked = async {
             if state.had_initial_backfill(&sub.name).await? {
-                return Ok(None);
+                return Ok(Vec::new());
             }
+            let mut asked = Vec::new();
             let tables = crate::mapping::tables_for(config, &sub.name);
-            let req = crate::state::backfills::Request {
-                subscriber: &sub.name,
-                tables: &tables,
-                where_sql: None,
-                initial: true,
-                document: None,
-            };
-            state.create_backfill(&req).await.map(Some)
+            let documents = (config.documents.iter()).filter(|d| {
+                sub.events
+                    .iter()
+                    .any(|p| crate::mapping::pattern_matches(p, &d.name))
+            });
+            let mut requests: Vec<(Vec<String>, Option<&str>)> = Vec::new();
+            if !tables.is_empty() {
+                requests.push((tables, None));
+            }
+            for d in documents {
+                if let Ok(tables) = crate::backfill::document_tables(config, &sub.name, &d.name) {
+                    requests.push((tables, Some(d.name.as_str())));
+                }
+            }
+            for (tables, document) in &requests {
+                let req = crate::state::backfills::Request {
+                    subscriber: &sub.name,
+                    tables,
+                    where_sql: None,
+                    initial: true,
+                    document: *document,
+                };
+                asked.push(state.create_backfill(&req).await?);
+            }
+            Ok::<_, crate::state::StateError>(asked)
         };
         match asked.await {
-            Ok(Some(id)) => tracing::info!(subscriber = %sub.name, backfill = id,
+            Ok(ids) if !ids.is_empty() => tracing::info!(subscriber = %sub.name, backfills = ?ids,
                 "new subscriber with initial_backfill: its backfill is asked for"),
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => tracing::warn!(subscriber = %sub.name, error = %e,
                 "cannot ask for the initial backfill; it is asked for at the next start"),
         }
