@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests and integration tests against real PostgreSQL
 # clusters (started and stopped by the tests) and real HTTP receivers on loopback.
-# Installs Debian's postgresql package when its server binaries are missing, and
+# Installs what the tests need when it is missing: Debian's postgresql package (server
+# binaries), its prometheus package (promtool, for the alerts of deploy/), and
 # PostgreSQL 17 and 18 (scripts/pg-majors.sh) for the tests that need them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# apt-get install "$@" (as root, else with sudo).
+apt_install() {
+    echo "installing Debian's $*" >&2
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@"
+}
+
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
-    echo "PostgreSQL server binaries missing: installing Debian's postgresql package" >&2
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update && apt-get install -y postgresql
-    else
-        sudo apt-get update && sudo apt-get install -y postgresql
-    fi
+    echo "PostgreSQL server binaries missing" >&2
+    apt_install postgresql
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "promtool missing (tests/deploy.rs checks the alerts of deploy/ with it)" >&2
+    apt_install --no-install-recommends prometheus
 fi
 
 # The failover test runs on PostgreSQL 17 and the generated-columns test on 18, whatever
