@@ -18,6 +18,8 @@ pub const LANE_BACKLOG: &str = "walhook_lane_backlog_events";
 pub const SPILL_ROWS: &str = "walhook_spill_rows_written_total";
 pub const LANE_HELD: &str = "walhook_lane_held_seconds_total";
 pub const REPLICATION_LAG: &str = "walhook_replication_lag_bytes";
+pub const REPLICATION_LAG_SECONDS: &str = "walhook_replication_lag_seconds";
+pub const RETAINED_WAL: &str = "walhook_slot_retained_wal_bytes";
 pub const CONFIRMED_LSN: &str = "walhook_confirmed_flush_lsn";
 pub const STREAMING: &str = "walhook_replication_streaming";
 pub const LEADER: &str = "walhook_leader";
@@ -92,6 +94,10 @@ pub struct Metrics {
     /// Per rule: changes whose ordering key names a column the table no longer has.
     pub key_columns_missing: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     pub lag_bytes: Counter,
+    /// The server's flush_lag of walhook's connection, in milliseconds.
+    pub lag_millis: Counter,
+    /// WAL the server keeps for the slot (from its restart LSN), in bytes.
+    pub retained_wal_bytes: Counter,
     pub confirmed_lsn: Counter,
     pub streaming: Counter,
     /// 1 while this process holds the slot's lease, 0 while it stands by.
@@ -250,6 +256,24 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
         "Bytes of WAL between the server's current position and the slot's confirmed flush LSN, read from the server every 5 s.",
     );
     let _ = writeln!(out, "{REPLICATION_LAG} {}", m.lag_bytes.get());
+    head(
+        &mut out,
+        REPLICATION_LAG_SECONDS,
+        "gauge",
+        "How long after the server flushed a commit walhook confirmed it (the server's flush_lag for walhook's connection; 0 when caught up, or when walhook's role may not read it), read every 5 s.",
+    );
+    let _ = writeln!(
+        out,
+        "{REPLICATION_LAG_SECONDS} {}",
+        m.lag_millis.get() as f64 / 1000.0
+    );
+    head(
+        &mut out,
+        RETAINED_WAL,
+        "gauge",
+        "Bytes of WAL the server keeps for the slot (from its restart LSN), read every 5 s.",
+    );
+    let _ = writeln!(out, "{RETAINED_WAL} {}", m.retained_wal_bytes.get());
     head(
         &mut out,
         CONFIRMED_LSN,

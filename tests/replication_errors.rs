@@ -316,6 +316,11 @@ async fn the_lag_metric_reads_the_servers_wal_position_while_the_slot_is_busy() 
         },
     )
     .await;
+    // The server keeps at least that much WAL for the slot.
+    assert!(w
+        .metric("walhook_slot_retained_wal_bytes ")
+        .await
+        .is_some_and(|kept| kept >= behind));
     assert_eq!(w.metric("walhook_replication_streaming ").await, Some(0.0));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(other.id() as i32),
