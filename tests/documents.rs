@@ -342,3 +342,34 @@ async fn a_new_subscriber_with_initial_backfill_gets_every_document() {
     assert_eq!(ids.len(), 503);
     assert!(walhook.log().contains("new subscriber with initial_backfill"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_asks_for_a_document_backfill_and_refuses_a_wrong_one() {
+    const TOKEN: &str = "documents-test-token-0123456789";
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("shop", &format!("{PIM_SQL}{SCHEMA}")).await;
+    let rx = Receiver::start().await;
+    let walhook = Walhook::start_with_admin(
+        &config(&url, &rx, QUERY, SOURCES),
+        &format!("token = \"{TOKEN}\""),
+    );
+    walhook.wait_ready().await;
+    let ask = |body: serde_json::Value| walhook.api("POST", "/backfills", Some(TOKEN), Some(body));
+    let (status, answer) = ask(serde_json::json!({"subscriber": "shop", "document": "product.nope"})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("product.updated"), "{answer}");
+    let (status, answer) = ask(serde_json::json!({
+        "subscriber": "shop", "document": "product.updated", "tables": ["public.products"]
+    }))
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) =
+        ask(serde_json::json!({"subscriber": "shop", "document": "product.updated"})).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["document"], "product.updated");
+    assert_eq!(answer["tables"], serde_json::json!(["public.products"]));
+    let got = rx
+        .wait_for(WAIT, "the three products read", |r| r.len() >= 3)
+        .await;
+    assert!(got.iter().all(|e| e.json()["data"]["op"] == "read"));
+}
