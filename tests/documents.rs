@@ -56,6 +56,23 @@ async fn add_products(db: &tokio_postgres::Client, from: i64, to: i64) {
     .unwrap();
 }
 
+/// `walhook backfill start` of `document` for subscriber shop with config `path`:
+/// (exit code, stdout, stderr).
+fn backfill_start(path: &str, document: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "backfill",
+        "start",
+        "--config",
+        path,
+        "--subscriber",
+        "shop",
+        "--document",
+        document,
+    ];
+    args.extend_from_slice(extra);
+    walhook_output(&args)
+}
+
 /// Every delivered event by id: each id's bodies must be identical.
 fn by_id(got: &[Received]) -> HashMap<String, Value> {
     let mut out: HashMap<String, Value> = HashMap::new();
@@ -232,16 +249,7 @@ async fn a_backfill_of_a_document_sends_every_product_as_it_is_to_its_subscriber
     let path = walhook.config_path();
     let path = path.to_str().unwrap();
     // Refusals name the fix.
-    let (code, _, err) = walhook_output(&[
-        "backfill",
-        "start",
-        "--config",
-        path,
-        "--subscriber",
-        "shop",
-        "--document",
-        "product.nope",
-    ]);
+    let (code, _, err) = backfill_start(path, "product.nope", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("no such [[documents]]") && err.contains("product.updated"),
@@ -264,17 +272,7 @@ async fn a_backfill_of_a_document_sends_every_product_as_it_is_to_its_subscriber
             }
         })
     };
-    let (code, out, err) = walhook_output(&[
-        "backfill",
-        "start",
-        "--config",
-        path,
-        "--subscriber",
-        "shop",
-        "--document",
-        "product.updated",
-        "--wait",
-    ]);
+    let (code, out, err) = backfill_start(path, "product.updated", &["--wait"]);
     assert_eq!(code, 0, "{out}{err}\n{}", walhook.log());
     writer.await.unwrap();
     let stock: HashMap<i64, i64> = db

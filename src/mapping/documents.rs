@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use super::render::{value_at, Num};
+use super::render::{value_at, Body, Num};
 use super::{fnv1a, fnv1a64, Change, Mapper};
 use crate::config::{Config, Numbers, Op, TableName, MAX_SOURCES};
 use crate::event::{format_lsn, Event, EventRef, Pos};
@@ -424,14 +424,6 @@ struct Data<'a> {
 struct Position<'a> {
     lsn: &'a str,
     commit_time: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct Body<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    timestamp: &'a str,
-    data: Data<'a>,
 }
 
 /// The events of a made document (`row`: its columns, None when the query found no row),

@@ -192,12 +192,14 @@ struct Data<'a> {
     source: Source<'a>,
 }
 
+/// A standard body: the event type, the commit time, and what `data` the event carries
+/// (a row change's, or a document's).
 #[derive(serde::Serialize)]
-struct Body<'a> {
+pub(super) struct Body<'a, D> {
     #[serde(rename = "type")]
-    kind: &'a str,
-    timestamp: &'a str,
-    data: Data<'a>,
+    pub(super) kind: &'a str,
+    pub(super) timestamp: &'a str,
+    pub(super) data: D,
 }
 
 /// The row's ordering key as JSON, as in `data.key`.
