@@ -2,8 +2,8 @@
 # Runs the whole test suite: unit tests and integration tests against real PostgreSQL
 # clusters (started and stopped by the tests) and real HTTP receivers on loopback.
 # Installs what the tests need when it is missing: Debian's postgresql package (server
-# binaries), its prometheus package (promtool, for the alerts of deploy/), and
-# PostgreSQL 17 and 18 (scripts/pg-majors.sh) for the tests that need them.
+# binaries), its prometheus package (promtool, for the alerts of deploy/), chromium and
+# chromium-driver (the console's browser test), and PostgreSQL 17 and 18 (scripts/pg-majors.sh) for the tests that need them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,10 @@ fi
 if ! command -v promtool >/dev/null 2>&1; then
     echo "promtool missing (tests/deploy.rs checks the alerts of deploy/ with it)" >&2
     apt_install --no-install-recommends prometheus
+fi
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    echo "chromium or chromedriver missing (tests/console.rs drives the console in a browser)" >&2
+    apt_install chromium chromium-driver
 fi
 
 # The failover test runs on PostgreSQL 17 and the generated-columns test on 18, whatever

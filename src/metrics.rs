@@ -52,6 +52,19 @@ impl Counter {
     }
 }
 
+/// A lane's last failed attempt, as the console shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastFailure {
+    /// The event's webhook id.
+    pub id: String,
+    /// When it was sent (RFC 3339, UTC).
+    pub at: String,
+    /// The status answered; none when no answer came.
+    pub status: Option<u16>,
+    /// What went wrong, with an excerpt of the answer.
+    pub error: String,
+}
+
 /// Delivery outcomes and latency of one lane.
 #[derive(Default)]
 pub struct LaneMetrics {
@@ -68,6 +81,11 @@ pub struct LaneMetrics {
     buckets: [Counter; LATENCY_BUCKETS.len()],
     count: Counter,
     sum_micros: Counter,
+    /// The last failed attempt, with its event's id (for the console).
+    last_failure: std::sync::Mutex<Option<LastFailure>>,
+    /// Since when (unix ms) attempts have failed without a delivery between; 0 when the
+    /// last attempt delivered.
+    failing_since_ms: AtomicU64,
 }
 
 impl LaneMetrics {
@@ -79,6 +97,43 @@ impl LaneMetrics {
         }
         self.count.add(1);
         self.sum_micros.add((seconds * 1e6) as u64);
+    }
+
+    /// Keeps a failed attempt as the lane's last.
+    pub fn note_failure(&self, failure: LastFailure) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let _ = self
+            .failing_since_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
+    }
+
+    /// An attempt delivered: the lane is no longer failing.
+    pub fn note_delivered(&self) {
+        if self.failing_since_ms.load(Ordering::Relaxed) != 0 {
+            self.failing_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when (unix ms) attempts have failed with none delivered, if they have.
+    pub fn failing_since_ms(&self) -> Option<u64> {
+        Some(self.failing_since_ms.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
+    /// The last failed attempt, if any failed.
+    pub fn last_failure(&self) -> Option<LastFailure> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The latency histogram as counted so far: per bucket of `LATENCY_BUCKETS`
+    /// (cumulative, as Prometheus has them) and in all.
+    pub fn latency_counts(&self) -> ([u64; LATENCY_BUCKETS.len()], u64) {
+        (std::array::from_fn(|i| self.buckets[i].get()), self.count.get())
     }
 }
 

@@ -8,14 +8,14 @@
 //! answers them too, and the leader takes a new backfill up within a second.
 
 use axum::extract::{Path, State as AxumState};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::deliveries::{error, refuse};
+use super::deliveries::error;
 use super::Admin;
 use crate::state::backfills::{Request, Status};
 
@@ -25,10 +25,7 @@ pub fn routes() -> Router<Admin> {
         .route("/backfills/:id/:action", post(steer))
 }
 
-async fn list(AxumState(a): AxumState<Admin>, headers: HeaderMap) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
+async fn list(AxumState(a): AxumState<Admin>) -> Response {
     match a.state.backfills().await {
         Ok(list) => Json(json!({ "backfills": list })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -47,10 +44,7 @@ struct StartRequest {
     document: Option<String>,
 }
 
-async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
+async fn start(AxumState(a): AxumState<Admin>, body: axum::body::Bytes) -> Response {
     let req: StartRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -62,10 +56,11 @@ async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::b
             )
         }
     };
+    let config = a.config.get();
     let tables = match &req.document {
         Some(_) if !req.tables.is_empty() => Err("give \"tables\" or \"document\", not both".to_string()),
-        Some(d) => crate::backfill::document_tables(&a.config, &req.subscriber, d),
-        None => crate::backfill::tables(&a.config, &req.subscriber, &req.tables),
+        Some(d) => crate::backfill::document_tables(&config, &req.subscriber, d),
+        None => crate::backfill::tables(&config, &req.subscriber, &req.tables),
     };
     let tables = match tables {
         Ok(t) => t,
@@ -73,7 +68,7 @@ async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::b
     };
     if let Some(w) = req.where_sql.as_deref().filter(|w| !w.trim().is_empty()) {
         let checked = async {
-            let source = crate::pg::PgTarget::parse(&a.config.source.url)?;
+            let source = crate::pg::PgTarget::parse(&config.source.url)?;
             let client = source
                 .connect("backfill check")
                 .await
@@ -102,14 +97,7 @@ async fn start(AxumState(a): AxumState<Admin>, headers: HeaderMap, body: axum::b
     }
 }
 
-async fn steer(
-    AxumState(a): AxumState<Admin>,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
+async fn steer(AxumState(a): AxumState<Admin>, Path((id, action)): Path<(String, String)>) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return error(
             StatusCode::NOT_FOUND,

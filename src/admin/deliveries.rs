@@ -1,17 +1,14 @@
-//! The deliveries API, behind `Authorization: Bearer <admin.token>`:
-//! - `GET /deliveries?status=dead|pending&subscriber=&type=&key=&id=&since=&until=&limit=`
-//!   lists deliveries, newest first (dead ones by default, at most 100 unless `limit`);
+//! The deliveries API, behind the admin token (see `session.rs`):
+//! - `GET /deliveries?status=dead|pending&subscriber=&type=&key=&id=&since=&until=&limit=&offset=&count=true`
+//!   lists deliveries, newest first (dead ones by default, at most 100 unless `limit`;
+//!   `offset` pages on, `count` adds the number of all that match as `total`);
 //! - `GET /deliveries/{subscriber}/{id}` shows one, with its standard body;
 //! - `POST /deliveries/replay` with `{"subscriber": ..., "id"|"type"|"key"|"since"|"until": ...}`
 //!   (or `"all": true`) replays that subscriber's matching dead letters with their ids and
 //!   bodies;
-//! - `GET /subscribers` lists the subscribers with their status (active, paused,
-//!   disabled), reason, lane mode and backlog;
-//! - `POST /subscribers/{name}/pause` (optional `{"reason": ...}`) and
-//!   `POST /subscribers/{name}/resume` stop and restart a subscriber's deliveries.
 
 use axum::extract::{Path, Query, State as AxumState};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Admin;
-use crate::state::deliveries::{check_text, Filter, Status};
+use crate::state::deliveries::{Filter, Page, Status};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 10_000;
@@ -29,113 +26,13 @@ pub fn routes() -> Router<Admin> {
         .route("/deliveries", get(list))
         .route("/deliveries/replay", post(replay))
         .route("/deliveries/:subscriber/:id", get(show))
-        .route("/subscribers", get(subscribers))
-        .route("/subscribers/:name/:action", post(pause_or_resume))
-}
-
-async fn subscribers(AxumState(a): AxumState<Admin>, headers: HeaderMap) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
-    let list: Vec<serde_json::Value> = a
-        .lanes()
-        .iter()
-        .map(|l| {
-            let stop = l.stop_info();
-            json!({
-                "name": l.name,
-                "status": stop.as_ref().map_or("active", |s| s.status.as_str()),
-                "reason": stop.as_ref().map(|s| s.reason.clone()),
-                "since": stop.as_ref().map(|s| s.since.clone()),
-                "mode": format!("{:?}", l.mode()).to_lowercase(),
-                "backlog_in_memory": l.backlog(),
-            })
-        })
-        .collect();
-    Json(json!({ "subscribers": list })).into_response()
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PauseRequest {
-    reason: Option<String>,
-}
-
-async fn pause_or_resume(
-    AxumState(a): AxumState<Admin>,
-    headers: HeaderMap,
-    Path((name, action)): Path<(String, String)>,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
-    let Some(lane) = lane_named(&a, &name) else {
-        return no_subscriber(&a, &name);
-    };
-    let result = match action.as_str() {
-        "pause" => {
-            let req: PauseRequest = if body.is_empty() {
-                PauseRequest::default()
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(r) => r,
-                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a pause request: {e}")),
-                }
-            };
-            let reason = req
-                .reason
-                .unwrap_or_else(|| "paused through the admin API".into());
-            if let Err(e) = check_reason(&reason) {
-                return error(StatusCode::BAD_REQUEST, e);
-            }
-            let l = lane.clone();
-            as_leader(&a, async move { l.pause(&reason).await.map(|_| ()) }).await
-        }
-        "resume" => {
-            let l = lane.clone();
-            as_leader(&a, async move { l.resume().await.map(|_| ()) }).await
-        }
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no action {action:?}: use pause or resume"),
-            )
-        }
-    };
-    match result {
-        Ok(()) => {
-            let status = lane.stop_info().map_or("active", |s| s.status.as_str());
-            Json(json!({ "name": name, "status": status })).into_response()
-        }
-        Err(r) => r,
-    }
-}
-
-/// A pause reason's length limit, in characters: a sentence or a ticket reference.
-const MAX_REASON_CHARS: usize = 1000;
-
-/// Why a pause reason is refused, if it is: it is stored, listed on one line by
-/// `walhook subscribers list` and logged, so it is one line of text of moderate length.
-fn check_reason(reason: &str) -> Result<(), String> {
-    check_text("reason", reason, usize::MAX)?;
-    if reason.chars().any(char::is_control) {
-        return Err("reason holds a control character (a line break, tab, ...): write it on one line".into());
-    }
-    let n = reason.chars().count();
-    if n > MAX_REASON_CHARS {
-        return Err(format!(
-            "reason is {n} characters long; at most {MAX_REASON_CHARS} characters are taken"
-        ));
-    }
-    Ok(())
 }
 
 /// Runs a change `op` of the leader (the caller found the subscriber's lane, which only
 /// a process holding the lease has) in a task of its own, so a request dropped half-way
 /// does not leave it half done, and gives it up at once when this process loses its
 /// lease (nothing more may be written then). A failure becomes the answer to give.
-async fn as_leader<T, F>(a: &Admin, op: F) -> Result<T, Response>
+pub(super) async fn as_leader<T, F>(a: &Admin, op: F) -> Result<T, Response>
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T, crate::state::StateError>> + Send + 'static,
@@ -160,40 +57,13 @@ pub(super) fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// None when the request carries the token; else the answer to give.
-pub(super) fn refuse(a: &Admin, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &a.token else {
-        return Some(error(
-            StatusCode::NOT_FOUND,
-            "the deliveries API is off: set admin.token in the config",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        return None;
-    }
-    let mut r = error(
-        StatusCode::UNAUTHORIZED,
-        "send the admin token as `Authorization: Bearer <admin.token>`",
-    );
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
-    Some(r)
-}
-
 /// The lane of subscriber `name`.
-fn lane_named(a: &Admin, name: &str) -> Option<std::sync::Arc<crate::lanes::Lane>> {
+pub(super) fn lane_named(a: &Admin, name: &str) -> Option<std::sync::Arc<crate::lanes::Lane>> {
     a.lanes().iter().find(|l| l.name == name).cloned()
 }
 
 /// The 404 for a subscriber there is not, with the names there are.
-fn no_subscriber(a: &Admin, name: &str) -> Response {
+pub(super) fn no_subscriber(a: &Admin, name: &str) -> Response {
     if a.lanes.get().is_none() {
         return standby();
     }
@@ -212,10 +82,6 @@ fn standby() -> Response {
     )
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -228,16 +94,17 @@ struct ListQuery {
     since: Option<String>,
     until: Option<String>,
     limit: Option<i64>,
+    /// Rows to skip (the console's pages).
+    offset: Option<i64>,
+    /// Also count every match (`"total"` in the answer).
+    #[serde(default)]
+    count: bool,
 }
 
 async fn list(
     AxumState(a): AxumState<Admin>,
-    headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -253,25 +120,31 @@ async fn list(
     if let Err(e) = filter.check() {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    match a
-        .state
-        .deliveries(q.status.unwrap_or_default(), &filter, limit, false)
-        .await
-    {
-        Ok(d) => Json(json!({ "deliveries": d })).into_response(),
+    let page = Page {
+        limit: q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        offset: q.offset.unwrap_or(0).max(0),
+    };
+    let status = q.status.unwrap_or_default();
+    let total = match q.count {
+        true => match a.state.count_deliveries(status, &filter).await {
+            Ok(n) => Some(n),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        false => None,
+    };
+    match a.state.deliveries(status, &filter, page, false).await {
+        Ok(d) => {
+            let mut answer = json!({ "deliveries": d });
+            if let Some(n) = total {
+                answer["total"] = n.into();
+            }
+            Json(answer).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
-async fn show(
-    AxumState(a): AxumState<Admin>,
-    headers: HeaderMap,
-    Path((subscriber, id)): Path<(String, String)>,
-) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
+async fn show(AxumState(a): AxumState<Admin>, Path((subscriber, id)): Path<(String, String)>) -> Response {
     let filter = Filter {
         subscriber: Some(subscriber.clone()),
         id: Some(id.clone()),
@@ -281,8 +154,20 @@ async fn show(
         return error(StatusCode::BAD_REQUEST, e);
     }
     for status in [Status::Dead, Status::Pending] {
-        match a.state.deliveries(status, &filter, 1, true).await {
-            Ok(mut d) if !d.is_empty() => return Json(d.remove(0)).into_response(),
+        match a
+            .state
+            .deliveries(status, &filter, Page { limit: 1, offset: 0 }, true)
+            .await
+        {
+            Ok(mut d) if !d.is_empty() => {
+                let d = d.remove(0);
+                // The body as text too, every digit kept (a browser's JSON.parse rounds
+                // numbers past double precision).
+                let text = d.body.as_ref().and_then(|b| serde_json::to_string_pretty(b).ok());
+                let mut shown = serde_json::to_value(d).unwrap_or_default();
+                shown["body_text"] = text.into();
+                return Json(shown).into_response();
+            }
             Ok(_) => {}
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
@@ -310,12 +195,8 @@ struct ReplayRequest {
 
 async fn replay(
     AxumState(a): AxumState<Admin>,
-    headers: HeaderMap,
     body: Result<Json<ReplayRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refuse(&a, &headers) {
-        return r;
-    }
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -361,6 +242,7 @@ async fn replay(
 
 #[cfg(test)]
 mod tests {
+    use super::super::subscribers::{check_reason, MAX_REASON_CHARS};
     use super::*;
     use crate::state::deliveries::MAX_FILTER_BYTES;
 

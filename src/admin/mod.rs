@@ -1,14 +1,21 @@
 //! Admin HTTP server: `/healthz` (the process runs), `/readyz` (replication streaming and
 //! the state database reachable; with `?role=any`, also a standby whose state database is
 //! reachable, ready to take over), `/metrics` (Prometheus text), and with `admin.token`
-//! the deliveries API (`deliveries.rs`) and the backfills API (`backfills.rs`).
+//! the console at `/` (`console.rs`), the deliveries API (`deliveries.rs`), the
+//! subscribers API (`subscribers.rs`) and the backfills API (`backfills.rs`), all behind
+//! the token or a console session (`session.rs`).
 
 mod backfills;
 pub mod client;
+mod console;
 mod deliveries;
+mod history;
+mod masked;
+mod session;
+mod subscribers;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State as AxumState;
 use axum::http::{header, StatusCode};
@@ -31,8 +38,56 @@ pub struct Admin {
     pub progress: Arc<Progress>,
     /// The deliveries API's bearer token; None turns that API off.
     pub token: Option<String>,
-    /// The config this process started with (backfill requests are checked against it).
-    pub config: Arc<crate::config::Config>,
+    /// The config running now (backfill requests are checked against it).
+    pub config: LiveConfig,
+    /// The last config reload, when this process takes reloads.
+    pub reloads: Option<ReloadLog>,
+    /// Samples of the counters for the console.
+    pub history: history::History,
+}
+
+/// The config running now: the one the run started with, or the rules of a reload since.
+#[derive(Clone)]
+pub struct LiveConfig(Arc<Mutex<Arc<crate::config::Config>>>);
+
+impl LiveConfig {
+    pub fn new(config: Arc<crate::config::Config>) -> LiveConfig {
+        LiveConfig(Arc::new(Mutex::new(config)))
+    }
+    pub fn get(&self) -> Arc<crate::config::Config> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn set(&self, config: Arc<crate::config::Config>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
+/// A config reload and how it ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// Applied (or nothing to apply), or refused.
+    pub ok: bool,
+    pub message: String,
+}
+
+/// The last reload of this process (kept across in-process restarts).
+#[derive(Clone, Default)]
+pub struct ReloadLog(Arc<Mutex<Option<Reloaded>>>);
+
+impl ReloadLog {
+    pub fn record(&self, ok: bool, message: impl Into<String>) {
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Reloaded {
+            at,
+            ok,
+            message: message.into(),
+        });
+    }
+    pub fn last(&self) -> Option<Reloaded> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Admin {
@@ -43,12 +98,21 @@ impl Admin {
 }
 
 pub fn router(admin: Admin) -> Router {
+    let api = Router::new()
+        .merge(deliveries::routes())
+        .merge(subscribers::routes())
+        .merge(backfills::routes())
+        .merge(console::api())
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            session::guard,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .merge(deliveries::routes())
-        .merge(backfills::routes())
+        .merge(api)
+        .merge(console::pages())
         .with_state(admin)
 }
 
@@ -101,6 +165,12 @@ async fn metrics_text(AxumState(a): AxumState<Admin>) -> impl IntoResponse {
 
 /// Serves until cancelled.
 pub async fn serve(listener: tokio::net::TcpListener, admin: Admin, cancel: CancellationToken) {
+    tokio::spawn(history::run(
+        admin.history.clone(),
+        admin.metrics.clone(),
+        admin.lanes.clone(),
+        cancel.clone(),
+    ));
     let app = router(admin);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::check::{self, Reach};
+use crate::admin::{LiveConfig, ReloadLog};
 use crate::config::{fmt_problems, Config};
 use crate::error::RunError;
 use crate::lanes::target;
@@ -26,6 +27,8 @@ use crate::pipeline::Swap;
 pub struct Reloads {
     pub path: PathBuf,
     pub hangups: Arc<Notify>,
+    /// The last reload and how it ended (the console shows it), kept across restarts.
+    pub log: ReloadLog,
 }
 
 /// Set by `watch` when the run must stop and start again with this config.
@@ -35,6 +38,7 @@ pub type Restart = Arc<Mutex<Option<Config>>>;
 pub async fn watch(
     reloads: Reloads,
     mut current: Config,
+    live: LiveConfig,
     swaps: mpsc::Sender<Swap>,
     restart: Restart,
     run: CancellationToken,
@@ -45,36 +49,45 @@ pub async fn watch(
             _ = cancel.cancelled() => return,
             _ = reloads.hangups.notified() => {}
         }
-        let Some(new) = read(&reloads.path).await else {
+        let log = &reloads.log;
+        let Some(new) = read(&reloads.path, log).await else {
             continue;
         };
         if new == current {
             tracing::info!(path = %reloads.path.display(), "config reload: nothing changed");
+            log.record(true, "nothing changed");
             continue;
         }
         if current.differs_in_rules_only(&new) {
             match compile(&new).await {
                 Ok(mapper) => {
+                    let config = Arc::new(new.clone());
                     let swap = Swap {
-                        config: Arc::new(new.clone()),
+                        config: config.clone(),
                         mapper,
                     };
                     if swaps.send(swap).await.is_err() {
                         return;
                     }
+                    live.set(config);
+                    log.record(true, format!("rules changed: {} rules now", new.events.len()));
                     current = new;
                 }
-                Err(e) => refuse(&e.to_string()),
+                Err(e) => refuse(log, &e.to_string()),
             }
             continue;
         }
         let problems = target::check_targets(&new).await.all();
         if !problems.is_empty() {
-            refuse(&fmt_problems(&problems));
+            refuse(log, &fmt_problems(&problems));
             continue;
         }
         tracing::info!(
             "config reload: subscribers or connection settings changed; restarting the pipeline in-process"
+        );
+        log.record(
+            true,
+            "subscribers or connection settings changed: the pipeline restarted in-process",
         );
         *restart.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
         run.cancel();
@@ -82,17 +95,18 @@ pub async fn watch(
     }
 }
 
-fn refuse(why: &str) {
+fn refuse(log: &ReloadLog, why: &str) {
     tracing::error!(error = %why, "config reload refused; the running config stays");
+    log.record(false, format!("refused, the running config stays: {why}"));
 }
 
 /// Reads the file and checks it; a file with problems is looked at online too (see
 /// `app::check`), and every problem is logged.
-async fn read(path: &Path) -> Option<Config> {
+async fn read(path: &Path, log: &ReloadLog) -> Option<Config> {
     let checked = match check::read(path) {
         Ok(c) => c,
         Err(e) => {
-            refuse(&e.to_string());
+            refuse(log, &e.to_string());
             return None;
         }
     };
@@ -100,7 +114,7 @@ async fn read(path: &Path) -> Option<Config> {
         return Some(checked.config);
     }
     if let Some(refusal) = check::whole(&checked, Reach::Run).await {
-        refuse(&refusal.one_line(Some(&path.display().to_string())));
+        refuse(log, &refusal.one_line(Some(&path.display().to_string())));
     }
     None
 }

@@ -141,6 +141,7 @@ pub async fn run(
     let abandon = progress.fence.child_token();
     let clock = Arc::new(StopClock::new(config.shutdown_grace));
     let lane_list = Arc::new(std::sync::OnceLock::new());
+    let live = crate::admin::LiveConfig::new(config.clone());
     if !config.admin.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.admin.listen)
             .await
@@ -157,7 +158,9 @@ pub async fn run(
             state: state.clone(),
             progress: progress.clone(),
             token: config.admin.token.clone(),
-            config: config.clone(),
+            config: live.clone(),
+            reloads: reloads.as_ref().map(|r| r.log.clone()),
+            history: Default::default(),
         };
         tracker.spawn(fenced(
             &abandon,
@@ -200,6 +203,7 @@ pub async fn run(
         abandon: abandon.clone(),
         clock: clock.clone(),
         lane_list,
+        live,
     })
     .await;
     // Whichever way `lead` ended (a failed start included), nothing of it runs on.
@@ -241,6 +245,7 @@ struct LeadArgs {
     abandon: CancellationToken,
     clock: Arc<StopClock>,
     lane_list: Arc<std::sync::OnceLock<Vec<Arc<Lane>>>>,
+    live: admin::LiveConfig,
 }
 
 /// Runs as the leader: lanes, pipeline, and at the end the shutdown (unless fenced:
@@ -264,6 +269,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         abandon,
         clock,
         lane_list,
+        live,
     } = args;
     let fence = progress.fence.clone();
     let marks = state.load_watermarks().await?;
@@ -331,6 +337,7 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
             crate::app::reload::watch(
                 reloads,
                 (*config).clone(),
+                live,
                 swap_tx,
                 restart,
                 cancel.clone(),

@@ -141,6 +141,7 @@ pub async fn run(command: Command) -> i32 {
             let reloads = crate::app::reload::Reloads {
                 path,
                 hangups: crate::app::shutdown::on_hangup(),
+                log: Default::default(),
             };
             match crate::app::run::serve(config, no_delivery, cancel, Some(reloads)).await {
                 Ok(()) => 0,

@@ -9,7 +9,7 @@ pub const MAX_SOURCES: usize = 16;
 /// A document's window when it names none: changes of one key within it make one event.
 pub const DEFAULT_DOCUMENT_WINDOW: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// Event type, e.g. `product.updated`.
@@ -32,7 +32,7 @@ pub struct Document {
     pub max_open: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentSource {
     /// `schema.table`; schema defaults to `public`.

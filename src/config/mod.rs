@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use documents::{Document, DocumentSource, DEFAULT_DOCUMENT_WINDOW, MAX_SOURCES};
 pub use expand::expand_vars;
@@ -104,7 +104,7 @@ pub fn fmt_problems(problems: &[Problem]) -> String {
         .join("; ")
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The longest a stop takes, from SIGTERM (or a reload that restarts the pipeline)
@@ -128,7 +128,7 @@ pub struct Config {
     pub documents: Vec<Document>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// libpq-style URL or key=value string of the database to capture.
@@ -155,7 +155,7 @@ pub struct SourceConfig {
     pub failover_slot: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Database holding the `walhook` schema; defaults to the source database.
@@ -176,7 +176,7 @@ pub struct StateConfig {
 }
 
 /// How backfills read the source (see `backfill`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillConfig {
     /// Rows per chunk: each chunk is one short statement, in key order.
@@ -200,7 +200,7 @@ fn default_chunk_rows() -> usize {
     5_000
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`); "" disables it.
@@ -234,7 +234,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     Insert,
@@ -273,7 +273,7 @@ impl Op {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventRule {
     /// `schema.table`, exact and case-sensitive; schema defaults to `public`.
@@ -314,7 +314,7 @@ pub struct EventRule {
 }
 
 /// Changes of a row whose `soft_delete` column is set, other than the one that set it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SoftDeleted {
     /// They make no event (the row is deleted, as far as subscribers know).
@@ -324,7 +324,7 @@ pub enum SoftDeleted {
     Include,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoalesceRule {
     /// The event goes out once no further change of its key came for this long.
@@ -345,7 +345,7 @@ fn default_max_open() -> usize {
     10_000
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransitionRule {
     pub column: String,
@@ -353,7 +353,7 @@ pub struct TransitionRule {
     pub from: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscriber {
     pub name: String,
@@ -428,7 +428,7 @@ pub struct Subscriber {
 }
 
 /// How a subscriber's events are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventOrder {
     /// Events of one ordering key are delivered one at a time, in commit order.
@@ -440,14 +440,14 @@ pub enum EventOrder {
 
 /// A signing secret: `"whsec_..."`, or `{ secret = "whsec_...", expires = "2026-12-01T00:00:00Z" }`
 /// for one being rotated out.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum SecretEntry {
     Plain(String),
     Expiring(ExpiringSecret),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpiringSecret {
     pub secret: String,
@@ -488,7 +488,7 @@ impl SecretEntry {
 }
 
 /// A subscriber's body format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BodyFormat {
     /// The walhook body (README "Event body").
@@ -501,7 +501,7 @@ pub enum BodyFormat {
 }
 
 /// How int8 and numeric column values are written in bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Numbers {
     /// JSON numbers carrying every digit.

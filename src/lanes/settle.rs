@@ -119,7 +119,21 @@ impl Lane {
             self.failing.store(failing, Ordering::Relaxed);
         }
         match &settled {
-            Settled::Delivered => self.metrics.delivered.add(1),
+            Settled::Delivered => {
+                self.metrics.delivered.add(1);
+                self.metrics.note_delivered();
+            }
+            Settled::Retry { attempt, .. } | Settled::Dead { attempt, .. } => {
+                self.metrics.note_failure(crate::metrics::LastFailure {
+                    id: id.to_string(),
+                    at: attempt.at.clone(),
+                    status: attempt.status,
+                    error: attempt.error.clone(),
+                });
+            }
+        }
+        match &settled {
+            Settled::Delivered => {}
             Settled::Retry { failure, .. } => {
                 self.metrics.retried.add(1);
                 tracing::debug!(subscriber = %self.name, %id, attempts, error = %failure.error, "delivery failed");

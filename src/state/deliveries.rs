@@ -43,6 +43,13 @@ pub fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Which page of a list: at most `limit` rows after the first `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
 impl Filter {
     /// The first problem with the filter's values, if any.
     pub fn check(&self) -> Result<(), String> {
@@ -112,13 +119,69 @@ const FILTER: &str = "($2::text IS NULL OR subscriber = $2)
     AND ($5::text IS NULL OR event_id = $5)";
 
 impl State {
-    /// Deliveries matching `filter`, newest first, at most `limit`; with `body`, each
+    /// How many deliveries match `filter`.
+    pub async fn count_deliveries(&self, status: Status, filter: &Filter) -> Result<i64, StateError> {
+        let (table, at) = match status {
+            Status::Dead => ("dead_letters", "died_at"),
+            Status::Pending => ("spill", "spilled_at"),
+        };
+        let sql = format!(
+            "SELECT count(*) FROM walhook.{table}
+             WHERE slot = $1 AND {FILTER}
+               AND ($6::timestamptz IS NULL OR {at} >= $6) AND ($7::timestamptz IS NULL OR {at} < $7)"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                &sql,
+                &[
+                    &self.slot,
+                    &filter.subscriber,
+                    &filter.event_type,
+                    &filter.key,
+                    &filter.id,
+                    &filter.since.as_deref().map(timestamptz),
+                    &filter.until.as_deref().map(timestamptz),
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Per subscriber: events in its spill log (rows and chunks), and its dead letters.
+    pub async fn backlogs(&self) -> Result<std::collections::HashMap<String, (i64, i64)>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT subscriber, coalesce(sum(n) FILTER (WHERE dead = false), 0)::int8,
+                        coalesce(sum(n) FILTER (WHERE dead), 0)::int8
+                 FROM (SELECT subscriber, false AS dead, count(*) AS n FROM walhook.spill
+                       WHERE slot = $1 GROUP BY 1
+                       UNION ALL
+                       SELECT subscriber, false, sum(cardinality(ids)) FROM walhook.spill_chunks
+                       WHERE slot = $1 GROUP BY 1
+                       UNION ALL
+                       SELECT subscriber, true, count(*) FROM walhook.dead_letters
+                       WHERE slot = $1 GROUP BY 1) AS counts
+                 GROUP BY subscriber",
+                &[&self.slot],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect())
+    }
+
+    /// Deliveries matching `filter`, newest first, one `page` of them; with `body`, each
     /// with its standard body.
     pub async fn deliveries(
         &self,
         status: Status,
         filter: &Filter,
-        limit: i64,
+        page: Page,
         body: bool,
     ) -> Result<Vec<Delivery>, StateError> {
         // The two tables differ in where the error, the time and the next attempt are.
@@ -133,7 +196,7 @@ impl State {
              FROM walhook.{table}
              WHERE slot = $1 AND {FILTER}
                AND ($6::timestamptz IS NULL OR {at} >= $6) AND ($7::timestamptz IS NULL OR {at} < $7)
-             ORDER BY {at} DESC, lsn DESC, seq DESC LIMIT $8"
+             ORDER BY {at} DESC, lsn DESC, seq DESC LIMIT $8 OFFSET $10"
         );
         let rows = self
             .client()
@@ -148,8 +211,9 @@ impl State {
                     &filter.id,
                     &filter.since.as_deref().map(timestamptz),
                     &filter.until.as_deref().map(timestamptz),
-                    &limit,
+                    &page.limit,
                     &body,
+                    &page.offset,
                 ],
             )
             .await?;
