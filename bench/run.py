@@ -327,7 +327,7 @@ class Bench:
         return proc, f"http://127.0.0.1:{port}"
 
     def start_walhook(self, slot, subscribers, state_url=None, no_delivery=False, extra_sub="", rules=PLAIN_RULES,
-                      binary=None):
+                      binary=None, admin_extra=""):
         admin = f"127.0.0.1:{free_port()}"
         subs = ""
         for name, url, events in subscribers:
@@ -336,7 +336,7 @@ class Bench:
                      f'secrets = ["{SECRET}"]\nallow_private_targets = true\nmax_in_flight = 64\n{extra_sub}\n')
         state = f'[state]\nurl = "{state_url}"\n' if state_url else ""
         cfg = (f'[source]\nurl = "{self.pg.url("bench")}"\nslot = "{slot}"\npublication = "bench"\n{state}'
-               f'[admin]\nlisten = "{admin}"\n' + rules + subs)
+               f'[admin]\nlisten = "{admin}"\n{admin_extra}' + rules + subs)
         path = self.work / f"walhook-{slot}.toml"
         path.write_text(cfg)
         args = self.pinned(self.client_cpus) + [binary or self.walhook, "run", "--config", str(path)] + \

@@ -16,7 +16,9 @@ const CHART: Duration = Duration::from_secs(15 * 60);
 /// How far back a subscriber's rate and latency look.
 const RECENT: Duration = Duration::from_secs(60);
 /// How long counts read from the state database are used again.
-const COUNTS_FOR: Duration = Duration::from_secs(5);
+const COUNTS_FOR: Duration = Duration::from_secs(10);
+/// How long a count may take before the console goes on without it.
+const COUNTS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The pipeline's counters at one time.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +71,9 @@ pub type Counts = Arc<HashMap<String, (i64, i64)>>;
 
 #[derive(Default)]
 struct Inner {
+    /// Held while the counts are read, so that many consoles refreshing at once cost
+    /// the state database one query.
+    reading: Arc<tokio::sync::Mutex<()>>,
     points: VecDeque<Point>,
     lanes: HashMap<String, VecDeque<LaneSnap>>,
     /// Spill log and dead letter counts per subscriber, and when they were read.
@@ -123,17 +128,35 @@ impl History {
         recent(then, now)
     }
 
-    /// Spill log and dead letter counts per subscriber, read again when older than a few
-    /// seconds (so that many consoles refreshing cost the state database one query).
-    pub async fn counts(&self, state: &crate::state::State) -> Result<Counts, crate::state::StateError> {
-        if let Some((at, counts)) = &self.lock().counts {
-            if at.elapsed() < COUNTS_FOR {
-                return Ok(counts.clone());
+    /// Spill log and dead letter counts per subscriber, read again when older than
+    /// `COUNTS_FOR` by one request at a time; None when the state database does not
+    /// answer within `COUNTS_TIMEOUT`.
+    pub async fn counts(&self, state: &crate::state::State) -> Option<Counts> {
+        let fresh = |inner: &Inner| {
+            inner
+                .counts
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < COUNTS_FOR)
+                .map(|(_, c)| c.clone())
+        };
+        let reading = {
+            let inner = self.lock();
+            if let Some(c) = fresh(&inner) {
+                return Some(c);
             }
+            inner.reading.clone()
+        };
+        let _one = tokio::time::timeout(COUNTS_TIMEOUT, reading.lock()).await.ok()?;
+        if let Some(c) = fresh(&self.lock()) {
+            return Some(c);
         }
-        let counts = Arc::new(state.backlogs().await?);
+        let counts = tokio::time::timeout(COUNTS_TIMEOUT, state.backlogs())
+            .await
+            .ok()?
+            .ok()?;
+        let counts = Arc::new(counts);
         self.lock().counts = Some((Instant::now(), counts.clone()));
-        Ok(counts)
+        Some(counts)
     }
 }
 

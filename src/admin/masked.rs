@@ -24,7 +24,12 @@ pub fn config(config: &Config) -> Value {
     if let Some(Value::Array(subs)) = v.get_mut("subscribers") {
         for s in subs {
             if let Some(u) = s.get_mut("url") {
-                *u = Value::String(url(u.as_str().unwrap_or("")));
+                *u = Value::String(webhook_url(u.as_str().unwrap_or("")));
+            }
+            // A body template may carry a credential for the receiver: its size only.
+            if let Some(t) = s.get_mut("template").filter(|t| t.is_string()) {
+                let n = t.as_str().unwrap_or("").chars().count();
+                *t = Value::String(format!("{MASK} (a template of {n} characters)"));
             }
             if let Some(Value::Array(secrets)) = s.get_mut("secrets") {
                 for secret in secrets {
@@ -46,39 +51,100 @@ pub fn config(config: &Config) -> Value {
     v
 }
 
-/// A PostgreSQL connection string (URL or `key=value` form) without its password.
+/// Connection parameters shown as they are; every other value is masked.
+const SHOWN_PARAMS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "sslmode",
+    "application_name",
+    "connect_timeout",
+    "target_session_attrs",
+    "channel_binding",
+];
+
+/// A PostgreSQL connection string (URL or `key=value` form) with only its harmless
+/// parameters shown (host, port, database, user, sslmode, ...).
 pub fn connection(text: &str) -> String {
     if text.contains("://") {
-        return url(text);
+        return url(text, true);
     }
-    text.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={MASK}"),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = Vec::new();
+    for (key, value) in key_values(text) {
+        let shown = SHOWN_PARAMS.iter().any(|k| k.eq_ignore_ascii_case(&key));
+        out.push(format!("{key}={}", if shown { value } else { MASK.into() }));
+    }
+    out.join(" ")
 }
 
-/// A URL without its password, query values, or path segments long enough to be a token
-/// (as in chat webhook URLs).
-pub fn url(text: &str) -> String {
+/// The pairs of a libpq `key=value` string: spaces around `=` allowed, values in single
+/// quotes with `\'` and `\\` escapes.
+fn key_values(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        if key.is_empty() {
+            return pairs;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next_if_eq(&'=').is_none() {
+            // Not a pair: the rest is not shown.
+            pairs.push((key, String::new()));
+            return pairs;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// A webhook URL as the console shows it (see `url`).
+pub fn webhook_url(text: &str) -> String {
+    url(text, false)
+}
+
+/// A URL without its password, query values, fragment, or path segments long enough to
+/// be a token (as in chat webhook URLs); its user name only when `keep_user` (a database
+/// role), since in a webhook URL it is often a key.
+fn url(text: &str, keep_user: bool) -> String {
     let Ok(mut u) = url::Url::parse(text) else {
         return MASK.into();
     };
     if u.password().is_some() {
         let _ = u.set_password(Some(MASK));
     }
+    if !keep_user && !u.username().is_empty() {
+        let _ = u.set_username(MASK);
+    }
+    if u.fragment().is_some() {
+        u.set_fragment(Some(MASK));
+    }
     let query: Vec<(String, String)> = u
         .query_pairs()
         .map(|(k, v)| {
             let k = k.into_owned();
-            let masked = if k.eq_ignore_ascii_case("sslmode") || k.eq_ignore_ascii_case("application_name") {
-                v.into_owned()
-            } else {
-                MASK.to_string()
-            };
-            (k, masked)
+            let shown = SHOWN_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(&k));
+            (k, if shown { v.into_owned() } else { MASK.to_string() })
         })
         .collect();
     if !query.is_empty() {
@@ -87,7 +153,7 @@ pub fn url(text: &str) -> String {
     if let Some(segments) = u.path_segments() {
         let path: Vec<String> = segments
             .map(|s| {
-                if s.len() >= 20 {
+                if s.len() >= 16 {
                     MASK.to_string()
                 } else {
                     s.to_string()
@@ -108,11 +174,18 @@ mod tests {
     #[test]
     fn secrets_do_not_show() {
         assert_eq!(
-            url("https://user:hunter2@hooks.example.com/services/T0001/B0001/XyZabcdefghijklmnopqrstu?token=abc&x=1"),
-            "https://user:••••@hooks.example.com/services/T0001/B0001/••••?token=••••&x=••••"
+            webhook_url("https://user:hunter2@hooks.example.com/services/T0001/B0001/XyZabcdefghijklmnopqrstu?token=abc&x=1#k"),
+            "https://••••:••••@hooks.example.com/services/T0001/B0001/••••?token=••••&x=••••#••••"
         );
-        assert_eq!(url("http://127.0.0.1:8080/hook"), "http://127.0.0.1:8080/hook");
-        assert_eq!(url("not a url"), MASK);
+        assert_eq!(
+            webhook_url("https://sk_live_key@api.example.com/hook"),
+            "https://••••@api.example.com/hook"
+        );
+        assert_eq!(
+            webhook_url("http://127.0.0.1:8080/hook"),
+            "http://127.0.0.1:8080/hook"
+        );
+        assert_eq!(webhook_url("not a url"), MASK);
         assert_eq!(
             connection("postgres://walhook:s3cret@db:5432/shop?sslmode=require"),
             "postgres://walhook:••••@db:5432/shop?sslmode=require"
@@ -121,6 +194,12 @@ mod tests {
             connection("host=db user=walhook password=s3cret dbname=shop"),
             "host=db user=walhook password=•••• dbname=shop"
         );
+        // Quoted values with spaces and escapes, spaces around `=`, unknown keys.
+        assert_eq!(
+            connection("host = db password = 'it\\'s a s3cret' sslpassword=x sslmode='require'"),
+            "host=db password=•••• sslpassword=•••• sslmode=require"
+        );
+        assert_eq!(connection("host=db password"), "host=db password=••••");
     }
 
     #[test]

@@ -115,11 +115,21 @@ pub fn gone_cookie() -> HeaderValue {
 
 /// Lets a request through to the API when it carries the token or a session (and, for a
 /// change made with a session, its CSRF token); else answers it.
+/// Every answer says this process's role in `x-walhook-role` (the console follows a
+/// takeover with it).
 pub async fn guard(AxumState(a): AxumState<Admin>, request: Request, next: Next) -> Response {
-    match refusal(&a, request.method(), request.headers()) {
+    let mut r = match refusal(&a, request.method(), request.headers()) {
         None => next.run(request).await,
         Some(r) => r,
-    }
+    };
+    let role = if a.metrics.leader.get() == 1 {
+        "leader"
+    } else {
+        "standby"
+    };
+    r.headers_mut()
+        .insert("x-walhook-role", HeaderValue::from_static(role));
+    r
 }
 
 /// None when the request may go on; else the answer to give.

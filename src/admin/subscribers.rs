@@ -48,7 +48,7 @@ async fn subscribers(AxumState(a): AxumState<Admin>) -> Response {
     // count for, and a state database that does not answer leaves them out.
     let counts = match a.lanes().is_empty() {
         true => None,
-        false => a.history.counts(&a.state).await.ok(),
+        false => a.history.counts(&a.state).await,
     };
     let config = a.config.get();
     let list: Vec<serde_json::Value> = a
@@ -65,7 +65,7 @@ async fn subscribers(AxumState(a): AxumState<Admin>) -> Response {
                 .subscribers
                 .iter()
                 .find(|s| s.name == l.name)
-                .map(|s| super::masked::url(&s.url));
+                .map(|s| super::masked::webhook_url(&s.url));
             json!({
                 "name": l.name,
                 "url": url,

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/007_lane_marks.sql"),
     include_str!("../../sql/008_backfills.sql"),
     include_str!("../../sql/009_backfill_documents.sql"),
+    include_str!("../../sql/010_dead_letter_pages.sql"),
 ];
 
 /// A state database error. Each keeps PostgreSQL's message, SQLSTATE and detail (see

@@ -89,6 +89,7 @@ function offline(text) {
 async function api(path) {
   const r = await fetch(path, { credentials: "same-origin", headers: { accept: "application/json" } });
   if (r.status === 401) { location.href = "/login"; throw new Error("logged out"); }
+  followRole(r);
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.error || r.status + " " + r.statusText);
   return body;
@@ -102,9 +103,16 @@ async function post(path, payload) {
     body: payload === undefined ? "" : JSON.stringify(payload),
   });
   if (r.status === 401) { location.href = "/login"; throw new Error("logged out"); }
+  followRole(r);
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.error || r.status + " " + r.statusText);
   return body;
+}
+
+// Every API answer names the process's role: a takeover shows on any page.
+function followRole(r) {
+  const said = r.headers.get("x-walhook-role");
+  if (said && said !== role) setRole(said);
 }
 
 /// Runs a change and says how it went; true when it was done.
@@ -265,12 +273,17 @@ let selected = null;
 async function deliveries(main) {
   const p = params();
   const status = p.status || "dead";
-  const offset = Number(p.offset || 0);
+  const offset = Math.max(0, Math.floor(Number(p.offset) || 0));
   const q = new URLSearchParams({ status, limit: PAGE_SIZE, offset, count: "true" });
   for (const k of ["subscriber", "type", "key", "since", "until"]) if (p[k]) q.set(k, p[k]);
-  const [{ deliveries: list, total }, subs] = await Promise.all([
-    api("/deliveries?" + q), api("/subscribers").catch(() => ({ subscribers: [] }))]);
+  const { deliveries: list, total } = await api("/deliveries?" + q);
+  if (!list.length && offset > 0) {
+    // The page emptied (replayed, or pruned): show the last one there is.
+    setParams("deliveries", { ...p, offset: Math.max(0, Math.floor((total - 1) / PAGE_SIZE) * PAGE_SIZE) });
+    return deliveries(main);
+  }
   if (!document.getElementById("deliveries-list")) {
+    const subs = await api("/subscribers").catch(() => ({ subscribers: [] }));
     main.replaceChildren(filtersForm(p, subs.subscribers),
       h("div", { class: "split" }, h("div", { id: "deliveries-list" }),
         h("div", { id: "delivery-detail", class: "card" }, h("p", { class: "muted" }, "Pick a delivery to see its body and attempts."))));
@@ -278,7 +291,7 @@ async function deliveries(main) {
   const body = document.getElementById("deliveries-list");
   const rows = list.map((d) => h("tr", {
     class: "clickable" + (selected && selected.id === d.id && selected.subscriber === d.subscriber ? " selected" : ""),
-    "data-id": d.id, onclick: () => { selected = d; showDelivery(d); markSelected(); } },
+    "data-id": d.id, "data-subscriber": d.subscriber, onclick: () => { selected = d; showDelivery(d); markSelected(); } },
   h("td", { class: "small" }, d.at.replace("T", " ").slice(0, 19)),
   h("td", {}, d.subscriber), h("td", {}, d.type), h("td", { class: "mono small" }, d.key),
   h("td", { class: "num" }, d.attempts), h("td", { class: "excerpt small" }, d.error || "")));
@@ -297,7 +310,7 @@ async function deliveries(main) {
 
 function markSelected() {
   for (const tr of document.querySelectorAll("#deliveries tbody tr")) {
-    tr.classList.toggle("selected", !!selected && tr.dataset.id === selected.id);
+    tr.classList.toggle("selected", !!selected && tr.dataset.id === selected.id && tr.dataset.subscriber === selected.subscriber);
   }
 }
 
@@ -312,6 +325,8 @@ function filtersForm(p, subs) {
   } },
   h("label", {}, "Status", h("select", { name: "status" }, ["dead", "pending"].map((s) => h("option", { value: s, selected: (p.status || "dead") === s }, s)))),
   h("label", {}, "Subscriber", h("select", { name: "subscriber" }, h("option", { value: "" }, "any"),
+    // The one asked for stays a choice even when the list does not have it (a standby).
+    p.subscriber && !subs.some((s) => s.name === p.subscriber) ? h("option", { value: p.subscriber, selected: true }, p.subscriber) : null,
     subs.map((s) => h("option", { value: s.name, selected: p.subscriber === s.name }, s.name)))),
   field("type", "Type", "price.changed"), field("key", "Key", "ordering key"),
   field("since", "Since", "2026-12-01T00:00:00Z"), field("until", "Until", "RFC 3339"),
@@ -322,12 +337,16 @@ function filtersForm(p, subs) {
 async function showDelivery(d) {
   const box = document.getElementById("delivery-detail");
   if (!box) return;
-  box.dataset.id = d.subscriber + "/" + d.id;
+  const which = d.subscriber + "/" + d.id;
+  box.dataset.id = which;
   box.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   let full;
   try {
     full = await api(`/deliveries/${encodeURIComponent(d.subscriber)}/${encodeURIComponent(d.id)}`);
+    // Another row was picked meanwhile: its answer is the one to show.
+    if (box.dataset.id !== which) return;
   } catch (e) {
+    if (box.dataset.id !== which) return;
     box.replaceChildren(h("p", { class: "muted" }, "This delivery is gone (delivered or replayed): " + e.message));
     return;
   }
@@ -338,8 +357,10 @@ async function showDelivery(d) {
     h("div", { class: "small mono" }, full.id),
     h("div", { class: "small" }, full.subscriber, " · key ", h("span", { class: "mono" }, full.key), " · ", full.attempts, " attempts"),
     full.error ? h("p", { class: "error small" }, full.error) : null,
-    full.status === "dead" ? h("button", { id: "replay-one", disabled: standby(), onclick: async () => {
+    full.status === "dead" ? h("button", { id: "replay-one", disabled: standby(), onclick: async (e) => {
+      e.target.disabled = true;
       const r = await act("Replay " + full.id, "/deliveries/replay", { subscriber: full.subscriber, id: full.id });
+      e.target.disabled = false;
       if (r) {
         selected = null;
         box.replaceChildren(h("p", {}, `Replayed: ${full.id} is back in ${full.subscriber}'s spill log and goes out in its key's order.`));
@@ -353,8 +374,11 @@ async function showDelivery(d) {
     h("pre", { id: "delivery-body" }, full.body_text ?? JSON.stringify(full.body, null, 2)));
 }
 
-async function replayFilter() {
+async function replayFilter(e) {
   const p = params();
+  const n = e.target.textContent.replace(/\D/g, "");
+  if (!confirm(`Replay ${Number(n).toLocaleString("en-US")} dead letters of ${p.subscriber}? They go out again, each key in order.`)) return;
+  e.target.disabled = true;
   const payload = { subscriber: p.subscriber };
   for (const k of ["type", "key", "since", "until"]) if (p[k]) payload[k] = p[k];
   if (Object.keys(payload).length === 1) payload.all = true;
@@ -385,7 +409,7 @@ async function backfills(main) {
       h("td", { class: "num" }, eta === null ? "–" : seconds(eta)),
       h("td", { class: "small" }, b.started_at ? ago(b.started_at) : "not started"),
       h("td", {}, b.status === "running" || b.status === "pending" ? steer("pause", "Pause", "secondary") : null,
-        b.status === "paused" ? steer("resume", "Resume", "secondary") : null, " ",
+        b.status === "paused" || b.status === "failed" ? steer("resume", "Resume", "secondary") : null, " ",
         ["running", "pending", "paused"].includes(b.status) ? steer("cancel", "Cancel", "danger") : null));
   });
   main.replaceChildren(h("h1", {}, "Backfills"),
@@ -460,9 +484,11 @@ async function start() {
     offline("Cannot read from walhook: " + e.message);
   }
   window.addEventListener("hashchange", render);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) render(); });
   await render();
   timer = setInterval(() => {
-    // Not while the operator types in a filter of the deliveries page.
+    // Not in a tab nobody looks at, nor while the operator types in a filter.
+    if (document.hidden) return;
     const f = document.activeElement;
     if (current === "deliveries" && f && f.form && f.form.id === "delivery-filters") return;
     render();
