@@ -18,6 +18,9 @@ pub fn config(config: &Config) -> Value {
     if let Some(url) = v.pointer_mut("/state/url").filter(|u| u.is_string()) {
         *url = Value::String(connection(url.as_str().unwrap_or("")));
     }
+    if let Some(proxy) = v.pointer_mut("/delivery/proxy").filter(|p| p.is_string()) {
+        *proxy = Value::String(webhook_url(proxy.as_str().unwrap_or("")));
+    }
     if let Some(token) = v.pointer_mut("/admin/token").filter(|t| !t.is_null()) {
         *token = Value::String(MASK.into());
     }
@@ -25,6 +28,12 @@ pub fn config(config: &Config) -> Value {
         for s in subs {
             if let Some(u) = s.get_mut("url") {
                 *u = Value::String(webhook_url(u.as_str().unwrap_or("")));
+            }
+            if let Some(p) = s
+                .get_mut("proxy")
+                .filter(|p| p.as_str().is_some_and(|p| !p.is_empty()))
+            {
+                *p = Value::String(webhook_url(p.as_str().unwrap_or("")));
             }
             // A body template may carry a credential for the receiver: its size only.
             if let Some(t) = s.get_mut("template").filter(|t| t.is_string()) {
@@ -217,12 +226,19 @@ mod tests {
             events = ["*"]
             secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", { secret = "whsec_b2xkIHNlY3JldCBrZXkgZm9yIHRoZSB0ZXN0", expires = "2030-01-01T00:00:00Z" }]
             headers = { Authorization = "Bearer receiver-token" }
+            proxy = "http://egress:proxy-pass@proxy.internal:3128"
         "#;
         let parsed = crate::config::Config::parse(text, "test.toml", &|_| None).expect("a config");
         assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
         let config = parsed.config;
         let shown = self::config(&config).to_string();
-        for secret in ["s3cret", "admin-token-value", "whsec_", "receiver-token"] {
+        for secret in [
+            "s3cret",
+            "admin-token-value",
+            "whsec_",
+            "receiver-token",
+            "proxy-pass",
+        ] {
             assert!(!shown.contains(secret), "{secret} shows in {shown}");
         }
         for seen in [

@@ -278,11 +278,16 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         tracing::warn!("--no-delivery: events are decoded and mapped, then dropped; nothing is sent");
     }
     let database = crate::pg::database_name(&config.source.url);
+    let ctx = crate::lanes::deliver::Context {
+        database: &database,
+        delivery: &config.delivery,
+        env: &crate::lanes::deliver::process_env,
+    };
     let stops = state.stops().await?;
     for (i, sub) in config.subscribers.iter().enumerate().filter(|_| !no_delivery) {
         let (backlog, _) = state.backlog(&sub.name).await?;
         let mark = marks.get(&sub.name).cloned().unwrap_or_default();
-        let lane = Lane::new(sub, i, &database, state.clone(), progress.clone(), mark, backlog)
+        let lane = Lane::new(sub, i, &ctx, state.clone(), progress.clone(), mark, backlog)
             .map_err(RunError::Compile)?;
         if backlog {
             tracing::info!(subscriber = %sub.name, "spill log has events: lane resumes in spill mode");

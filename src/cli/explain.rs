@@ -194,9 +194,10 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         if routes.is_empty() {
             let _ = writeln!(out, "  no subscriber wants it");
         }
+        let database = crate::pg::database_name(&config.source.url);
         for &i in routes.iter() {
             let sub = &config.subscribers[i];
-            let target = Target::new(sub, i, &crate::pg::database_name(&config.source.url))
+            let target = Target::new(sub, i, &target_context(config, &database))
                 .map_err(|problems| bad(crate::config::fmt_problems(&problems)))?;
             let _ = writeln!(out, "\n--> subscriber {:?} at {}", sub.name, sub.url);
             match target.request(&event.id, &event.body, ts) {
@@ -219,6 +220,15 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
 
 /// `text` with each `events[j]` (the j-th rule of the explained table) written as the
 /// config's own number, `events[numbered[j]]`.
+/// What a subscriber's target is built with, for `config`.
+fn target_context<'a>(config: &'a Config, database: &'a str) -> crate::lanes::deliver::Context<'a> {
+    crate::lanes::deliver::Context {
+        database,
+        delivery: &config.delivery,
+        env: &crate::lanes::deliver::process_env,
+    }
+}
+
 fn renumber(text: &str, numbered: &[usize]) -> String {
     let mut out = String::new();
     let mut rest = text;
@@ -372,8 +382,8 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
             crate::config::fmt_problems(&problems).replace("subscribers[0]", &format!("subscribers[{i}]")),
         ));
     }
-    let target =
-        Target::new(sub, i, &crate::pg::database_name(&config.source.url)).map_err(RunError::Compile)?;
+    let database = crate::pg::database_name(&config.source.url);
+    let target = Target::new(sub, i, &target_context(config, &database)).map_err(RunError::Compile)?;
     let now = SystemTime::now();
     let micros = now
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -6,6 +6,7 @@
 //! with its key path (`subscribers[1].url`), so an operator fixes a file in one pass.
 //! Every default is a named constant below and documented in `config/walhook.toml`.
 
+mod delivery;
 mod documents;
 mod env;
 mod expand;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use delivery::{proxy_problem, DeliveryConfig, SubscriberTls};
 pub use documents::{Document, DocumentSource, DEFAULT_DOCUMENT_WINDOW, MAX_SOURCES};
 pub use expand::expand_vars;
 pub use table::{quote_ident, TableName};
@@ -119,6 +121,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub backfill: BackfillConfig,
+    /// Settings of every subscriber's requests (an egress proxy).
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     #[serde(default)]
     pub events: Vec<EventRule>,
     #[serde(default)]
@@ -373,6 +378,11 @@ pub struct Subscriber {
     pub max_attempts: Option<u32>,
     #[serde(default)]
     pub allow_private_targets: bool,
+    /// Mutual TLS to the receiver and a private CA for its certificate (PEM files).
+    pub tls: Option<SubscriberTls>,
+    /// An HTTP proxy for this subscriber's requests; "" sends them direct, whatever
+    /// `[delivery] proxy` and the environment say.
+    pub proxy: Option<String>,
     /// A lane whose oldest undelivered event is older than this spills to the state database.
     #[serde(default = "default_spill_after", with = "humantime_serde")]
     pub spill_after: Duration,

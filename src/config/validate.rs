@@ -87,6 +87,7 @@ impl Config {
             );
         }
         self.document_problems(&mut bad);
+        self.delivery_problems(&mut bad);
         for (i, rule) in self.events.iter().enumerate() {
             let p = |k: &str| format!("events[{i}].{k}");
             if let Err(e) = TableName::parse(&rule.table) {

@@ -65,6 +65,77 @@ impl Failure {
     }
 }
 
+/// What a subscriber's target is built with besides its own settings.
+pub struct Context<'a> {
+    /// The source database's name (CloudEvents `source`).
+    pub database: &'a str,
+    /// `[delivery]`: the egress proxy of every subscriber.
+    pub delivery: &'a crate::config::DeliveryConfig,
+    /// The environment (`HTTPS_PROXY`, `NO_PROXY`, ...).
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// The process environment, for `Context::env`.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The TLS material and proxy of a subscriber's client, from its `tls`, its `proxy`,
+/// `[delivery]` and the environment; problems go to `problems`.
+type Egress = (
+    Option<http::egress::Proxy>,
+    Option<rustls::RootCertStore>,
+    Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+);
+
+fn egress(
+    sub: &Subscriber,
+    url: &url::Url,
+    ctx: &Context<'_>,
+    key: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) -> Egress {
+    let https = url.scheme() == "https";
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let chosen = http::egress::choose(
+        sub.proxy.as_deref(),
+        ctx.delivery.proxy.as_deref(),
+        ctx.env,
+        https,
+        host,
+        port,
+    );
+    // A proxy of the config is checked with the config (once, at its key); one from the
+    // environment is checked here.
+    let configured = sub.proxy.is_some() || ctx.delivery.proxy.as_deref().is_some_and(|p| !p.is_empty());
+    let proxy = chosen.and_then(|p| {
+        http::egress::Proxy::parse(&p)
+            .map_err(|e| {
+                if !configured {
+                    problems.push(Problem::new("HTTPS_PROXY/HTTP_PROXY (environment)", e));
+                }
+            })
+            .ok()
+    });
+    let tls = sub.tls.clone().unwrap_or_default();
+    let roots = tls.ca.as_deref().and_then(|ca| {
+        http::egress::ca_roots(ca)
+            .map_err(|e| problems.push(Problem::new(key("tls.ca"), e)))
+            .ok()
+    });
+    let client_auth = match (tls.cert.as_deref(), tls.key.as_deref()) {
+        (Some(cert), Some(k)) => http::egress::client_auth(cert, k)
+            .map_err(|e| problems.push(Problem::new(key("tls.cert"), e)))
+            .ok(),
+        _ => None,
+    };
+    (proxy, roots, client_auth)
+}
+
 /// The HTTP side of a lane: client with keep-alive, target, format, headers and secrets.
 pub struct Target {
     client: Client,
@@ -86,7 +157,8 @@ impl Target {
     /// source in CloudEvents. This is the check of the subscriber's delivery settings
     /// too (`lanes::check` calls it): every problem is returned at once, with its key
     /// path, so a target that passed the check cannot fail to build when a run starts.
-    pub fn new(sub: &Subscriber, index: usize, database: &str) -> Result<Target, Vec<Problem>> {
+    pub fn new(sub: &Subscriber, index: usize, ctx: &Context<'_>) -> Result<Target, Vec<Problem>> {
+        let database = ctx.database;
         let key = |k: &str| format!("subscribers[{index}].{k}");
         let mut problems = Vec::new();
         let url = url::Url::parse(&sub.url)
@@ -133,7 +205,10 @@ impl Target {
         for (k, message) in retry::check(sub) {
             problems.push(Problem::new(key(&k), message));
         }
-        let (Some(url), Some(format), true) = (url, format, problems.is_empty()) else {
+        let egress = url.as_ref().map(|u| egress(sub, u, ctx, &key, &mut problems));
+        let (Some(url), Some(format), Some((proxy, roots, client_auth)), true) =
+            (url, format, egress, problems.is_empty())
+        else {
             return Err(problems);
         };
         let templated = format.templated_headers();
@@ -151,7 +226,9 @@ impl Target {
                 connect_timeout: sub.timeout.min(Duration::from_secs(10)),
                 max_idle: sub.max_in_flight,
                 idle_timeout: Duration::from_secs(60),
-                roots: None,
+                roots,
+                client_auth,
+                proxy,
                 allow_private: sub.allow_private_targets,
             },
         )

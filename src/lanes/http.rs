@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+pub mod egress;
 
 /// Bytes of a response body kept (for logs) at most.
 pub const EXCERPT: usize = 512;
@@ -52,8 +54,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Timeout => write!(f, "timed out"),
-            Error::Connect(e) => write!(f, "connect failed: {e}"),
-            Error::Request(e) => write!(f, "request failed: {e}"),
+            Error::Connect(e) => write!(f, "connect failed: {e}{}", egress::tls_hint(e)),
+            Error::Request(e) => write!(f, "request failed: {e}{}", egress::tls_hint(e)),
         }
     }
 }
@@ -69,9 +71,14 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Trusted roots for https (the Mozilla set when None).
     pub roots: Option<rustls::RootCertStore>,
+    /// A client certificate chain and key to present (mutual TLS).
+    pub client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    /// The proxy requests go through, if any.
+    pub proxy: Option<egress::Proxy>,
     /// Connect to the addresses `target::is_private` refuses. Checked on every
     /// connection, after resolving the host anew, so a name whose DNS answer changes to
-    /// such an address (DNS rebinding) is not reached.
+    /// such an address (DNS rebinding) is not reached. Through a proxy, the proxy
+    /// resolves names: only a target given as an address is checked.
     pub allow_private: bool,
 }
 
@@ -81,7 +88,7 @@ pub struct Client {
     host: String,
     port: u16,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    /// Path and query, for the request line.
+    /// Path and query, for the request line (the whole URL through a proxy, for http).
     path: String,
     /// The fixed headers (Host first), each ending in CRLF.
     head: Vec<u8>,
@@ -91,7 +98,7 @@ pub struct Client {
 
 impl Client {
     /// A client posting to `url` with these extra headers (validated by the config).
-    pub fn new(url: &url::Url, headers: &[(String, String)], opts: Options) -> Result<Client, String> {
+    pub fn new(url: &url::Url, headers: &[(String, String)], mut opts: Options) -> Result<Client, String> {
         let https = match url.scheme() {
             "https" => true,
             "http" => false,
@@ -106,17 +113,32 @@ impl Client {
         let port = url
             .port_or_known_default()
             .unwrap_or(if https { 443 } else { 80 });
+        if opts.proxy.is_some() && !opts.allow_private {
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                if super::target::is_private(ip) {
+                    return Err(format!(
+                        "{ip} is a loopback, private or link-local address: refused \
+                         (set allow_private_targets = true if that is intended)"
+                    ));
+                }
+            }
+        }
         let tls = if https {
             let roots = opts.roots.clone().unwrap_or_else(|| rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             });
-            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+            let mut config = match opts.client_auth.take() {
+                Some((certs, key)) => builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| format!("the client certificate and key do not go together: {e}"))?,
+                None => builder.with_no_client_auth(),
+            };
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             let name =
                 ServerName::try_from(host.clone()).map_err(|e| format!("TLS server name {host:?}: {e}"))?;
@@ -133,6 +155,11 @@ impl Client {
         let mut authority = url.host_str().unwrap_or_default().to_string();
         if let Some(p) = url.port() {
             authority.push_str(&format!(":{p}"));
+        }
+        // A proxy takes an http request in absolute form, with its own credentials.
+        let via = opts.proxy.as_ref().filter(|_| !https);
+        if via.is_some() {
+            path = format!("http://{authority}{path}");
         }
         let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         let mut head = Vec::with_capacity(256);
@@ -160,6 +187,9 @@ impl Client {
         }
         for (k, v) in headers {
             let _ = write!(head, "{k}: {v}\r\n");
+        }
+        if let Some(auth) = via.and_then(|p| p.authorization.as_ref()) {
+            let _ = write!(head, "Proxy-Authorization: {auth}\r\n");
         }
         Ok(Client {
             host,
@@ -264,6 +294,9 @@ impl Client {
 
     async fn connect(&self) -> Result<Conn, Error> {
         let connect = async {
+            if let Some(proxy) = &self.opts.proxy {
+                return self.connect_via(proxy).await;
+            }
             let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
                 .await
                 .map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
@@ -279,23 +312,7 @@ impl Client {
                     continue;
                 }
                 match TcpStream::connect(addr).await {
-                    Ok(tcp) => {
-                        let _ = tcp.set_nodelay(true);
-                        let stream = match &self.tls {
-                            None => Stream::Plain(tcp),
-                            Some((connector, name)) => Stream::Tls(Box::new(
-                                connector
-                                    .connect(name.clone(), tcp)
-                                    .await
-                                    .map_err(|e| format!("TLS with {addr}: {e}"))?,
-                            )),
-                        };
-                        return Ok(Conn {
-                            stream,
-                            buf: Vec::with_capacity(4096),
-                            since: Instant::now(),
-                        });
-                    }
+                    Ok(tcp) => return self.over(tcp, &addr.to_string()).await,
                     Err(e) => last = format!("{addr}: {e}"),
                 }
             }
@@ -308,6 +325,46 @@ impl Client {
                 self.host, self.port, self.opts.connect_timeout
             ))),
         }
+    }
+}
+
+impl Client {
+    /// A connection on `tcp` (to the receiver `peer`, or a tunnel to it): TLS for https.
+    async fn over(&self, tcp: TcpStream, peer: &str) -> Result<Conn, String> {
+        let _ = tcp.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => Stream::Tls(Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {peer}: {e}"))?,
+            )),
+        };
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            since: Instant::now(),
+        })
+    }
+
+    /// A connection through `proxy`: a CONNECT tunnel for https, else the proxy itself.
+    /// The proxy is the operator's own: its address is not checked like a receiver's.
+    async fn connect_via(&self, proxy: &egress::Proxy) -> Result<Conn, String> {
+        let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
+            .await
+            .map_err(|e| format!("proxy {}: {e}", proxy.name()))?;
+        if self.tls.is_some() {
+            let authority = match self.host.contains(':') {
+                true => format!("[{}]:{}", self.host, self.port),
+                false => format!("{}:{}", self.host, self.port),
+            };
+            egress::tunnel(&mut tcp, proxy, &authority).await?;
+            return self
+                .over(tcp, &format!("{authority} through proxy {}", proxy.name()))
+                .await;
+        }
+        self.over(tcp, &proxy.name()).await
     }
 }
 

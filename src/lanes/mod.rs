@@ -123,7 +123,14 @@ pub fn check(config: &crate::config::Config) -> Vec<crate::config::Problem> {
         .subscribers
         .iter()
         .enumerate()
-        .flat_map(|(i, sub)| Target::new(sub, i, "").err().unwrap_or_default())
+        .flat_map(|(i, sub)| {
+            let ctx = deliver::Context {
+                database: "",
+                delivery: &config.delivery,
+                env: &deliver::process_env,
+            };
+            Target::new(sub, i, &ctx).err().unwrap_or_default()
+        })
         .collect()
 }
 
@@ -325,17 +332,18 @@ pub struct Lane {
 impl Lane {
     /// A lane starting from `mark` (what it had done before a restart); it starts in spill
     /// mode when its log has rows.
-    /// `index` is the subscriber's place in the config; `database` names the source.
+    /// `index` is the subscriber's place in the config; `ctx` names the source and holds
+    /// the settings of every subscriber's requests.
     pub fn new(
         cfg: &Subscriber,
         index: usize,
-        database: &str,
+        ctx: &deliver::Context<'_>,
         state: Arc<State>,
         progress: Arc<Progress>,
         mark: Mark,
         spilled: bool,
     ) -> Result<Arc<Lane>, Vec<crate::config::Problem>> {
-        let target = Target::new(cfg, index, database)?;
+        let target = Target::new(cfg, index, ctx)?;
         Ok(Lane::assemble(
             cfg,
             Arc::new(target),

@@ -85,8 +85,20 @@ pub async fn check_targets(config: &Config) -> Targets {
         let port = url.port_or_known_default().unwrap_or(443);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let path = format!("subscribers[{i}].url");
+        // Through a proxy, the proxy resolves names (this host may not even have DNS for
+        // them): only a target given as an address is checked here.
+        let proxied = super::http::egress::choose(
+            sub.proxy.as_deref(),
+            config.delivery.proxy.as_deref(),
+            &super::deliver::process_env,
+            url.scheme() == "https",
+            host,
+            port,
+        )
+        .is_some();
         let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
+            Err(_) if proxied => continue,
             Err(_) => match tokio::net::lookup_host((host, port)).await {
                 Ok(a) => a.map(|a| a.ip()).collect(),
                 Err(e) => {

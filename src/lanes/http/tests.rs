@@ -138,6 +138,8 @@ fn opts(timeout: Duration) -> Options {
         max_idle: 4,
         idle_timeout: Duration::from_secs(60),
         roots: None,
+        client_auth: None,
+        proxy: None,
         allow_private: true,
     }
 }
