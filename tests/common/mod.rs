@@ -91,6 +91,14 @@ impl Walhook {
             .args(["run", "--config"])
             .arg(self.dir.join("walhook.toml"))
             .env("RUST_LOG", "info,walhook=debug")
+            // Receivers are on loopback: a proxy of the machine's environment must not
+            // carry their requests (a test that wants one sets it).
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
