@@ -3,7 +3,8 @@
 # clusters (started and stopped by the tests) and real HTTP receivers on loopback.
 # Installs what the tests need when it is missing: Debian's postgresql package (server
 # binaries), its prometheus package (promtool, for the alerts of deploy/), chromium and
-# chromium-driver (the console's browser test), and PostgreSQL 17 and 18 (scripts/pg-majors.sh) for the tests that need them.
+# chromium-driver (the console's browser test), nats-server (the NATS test), and
+# PostgreSQL 17 and 18 (scripts/pg-majors.sh) for the tests that need them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,10 @@ fi
 if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
     echo "chromium or chromedriver missing (tests/console.rs drives the console in a browser)" >&2
     apt_install chromium chromium-driver
+fi
+if ! command -v nats-server >/dev/null 2>&1; then
+    echo "nats-server missing (tests/nats.rs publishes to JetStream)" >&2
+    apt_install nats-server
 fi
 
 # The failover test runs on PostgreSQL 17 and the generated-columns test on 18, whatever

@@ -197,6 +197,26 @@ pub async fn explain(config: &Config, q: &Question<'_>) -> Result<String, RunErr
         let database = crate::pg::database_name(&config.source.url);
         for &i in routes.iter() {
             let sub = &config.subscribers[i];
+            if sub.kind == crate::config::SubscriberKind::Nats {
+                let target = crate::lanes::nats::NatsTarget::new(sub, i)
+                    .map_err(|problems| bad(crate::config::fmt_problems(&problems)))?;
+                let _ = writeln!(
+                    out,
+                    "\n--> subscriber {:?} at {} (NATS JetStream)",
+                    sub.name, sub.url
+                );
+                match target.subject(&event.id, &event.body) {
+                    Ok(subject) => {
+                        let _ = writeln!(out, "publish to {subject} with Nats-Msg-Id: {}", event.id);
+                        out.push_str(&String::from_utf8_lossy(&event.body));
+                    }
+                    Err(e) => out.push_str(&format!(
+                        "(no message: {e}; the event would be retried, then dead)"
+                    )),
+                }
+                out.push('\n');
+                continue;
+            }
             let target = Target::new(sub, i, &target_context(config, &database))
                 .map_err(|problems| bad(crate::config::fmt_problems(&problems)))?;
             let _ = writeln!(out, "\n--> subscriber {:?} at {}", sub.name, sub.url);
@@ -383,7 +403,14 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
         ));
     }
     let database = crate::pg::database_name(&config.source.url);
-    let target = Target::new(sub, i, &target_context(config, &database)).map_err(RunError::Compile)?;
+    let target: Box<dyn crate::lanes::store::Sender> = match sub.kind {
+        crate::config::SubscriberKind::Http => {
+            Box::new(Target::new(sub, i, &target_context(config, &database)).map_err(RunError::Compile)?)
+        }
+        crate::config::SubscriberKind::Nats => {
+            Box::new(crate::lanes::nats::NatsTarget::new(sub, i).map_err(RunError::Compile)?)
+        }
+    };
     let now = SystemTime::now();
     let micros = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -401,7 +428,7 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
     Ok(match outcome {
         Attempt::Delivered => (
             format!(
-                "{name} ({}): delivered {id} in {ms:.1} ms (a 2xx answer)",
+                "{name} ({}): delivered {id} in {ms:.1} ms (a 2xx answer, or the stream's ack)",
                 sub.url
             ),
             true,

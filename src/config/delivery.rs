@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// Where a subscriber's events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriberKind {
+    /// Webhooks: an HTTP request per event.
+    #[default]
+    Http,
+    /// NATS JetStream: a message per event on `subject`, acknowledged by a stream.
+    Nats,
+}
+
 /// `[delivery]`: settings of every subscriber's requests.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +72,7 @@ impl Config {
             }
         }
         for (i, s) in self.subscribers.iter().enumerate() {
+            self.kind_problems(i, s, bad);
             if let Some(p) = s.proxy.as_deref().filter(|p| !p.is_empty()) {
                 if let Some(e) = proxy_problem(p) {
                     bad(format!("subscribers[{i}].proxy"), e);
@@ -73,12 +85,61 @@ impl Config {
                         "give cert and key together (the client certificate and its private key)".into(),
                     );
                 }
-                let https = s.url.starts_with("https://");
+                let https = s.url.starts_with("https://") || s.url.starts_with("tls://");
                 if !https {
                     bad(
                         format!("subscribers[{i}].tls"),
-                        "tls applies to https URLs only: use an https:// url, or remove tls".into(),
+                        "tls applies to https (or NATS tls://) URLs only: use an https:// url, or remove tls"
+                            .into(),
                     );
+                }
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The settings a subscriber of its kind may not have, or must.
+    fn kind_problems(&self, i: usize, s: &Subscriber, bad: &mut dyn FnMut(String, String)) {
+        let p = |k: &str| format!("subscribers[{i}].{k}");
+        match s.kind {
+            SubscriberKind::Http => {
+                for (key, set) in [
+                    ("subject", s.subject.is_some()),
+                    ("credentials", s.credentials.is_some()),
+                ] {
+                    if set {
+                        bad(
+                            p(key),
+                            format!(
+                                "{key} is for kind = \"nats\" subscribers: remove it, or set kind = \"nats\""
+                            ),
+                        );
+                    }
+                }
+            }
+            SubscriberKind::Nats => {
+                match s.subject.as_deref() {
+                    None | Some("") => bad(
+                        p("subject"),
+                        "required with kind = \"nats\": the subject to publish to, a template such as \"pim.{{ type }}\"".into(),
+                    ),
+                    Some(_) => {}
+                }
+                for (key, set) in [
+                    ("headers", !s.headers.is_empty()),
+                    ("template", s.template.is_some()),
+                    ("method", s.method.is_some()),
+                    ("content_type", s.content_type.is_some()),
+                    ("proxy", s.proxy.is_some()),
+                    ("format", s.format != BodyFormat::Standard),
+                ] {
+                    if set {
+                        bad(
+                            p(key),
+                            format!("{key} is for webhooks; a NATS subscriber publishes the standard body: remove it"),
+                        );
+                    }
                 }
             }
         }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use delivery::{proxy_problem, DeliveryConfig, SubscriberTls};
+pub use delivery::{proxy_problem, DeliveryConfig, SubscriberKind, SubscriberTls};
 pub use documents::{Document, DocumentSource, DEFAULT_DOCUMENT_WINDOW, MAX_SOURCES};
 pub use expand::expand_vars;
 pub use table::{quote_ident, TableName};
@@ -362,7 +362,14 @@ pub struct TransitionRule {
 #[serde(deny_unknown_fields)]
 pub struct Subscriber {
     pub name: String,
+    /// Webhooks (`http`, the default) or NATS JetStream (`nats`).
+    #[serde(default)]
+    pub kind: SubscriberKind,
     pub url: String,
+    /// `kind = "nats"`: the subject each event is published to (a template).
+    pub subject: Option<String>,
+    /// `kind = "nats"`: a NATS credentials (.creds) file.
+    pub credentials: Option<String>,
     /// Event type patterns: exact names, `price.*`, `*`.
     pub events: Vec<String>,
     /// One or more `whsec_<base64>` secrets, each optionally with an expiry; every

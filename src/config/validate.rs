@@ -218,15 +218,19 @@ impl Config {
             } else if !sub_names.insert(sub.name.as_str()) {
                 bad(p("name"), format!("{:?} is used by two subscribers", sub.name));
             }
+            let (schemes, use_) = match sub.kind {
+                SubscriberKind::Http => (["http", "https"], "use http or https"),
+                SubscriberKind::Nats => (["nats", "tls"], "use nats://host:4222 (or tls://host:4222)"),
+            };
             match url::Url::parse(&sub.url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                Ok(u) if schemes.contains(&u.scheme()) => {
                     if u.host().is_none() {
                         bad(p("url"), format!("{:?} has no host", sub.url));
                     }
                 }
                 Ok(u) => bad(
                     p("url"),
-                    format!("scheme {:?} is not supported: use http or https", u.scheme()),
+                    format!("scheme {:?} is not supported: {use_}", u.scheme()),
                 ),
                 Err(e) => bad(p("url"), format!("{:?} is not a URL: {e}", sub.url)),
             }

@@ -8,7 +8,7 @@ use super::format::Formatter;
 use super::http::{self, Client, Options};
 use super::limit::{self, Limiter};
 use super::retry::{self, Policy, Verdict};
-use super::sign::{signature_header, Secret};
+use super::sign::Signer;
 use crate::config::{Problem, Subscriber};
 
 /// Bodies up to this size are sent in one buffer with their head; larger ones are written
@@ -140,12 +140,9 @@ fn egress(
 pub struct Target {
     client: Client,
     format: Formatter,
-    /// Each secret with the Unix time it expires at, if it does.
-    secrets: Vec<(Secret, Option<i64>)>,
+    signer: Signer,
     policy: Policy,
     limiter: Option<Limiter>,
-    /// The "every secret has expired" warning was logged.
-    warned_expired: std::sync::atomic::AtomicBool,
 }
 
 /// What a failed attempt's error starts with when the event could not be shaped for the
@@ -167,21 +164,7 @@ impl Target {
         let format = Formatter::new(sub, index, database)
             .map_err(|(k, message)| problems.push(Problem::new(key(&k), message)))
             .ok();
-        let mut secrets = Vec::new();
-        for (j, entry) in sub.secrets.iter().enumerate() {
-            let secret = Secret::parse(entry.secret())
-                .map_err(|e| problems.push(Problem::new(entry.path(index, j), e.to_string())));
-            let expires = entry
-                .expires()
-                .map_err(|e| problems.push(Problem::new(key(&format!("secrets[{j}].expires")), e)));
-            if let (Ok(secret), Ok(expires)) = (secret, expires) {
-                let expires = expires.map(|at| {
-                    at.duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-                });
-                secrets.push((secret, expires));
-            }
-        }
+        let signer = Signer::new(sub, index).map_err(|p| problems.extend(p)).ok();
         let limiter = match sub.rate_limit.as_deref().map(limit::parse) {
             Some(Ok(rate)) => Some(Limiter::new(rate)),
             Some(Err(e)) => {
@@ -206,8 +189,8 @@ impl Target {
             problems.push(Problem::new(key(&k), message));
         }
         let egress = url.as_ref().map(|u| egress(sub, u, ctx, &key, &mut problems));
-        let (Some(url), Some(format), Some((proxy, roots, client_auth)), true) =
-            (url, format, egress, problems.is_empty())
+        let (Some(url), Some(format), Some((proxy, roots, client_auth)), Some(signer), true) =
+            (url, format, egress, signer, problems.is_empty())
         else {
             return Err(problems);
         };
@@ -236,10 +219,9 @@ impl Target {
         Ok(Target {
             client,
             format,
-            secrets,
+            signer,
             policy: Policy::new(sub),
             limiter,
-            warned_expired: Default::default(),
         })
     }
 
@@ -299,7 +281,7 @@ impl Target {
             .format
             .format(id, body)
             .map_err(|e| format!("{UNSHAPEABLE}{e}"))?;
-        let signature = signature_header(&self.signing(ts), id, ts, &req.body);
+        let signature = self.signer.header(id, ts, &req.body);
         let ts = ts.to_string();
         let mut headers: Vec<(&str, &str)> = vec![
             ("webhook-id", id),
@@ -321,36 +303,6 @@ impl Target {
             return Ok((head, Cow::Borrowed(&[])));
         }
         Ok((head, req.body))
-    }
-
-    /// The secrets that sign at Unix time `ts`: the unexpired ones. Should every one
-    /// have expired (the config was checked when it loaded, so only a long-running
-    /// process gets here), those that expired last go on signing, with a warning: an
-    /// unsigned request would be refused anyway.
-    fn signing(&self, ts: i64) -> Vec<Secret> {
-        let live: Vec<Secret> = self
-            .secrets
-            .iter()
-            .filter(|(_, exp)| exp.is_none_or(|e| e > ts))
-            .map(|(s, _)| s.clone())
-            .collect();
-        if !live.is_empty() {
-            return live;
-        }
-        let last = self.secrets.iter().filter_map(|(_, e)| *e).max();
-        if !self
-            .warned_expired
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::warn!(
-                "every secret of this subscriber has expired; signing with the last to expire: add a new one"
-            );
-        }
-        self.secrets
-            .iter()
-            .filter(|(_, e)| *e == last)
-            .map(|(s, _)| s.clone())
-            .collect()
     }
 
     /// What follows failed attempt number `attempts` (1 for the first) of an event.

@@ -72,6 +72,12 @@ fn is_template(s: &str) -> bool {
 }
 
 /// Problems in one subscriber's format settings, as (key, message) pairs.
+/// The standard body `body` of event `id` as a template sees it (`id`, `type`, `data`,
+/// ...); an error when the body is not walhook's JSON.
+pub fn template_context(id: &str, body: &[u8]) -> Result<JValue, String> {
+    Ok(doc::context(id, doc::index(body)?))
+}
+
 pub fn check(sub: &Subscriber) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut bad = |k: &str, m: String| out.push((k.to_string(), m));

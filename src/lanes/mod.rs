@@ -46,6 +46,7 @@ mod hot;
 pub mod http;
 pub mod limit;
 mod mirror;
+pub mod nats;
 mod queues;
 pub mod retry;
 mod settle;
@@ -71,7 +72,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{EventOrder, Subscriber};
+use crate::config::{EventOrder, Subscriber, SubscriberKind};
 use crate::event::{Event, EventRef, Mark, Pos};
 use crate::metrics::LaneMetrics;
 use crate::progress::Progress;
@@ -129,7 +130,10 @@ pub fn check(config: &crate::config::Config) -> Vec<crate::config::Problem> {
                 delivery: &config.delivery,
                 env: &deliver::process_env,
             };
-            Target::new(sub, i, &ctx).err().unwrap_or_default()
+            match sub.kind {
+                SubscriberKind::Http => Target::new(sub, i, &ctx).err().unwrap_or_default(),
+                SubscriberKind::Nats => nats::NatsTarget::new(sub, i).err().unwrap_or_default(),
+            }
         })
         .collect()
 }
@@ -343,15 +347,11 @@ impl Lane {
         mark: Mark,
         spilled: bool,
     ) -> Result<Arc<Lane>, Vec<crate::config::Problem>> {
-        let target = Target::new(cfg, index, ctx)?;
-        Ok(Lane::assemble(
-            cfg,
-            Arc::new(target),
-            state,
-            progress,
-            mark,
-            spilled,
-        ))
+        let target: Arc<dyn Sender> = match cfg.kind {
+            SubscriberKind::Http => Arc::new(Target::new(cfg, index, ctx)?),
+            SubscriberKind::Nats => Arc::new(nats::NatsTarget::new(cfg, index)?),
+        };
+        Ok(Lane::assemble(cfg, target, state, progress, mark, spilled))
     }
 
     /// A lane over any store and sender (`store`): the state database and HTTP in

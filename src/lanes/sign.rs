@@ -106,6 +106,84 @@ pub fn verify_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8], 
         .any(|sig| secrets.iter().any(|s| s.verify(id, timestamp, body, sig)))
 }
 
+/// A subscriber's secrets, each with the Unix time it expires at (if it does): what
+/// signs its requests at a given time.
+#[derive(Debug)]
+pub struct Signer {
+    secrets: Vec<(Secret, Option<i64>)>,
+    /// The "every secret has expired" warning was logged.
+    warned_expired: std::sync::atomic::AtomicBool,
+}
+
+impl Signer {
+    /// The secrets of subscriber `index` of the config; the problems of those that do
+    /// not parse, at their key paths.
+    pub fn new(sub: &crate::config::Subscriber, index: usize) -> Result<Signer, Vec<crate::config::Problem>> {
+        use crate::config::Problem;
+        let mut problems = Vec::new();
+        let mut secrets = Vec::new();
+        for (j, entry) in sub.secrets.iter().enumerate() {
+            let secret = Secret::parse(entry.secret())
+                .map_err(|e| problems.push(Problem::new(entry.path(index, j), e.to_string())));
+            let expires = entry.expires().map_err(|e| {
+                problems.push(Problem::new(
+                    format!("subscribers[{index}].secrets[{j}].expires"),
+                    e,
+                ))
+            });
+            if let (Ok(secret), Ok(expires)) = (secret, expires) {
+                let expires = expires.map(|at| {
+                    at.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                });
+                secrets.push((secret, expires));
+            }
+        }
+        match problems.is_empty() {
+            true => Ok(Signer {
+                secrets,
+                warned_expired: Default::default(),
+            }),
+            false => Err(problems),
+        }
+    }
+
+    /// The `webhook-signature` value of event `id` at Unix time `ts` with `body`.
+    pub fn header(&self, id: &str, ts: i64, body: &[u8]) -> String {
+        signature_header(&self.signing(ts), id, ts, body)
+    }
+
+    /// The secrets that sign at Unix time `ts`: the unexpired ones. Should every one
+    /// have expired (the config was checked when it loaded, so only a long-running
+    /// process gets here), those that expired last go on signing, with a warning: an
+    /// unsigned request would be refused anyway.
+    fn signing(&self, ts: i64) -> Vec<Secret> {
+        let live: Vec<Secret> = self
+            .secrets
+            .iter()
+            .filter(|(_, exp)| exp.is_none_or(|e| e > ts))
+            .map(|(s, _)| s.clone())
+            .collect();
+        if !live.is_empty() {
+            return live;
+        }
+        let last = self.secrets.iter().filter_map(|(_, e)| *e).max();
+        if !self
+            .warned_expired
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "every secret of this subscriber has expired; signing with the last to expire: add a new one"
+            );
+        }
+        self.secrets
+            .iter()
+            .filter(|(_, e)| *e == last)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,7 +75,8 @@ impl Targets {
 pub async fn check_targets(config: &Config) -> Targets {
     let mut found = Targets::default();
     for (i, sub) in config.subscribers.iter().enumerate() {
-        if sub.allow_private_targets {
+        // A NATS server is the operator's own infrastructure, not a receiver's URL.
+        if sub.allow_private_targets || sub.kind == crate::config::SubscriberKind::Nats {
             continue;
         }
         let Ok(url) = url::Url::parse(&sub.url) else {
