@@ -3,7 +3,8 @@
 //! requests, records the arrival time of the first and last, the commit-to-receipt
 //! latency of every event (from the body's `timestamp`), and verifies the signature of one
 //! request in `--sample` (default 100). `GET /stats` returns the figures as JSON;
-//! `POST /reset` clears them. Runs on one thread so it takes at most one core.
+//! `POST /reset` clears them; `POST /fail` and `POST /heal` turn failing every request on
+//! and off. Runs on one thread so it takes at most one core.
 //!
 //! Usage: walhook-bench-receiver --listen 127.0.0.1:PORT --secret whsec_... [--fail]
 //!        [--fail-rate R] [--sample N]
@@ -203,6 +204,9 @@ async fn serve(app: Arc<App>, mut stream: TcpStream) {
             )
         } else if !method_get && path == "/reset" {
             reset(&app);
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_string()
+        } else if !method_get && (path == "/fail" || path == "/heal") {
+            app.fail.store(path == "/fail", Ordering::Relaxed);
             "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_string()
         } else if !method_get {
             match hook(&app, &signed, &buf[head_len..head_len + content_length]) {

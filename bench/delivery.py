@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Delivery at scale: fan-out to many subscribers, many idle subscribers, and the drain of
+a large backlog, each against a baseline measured in the same run.
+
+- fan-out: the same burst of changes delivered to 1 subscriber, then to 50 that each
+  want every event (each its own bench receiver): deliveries/s of 50 against 1
+  (target >= 0.8x) and walhook's peak RSS with 50 (target <= 300 MB).
+- idle: 1,000 subscribers and no changes: time from start to ready (target <= 2 s), RSS
+  (target <= 150 MB) and CPU over 30 s (target <= 1% of a core), against 1 subscriber.
+- drain: a subscriber down (its receiver answers 500) through a burst of 200,000 events
+  of about 8 kB each, which walhook spills; then the receiver heals. Drain rate (events/s
+  from its first delivery after healing to its last) and walhook's peak RSS over the
+  whole run (target <= 200 MB), against the same burst to a healthy subscriber.
+
+    python3 bench/delivery.py                              # all three
+    python3 bench/delivery.py --scenarios drain --drain-events 50000
+
+Writes bench/results/delivery.md and delivery.json. Uses bench/run.py's cluster and
+helpers.
+"""
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as b  # noqa: E402  (bench/run.py: Cluster, Proc, Bench, helpers)
+
+TARGETS = {
+    "fanout_ratio": ("deliveries/s to 50 subscribers / to 1", ">=", 0.8),
+    "fanout_peak_rss_mb": ("peak RSS fanning out to 50 (MB)", "<=", 300),
+    "idle_rss_mb": ("RSS with 1,000 idle subscribers (MB)", "<=", 150),
+    "idle_cpu_pct": ("CPU with 1,000 idle subscribers (% of a core)", "<=", 1.0),
+    "idle_start_s": ("start to ready with 1,000 subscribers (s)", "<=", 2.0),
+    "drain_peak_rss_mb": ("peak RSS through a 200,000 x 8 kB backlog and its drain (MB)", "<=", 200),
+}
+
+DOCS = """
+CREATE TABLE IF NOT EXISTS docs (id bigint PRIMARY KEY, body text NOT NULL);
+CREATE OR REPLACE PROCEDURE fill_docs(n int, base bigint) LANGUAGE plpgsql AS $$
+BEGIN
+  FOR t IN 0 .. n / 100 - 1 LOOP
+    INSERT INTO docs SELECT base + g, repeat(md5((base + g)::text), 250)
+    FROM generate_series(t * 100 + 1, t * 100 + 100) g;
+    COMMIT;
+  END LOOP;
+END $$;
+"""
+DOC_RULES = '[[events]]\ntable = "docs"\n'
+
+
+class Delivery(b.Bench):
+    def fanout(self):
+        changes = self.args.fanout_changes
+        one, many, rss = [], [], []
+        for run in range(self.args.runs):
+            rate, _ = self.end_to_end_run([["*"]], run, changes=changes)
+            one.append(rate)
+            rate, peak = self.end_to_end_run([["*"]] * 50, run, factor=50, changes=changes)
+            many.append(rate * 1.0)
+            rss.append(peak)
+        # end_to_end_run's rate is deliveries/s (events x subscribers over the time).
+        a = self.record("fanout_one_deliveries_per_s", one, "deliveries/s")
+        m = self.record("fanout_50_deliveries_per_s", many, "deliveries/s")
+        self.results["fanout_ratio"] = m / a
+        self.results["fanout_peak_rss_mb"] = self.record("fanout_peak_rss_mb", rss, "MB")
+
+    def idle(self):
+        rx, url = self.start_receiver()
+        try:
+            out = {}
+            for n in (1, 1000):
+                t = time.monotonic()
+                proc, _ = self.start_walhook(f"bench_idle{n}", [(f"s{i}", url, ["*"]) for i in range(n)])
+                ready = time.monotonic() - t
+                time.sleep(3)
+                cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+                time.sleep(self.args.idle_seconds)
+                cpu = (proc.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+                rss = proc.rss_mb()
+                proc.stop()
+                self.reset_walhook(f"bench_idle{n}")
+                b.log(f"  {n} subscribers: ready in {ready:.2f}s, RSS {rss:.0f} MB, CPU {cpu:.2f}% of a core")
+                out[n] = (ready, rss, cpu)
+            self.record("idle_one_rss_mb", [out[1][1]], "MB")
+            self.record("idle_one_cpu_pct", [out[1][2]], "%")
+            self.results["idle_start_s"] = self.record("idle_start_s", [out[1000][0]], "s")
+            self.results["idle_rss_mb"] = self.record("idle_rss_mb", [out[1000][1]], "MB")
+            self.results["idle_cpu_pct"] = self.record("idle_cpu_pct", [out[1000][2]], "%")
+        finally:
+            rx.stop()
+
+    def drain_run(self, run, down):
+        """The burst to one subscriber, down through it (then healed) or healthy: the rate
+        of its delivery and walhook's peak RSS."""
+        n = self.args.drain_events
+        rx, url = self.start_receiver(fail=down)
+        slot = f"bench_drain{run}{'d' if down else 'h'}"
+        proc, admin = self.start_walhook(slot, [("sink", url, ["*"])], rules=DOC_RULES)
+        try:
+            self.pg.sql("TRUNCATE docs")
+            b.http_json(url + "/reset", method="POST")
+            start = time.time()
+            self.pg.sql(f"CALL fill_docs({n}, 0)")
+            end = self.pg.lsn()
+            if down:
+                self.wait("the burst spilled", lambda: self.pg.confirmed(slot) >= end, 1800)
+                spilled = time.time() - start
+                b.log(f"  run {run + 1}: {n:,} events spilled in {spilled:.1f}s, RSS so far {proc.peak_rss_mb():.0f} MB")
+                b.http_json(url + "/reset", method="POST")
+                b.http_json(url + "/heal", method="POST")
+            self.wait("every event delivered", lambda: b.http_json(url + "/stats")["count"] >= n, 1800)
+            s = b.http_json(url + "/stats")
+            assert s["bad_signatures"] == 0
+            first = start if not down else s["first_us"] / 1e6
+            rate = n / (s["last_us"] / 1e6 - first)
+            peak = proc.peak_rss_mb()
+            what = "drained after the outage" if down else "delivered healthy"
+            b.log(f"  run {run + 1}: {n:,} events of ~8 kB {what} at {rate:,.0f}/s, peak RSS {peak:.0f} MB")
+            return rate, peak
+        finally:
+            proc.stop()
+            rx.stop()
+            self.reset_walhook(slot)
+
+    def drain(self):
+        self.pg.sql(DOCS)
+        healthy, drained, rss, rss_h = [], [], [], []
+        for run in range(self.args.runs):
+            rate, peak = self.drain_run(run, down=False)
+            healthy.append(rate)
+            rss_h.append(peak)
+            rate, peak = self.drain_run(run, down=True)
+            drained.append(rate)
+            rss.append(peak)
+        h = self.record("drain_healthy_events_per_s", healthy, "events/s")
+        d = self.record("drain_events_per_s", drained, "events/s")
+        self.record("drain_healthy_peak_rss_mb", rss_h, "MB")
+        self.results["drain_ratio"] = d / h
+        self.results["drain_peak_rss_mb"] = self.record("drain_peak_rss_mb", rss, "MB")
+
+    def run_all(self):
+        t0 = time.monotonic()
+        b.subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=b.ROOT, check=True)
+        b.subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(b.ROOT / "target")],
+                         cwd=b.BENCH / "receiver", check=True)
+        self.pg = b.Cluster(self.work)
+        try:
+            self.pg.sql("CREATE DATABASE bench", db="postgres")
+            self.pg.sql(b.SCHEMA)
+            for s in self.args.scenarios.split(","):
+                b.log(f"scenario {s}")
+                getattr(self, s)()
+            self.report(time.monotonic() - t0)
+        finally:
+            self.pg.stop()
+
+    def report(self, took):
+        lines = [
+            "# Delivery at scale",
+            "",
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {self.args.runs} run(s), {took:.0f} s in all. "
+            f"Command: `python3 bench/delivery.py --scenarios {self.args.scenarios} --runs {self.args.runs}`.",
+            "",
+            "| target | measured | goal | |",
+            "|---|---:|---:|---|",
+        ]
+        for key, (label, op, goal) in TARGETS.items():
+            if key not in self.results:
+                continue
+            v = self.results[key]
+            ok = v >= goal if op == ">=" else v <= goal
+            lines.append(f"| {label} | {v:,.2f} | {op} {goal} | {'met' if ok else 'NOT MET'} |")
+        lines += ["", "| figure | median | min | max | unit |", "|---|---:|---:|---:|---|"]
+        for key, r in self.raw.items():
+            lines.append(f"| {key} | {r['median']:,.2f} | {r['min']:,.2f} | {r['max']:,.2f} | {r['unit']} |")
+        if "drain_ratio" in self.results:
+            lines.append(f"\nDrain rate after the outage / delivery rate while healthy: {self.results['drain_ratio']:.2f}x")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "delivery.md").write_text(text)
+        (out / "delivery.json").write_text(json.dumps({"results": self.results, "raw": self.raw}, indent=2))
+        b.log(f"written to {out}/delivery.md")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenarios", default="fanout,idle,drain")
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--fanout-changes", type=int, default=20_000)
+    p.add_argument("--drain-events", type=int, default=200_000)
+    p.add_argument("--idle-seconds", type=float, default=30)
+    p.add_argument("--sub-extra", default="")
+    p.add_argument("--log", default="warn")
+    p.add_argument("--out", default=str(b.BENCH / "results"))
+    Delivery(p.parse_args()).run_all()
+
+
+if __name__ == "__main__":
+    main()
