@@ -394,7 +394,7 @@ fn check_names_the_tls_files_and_proxies_that_cannot_work() {
     for want in [
         "delivery.proxy",
         "walhook speaks to proxies in plain HTTP",
-        "subscribers[0].tls.cert",
+        "subscribers[0].tls.key",
         "/nonexistent/client.key",
         "subscribers[1].tls.ca",
         "/nonexistent/ca.pem",

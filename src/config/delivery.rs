@@ -133,6 +133,9 @@ impl Config {
                     ("content_type", s.content_type.is_some()),
                     ("proxy", s.proxy.is_some()),
                     ("format", s.format != BodyFormat::Standard),
+                    ("type_prefix", s.type_prefix.is_some()),
+                    ("max_body_bytes", s.max_body_bytes.is_some()),
+                    ("final_statuses", !s.final_statuses.is_empty()),
                 ] {
                     if set {
                         bad(

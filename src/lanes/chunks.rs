@@ -175,6 +175,7 @@ impl Lane {
             m.failures_in_row = 0;
             if m.outage.take().is_some() {
                 self.metrics.down.store(false, Ordering::Relaxed);
+                m.resume_all();
                 tracing::info!(subscriber = %self.name, "subscriber answers again; delivery resumes");
             }
             if let Some(chunk) = m.delivered(&event.key) {
@@ -196,6 +197,7 @@ impl Lane {
             Some(_) if probe && failure.status.is_some() && !failure.suggests_down() => {
                 m.outage = None;
                 self.metrics.down.store(false, Ordering::Relaxed);
+                m.resume_all();
                 tracing::info!(subscriber = %self.name, status = failure.status,
                     "subscriber answers again (refusing one event); delivery resumes");
             }

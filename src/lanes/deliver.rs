@@ -113,11 +113,14 @@ fn egress(
     // environment is checked here.
     let configured = sub.proxy.is_some() || ctx.delivery.proxy.as_deref().is_some_and(|p| !p.is_empty());
     let proxy = chosen.and_then(|p| {
-        http::egress::Proxy::parse(&p)
+        if configured {
+            return http::egress::Proxy::parse(&p).ok();
+        }
+        // The environment's proxy variables serve many programs: one walhook cannot use
+        // (a SOCKS or https proxy) is ignored with a warning, not a refusal to start.
+        http::egress::Proxy::from_env(&p)
             .map_err(|e| {
-                if !configured {
-                    problems.push(Problem::new("HTTPS_PROXY/HTTP_PROXY (environment)", e));
-                }
+                tracing::warn!(subscriber = %sub.name, proxy = %p, error = %e, "the environment's proxy is not one walhook can use; sending direct");
             })
             .ok()
     });
@@ -129,7 +132,7 @@ fn egress(
     });
     let client_auth = match (tls.cert.as_deref(), tls.key.as_deref()) {
         (Some(cert), Some(k)) => http::egress::client_auth(cert, k)
-            .map_err(|e| problems.push(Problem::new(key("tls.cert"), e)))
+            .map_err(|(which, e)| problems.push(Problem::new(key(which), e)))
             .ok(),
         _ => None,
     };
@@ -244,6 +247,13 @@ impl Target {
         };
         let outcome = match self.client.send_parts(&head, &body).await {
             Ok(resp) if (200..300).contains(&resp.status) => Attempt::Delivered,
+            // The proxy's own refusal, not the receiver's answer: no answer from it.
+            Ok(resp) if resp.status == 407 && self.client.proxied().is_some() => {
+                Attempt::Failed(Failure::unanswered(format!(
+                    "the proxy {} refused the request: HTTP 407 (give its user and password in its URL, http://user:pass@host:port)",
+                    self.client.proxied().unwrap_or_default()
+                )))
+            }
             Ok(resp) => Attempt::Failed(Failure {
                 error: format!(
                     "HTTP {}: {}",

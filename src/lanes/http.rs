@@ -202,6 +202,16 @@ impl Client {
         })
     }
 
+    /// The proxy that takes this client's http requests (absolute form), by name; None
+    /// without one, or for https (a tunnel: the proxy never answers for the receiver).
+    pub fn proxied(&self) -> Option<String> {
+        self.opts
+            .proxy
+            .as_ref()
+            .filter(|_| self.tls.is_none())
+            .map(egress::Proxy::name)
+    }
+
     /// POSTs a JSON `body` with the fixed headers and `extra` ones; the whole attempt is
     /// bounded by the timeout.
     pub async fn post(&self, extra: &[(&str, &str)], body: &[u8]) -> Result<Response, Error> {

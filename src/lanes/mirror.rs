@@ -112,6 +112,18 @@ impl Mirror {
         None
     }
 
+    /// The subscriber answers again after an outage: the keys waiting out a backoff (their
+    /// attempts failed while it was down) are due now, so the backlog drains at once
+    /// rather than over the retry schedule's minutes and hours.
+    pub(super) fn resume_all(&mut self) {
+        while let Some((_, key)) = self.waiting.pop_first() {
+            if let Some(h) = self.keys.get_mut(&key).and_then(|q| q.front_mut()) {
+                h.not_before = None;
+                self.ready.push_back(key);
+            }
+        }
+    }
+
     /// The first event of `key` failed for the `attempts`-th time: it is attempted again
     /// at `at`.
     pub(super) fn failed(&mut self, key: &str, attempts: u32, at: Instant) {

@@ -32,7 +32,7 @@ pub struct NatsTarget {
     policy: Policy,
     limiter: Option<Limiter>,
     /// Connected at the first attempt; the client reconnects by itself after that.
-    js: OnceCell<async_nats::jetstream::Context>,
+    js: OnceCell<(async_nats::Client, async_nats::jetstream::Context)>,
 }
 
 impl NatsTarget {
@@ -44,6 +44,11 @@ impl NatsTarget {
         let mut subject = minijinja::Environment::new();
         subject.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let text = sub.subject.clone().unwrap_or_default();
+        if !text.contains('{') {
+            if let Err(e) = check_subject(&text) {
+                problems.push(Problem::new(key("subject"), e));
+            }
+        }
         if let Err(e) = subject.add_template_owned("subject", text) {
             problems.push(Problem::new(key("subject"), format!("not a template: {e}")));
         }
@@ -96,7 +101,19 @@ impl NatsTarget {
         Ok(subject)
     }
 
-    async fn connect(&self) -> Result<async_nats::jetstream::Context, String> {
+    /// The server's URL without its user name and password, for messages.
+    fn shown_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) => {
+                let _ = u.set_password(None);
+                let _ = u.set_username("");
+                u.to_string()
+            }
+            Err(_) => "the NATS server".into(),
+        }
+    }
+
+    async fn connect(&self) -> Result<(async_nats::Client, async_nats::jetstream::Context), String> {
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("walhook/{}", self.name))
             .connection_timeout(self.timeout.min(Duration::from_secs(10)));
@@ -118,10 +135,10 @@ impl NatsTarget {
         let client = opts
             .connect(self.url.as_str())
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.url))?;
-        let mut js = async_nats::jetstream::new(client);
+            .map_err(|e| format!("cannot connect to {}: {e}", self.shown_url()))?;
+        let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(self.timeout);
-        Ok(js)
+        Ok((client, js))
     }
 
     /// Publishes event `id` once and waits for the stream's ack.
@@ -146,11 +163,20 @@ impl NatsTarget {
             unshapeable: true,
             ..Failure::unanswered(format!("cannot shape the message: {e}"))
         })?;
-        let js = self
+        let (client, js) = self
             .js
             .get_or_try_init(|| self.connect())
             .await
             .map_err(Failure::unanswered)?;
+        // While the client reconnects it queues what it is given and sends it later, even
+        // after this attempt gave up: a retry past the stream's duplicate window would
+        // then store the event twice. Not connected: the attempt fails now.
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Failure::unanswered(format!(
+                "not connected to {} (the client is reconnecting)",
+                self.shown_url()
+            )));
+        }
         let ts = unix_now();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("webhook-id", id);
@@ -182,7 +208,15 @@ fn publish_failure(subject: &str, e: &async_nats::jetstream::context::PublishErr
             ": no JetStream stream takes subject {subject:?}; add one whose subjects cover it \
              (nats stream add EVENTS --subjects 'pim.>')"
         ),
-        K::MaxPayloadExceeded => ": the event is larger than the server's max_payload".to_string(),
+        K::MaxPayloadExceeded => {
+            // This event's own problem, not the server's: dead after its retries.
+            return Failure {
+                unshapeable: true,
+                ..Failure::unanswered(format!(
+                    "JetStream publish to {subject:?} failed: {e}: the event is larger than the server's max_payload"
+                ))
+            };
+        }
         _ => String::new(),
     };
     Failure::unanswered(format!("JetStream publish to {subject:?} failed: {e}{hint}"))
@@ -193,6 +227,11 @@ fn publish_failure(subject: &str, e: &async_nats::jetstream::context::PublishErr
 fn check_subject(subject: &str) -> Result<(), String> {
     if subject.is_empty() || subject.len() > MAX_SUBJECT {
         return Err(format!("the subject is empty or over {MAX_SUBJECT} bytes"));
+    }
+    if subject.starts_with('$') {
+        return Err(format!(
+            "{subject:?} starts with '$', which NATS keeps for its own subjects"
+        ));
     }
     if subject.split('.').any(str::is_empty) {
         return Err(format!(
@@ -244,7 +283,7 @@ mod tests {
             .subject("evt_1", br#"{"type":"x","data":{"key":{}}}"#)
             .unwrap_err();
         assert!(e.contains("template failed"), "{e}");
-        for bad in ["", "a..b", ".a", "a.", "a.*", "a.>", "a\tb"] {
+        for bad in ["", "a..b", ".a", "a.", "a.*", "a.>", "a\tb", "$JS.API.x"] {
             assert!(check_subject(bad).is_err(), "{bad:?}");
         }
         assert!(check_subject("pim.price.changed").is_ok());

@@ -56,6 +56,16 @@ impl Proxy {
         })
     }
 
+    /// A proxy from an environment variable: `host:port` without a scheme is taken as
+    /// `http://host:port`, as curl and Go take it.
+    pub fn from_env(text: &str) -> Result<Proxy, String> {
+        let text = text.trim();
+        match text.contains("://") {
+            true => Proxy::parse(text),
+            false => Proxy::parse(&format!("http://{text}")),
+        }
+    }
+
     /// `host:port`, for messages.
     pub fn name(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -76,6 +86,10 @@ pub fn choose(
 ) -> Option<String> {
     if let Some(own) = subscriber {
         return Some(own.to_string()).filter(|p| !p.is_empty());
+    }
+    // `[delivery] proxy = ""`: direct, whatever the environment says.
+    if delivery == Some("") {
+        return None;
     }
     let var = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.trim().is_empty()));
     let general = match delivery.filter(|p| !p.is_empty()) {
@@ -211,8 +225,7 @@ pub async fn tunnel(tcp: &mut TcpStream, proxy: &Proxy, authority: &str) -> Resu
 /// What to do about a TLS failure that `error` names, as a sentence to append ("" for
 /// other errors).
 pub fn tls_hint(error: &str) -> &'static str {
-    if error.contains("CertificateRequired") || error.contains("HandshakeFailure") && error.contains("alert")
-    {
+    if error.contains("CertificateRequired") {
         " (the receiver wants a client certificate: set tls = { cert = ..., key = ... } on this subscriber)"
     } else if error.contains("alert: UnknownCA") || error.contains("alert: BadCertificate") {
         " (the receiver does not accept walhook's client certificate: check tls.cert against the CA it trusts)"
@@ -223,19 +236,24 @@ pub fn tls_hint(error: &str) -> &'static str {
     }
 }
 
-/// A client certificate chain and its key, from PEM files.
+/// A client certificate chain and its key, from PEM files; or which of `tls.cert` and
+/// `tls.key` cannot be used, and why.
 pub fn client_auth(
     cert: &str,
     key: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), (&'static str, String)> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read the certificate {cert}: {e}"))?;
+        .map_err(|e| ("tls.cert", format!("cannot read the certificate {cert}: {e}")))?;
     if certs.is_empty() {
-        return Err(format!("{cert} holds no PEM certificate"));
+        return Err(("tls.cert", format!("{cert} holds no PEM certificate")));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read the private key {key} (PEM, PKCS#8, PKCS#1 or SEC1): {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        (
+            "tls.key",
+            format!("cannot read the private key {key} (PEM, PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
     Ok((certs, key))
 }
 
@@ -329,6 +347,11 @@ mod tests {
             None
         );
         assert_eq!(choose(None, None, &|_| None, true, "shop.example", 443), None);
+        assert_eq!(
+            pick(None, Some(""), true, "shop.example"),
+            None,
+            "[delivery] proxy = \"\" ignores the environment"
+        );
     }
 
     #[test]
@@ -339,6 +362,12 @@ mod tests {
         let want = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss");
         assert_eq!(p.authorization, Some(format!("Basic {want}")));
         assert_eq!(Proxy::parse("http://proxy").unwrap().port, 80);
+        // Environment values without a scheme are http, as curl and Go take them.
+        assert_eq!(
+            Proxy::from_env("proxy.internal:3128").unwrap().name(),
+            "proxy.internal:3128"
+        );
+        assert!(Proxy::from_env("socks5h://proxy:1080").is_err());
         for bad in [
             "https://proxy:3128",
             "socks5://proxy:1080",
