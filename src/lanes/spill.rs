@@ -38,10 +38,11 @@ impl Lane {
                     .collect()
             };
             if batch.is_empty() {
+                // Woken when events are buffered; the timeout is only a safety net.
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = woken => {}
-                    _ = tokio::time::sleep(TICK) => {}
+                    _ = tokio::time::sleep(SPILL_POLL) => {}
                 }
                 continue;
             }
