@@ -399,7 +399,7 @@ fn check_names_the_tls_files_and_proxies_that_cannot_work() {
         "subscribers[1].tls.ca",
         "/nonexistent/ca.pem",
         "subscribers[2].tls",
-        "https URLs only",
+        "tls applies to https",
     ] {
         assert!(all.contains(want), "{want} missing from:\n{all}");
     }
