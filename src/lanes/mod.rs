@@ -97,6 +97,9 @@ const SPILL_ROUND: usize = 1_000;
 const TICK: Duration = Duration::from_millis(100);
 /// Longest sleep of an idle spill server before it looks at the log again.
 const SPILL_POLL: Duration = Duration::from_secs(1);
+/// The longest an idle task (nothing pending, nothing buffered) sleeps without being
+/// woken: a safety net only, since what gives it work also wakes it.
+const IDLE_NAP: Duration = Duration::from_secs(5);
 /// Chunks turned into rows per statement.
 const EXPLODE_CHUNKS: i64 = 8;
 /// How long a full mirror may stay short of ready keys before its chunks become rows.
@@ -108,7 +111,7 @@ const DELETE_EVERY: Duration = Duration::from_millis(100);
 const OUTAGE_AFTER: u32 = 10;
 /// Longest wait of an idle hot dispatcher before it looks for work again, in case a
 /// wakeup was missed.
-const IDLE_WORKER_CHECK: Duration = Duration::from_secs(1);
+const IDLE_WORKER_CHECK: Duration = IDLE_NAP;
 /// Backoff between attempts to reach the state database.
 const STATE_RETRY: Duration = Duration::from_millis(500);
 /// Pending events a lane's saved mark lists at most (16 bytes each in `walhook.lanes`);
@@ -573,6 +576,7 @@ impl Lane {
         tracing::warn!(subscriber = %self.name, reason = why, moved = count, in_flight = inner.hot_in_flight,
             chunked = inner.chunked, "lane switches to spill mode");
         self.wake_writer.notify_one();
+        self.wake_server.notify_one();
     }
 
     /// Hot and draining: spills a lane whose oldest undelivered event is older than
@@ -601,8 +605,7 @@ impl Lane {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = self.wake_age.notified() => {}
-                    // Stops are also looked at now and then.
-                    _ = tokio::time::sleep(SPILL_POLL) => {}
+                    _ = tokio::time::sleep(IDLE_NAP) => {}
                 }
                 continue;
             }

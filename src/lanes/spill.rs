@@ -42,7 +42,7 @@ impl Lane {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = woken => {}
-                    _ = tokio::time::sleep(SPILL_POLL) => {}
+                    _ = tokio::time::sleep(IDLE_NAP) => {}
                 }
                 continue;
             }
@@ -297,8 +297,9 @@ impl Lane {
                 let inner = self.lock();
                 (inner.mode, inner.writes, inner.chunked)
             };
+            // A hot lane's log is empty; whatever spills wakes this server.
             let wait = if mode == Mode::Hot {
-                SPILL_POLL
+                IDLE_NAP
             } else {
                 let exploding = self.lock().unexploded.is_some();
                 let served = if exploding {
