@@ -129,9 +129,7 @@ class Console(b.Bench):
 
     def run_all(self):
         t0 = time.monotonic()
-        b.subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=b.ROOT, check=True)
-        b.subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(b.ROOT / "target")],
-                         cwd=b.BENCH / "receiver", check=True)
+        b.build_release()
         self.pg = b.Cluster(self.work)
         rx = None
         try:

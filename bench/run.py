@@ -73,6 +73,14 @@ def log(msg):
     print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
 
 
+def build_release():
+    """Builds walhook and the bench receiver (into walhook's target directory, reusing
+    its compiled dependencies), release mode."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(ROOT / "target")],
+                   cwd=BENCH / "receiver", check=True)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -750,9 +758,7 @@ class Bench:
 
     def run(self):
         log("building walhook and the receiver (release)")
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=ROOT, check=True)
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(ROOT / "target")],
-                       cwd=BENCH / "receiver", check=True)
+        build_release()
         self.build_seconds = time.monotonic() - T0
         log(f"built in {self.build_seconds / 60:.1f} minutes")
         log("starting a throwaway PostgreSQL cluster")

@@ -13,7 +13,6 @@ Uses the cluster, receiver and helpers of bench/run.py (see bench/README.md).
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -89,9 +88,7 @@ class Soak:
     def run(self):
         args = self.args
         b.log("building walhook and the receiver (release)")
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=b.ROOT, check=True)
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(b.ROOT / "target")],
-                       cwd=b.BENCH / "receiver", check=True)
+        b.build_release()
         bench = self.bench
         bench.pg = b.Cluster(bench.work)
         walhook = None

@@ -214,9 +214,7 @@ class Sync(b.Bench):
 
     def run_all(self):
         t0 = time.monotonic()
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "walhook"], cwd=b.ROOT, check=True)
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--target-dir", str(b.ROOT / "target")],
-                       cwd=b.BENCH / "receiver", check=True)
+        b.build_release()
         self.pg = b.Cluster(self.work)
         try:
             self.pg.sql("CREATE DATABASE bench", db="postgres")

@@ -26,23 +26,16 @@ struct Driver {
 
 impl Driver {
     fn start() -> Driver {
-        for tool in ["chromium", "chromedriver"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            assert!(
-                found,
-                "{tool} is missing: the console test drives headless Chromium. Install Debian's \
-                 packages: apt-get install chromium chromium-driver (scripts/test.sh does it)"
-            );
-        }
+        let install = "the console test drives headless Chromium: install Debian's packages, \
+                       apt-get install chromium chromium-driver (scripts/test.sh does it)";
+        tool("chromium", install);
+        let chromedriver = tool("chromedriver", install);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("chromedriver")
+        let child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

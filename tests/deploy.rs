@@ -23,14 +23,10 @@ fn read(path: &str) -> String {
 
 /// promtool, or a failure that says how to install it.
 fn promtool() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("promtool"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("promtool not found: install Debian's prometheus package (apt-get install -y prometheus), which has it")
-    })
+    tool(
+        "promtool",
+        "install Debian's prometheus package (apt-get install -y prometheus), which has it",
+    )
 }
 
 #[test]

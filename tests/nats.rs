@@ -25,14 +25,9 @@ struct NatsServer {
 
 impl NatsServer {
     async fn start() -> NatsServer {
-        let found = Command::new("sh")
-            .args(["-c", "command -v nats-server"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "nats-server is missing: install Debian's package (apt-get install nats-server; \
-             scripts/test.sh does it)"
+        let nats_server = tool(
+            "nats-server",
+            "install Debian's package (apt-get install nats-server; scripts/test.sh does it)",
         );
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -40,7 +35,7 @@ impl NatsServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
             .stdout(Stdio::null())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::Formatter;
 use super::http::{self, Client, Options};
-use super::limit::{self, Limiter};
+use super::limit::Limiter;
 use super::retry::{self, Policy, Verdict};
 use super::sign::Signer;
 use crate::config::{Problem, Subscriber};
@@ -168,14 +168,10 @@ impl Target {
             .map_err(|(k, message)| problems.push(Problem::new(key(&k), message)))
             .ok();
         let signer = Signer::new(sub, index).map_err(|p| problems.extend(p)).ok();
-        let limiter = match sub.rate_limit.as_deref().map(limit::parse) {
-            Some(Ok(rate)) => Some(Limiter::new(rate)),
-            Some(Err(e)) => {
-                problems.push(Problem::new(key("rate_limit"), e));
-                None
-            }
-            None => None,
-        };
+        let limiter = Limiter::of(sub)
+            .map_err(|e| problems.push(Problem::new(key("rate_limit"), e)))
+            .ok()
+            .flatten();
         for (name, value) in &sub.headers {
             let message = if !http::valid_header_name(name) {
                 "not a valid HTTP header name: use letters, digits and - _ ."

@@ -167,23 +167,8 @@ impl Client {
         if !has("user-agent") {
             let _ = write!(head, "User-Agent: walhook/{}\r\n", env!("CARGO_PKG_VERSION"));
         }
-        if !url.username().is_empty() && !has("authorization") {
-            use base64::Engine as _;
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            let user = format!(
-                "{}:{}",
-                decode(url.username()),
-                decode(url.password().unwrap_or(""))
-            );
-            let _ = write!(
-                head,
-                "Authorization: Basic {}\r\n",
-                base64::engine::general_purpose::STANDARD.encode(user)
-            );
+        if let Some(auth) = egress::basic_auth(url).filter(|_| !has("authorization")) {
+            let _ = write!(head, "Authorization: {auth}\r\n");
         }
         for (k, v) in headers {
             let _ = write!(head, "{k}: {v}\r\n");

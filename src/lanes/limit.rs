@@ -39,6 +39,16 @@ struct Bucket {
 }
 
 impl Limiter {
+    /// The limiter of a subscriber's `rate_limit`, if it has one; the error names the
+    /// expected form.
+    pub fn of(sub: &crate::config::Subscriber) -> Result<Option<Limiter>, String> {
+        sub.rate_limit
+            .as_deref()
+            .map(parse)
+            .transpose()
+            .map(|r| r.map(Limiter::new))
+    }
+
     /// A limiter of `rate` requests per second, starting full.
     pub fn new(rate: f64) -> Limiter {
         let burst = rate.max(1.0);

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 use super::deliver::{unix_now, Attempt, Failure};
-use super::limit::{self, Limiter};
+use super::limit::Limiter;
 use super::retry::{Policy, Verdict};
 use super::sign::Signer;
 use super::store::Sender;
@@ -52,14 +52,10 @@ impl NatsTarget {
         if let Err(e) = subject.add_template_owned("subject", text) {
             problems.push(Problem::new(key("subject"), format!("not a template: {e}")));
         }
-        let limiter = match sub.rate_limit.as_deref().map(limit::parse) {
-            Some(Ok(rate)) => Some(Limiter::new(rate)),
-            Some(Err(e)) => {
-                problems.push(Problem::new(key("rate_limit"), e));
-                None
-            }
-            None => None,
-        };
+        let limiter = Limiter::of(sub)
+            .map_err(|e| problems.push(Problem::new(key("rate_limit"), e)))
+            .ok()
+            .flatten();
         for (what, path) in [
             ("credentials", sub.credentials.as_deref()),
             ("tls.ca", sub.tls.as_ref().and_then(|t| t.ca.as_deref())),

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use tokio_postgres::types::ToSql;
+
 use super::{State, StateError};
 
 /// Which deliveries an operator asks for. Times are RFC 3339.
@@ -125,27 +127,9 @@ impl State {
             Status::Dead => ("dead_letters", "died_at"),
             Status::Pending => ("spill", "spilled_at"),
         };
-        let sql = format!(
-            "SELECT count(*) FROM walhook.{table}
-             WHERE slot = $1 AND {FILTER}
-               AND ($6::timestamptz IS NULL OR {at} >= $6) AND ($7::timestamptz IS NULL OR {at} < $7)"
-        );
-        let row = self
-            .client()
-            .await?
-            .query_one(
-                &sql,
-                &[
-                    &self.slot,
-                    &filter.subscriber,
-                    &filter.event_type,
-                    &filter.key,
-                    &filter.id,
-                    &filter.since.as_deref().map(timestamptz),
-                    &filter.until.as_deref().map(timestamptz),
-                ],
-            )
-            .await?;
+        let sql = format!("SELECT count(*) FROM walhook.{table} WHERE {}", matching(at));
+        let params = Params::new(&self.slot, filter.subscriber.as_deref(), filter);
+        let row = self.client().await?.query_one(&sql, &params.list()).await?;
         Ok(row.get(0))
     }
 
@@ -194,29 +178,14 @@ impl State {
                     to_char({at} AT TIME ZONE 'UTC', {UTC}), to_char({next} AT TIME ZONE 'UTC', {UTC}),
                     CASE WHEN $9 THEN body END, CASE WHEN $9 THEN history::text END
              FROM walhook.{table}
-             WHERE slot = $1 AND {FILTER}
-               AND ($6::timestamptz IS NULL OR {at} >= $6) AND ($7::timestamptz IS NULL OR {at} < $7)
-             ORDER BY {at} DESC, lsn DESC, seq DESC LIMIT $8 OFFSET $10"
+             WHERE {}
+             ORDER BY {at} DESC, lsn DESC, seq DESC LIMIT $8 OFFSET $10",
+            matching(at)
         );
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &sql,
-                &[
-                    &self.slot,
-                    &filter.subscriber,
-                    &filter.event_type,
-                    &filter.key,
-                    &filter.id,
-                    &filter.since.as_deref().map(timestamptz),
-                    &filter.until.as_deref().map(timestamptz),
-                    &page.limit,
-                    &body,
-                    &page.offset,
-                ],
-            )
-            .await?;
+        let params = Params::new(&self.slot, filter.subscriber.as_deref(), filter);
+        let mut list = params.list().to_vec();
+        list.extend([&page.limit as &(dyn ToSql + Sync), &body, &page.offset]);
+        let rows = self.client().await?.query(&sql, &list).await?;
         Ok(rows
             .into_iter()
             .map(|r| Delivery {
@@ -255,9 +224,7 @@ impl State {
                 &format!(
                     "WITH picked AS (
                    SELECT lsn, seq, event_id, event_type, ordering_key, body, history, prev_key FROM walhook.dead_letters
-                   WHERE slot = $1 AND subscriber = $2 AND {FILTER}
-                     AND ($6::timestamptz IS NULL OR died_at >= $6) AND ($7::timestamptz IS NULL OR died_at < $7)
-                   FOR UPDATE),
+                   WHERE {} FOR UPDATE),
                  moved AS (
                    INSERT INTO walhook.spill
                      (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, history, prev_key)
@@ -267,17 +234,10 @@ impl State {
                  gone AS (
                    DELETE FROM walhook.dead_letters d USING moved m
                    WHERE d.slot = $1 AND d.subscriber = $2 AND d.lsn = m.lsn AND d.seq = m.seq)
-                 SELECT event_id FROM moved ORDER BY lsn, seq"
+                 SELECT event_id FROM moved ORDER BY lsn, seq",
+                    matching("died_at")
                 ),
-                &[
-                    &self.slot,
-                    &subscriber,
-                    &filter.event_type,
-                    &filter.key,
-                    &filter.id,
-                    &filter.since.as_deref().map(timestamptz),
-                    &filter.until.as_deref().map(timestamptz),
-                ],
+                &Params::new(&self.slot, Some(subscriber), filter).list(),
             )
             .await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
@@ -287,6 +247,48 @@ impl State {
 /// An RFC 3339 time (checked by `Filter::check`) as a timestamp parameter.
 fn timestamptz(t: &str) -> std::time::SystemTime {
     humantime::parse_rfc3339_weak(t).unwrap_or(std::time::UNIX_EPOCH)
+}
+
+/// The conditions of a filter's parameters (`Params`) on a table whose time column is
+/// `at`: the slot ($1), `FILTER` ($2 to $5), and the time bounds ($6, $7).
+fn matching(at: &str) -> String {
+    format!(
+        "slot = $1 AND {FILTER}
+         AND ($6::timestamptz IS NULL OR {at} >= $6) AND ($7::timestamptz IS NULL OR {at} < $7)"
+    )
+}
+
+/// A filter's values as the parameters $1 to $7 of `matching`.
+struct Params<'a> {
+    slot: &'a str,
+    subscriber: Option<&'a str>,
+    filter: &'a Filter,
+    since: Option<std::time::SystemTime>,
+    until: Option<std::time::SystemTime>,
+}
+
+impl<'a> Params<'a> {
+    fn new(slot: &'a str, subscriber: Option<&'a str>, filter: &'a Filter) -> Params<'a> {
+        Params {
+            slot,
+            subscriber,
+            filter,
+            since: filter.since.as_deref().map(timestamptz),
+            until: filter.until.as_deref().map(timestamptz),
+        }
+    }
+
+    fn list(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.slot,
+            &self.subscriber,
+            &self.filter.event_type,
+            &self.filter.key,
+            &self.filter.id,
+            &self.since,
+            &self.until,
+        ]
+    }
 }
 
 impl State {

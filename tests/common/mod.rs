@@ -394,3 +394,13 @@ pub fn walhook_output_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The program `name` on the PATH, or a failure that says how to install it (`install`).
+pub fn tool(name: &str, install: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found: {install}"))
+}

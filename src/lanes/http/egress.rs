@@ -35,20 +35,7 @@ impl Proxy {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let authorization = (!url.username().is_empty()).then(|| {
-            use base64::Engine as _;
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            let pair = format!(
-                "{}:{}",
-                decode(url.username()),
-                decode(url.password().unwrap_or(""))
-            );
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
-        });
+        let authorization = basic_auth(&url);
         Ok(Proxy {
             host,
             port: url.port_or_known_default().unwrap_or(80),
@@ -70,6 +57,28 @@ impl Proxy {
     pub fn name(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+}
+
+/// The `Basic` credentials of a URL's user and password, if it has a user.
+pub fn basic_auth(url: &url::Url) -> Option<String> {
+    use base64::Engine as _;
+    if url.username().is_empty() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let pair = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or(""))
+    );
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
 }
 
 /// The proxy URL for requests to `host:port` (`https` or not): the subscriber's own
