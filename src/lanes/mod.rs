@@ -320,8 +320,6 @@ pub struct Lane {
     wake_workers: Notify,
     wake_writer: Notify,
     wake_server: Notify,
-    /// Wakes the age watch: an event is pending again, or the subscriber stopped.
-    wake_age: Notify,
     /// Wakes a pipeline waiting for room in a full lane.
     room: Notify,
     /// The last hot delivery attempt failed.
@@ -379,7 +377,6 @@ impl Lane {
             wake_workers: Notify::new(),
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
-            wake_age: Notify::new(),
             room: Notify::new(),
             failing: AtomicBool::new(false),
             log_io: tokio::sync::Mutex::new(()),
@@ -510,10 +507,6 @@ impl Lane {
     /// the hot queues.
     fn accept(&self, mut inner: MutexGuard<'_, Inner>, event: EventRef) {
         inner.next_expected = event.pos.next();
-        if inner.pending.is_empty() {
-            // The age watch sleeps while nothing is pending.
-            self.wake_age.notify_one();
-        }
         inner.pending.insert(event.pos, Instant::now());
         match inner.enqueue(event) {
             Enqueued::Buffered => {
@@ -580,11 +573,10 @@ impl Lane {
     }
 
     /// Hot and draining: spills a lane whose oldest undelivered event is older than
-    /// `spill_after`. Looks every `TICK` while events are pending; otherwise it sleeps
-    /// until one is (an idle lane costs no wake-ups: a thousand of them cost nothing).
+    /// `spill_after`. Looks every `TICK`.
     async fn age_watch(self: Arc<Self>, cancel: CancellationToken) {
         loop {
-            let idle = {
+            {
                 let mut inner = self.lock();
                 if inner.mode != Mode::Spill && self.is_stopped() {
                     self.enter_spill(&mut inner, "the subscriber is paused or disabled");
@@ -599,15 +591,6 @@ impl Lane {
                         }
                     }
                 }
-                inner.mode == Mode::Hot && inner.pending.is_empty()
-            };
-            if idle {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = self.wake_age.notified() => {}
-                    _ = tokio::time::sleep(IDLE_NAP) => {}
-                }
-                continue;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
