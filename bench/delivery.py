@@ -7,12 +7,15 @@ a large backlog, each against a baseline measured in the same run.
   (target >= 0.8x) and walhook's peak RSS with 50 (target <= 300 MB).
 - idle: 1,000 subscribers and no changes: time from start to ready (target <= 2 s), RSS
   (target <= 150 MB) and CPU over 30 s (target <= 1% of a core), against 1 subscriber.
+- batched: the same burst to one subscriber without batches, then with `batch = {
+  max_events = 100 }`: events/s batched against unbatched (target >= 3x) and against
+  walhook's decode rate (no delivery) of the same burst (target >= 0.5x).
 - drain: a subscriber down (its receiver answers 500) through a burst of 200,000 events
   of about 8 kB each, which walhook spills; then the receiver heals. Drain rate (events/s
   from its first delivery after healing to its last) and walhook's peak RSS over the
   whole run (target <= 200 MB), against the same burst to a healthy subscriber.
 
-    python3 bench/delivery.py                              # all three
+    python3 bench/delivery.py                              # all four
     python3 bench/delivery.py --scenarios drain --drain-events 50000
 
 Writes bench/results/delivery.md and delivery.json. Uses bench/run.py's cluster and
@@ -35,6 +38,8 @@ TARGETS = {
     "idle_rss_mb": ("RSS with 1,000 idle subscribers (MB)", "<=", 150),
     "idle_cpu_pct": ("CPU with 1,000 idle subscribers (% of a core)", "<=", 1.0),
     "idle_start_s": ("start to ready with 1,000 subscribers (s)", "<=", 2.0),
+    "batched_ratio": ("events/s batched (max_events = 100) / unbatched", ">=", 3.0),
+    "batched_decode_ratio": ("events/s batched / walhook's decode rate", ">=", 0.5),
     "drain_peak_rss_mb": ("peak RSS through a 200,000 x 8 kB backlog and its drain (MB)", "<=", 200),
 }
 
@@ -92,6 +97,32 @@ class Delivery(b.Bench):
             self.results["idle_cpu_pct"] = self.record("idle_cpu_pct", [out[1000][2]], "%")
         finally:
             rx.stop()
+
+    def batched(self):
+        changes = self.args.batch_changes
+        single, batched, decode = [], [], []
+        for run in range(self.args.runs):
+            # Decode alone: a slot made before the burst, drained with delivery off.
+            slot = f"bench_bd{run}"
+            self.pg.sql(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+            self.pg.sql(f"SET synchronous_commit = off; CALL burst({changes // 100}, {run + 700})")
+            end = self.pg.lsn()
+            t = time.monotonic()
+            proc, _ = self.start_walhook(slot, [("sink", "http://127.0.0.1:9", ["*"])], no_delivery=True)
+            self.wait("walhook to decode the burst", lambda: self.pg.confirmed(slot) >= end, 600)
+            decode.append(changes / (time.monotonic() - t))
+            proc.stop()
+            self.reset_walhook(slot)
+            b.log(f"  run {run + 1}: walhook decodes {decode[-1]:,.0f} changes/s (no delivery)")
+            rate, _ = self.end_to_end_run([["*"]], run, changes=changes)
+            single.append(rate)
+            rate, _ = self.end_to_end_run([["*"]], run, changes=changes, extra_sub="batch = { max_events = 100 }\n")
+            batched.append(rate)
+        d = self.record("batched_decode_changes_per_s", decode, "changes/s")
+        one = self.record("batched_unbatched_events_per_s", single, "events/s")
+        many = self.record("batched_events_per_s", batched, "events/s")
+        self.results["batched_ratio"] = many / one
+        self.results["batched_decode_ratio"] = many / d
 
     def drain_run(self, run, down):
         """The burst to one subscriber, down through it (then healed) or healthy: the rate
@@ -188,10 +219,11 @@ class Delivery(b.Bench):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", default="fanout,idle,drain")
+    p.add_argument("--scenarios", default="fanout,idle,batched,drain")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--fanout-changes", type=int, default=20_000)
     p.add_argument("--drain-events", type=int, default=200_000)
+    p.add_argument("--batch-changes", type=int, default=100_000)
     p.add_argument("--idle-seconds", type=float, default=30)
     p.add_argument("--sub-extra", default="")
     p.add_argument("--log", default="warn")

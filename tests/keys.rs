@@ -246,12 +246,22 @@ async fn a_key_change_goes_out_between_its_rows_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_change_keeps_its_place_through_spilled_rows() {
     let rx = Receiver::start().await;
-    rx.set_failure_rate(0.3);
-    let w = key_changes_keep_their_place(
-        "spill_after = \"200ms\"\nmax_in_flight = 32\nretry_initial = \"10ms\"\nretry_max = \"50ms\"\nmax_attempts = 1000",
-        &rx,
-    )
-    .await;
+    // Down at first, long enough past spill_after that the lane spills whatever the
+    // timing; then flaky, so the rows are served with retries.
+    rx.set_status(500);
+    let flaky = async {
+        rx.wait_for_any(Duration::from_secs(60), "a first attempt").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        rx.set_failure_rate(0.3);
+        rx.set_status(204);
+    };
+    let (w, ()) = tokio::join!(
+        key_changes_keep_their_place(
+            "spill_after = \"200ms\"\nmax_in_flight = 32\nretry_initial = \"10ms\"\nretry_max = \"50ms\"\nmax_attempts = 1000",
+            &rx,
+        ),
+        flaky
+    );
     assert!(w.log().contains("lane switches to spill mode"), "{}", w.log());
 }
 

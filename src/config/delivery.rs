@@ -37,6 +37,99 @@ pub struct SubscriberTls {
     pub ca: Option<String>,
 }
 
+/// A subscriber's `batch`: events go out many to a request, as a JSON array (standard),
+/// a CloudEvents batch, or one rendering of the template over `events`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Events per request at most.
+    #[serde(default = "default_batch_events")]
+    pub max_events: usize,
+    /// How long a request waits for more events after its first one.
+    #[serde(default = "default_batch_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Bytes of event bodies per request at most ("1MB", "512KiB"); a larger event goes
+    /// alone.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: bytesize::ByteSize,
+}
+
+/// The most events one request may carry.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// The most events of one subscriber in flight at once (`max_in_flight` requests of
+/// `batch.max_events` each).
+pub const MAX_EVENTS_IN_FLIGHT: usize = 100_000;
+
+fn default_batch_events() -> usize {
+    100
+}
+
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_batch_bytes() -> bytesize::ByteSize {
+    bytesize::ByteSize::mb(1)
+}
+
+impl Subscriber {
+    /// Events of this subscriber that may be in flight at once: one per request, or with
+    /// `batch` as many as `max_in_flight` full requests hold.
+    pub fn event_slots(&self) -> usize {
+        let per_request = self.batch.as_ref().map_or(1, |b| b.max_events.max(1));
+        self.max_in_flight.saturating_mul(per_request).max(1)
+    }
+}
+
+/// The problems of a subscriber's `batch` and `rate_limit_events`, through `bad(key,
+/// message)`.
+pub(super) fn batch_problems(sub: &Subscriber, bad: &mut dyn FnMut(&str, String)) {
+    let Some(b) = &sub.batch else {
+        if sub.rate_limit_events.is_some() {
+            bad(
+                "rate_limit_events",
+                "only used with batch (without it, rate_limit counts events): set batch or remove rate_limit_events".into(),
+            );
+        }
+        return;
+    };
+    if sub.kind == SubscriberKind::Nats {
+        bad(
+            "batch",
+            "batches are for webhooks: JetStream takes one message per event; remove batch".into(),
+        );
+    }
+    if b.max_events == 0 || b.max_events > MAX_BATCH_EVENTS {
+        bad(
+            "batch.max_events",
+            format!("{} is outside 1..{MAX_BATCH_EVENTS}", b.max_events),
+        );
+    } else if sub.event_slots() > MAX_EVENTS_IN_FLIGHT {
+        bad(
+            "batch.max_events",
+            format!(
+                "max_in_flight ({}) requests of {} events are {} events in flight, above the limit of {MAX_EVENTS_IN_FLIGHT}: lower one of them",
+                sub.max_in_flight,
+                b.max_events,
+                sub.event_slots()
+            ),
+        );
+    }
+    if b.max_wait.is_zero() || b.max_wait > Duration::from_secs(10) {
+        bad(
+            "batch.max_wait",
+            "must be above 0 and at most 10s, e.g. \"50ms\"".into(),
+        );
+    }
+    let bytes = b.max_bytes.as_u64();
+    if !(1024..=64 << 20).contains(&bytes) {
+        bad(
+            "batch.max_bytes",
+            format!("{} is outside 1KiB..64MiB, e.g. \"1MB\"", b.max_bytes),
+        );
+    }
+}
+
 /// The problems of a proxy URL, if any.
 pub fn proxy_problem(proxy: &str) -> Option<String> {
     let url = match url::Url::parse(proxy) {

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use delivery::{proxy_problem, DeliveryConfig, SubscriberKind, SubscriberTls};
+pub use delivery::{
+    proxy_problem, BatchConfig, DeliveryConfig, SubscriberKind, SubscriberTls, MAX_BATCH_EVENTS,
+};
 pub use documents::{Document, DocumentSource, DEFAULT_DOCUMENT_WINDOW, MAX_SOURCES};
 pub use expand::expand_vars;
 pub use table::{quote_ident, TableName};
@@ -430,6 +432,11 @@ pub struct Subscriber {
     /// Requests per second, minute or hour at most (`"50/s"`), over all of this
     /// subscriber's deliveries.
     pub rate_limit: Option<String>,
+    /// With `batch`: events per second, minute or hour at most, counted over the
+    /// events of every request.
+    pub rate_limit_events: Option<String>,
+    /// Many events per request (off by default): see `BatchConfig`.
+    pub batch: Option<BatchConfig>,
     /// Whether events of one key reach this subscriber in order.
     #[serde(default)]
     pub ordering: EventOrder,

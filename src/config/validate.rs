@@ -293,6 +293,7 @@ impl Config {
                     bad(p(k), "must be at least 1".into());
                 }
             }
+            delivery::batch_problems(sub, &mut |k, m| bad(p(k), m));
             if sub.max_in_flight > MAX_MAX_IN_FLIGHT {
                 bad(
                     p("max_in_flight"),

@@ -47,7 +47,7 @@ impl Lane {
                 if chunked
                     && full
                     && m.outage.is_none()
-                    && m.ready.len() + inflight.len() < self.cfg.max_in_flight
+                    && m.ready.len() + inflight.len() < self.cfg.event_slots()
                 {
                     let since = *m.starved_since.get_or_insert_with(Instant::now);
                     starved_out |= since.elapsed() >= STARVED_FOR;
@@ -59,7 +59,7 @@ impl Lane {
                     _ if self.is_stopped() => (0, None),
                     Some((_, at)) if at > now => (0, Some(at)),
                     Some(_) => (1, None),
-                    None => (self.cfg.max_in_flight, None),
+                    None => (self.cfg.event_slots(), None),
                 };
                 let probe = m.outage.is_some();
                 while !stop && inflight.len() < limit {

@@ -4,7 +4,10 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::format::Formatter;
+use std::sync::Arc;
+
+use super::batch::{self, Batcher};
+use super::format::{Formatter, Request};
 use super::http::{self, Client, Options};
 use super::limit::Limiter;
 use super::retry::{self, Policy, Verdict};
@@ -139,13 +142,22 @@ fn egress(
     (proxy, roots, client_auth)
 }
 
-/// The HTTP side of a lane: client with keep-alive, target, format, headers and secrets.
+/// The HTTP side of a lane: client with keep-alive, target, format, headers and secrets,
+/// and with `batch` the batcher that gathers attempts into requests.
 pub struct Target {
+    core: Arc<Core>,
+    policy: Policy,
+    batcher: Option<Batcher>,
+}
+
+/// What makes and sends requests.
+struct Core {
     client: Client,
     format: Formatter,
     signer: Signer,
-    policy: Policy,
     limiter: Option<Limiter>,
+    /// `rate_limit_events`: events of batches.
+    event_limiter: Option<Limiter>,
 }
 
 /// What a failed attempt's error starts with when the event could not be shaped for the
@@ -170,6 +182,10 @@ impl Target {
         let signer = Signer::new(sub, index).map_err(|p| problems.extend(p)).ok();
         let limiter = Limiter::of(sub)
             .map_err(|e| problems.push(Problem::new(key("rate_limit"), e)))
+            .ok()
+            .flatten();
+        let event_limiter = Limiter::of_events(sub)
+            .map_err(|e| problems.push(Problem::new(key("rate_limit_events"), e)))
             .ok()
             .flatten();
         for (name, value) in &sub.headers {
@@ -215,33 +231,117 @@ impl Target {
             },
         )
         .map_err(|e| vec![Problem::new(key("url"), e)])?;
-        Ok(Target {
+        let core = Arc::new(Core {
             client,
             format,
             signer,
-            policy: Policy::new(sub),
             limiter,
+            event_limiter,
+        });
+        let batcher = batch::Limits::of(sub).map(|limits| {
+            let core = core.clone();
+            let flush: batch::Flush = Arc::new(move |events| {
+                let core = core.clone();
+                Box::pin(async move { core.send_batch(events).await })
+            });
+            Batcher::new(limits, flush)
+        });
+        Ok(Target {
+            core,
+            policy: Policy::new(sub),
+            batcher,
         })
     }
 
-    /// Sends one signed request for the event `id` with standard body `body`. Returns
-    /// the outcome and the time it took.
+    /// Sends one signed request for the event `id` with standard body `body` (with
+    /// `batch`, in a request of many). Returns the outcome and the time it took.
     pub async fn send(&self, id: &str, body: &[u8]) -> (Attempt, Duration) {
+        match &self.batcher {
+            Some(batcher) => batcher.send(id, body).await,
+            None => self.core.send(id, body).await,
+        }
+    }
+
+    /// The exact request `send` would make at Unix time `ts` for one event: request line,
+    /// headers (signed) and body in the subscriber's format. An error when the event
+    /// cannot be shaped for this subscriber.
+    pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Result<Vec<u8>, String> {
+        let (mut head, body) = self.core.request_parts(id, body, ts)?;
+        head.extend_from_slice(&body);
+        Ok(head)
+    }
+}
+
+/// A failed attempt of an event that cannot be shaped for the subscriber.
+fn unshapeable(error: String) -> Attempt {
+    Attempt::Failed(Failure {
+        unshapeable: true,
+        ..Failure::unanswered(error)
+    })
+}
+
+/// The webhook id of a batch: made from the ids of its events, so a retry of the same
+/// events carries the same one.
+pub fn batch_id(ids: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.as_bytes());
+        h.update(b"\n");
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("batch_{hex}")
+}
+
+impl Core {
+    /// Sends one signed request for the event `id` with standard body `body`.
+    async fn send(&self, id: &str, body: &[u8]) -> (Attempt, Duration) {
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
         let started = Instant::now();
         let (head, body) = match self.request_parts(id, body, unix_now()) {
             Ok(r) => r,
-            Err(error) => {
-                let failure = Failure {
-                    unshapeable: true,
-                    ..Failure::unanswered(error)
-                };
-                return (Attempt::Failed(failure), started.elapsed());
-            }
+            Err(error) => return (unshapeable(error), started.elapsed()),
         };
-        let outcome = match self.client.send_parts(&head, &body).await {
+        let outcome = self.exchange(&head, &body).await;
+        (outcome, started.elapsed())
+    }
+
+    /// Sends the events `(id, standard body)` in one signed request: an outcome per event.
+    /// An event that cannot be shaped fails on its own; the others go without it.
+    async fn send_batch(&self, events: Vec<(String, Vec<u8>)>) -> Vec<(Attempt, Duration)> {
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
+        if let Some(limiter) = &self.event_limiter {
+            limiter.acquire_n(events.len()).await;
+        }
+        let started = Instant::now();
+        let refs: Vec<(&str, &[u8])> = events.iter().map(|(id, b)| (id.as_str(), b.as_slice())).collect();
+        let batch = self.format.format_batch(&refs, &batch_id);
+        let mut outcomes: Vec<Option<Attempt>> = vec![None; events.len()];
+        for (i, error) in batch.refused {
+            outcomes[i] = Some(unshapeable(format!("{UNSHAPEABLE}{error}")));
+        }
+        if let Some((id, req)) = batch.request {
+            let (head, body) = self.signed(&id, req, unix_now());
+            let outcome = self.exchange(&head, &body).await;
+            for i in batch.sent {
+                outcomes[i] = Some(outcome.clone());
+            }
+        }
+        let took = started.elapsed();
+        outcomes
+            .into_iter()
+            .map(|o| (o.unwrap_or(Attempt::Delivered), took))
+            .collect()
+    }
+
+    /// Sends a request and says what its answer means.
+    async fn exchange(&self, head: &[u8], body: &[u8]) -> Attempt {
+        match self.client.send_parts(head, body).await {
             Ok(resp) if (200..300).contains(&resp.status) => Attempt::Delivered,
             // The proxy's own refusal, not the receiver's answer: no answer from it.
             Ok(resp) if resp.status == 407 && self.client.proxied().is_some() => {
@@ -261,17 +361,7 @@ impl Target {
                 unshapeable: false,
             }),
             Err(e) => Attempt::Failed(Failure::unanswered(e.to_string())),
-        };
-        (outcome, started.elapsed())
-    }
-
-    /// The exact request `send` would make at Unix time `ts`: request line, headers
-    /// (signed) and body in the subscriber's format. An error when the event cannot be
-    /// shaped for this subscriber.
-    pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Result<Vec<u8>, String> {
-        let (mut head, body) = self.request_parts(id, body, ts)?;
-        head.extend_from_slice(&body);
-        Ok(head)
+        }
     }
 
     /// The request `request` makes, as its head and its body. A body up to `INLINE_BODY`
@@ -287,6 +377,12 @@ impl Target {
             .format
             .format(id, body)
             .map_err(|e| format!("{UNSHAPEABLE}{e}"))?;
+        Ok(self.signed(id, req, ts))
+    }
+
+    /// A request's head, signed as webhook `id` at Unix time `ts`, and its body. A body up
+    /// to `INLINE_BODY` bytes is in the head's buffer already.
+    fn signed<'a>(&self, id: &str, req: Request<'a>, ts: i64) -> (Vec<u8>, Cow<'a, [u8]>) {
         let signature = self.signer.header(id, ts, &req.body);
         let ts = ts.to_string();
         let mut headers: Vec<(&str, &str)> = vec![
@@ -306,11 +402,13 @@ impl Target {
         );
         if inline {
             head.extend_from_slice(&req.body);
-            return Ok((head, Cow::Borrowed(&[])));
+            return (head, Cow::Borrowed(&[]));
         }
-        Ok((head, req.body))
+        (head, req.body)
     }
+}
 
+impl Target {
     /// What follows failed attempt number `attempts` (1 for the first) of an event.
     pub fn verdict(&self, attempts: u32, failure: &Failure) -> Verdict {
         self.policy

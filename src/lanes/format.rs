@@ -144,9 +144,15 @@ pub fn check(sub: &Subscriber) -> Vec<(String, String)> {
         }
     }
     if templating {
+        let env = environment();
         for (key, source) in template_sources(sub) {
-            if let Err(e) = environment().template_from_str(&source) {
-                bad(&key, describe(&e));
+            match env.template_from_str(&source) {
+                Err(e) => bad(&key, describe(&e)),
+                Ok(t) if key == "template" && sub.batch.is_some() && !t.undeclared_variables(false).contains("events") => bad(
+                    &key,
+                    "with batch, the template makes one body per request from `events`, the list of its events (each with id, type, timestamp, data): e.g. '[{% for e in events %}{{ e.data|tojson }}{{ \",\" if not loop.last }}{% endfor %}]'".into(),
+                ),
+                Ok(_) => {}
             }
         }
     }
@@ -306,7 +312,14 @@ impl Formatter {
                 headers: Vec::new(),
                 body: Cow::Owned(cloud_event(id, body, source, type_prefix.as_deref())?),
             }),
-            Kind::Template { env, fast } => self.render(env, fast.as_ref(), id, body),
+            Kind::Template { env, fast } => {
+                let doc = doc::index(body)?;
+                // The minijinja context, made only when some template is rendered by
+                // minijinja.
+                let ctx = std::cell::OnceCell::new();
+                let ctx = || ctx.get_or_init(|| doc::context(id, doc.clone())).clone();
+                self.render(env, fast.as_ref().map(|f| (f, &*doc, id)), &ctx)
+            }
         }
     }
 
@@ -317,17 +330,15 @@ impl Formatter {
         }
     }
 
+    /// The request of a template subscriber: its templates rendered over `ctx`, the body
+    /// by its fast form over a standard body (`fast`: the form, the indexed body and the
+    /// event's id) when it has one.
     fn render<'a>(
         &'a self,
         env: &Environment<'static>,
-        fast: Option<&fast::Fast>,
-        id: &str,
-        body: &'a [u8],
+        fast: Option<(&fast::Fast, &doc::Doc, &str)>,
+        ctx: &dyn Fn() -> JValue,
     ) -> Result<Request<'a>, String> {
-        let doc = doc::index(body)?;
-        // The minijinja context, made only when some template is rendered by minijinja.
-        let ctx = std::cell::OnceCell::new();
-        let ctx = || ctx.get_or_init(|| doc::context(id, doc.clone())).clone();
         // Renders into a buffer that refuses to grow past `cap`, so rendering stops there.
         let render = |name: &str, key: &str| -> Result<String, String> {
             let (cap, limit) = if key == "template" {
@@ -384,7 +395,7 @@ impl Formatter {
             }
             headers.push((name.clone(), v));
         }
-        let body = match fast.map(|f| f.render(&doc, id, self.max_body)) {
+        let body = match fast.map(|(f, doc, id)| f.render(doc, id, self.max_body)) {
             Some(fast::Rendered::Body(body)) => body,
             Some(fast::Rendered::TooLong) => {
                 return Err(over_limit(
@@ -540,8 +551,11 @@ fn encode_segment(s: &str) -> String {
     utf8_percent_encode(s, SET).to_string()
 }
 
+mod batch;
 mod doc;
 mod fast;
+
+pub use batch::Batch;
 
 #[cfg(test)]
 mod tests;

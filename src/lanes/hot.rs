@@ -15,7 +15,8 @@ impl Lane {
         cancel: CancellationToken,
         abandon: CancellationToken,
     ) {
-        let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        // With `batch`, `max_in_flight` counts requests of many events (see `batch`).
+        let slots = Arc::new(Semaphore::new(self.cfg.event_slots()));
         loop {
             let slot = tokio::select! {
                 _ = cancel.cancelled() => return,

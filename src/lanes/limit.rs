@@ -42,11 +42,17 @@ impl Limiter {
     /// The limiter of a subscriber's `rate_limit`, if it has one; the error names the
     /// expected form.
     pub fn of(sub: &crate::config::Subscriber) -> Result<Option<Limiter>, String> {
-        sub.rate_limit
-            .as_deref()
-            .map(parse)
-            .transpose()
-            .map(|r| r.map(Limiter::new))
+        Self::parsed(sub.rate_limit.as_deref())
+    }
+
+    /// The limiter of a subscriber's `rate_limit_events` (events of batches), if it has
+    /// one.
+    pub fn of_events(sub: &crate::config::Subscriber) -> Result<Option<Limiter>, String> {
+        Self::parsed(sub.rate_limit_events.as_deref())
+    }
+
+    fn parsed(text: Option<&str>) -> Result<Option<Limiter>, String> {
+        text.map(parse).transpose().map(|r| r.map(Limiter::new))
     }
 
     /// A limiter of `rate` requests per second, starting full.
@@ -62,23 +68,32 @@ impl Limiter {
         }
     }
 
-    /// Takes a token now, or says how long until one is there.
-    fn try_take(&self, now: Instant) -> Result<(), Duration> {
+    /// Takes `n` tokens now, or says how long until they are there. More than the bucket
+    /// holds are taken once it is full, leaving it in debt: a batch of more events than
+    /// the limit allows in a second goes out, and the next waits until it is paid off.
+    fn try_take_n(&self, now: Instant, n: usize) -> Result<(), Duration> {
+        let n = n as f64;
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.rate;
         b.tokens = (b.tokens + refill).min(self.burst);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        let needed = n.min(self.burst);
+        if b.tokens >= needed {
+            b.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
+            Err(Duration::from_secs_f64((needed - b.tokens) / self.rate))
         }
     }
 
     /// Waits for a token.
     pub async fn acquire(&self) {
-        while let Err(wait) = self.try_take(Instant::now()) {
+        self.acquire_n(1).await
+    }
+
+    /// Waits for `n` tokens (see `try_take_n`).
+    pub async fn acquire_n(&self, n: usize) {
+        while let Err(wait) = self.try_take_n(Instant::now(), n) {
             tokio::time::sleep(wait).await;
         }
     }
@@ -104,9 +119,9 @@ mod tests {
         let l = Limiter::new(10.0);
         let t0 = Instant::now();
         for _ in 0..10 {
-            assert_eq!(l.try_take(t0), Ok(()));
+            assert_eq!(l.try_take_n(t0, 1), Ok(()));
         }
-        let wait = l.try_take(t0).unwrap_err();
+        let wait = l.try_take_n(t0, 1).unwrap_err();
         assert!(
             wait > Duration::from_millis(99) && wait <= Duration::from_millis(100),
             "{wait:?}"
@@ -114,13 +129,34 @@ mod tests {
         // A second later ten more, never more than the burst.
         let t1 = t0 + Duration::from_secs(5);
         for _ in 0..10 {
-            assert_eq!(l.try_take(t1), Ok(()));
+            assert_eq!(l.try_take_n(t1, 1), Ok(()));
         }
-        assert!(l.try_take(t1).is_err());
+        assert!(l.try_take_n(t1, 1).is_err());
         // Slow rates still let one request through at a time.
         let slow = Limiter::new(1.0 / 60.0);
-        assert_eq!(slow.try_take(t0), Ok(()));
-        let wait = slow.try_take(t0).unwrap_err();
+        assert_eq!(slow.try_take_n(t0, 1), Ok(()));
+        let wait = slow.try_take_n(t0, 1).unwrap_err();
         assert!(wait > Duration::from_secs(59), "{wait:?}");
+    }
+
+    #[test]
+    fn a_batch_takes_a_token_per_event_and_a_big_one_leaves_a_debt() {
+        let l = Limiter::new(100.0);
+        let t0 = Instant::now();
+        assert_eq!(l.try_take_n(t0, 60), Ok(()));
+        // 40 left: a batch of 50 waits for 10 more, 0.1 s.
+        let wait = l.try_take_n(t0, 50).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(99) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // More than the bucket holds goes once it is full, and the next waits for the debt.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(l.try_take_n(t1, 300), Ok(()));
+        let wait = l.try_take_n(t1, 1).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(2000) && wait <= Duration::from_millis(2011),
+            "{wait:?}"
+        );
     }
 }

@@ -39,6 +39,7 @@
 //! the mark says they were done, so one slow or retried event does not make every event
 //! delivered after it go out again.
 
+mod batch;
 mod chunks;
 pub mod deliver;
 pub mod format;
@@ -320,6 +321,8 @@ pub struct Lane {
     wake_workers: Notify,
     wake_writer: Notify,
     wake_server: Notify,
+    /// Wakes the age watch: an event is pending again, or the subscriber stopped.
+    wake_age: Notify,
     /// Wakes a pipeline waiting for room in a full lane.
     room: Notify,
     /// The last hot delivery attempt failed.
@@ -377,6 +380,7 @@ impl Lane {
             wake_workers: Notify::new(),
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
+            wake_age: Notify::new(),
             room: Notify::new(),
             failing: AtomicBool::new(false),
             log_io: tokio::sync::Mutex::new(()),
@@ -507,6 +511,10 @@ impl Lane {
     /// the hot queues.
     fn accept(&self, mut inner: MutexGuard<'_, Inner>, event: EventRef) {
         inner.next_expected = event.pos.next();
+        if inner.pending.is_empty() {
+            // The age watch sleeps while nothing is pending.
+            self.wake_age.notify_one();
+        }
         inner.pending.insert(event.pos, Instant::now());
         match inner.enqueue(event) {
             Enqueued::Buffered => {
@@ -526,7 +534,7 @@ impl Lane {
     /// events.
     pub fn busy(&self) -> bool {
         let inner = self.lock();
-        inner.mode != Mode::Hot || inner.pending.len() >= self.cfg.max_in_flight
+        inner.mode != Mode::Hot || inner.pending.len() >= self.cfg.event_slots()
     }
 
     /// The lowest pending position, if any: nothing at or after it may be confirmed.
@@ -573,10 +581,11 @@ impl Lane {
     }
 
     /// Hot and draining: spills a lane whose oldest undelivered event is older than
-    /// `spill_after`. Looks every `TICK`.
+    /// `spill_after`. Looks every `TICK` while events are pending; otherwise it sleeps
+    /// until one is (an idle lane costs no wake-ups: a thousand of them cost nothing).
     async fn age_watch(self: Arc<Self>, cancel: CancellationToken) {
         loop {
-            {
+            let idle = {
                 let mut inner = self.lock();
                 if inner.mode != Mode::Spill && self.is_stopped() {
                     self.enter_spill(&mut inner, "the subscriber is paused or disabled");
@@ -591,6 +600,15 @@ impl Lane {
                         }
                     }
                 }
+                inner.mode == Mode::Hot && inner.pending.is_empty()
+            };
+            if idle {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.wake_age.notified() => {}
+                    _ = tokio::time::sleep(IDLE_NAP) => {}
+                }
+                continue;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

@@ -396,9 +396,10 @@ impl Lane {
             return Ok(false);
         }
         let attempts = heads.into_iter().map(|h| self.attempt_spilled(h));
-        // At most max_in_flight requests at once; one statement records the whole round.
+        // At most max_in_flight requests at once (of `batch.max_events` events each, with
+        // batches); one statement records the whole round.
         let outcomes: Vec<(Pos, SpillOutcome)> = futures_util::stream::iter(attempts)
-            .buffer_unordered(self.cfg.max_in_flight)
+            .buffer_unordered(self.cfg.event_slots())
             .collect()
             .await;
         self.record_outcomes(&outcomes, cancel).await;

@@ -58,6 +58,7 @@ impl Lane {
         drop(current);
         self.stopped.store(true, Ordering::Relaxed);
         self.metrics.stopped.store(true, Ordering::Relaxed);
+        self.wake_age.notify_one();
         self.wake_server.notify_one();
         true
     }

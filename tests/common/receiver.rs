@@ -232,6 +232,17 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    // Only walhook's requests count. The tests pick free ports by binding port 0, so a
+    // port one test just released (a walhook's admin port, say) can be this receiver's
+    // by the time that test polls it: its GET /readyz must not pass for a delivery.
+    let agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !agent.starts_with("walhook/") {
+        eprintln!("receiver: refused a stray {method} {uri} (user agent {agent:?}), not from walhook");
+        return StatusCode::MISDIRECTED_REQUEST;
+    }
     let arrived = Instant::now();
     let tagger = inner.tagger.lock().unwrap().clone();
     let tag = tagger.map(|t| t(peer)).unwrap_or_default();

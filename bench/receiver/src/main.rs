@@ -1,6 +1,6 @@
 //! Benchmark receiver: answers every POST with 204 (or 500 with `--fail`, or 500 to a
 //! share of requests with `--fail-rate 0.2`), counts
-//! requests, records the arrival time of the first and last, the commit-to-receipt
+//! events (a batch's JSON array counts each of its events), records the arrival time of the first and last, the commit-to-receipt
 //! latency of every event (from the body's `timestamp`), and verifies the signature of one
 //! request in `--sample` (default 100). `GET /stats` returns the figures as JSON;
 //! `POST /reset` clears them; `POST /fail` and `POST /heal` turn failing every request on
@@ -25,7 +25,9 @@ const MAX_HEAD: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Stats {
+    /// Events received.
     count: AtomicU64,
+    requests: AtomicU64,
     first_us: AtomicU64,
     last_us: AtomicU64,
     sampled: AtomicU64,
@@ -56,6 +58,23 @@ fn commit_time_us(body: &[u8]) -> Option<u64> {
     let end = at + text[at..].find('"')?;
     let t = humantime::parse_rfc3339(&text[at..end]).ok()?;
     Some(t.duration_since(UNIX_EPOCH).ok()?.as_micros() as u64)
+}
+
+/// The events of a body: one, or each of a batch's (`[{"id":"evt_...", ...}, ...]`), with
+/// their commit times.
+fn events(body: &[u8]) -> (u64, Vec<u64>) {
+    const ELEMENT: &[u8] = b"{\"id\":\"evt_";
+    if body.first() != Some(&b'[') {
+        return (1, commit_time_us(body).into_iter().collect());
+    }
+    let (mut n, mut times) = (0, Vec::new());
+    let mut at = 0;
+    while let Some(i) = memchr::memmem::find(&body[at..], ELEMENT) {
+        n += 1;
+        at += i + ELEMENT.len();
+        times.extend(commit_time_us(&body[at..]));
+    }
+    (n, times)
 }
 
 /// The Standard Webhooks headers of a request.
@@ -90,14 +109,18 @@ fn verify(key: &[u8], signed: &Signed, body: &[u8]) -> bool {
 fn hook(app: &App, signed: &Signed, body: &[u8]) -> u16 {
     let now = now_us();
     let s = &app.stats;
-    let n = s.count.fetch_add(1, Ordering::Relaxed);
+    let n = s.requests.fetch_add(1, Ordering::Relaxed);
+    let (count, commits) = events(body);
     let _ = s
         .first_us
         .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
     s.last_us.fetch_max(now, Ordering::Relaxed);
-    if let Some(commit) = commit_time_us(body) {
-        s.latencies_us.lock().unwrap().push(now.saturating_sub(commit));
-    }
+    s.latencies_us
+        .lock()
+        .unwrap()
+        .extend(commits.iter().map(|c| now.saturating_sub(*c)));
+    // Counted last: a reader that sees the count sees the arrival time too.
+    s.count.fetch_add(count, Ordering::Relaxed);
     if n.is_multiple_of(app.sample) {
         s.sampled.fetch_add(1, Ordering::Relaxed);
         if !verify(&app.key, signed, body) {
@@ -128,6 +151,7 @@ fn stats(app: &App) -> String {
     lat.sort_unstable();
     serde_json::json!({
         "count": s.count.load(Ordering::Relaxed),
+        "requests": s.requests.load(Ordering::Relaxed),
         "first_us": s.first_us.load(Ordering::Relaxed),
         "last_us": s.last_us.load(Ordering::Relaxed),
         "sampled": s.sampled.load(Ordering::Relaxed),
@@ -144,7 +168,14 @@ fn stats(app: &App) -> String {
 
 fn reset(app: &App) {
     let s = &app.stats;
-    for c in [&s.count, &s.first_us, &s.last_us, &s.sampled, &s.bad_signatures] {
+    for c in [
+        &s.count,
+        &s.requests,
+        &s.first_us,
+        &s.last_us,
+        &s.sampled,
+        &s.bad_signatures,
+    ] {
         c.store(0, Ordering::Relaxed);
     }
     s.latencies_us.lock().unwrap().clear();

@@ -396,3 +396,110 @@ fn max_body_bytes_is_for_templates_and_bounded() {
     }
     assert!(problems("format = \"template\"\ntemplate = \"x\"\nmax_body_bytes = 1").is_empty());
 }
+
+/// The batch request of three events (the second's body not a walhook event), and why
+/// any were refused.
+fn batch(extra: &str) -> (Option<(String, String, String)>, Vec<usize>, Vec<(usize, String)>) {
+    let f = Formatter::new(&subscriber(extra), 0, "shop").unwrap();
+    let other = BODY.replace("\"id\":7", "\"id\":8");
+    let events: Vec<(&str, &[u8])> = vec![
+        ("evt_1", BODY.as_bytes()),
+        ("evt_2", b"[1]"),
+        ("evt_3", other.as_bytes()),
+    ];
+    let b = f.format_batch(&events, &|ids| format!("batch_{}", ids.join("+")));
+    let request = b.request.map(|(id, r)| {
+        (
+            id,
+            r.content_type.into_owned(),
+            String::from_utf8(r.body.into_owned()).unwrap(),
+        )
+    });
+    (request, b.sent, b.refused)
+}
+
+#[test]
+fn a_standard_batch_is_an_array_of_bodies_each_with_its_id_and_a_bad_one_is_left_out() {
+    let (request, sent, refused) = batch("batch = { max_events = 10 }");
+    let (id, ct, body) = request.unwrap();
+    assert_eq!(
+        id, "batch_evt_1+evt_3",
+        "the id is made from the events it carries"
+    );
+    assert_eq!(ct, "application/json");
+    assert_eq!(sent, [0, 2]);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0, 1);
+    // Every digit kept: the events' bodies as stored, with "id" first.
+    assert!(
+        body.starts_with(r#"[{"id":"evt_1","type":"product.detail_changed""#),
+        "{body}"
+    );
+    assert!(body.contains(r#""price":19.90,"big":9007199254740993"#), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[1]["id"], "evt_3");
+    assert_eq!(items[1]["data"]["key"]["id"], 8);
+}
+
+#[test]
+fn a_cloudevents_batch_has_its_own_content_type() {
+    let (request, sent, _) = batch("format = \"cloudevents\"\nbatch = { max_events = 10 }");
+    let (_, ct, body) = request.unwrap();
+    assert_eq!(ct, "application/cloudevents-batch+json");
+    assert_eq!(sent, [0, 2]);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    for (e, id) in v.as_array().unwrap().iter().zip(["evt_1", "evt_3"]) {
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["id"], id);
+        assert_eq!(e["source"], "/walhook/shop/catalog.products");
+    }
+    // An explicit content type is kept.
+    let (request, _, _) =
+        batch("format = \"cloudevents\"\ncontent_type = \"application/json\"\nbatch = { max_events = 10 }");
+    assert_eq!(request.unwrap().1, "application/json");
+}
+
+#[test]
+fn a_batch_template_renders_once_over_events_and_leaves_out_the_events_it_fails_on() {
+    let (request, sent, refused) = batch(
+        "format = \"template\"\nbatch = { max_events = 10 }\n\
+         template = '{\"batch\": {{ id|tojson }}, \"skus\": [{% for e in events %}{{ (e.id ~ \":\" ~ e.data.new.sku)|tojson }}{{ \",\" if not loop.last }}{% endfor %}]}'",
+    );
+    let (id, _, body) = request.unwrap();
+    assert_eq!(sent, [0, 2]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["batch"], id.as_str());
+    assert_eq!(v["skus"], serde_json::json!(["evt_1:SKU-1", "evt_3:SKU-1"]));
+}
+
+#[test]
+fn batch_settings_are_checked() {
+    let p = problems("batch = { max_events = 0, max_wait = \"0s\", max_bytes = 10 }");
+    let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["batch.max_events", "batch.max_wait", "batch.max_bytes"],
+        "{p:?}"
+    );
+    let p = problems("max_in_flight = 1000\nbatch = { max_events = 1000 }");
+    assert!(p[0].1.contains("above the limit of 100000"), "{p:?}");
+    let p = problems("rate_limit_events = \"10/s\"");
+    assert_eq!(p[0].0, "rate_limit_events", "{p:?}");
+    let p = problems("batch = { max_bytes = \"2MiB\", max_wait = \"5ms\" }\nrate_limit_events = \"10/s\"");
+    assert!(p.is_empty(), "{p:?}");
+    assert_eq!(
+        subscriber("batch = { max_bytes = \"2MiB\" }")
+            .batch
+            .unwrap()
+            .max_bytes
+            .as_u64(),
+        2 << 20
+    );
+    // A batch template must use `events`.
+    let p = problems("format = \"template\"\ntemplate = '{{ data|tojson }}'\nbatch = {}");
+    assert_eq!(p[0].0, "template", "{p:?}");
+    assert!(p[0].1.contains("events"), "{p:?}");
+}
