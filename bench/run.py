@@ -316,15 +316,17 @@ class Bench:
         """A command prefix that runs a program on these CPUs (none when not pinning)."""
         return ["taskset", "-c", cpus] if cpus else []
 
-    def start_receiver(self, fail=False, fail_rate=None):
+    def start_receiver(self, fail=False, fail_rate=None, delay_ms=0):
         """A bench receiver: healthy, failing every request (fail), or failing that share
-        of them (fail_rate)."""
+        of them (fail_rate); answering each webhook delay_ms after it arrived."""
         port = free_port()
         args = self.pinned(self.client_cpus) + [self.receiver, "--listen", f"127.0.0.1:{port}", "--secret", SECRET]
         if fail:
             args.append("--fail")
         if fail_rate is not None:
             args += ["--fail-rate", str(fail_rate)]
+        if delay_ms:
+            args += ["--delay-ms", str(delay_ms)]
         proc = Proc(args, self.work / f"receiver-{port}.log")
         for _ in range(100):
             try:
@@ -433,12 +435,14 @@ class Bench:
             self.record(memory_key, rss, "MB")
         return self.results[key]
 
-    def end_to_end_run(self, subscribers, run, factor=1, rules=PLAIN_RULES, extra_sub="", changes=None, binary=None):
-        """One burst delivered to these subscribers: events/s and walhook's peak RSS; its
-        CPU per event (microseconds) is left in `last_cpu_us`."""
+    def end_to_end_run(self, subscribers, run, factor=1, rules=PLAIN_RULES, extra_sub="", changes=None, binary=None,
+                       delay_ms=0):
+        """One burst delivered to these subscribers (their receivers answering delay_ms
+        after a request arrived): events/s and walhook's peak RSS; its CPU per event
+        (microseconds) is left in `last_cpu_us`."""
         changes = changes or self.args.changes
         n_tx = changes // 100
-        receivers = [self.start_receiver() for _ in subscribers]
+        receivers = [self.start_receiver(delay_ms=delay_ms) for _ in subscribers]
         subs = [(f"s{i}", url, events) for i, ((_, url), events) in enumerate(zip(receivers, subscribers))]
         proc, admin = self.start_walhook("bench_e", subs, extra_sub=self.args.sub_extra + extra_sub, rules=rules,
                                          binary=binary)

@@ -10,6 +10,10 @@
 //! `max_in_flight` at once, and each event's attempt gets the request's outcome. So
 //! retries, `Retry-After`, spill, dead letters and replays stay per event.
 //!
+//! A batch takes events until it is full or its first event has waited `max_wait`, and
+//! then on until one of the `max_in_flight` requests is free, so a slow receiver gets
+//! full requests rather than a queue of small ones.
+//!
 //! A batch whose every waiting attempt was given up (the lane stopped or lost its lease)
 //! is abandoned with its request.
 
@@ -176,14 +180,17 @@ impl Batcher {
     }
 }
 
-/// A batch's task: waits until it is full or its first event waited `max_wait`, takes it,
-/// waits for one of the `max_in_flight` requests, sends it and hands each event its
-/// outcome.
+/// A batch's task: waits until it is full or its first event waited `max_wait`, then for
+/// one of the `max_in_flight` requests (taking events meanwhile), takes it, sends it and
+/// hands each event its outcome.
 async fn run(shared: Arc<Shared>, cell: Arc<Cell>) {
     tokio::select! {
         _ = cell.full.notified() => {}
         _ = tokio::time::sleep(shared.limits.max_wait) => {}
     }
+    let Ok(_request) = shared.requests.acquire().await else {
+        return;
+    };
     let items = {
         let mut open = lock(&shared.open);
         if open.as_ref().is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -198,9 +205,6 @@ async fn run(shared: Arc<Shared>, cell: Arc<Cell>) {
     if items.is_empty() {
         return;
     }
-    let Ok(_request) = shared.requests.acquire().await else {
-        return;
-    };
     let (events, replies): (Vec<_>, Vec<_>) = items.into_iter().map(|i| ((i.id, i.body), i.reply)).unzip();
     let outcomes = (shared.flush)(events).await;
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -303,6 +307,26 @@ mod tests {
         assert_eq!(peak.load(Ordering::SeqCst), 2);
         // Ten requests, two at a time, 100 ms each.
         assert_eq!(Instant::now() - t0, Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_events_until_a_request_is_free() {
+        // One request at a time, 200 ms each: events that come while one is in flight
+        // wait in one batch, not in several small ones.
+        let (b, sent, _) = batcher(limits(100, 1 << 20, 1), Duration::from_millis(200), ok);
+        let mut sends = Vec::new();
+        for (i, at) in [0u64, 100, 120, 140, 160, 180].into_iter().enumerate() {
+            let b = b.clone();
+            sends.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(at)).await;
+                b.send(&format!("e{i}"), b"x").await
+            }));
+        }
+        for s in sends {
+            assert_eq!(s.await.unwrap().0, Attempt::Delivered);
+        }
+        let sizes: Vec<usize> = sent.lock().unwrap().iter().map(|(_, ids)| ids.len()).collect();
+        assert_eq!(sizes, [1, 5]);
     }
 
     #[tokio::test(start_paused = true)]

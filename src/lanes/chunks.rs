@@ -47,7 +47,7 @@ impl Lane {
                 if chunked
                     && full
                     && m.outage.is_none()
-                    && m.ready.len() + inflight.len() < self.cfg.event_slots()
+                    && m.ready.len() + inflight.len() < self.cfg.max_in_flight
                 {
                     let since = *m.starved_since.get_or_insert_with(Instant::now);
                     starved_out |= since.elapsed() >= STARVED_FOR;
@@ -187,7 +187,8 @@ impl Lane {
         // Only failures that say the subscriber is unreachable or overloaded count
         // towards an outage; refusals of particular events (most 4xx) do not.
         if failure.suggests_down() {
-            m.failures_in_row += 1;
+            // A batch's failed request counts once, not once per event.
+            m.failures_in_row += u32::from(!failure.echo);
         } else {
             m.failures_in_row = 0;
         }

@@ -48,6 +48,9 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
     /// The event could not be shaped for this subscriber (a template failed on it).
     pub unshapeable: bool,
+    /// The failure of a request of many events (a batch) as another of its events has
+    /// it already: it counts once towards the subscriber being down, not per event.
+    pub echo: bool,
 }
 
 impl Failure {
@@ -58,6 +61,7 @@ impl Failure {
             status: None,
             retry_after: None,
             unshapeable: false,
+            echo: false,
         }
     }
 
@@ -265,8 +269,20 @@ impl Target {
     /// The exact request `send` would make at Unix time `ts` for one event: request line,
     /// headers (signed) and body in the subscriber's format. An error when the event
     /// cannot be shaped for this subscriber.
+    /// With `batch`, the request of a batch of this one event.
     pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Result<Vec<u8>, String> {
-        let (mut head, body) = self.core.request_parts(id, body, ts)?;
+        let (mut head, body) = match &self.batcher {
+            None => self.core.request_parts(id, body, ts)?,
+            Some(_) => {
+                let batch = self.core.format.format_batch(&[(id, body)], &batch_id);
+                let (id, req) = match (batch.request, batch.refused.into_iter().next()) {
+                    (Some(r), _) => r,
+                    (None, Some((_, e))) => return Err(format!("{UNSHAPEABLE}{e}")),
+                    (None, None) => return Err(format!("{UNSHAPEABLE}the batch made no request")),
+                };
+                self.core.signed(&id, req, ts)
+            }
+        };
         head.extend_from_slice(&body);
         Ok(head)
     }
@@ -310,33 +326,65 @@ impl Core {
     }
 
     /// Sends the events `(id, standard body)` in one signed request: an outcome per event.
-    /// An event that cannot be shaped fails on its own; the others go without it.
+    /// An event that cannot be shaped fails on its own; the others go without it. When a
+    /// template makes too big a body of them all, they go in halves.
     async fn send_batch(&self, events: Vec<(String, Vec<u8>)>) -> Vec<(Attempt, Duration)> {
-        if let Some(limiter) = &self.limiter {
-            limiter.acquire().await;
-        }
         if let Some(limiter) = &self.event_limiter {
             limiter.acquire_n(events.len()).await;
         }
         let started = Instant::now();
         let refs: Vec<(&str, &[u8])> = events.iter().map(|(id, b)| (id.as_str(), b.as_slice())).collect();
-        let batch = self.format.format_batch(&refs, &batch_id);
         let mut outcomes: Vec<Option<Attempt>> = vec![None; events.len()];
-        for (i, error) in batch.refused {
-            outcomes[i] = Some(unshapeable(format!("{UNSHAPEABLE}{error}")));
-        }
-        if let Some((id, req)) = batch.request {
-            let (head, body) = self.signed(&id, req, unix_now());
-            let outcome = self.exchange(&head, &body).await;
-            for i in batch.sent {
-                outcomes[i] = Some(outcome.clone());
-            }
-        }
+        self.send_part(&refs, (0..refs.len()).collect(), &mut outcomes)
+            .await;
         let took = started.elapsed();
+        let unsent = || Attempt::Failed(Failure::unanswered("not sent: left out of its batch"));
         outcomes
             .into_iter()
-            .map(|o| (o.unwrap_or(Attempt::Delivered), took))
+            .map(|o| (o.unwrap_or_else(unsent), took))
             .collect()
+    }
+
+    /// Sends the events `events[i]` for each `i` in `which` in one request (or, when a
+    /// template makes too big a body of them, in halves), writing their outcomes.
+    fn send_part<'a>(
+        &'a self,
+        events: &'a [(&'a str, &'a [u8])],
+        which: Vec<usize>,
+        outcomes: &'a mut [Option<Attempt>],
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let part: Vec<(&str, &[u8])> = which.iter().map(|&i| events[i]).collect();
+            let batch = self.format.format_batch(&part, &batch_id);
+            if batch.too_big {
+                let (a, b) = which.split_at(which.len() / 2);
+                let (a, b) = (a.to_vec(), b.to_vec());
+                self.send_part(events, a, outcomes).await;
+                self.send_part(events, b, outcomes).await;
+                return;
+            }
+            for (j, error) in batch.refused {
+                outcomes[which[j]] = Some(unshapeable(format!("{UNSHAPEABLE}{error}")));
+            }
+            let Some((id, req)) = batch.request else {
+                return;
+            };
+            if let Some(limiter) = &self.limiter {
+                limiter.acquire().await;
+            }
+            let (head, body) = self.signed(&id, req, unix_now());
+            let outcome = self.exchange(&head, &body).await;
+            for (n, j) in batch.sent.into_iter().enumerate() {
+                outcomes[which[j]] = Some(match &outcome {
+                    // One failed request: it counts once towards the subscriber being down.
+                    Attempt::Failed(f) if n > 0 => Attempt::Failed(Failure {
+                        echo: true,
+                        ..f.clone()
+                    }),
+                    o => o.clone(),
+                });
+            }
+        })
     }
 
     /// Sends a request and says what its answer means.
@@ -359,6 +407,7 @@ impl Core {
                 status: Some(resp.status),
                 retry_after: resp.retry_after,
                 unshapeable: false,
+                echo: false,
             }),
             Err(e) => Attempt::Failed(Failure::unanswered(e.to_string())),
         }

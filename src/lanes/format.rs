@@ -148,16 +148,42 @@ pub fn check(sub: &Subscriber) -> Vec<(String, String)> {
         for (key, source) in template_sources(sub) {
             match env.template_from_str(&source) {
                 Err(e) => bad(&key, describe(&e)),
-                Ok(t) if key == "template" && sub.batch.is_some() && !t.undeclared_variables(false).contains("events") => bad(
-                    &key,
-                    "with batch, the template makes one body per request from `events`, the list of its events (each with id, type, timestamp, data): e.g. '[{% for e in events %}{{ e.data|tojson }}{{ \",\" if not loop.last }}{% endfor %}]'".into(),
-                ),
+                Ok(t) if sub.batch.is_some() => {
+                    let names = t.undeclared_variables(false);
+                    let example = "e.g. '[{% for e in events %}{{ e.data|tojson }}{{ \",\" if not loop.last }}{% endfor %}]'";
+                    let mut other: Vec<&String> = names
+                        .iter()
+                        .filter(|n| {
+                            !["id", "events"].contains(&n.as_str()) && !BUILTINS.contains(&n.as_str())
+                        })
+                        .collect();
+                    other.sort();
+                    if let Some(name) = other.first() {
+                        bad(&key, format!("with batch, templates render once per request: they see `events` (the list of its events, each with id, type, timestamp, data) and `id` (the batch's id), not `{name}`; {example}"));
+                    } else if key == "template" && !names.contains("events") {
+                        bad(&key, format!("with batch, the template makes one body per request from `events`, the list of its events (each with id, type, timestamp, data): {example}"));
+                    }
+                }
                 Ok(_) => {}
             }
         }
     }
     out
 }
+
+/// Names a template may use that minijinja provides.
+const BUILTINS: &[&str] = &[
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "loop",
+    "self",
+    "super",
+    "caller",
+    "varargs",
+    "kwargs",
+];
 
 /// The templates of a `format = "template"` subscriber: (key path, source).
 fn template_sources(sub: &Subscriber) -> Vec<(String, String)> {
@@ -424,6 +450,11 @@ fn over_limit(label: &str, key: &str, limit: &str, cap: usize) -> String {
         String::new()
     };
     format!("{label}.{key} rendered more than {limit} ({cap} bytes): rendering stopped there{fix}")
+}
+
+/// Whether `error` is `over_limit`'s for a body template.
+fn over_body_limit(error: &str) -> bool {
+    error.contains(".template rendered more than max_body_bytes")
 }
 
 /// A buffer that takes at most `cap` bytes: a write past it fails (and sets `over`), which

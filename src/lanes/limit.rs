@@ -31,6 +31,9 @@ pub struct Limiter {
     rate: f64,
     burst: f64,
     bucket: Mutex<Bucket>,
+    /// Waiters take their turn in order, so a batch waiting for many tokens is not
+    /// overtaken forever by smaller ones.
+    turn: tokio::sync::Mutex<()>,
 }
 
 struct Bucket {
@@ -65,6 +68,7 @@ impl Limiter {
                 tokens: burst,
                 at: Instant::now(),
             }),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -91,8 +95,9 @@ impl Limiter {
         self.acquire_n(1).await
     }
 
-    /// Waits for `n` tokens (see `try_take_n`).
+    /// Waits for `n` tokens (see `try_take_n`), after every earlier waiter.
     pub async fn acquire_n(&self, n: usize) {
+        let _turn = self.turn.lock().await;
         while let Err(wait) = self.try_take_n(Instant::now(), n) {
             tokio::time::sleep(wait).await;
         }

@@ -345,6 +345,7 @@ impl Sender for Scripted {
                     status: Some(status),
                     retry_after,
                     unshapeable: false,
+                    echo: false,
                 }),
                 Answer::Down => Attempt::Failed(Failure::unanswered("connection refused")),
             };

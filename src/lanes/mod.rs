@@ -534,7 +534,7 @@ impl Lane {
     /// events.
     pub fn busy(&self) -> bool {
         let inner = self.lock();
-        inner.mode != Mode::Hot || inner.pending.len() >= self.cfg.event_slots()
+        inner.mode != Mode::Hot || inner.pending.len() >= self.cfg.max_in_flight
     }
 
     /// The lowest pending position, if any: nothing at or after it may be confirmed.

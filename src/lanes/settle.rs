@@ -155,6 +155,7 @@ mod tests {
             status,
             retry_after: None,
             unshapeable: false,
+            echo: false,
         })
     }
 

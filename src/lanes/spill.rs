@@ -383,7 +383,8 @@ impl Lane {
         if self.is_stopped() {
             return Ok(false);
         }
-        let limit = SPILL_ROUND.max(self.cfg.max_in_flight) as i64;
+        // Enough to fill every request (of many events, with batches), within bounds.
+        let limit = SPILL_ROUND.max(self.cfg.event_slots()).min(10 * SPILL_ROUND) as i64;
         let mut heads = self.state.due_heads(&self.name, limit).await?;
         {
             // A key with a hot delivery still in flight waits for it (only a replay puts

@@ -108,6 +108,10 @@ impl Lane {
             *b = Breaker::default();
             return;
         };
+        if f.echo {
+            // Its request was counted with another of its events.
+            return;
+        }
         let reason = if f.status == Some(410) {
             Some(format!("the subscriber answered 410 Gone: {}", f.error))
         } else if f.suggests_down() {

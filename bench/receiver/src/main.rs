@@ -4,10 +4,12 @@
 //! latency of every event (from the body's `timestamp`), and verifies the signature of one
 //! request in `--sample` (default 100). `GET /stats` returns the figures as JSON;
 //! `POST /reset` clears them; `POST /fail` and `POST /heal` turn failing every request on
-//! and off. Runs on one thread so it takes at most one core.
+//! and off. `--delay-ms N` answers each webhook N ms after it arrived, as a receiver that
+//! does some work per request (connections wait, not the receiver's one thread). Runs on
+//! one thread so it takes at most one core.
 //!
 //! Usage: walhook-bench-receiver --listen 127.0.0.1:PORT --secret whsec_... [--fail]
-//!        [--fail-rate R] [--sample N]
+//!        [--fail-rate R] [--sample N] [--delay-ms N]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,8 @@ struct App {
     /// Out of 1,000 requests, how many get a 500 (spread evenly, not in runs).
     fail_per_mille: u64,
     sample: u64,
+    /// Each webhook is answered this long after it arrived.
+    delay: std::time::Duration,
     stats: Stats,
 }
 
@@ -240,6 +244,9 @@ async fn serve(app: Arc<App>, mut stream: TcpStream) {
             app.fail.store(path == "/fail", Ordering::Relaxed);
             "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_string()
         } else if !method_get {
+            if !app.delay.is_zero() {
+                tokio::time::sleep(app.delay).await;
+            }
             match hook(&app, &signed, &buf[head_len..head_len + content_length]) {
                 204 => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
                 _ => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_string(),
@@ -288,6 +295,7 @@ fn main() {
             .and_then(|r| r.parse::<f64>().ok())
             .map_or(0, |r| (r.clamp(0.0, 1.0) * 1000.0) as u64),
         sample,
+        delay: std::time::Duration::from_millis(arg("--delay-ms").and_then(|d| d.parse().ok()).unwrap_or(0)),
         stats: Stats::default(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()

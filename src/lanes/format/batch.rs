@@ -20,6 +20,9 @@ pub struct Batch<'a> {
     pub sent: Vec<usize>,
     /// Events refused, with why.
     pub refused: Vec<(usize, String)>,
+    /// The template's body over all of them passed `max_body_bytes`: send them in
+    /// smaller requests (nothing else is set).
+    pub too_big: bool,
 }
 
 impl Formatter {
@@ -37,6 +40,14 @@ impl Formatter {
         let all: Vec<usize> = (0..events.len()).collect();
         let mut sent = all.clone();
         let mut rendered = self.render_batch(env, events, &all, batch_id);
+        if matches!(&rendered, Err(e) if events.len() > 1 && over_body_limit(e)) {
+            return Batch {
+                request: None,
+                sent: Vec::new(),
+                refused,
+                too_big: true,
+            };
+        }
         if rendered.is_err() && events.len() > 1 {
             // Find the events the template fails on, alone; the rest go without them.
             sent.clear();
@@ -53,11 +64,13 @@ impl Formatter {
                 request: Some(request),
                 sent,
                 refused,
+                too_big: false,
             },
             Ok(_) => Batch {
                 request: None,
                 sent,
                 refused,
+                too_big: false,
             },
             Err(e) => {
                 refused.extend(sent.drain(..).map(|i| (i, e.clone())));
@@ -66,6 +79,7 @@ impl Formatter {
                     request: None,
                     sent,
                     refused,
+                    too_big: false,
                 }
             }
         }
@@ -102,6 +116,7 @@ impl Formatter {
                 request: None,
                 sent,
                 refused,
+                too_big: false,
             };
         }
         let ids: Vec<&str> = sent.iter().map(|&i| events[i].0).collect();
@@ -123,6 +138,7 @@ impl Formatter {
             )),
             sent,
             refused,
+            too_big: false,
         }
     }
 

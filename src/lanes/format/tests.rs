@@ -397,9 +397,12 @@ fn max_body_bytes_is_for_templates_and_bounded() {
     assert!(problems("format = \"template\"\ntemplate = \"x\"\nmax_body_bytes = 1").is_empty());
 }
 
+/// A batch's request as (id, content type, body), the events sent, and those refused.
+type Shaped = (Option<(String, String, String)>, Vec<usize>, Vec<(usize, String)>);
+
 /// The batch request of three events (the second's body not a walhook event), and why
 /// any were refused.
-fn batch(extra: &str) -> (Option<(String, String, String)>, Vec<usize>, Vec<(usize, String)>) {
+fn batch(extra: &str) -> Shaped {
     let f = Formatter::new(&subscriber(extra), 0, "shop").unwrap();
     let other = BODY.replace("\"id\":7", "\"id\":8");
     let events: Vec<(&str, &[u8])> = vec![
@@ -498,8 +501,34 @@ fn batch_settings_are_checked() {
             .as_u64(),
         2 << 20
     );
-    // A batch template must use `events`.
+    // A batch template must use `events`, and only it and `id`, in every template.
     let p = problems("format = \"template\"\ntemplate = '{{ data|tojson }}'\nbatch = {}");
     assert_eq!(p[0].0, "template", "{p:?}");
-    assert!(p[0].1.contains("events"), "{p:?}");
+    assert!(p[0].1.contains("not `data`"), "{p:?}");
+    let p = problems("format = \"template\"\ntemplate = '{{ id }}'\nbatch = {}");
+    assert!(p[0].1.contains("from `events`"), "{p:?}");
+    let p = problems(
+        "format = \"template\"\ntemplate = '{% for e in range(3) %}{{ events[0].id }}{% endfor %}'\n\
+         headers = { X-Type = \"{{ type }}\" }\nbatch = {}",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "headers.X-Type", "{p:?}");
+}
+
+#[test]
+fn a_batch_whose_template_body_is_too_big_says_so_and_one_event_fails_alone() {
+    let f = Formatter::new(
+        &subscriber(
+            "format = \"template\"\nmax_body_bytes = 600\nbatch = {}\n\
+             template = '[{% for e in events %}{{ e.data|tojson }}{% endfor %}]'",
+        ),
+        0,
+        "shop",
+    )
+    .unwrap();
+    let events: Vec<(&str, &[u8])> = vec![("evt_1", BODY.as_bytes()), ("evt_2", BODY.as_bytes())];
+    let b = f.format_batch(&events, &|ids| ids.join("+"));
+    assert!(b.too_big && b.request.is_none() && b.sent.is_empty() && b.refused.is_empty());
+    let b = f.format_batch(&events[..1], &|ids| ids.join("+"));
+    assert!(!b.too_big && b.request.is_some(), "{:?}", b.refused);
 }
