@@ -83,13 +83,18 @@ impl Rig {
 
     /// Hands over event `n` of row `key` (id `key-n`).
     async fn push(&self, n: u64, key: &str) {
+        self.push_body(n, key, bytes::Bytes::from_static(b"{}")).await
+    }
+
+    /// Hands over event `n` of row `key` with this body.
+    async fn push_body(&self, n: u64, key: &str, body: bytes::Bytes) {
         let event = Arc::new(Event {
             pos: Pos { lsn: 100, seq: n },
             id: format!("{key}-{n}"),
             event_type: "t".into(),
             key: key.into(),
             prev_key: None,
-            body: bytes::Bytes::from_static(b"{}"),
+            body,
         });
         assert!(self.lane.push(event, &self.cancel, &|| true).await);
     }
@@ -363,5 +368,40 @@ async fn after_an_outage_the_backlog_goes_at_once() {
     rig.until_done(Duration::from_secs(200)).await;
     assert_eq!(rig.delivered_per_key().len(), 40);
     assert!(rig.store.log().dead.is_empty());
+    rig.stop().await;
+}
+
+/// A lane holds at most `PENDING_BYTES` (16 MiB) of bodies in memory beside its
+/// `max_buffered` events: three events of 6 MiB fill it, and the reader waits for room
+/// (the subscriber keeps up) until one is delivered.
+#[tokio::test(start_paused = true)]
+async fn a_lane_is_full_by_bytes_too() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rig = Rig::start("max_in_flight = 1", Duration::from_secs(1), |_, _| Answer::Ok);
+    let big = bytes::Bytes::from(vec![b' '; 6 << 20]);
+    for n in 1..=3 {
+        rig.push_body(n, &format!("k{n}"), big.clone()).await;
+    }
+    let taken = AtomicBool::new(false);
+    let fourth = async {
+        rig.push_body(4, "k4", big.clone()).await;
+        taken.store(true, Ordering::SeqCst);
+    };
+    let check = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!taken.load(Ordering::SeqCst), "a fourth 6 MiB event was taken");
+        assert_eq!(rig.lane.backlog(), 3);
+        // The first delivery (1 s) makes room.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(taken.load(Ordering::SeqCst), "no room after a delivery");
+    };
+    tokio::join!(fourth, check);
+    rig.until_done(Duration::from_secs(10)).await;
+    assert_eq!(
+        *rig.modes.lock().unwrap(),
+        [Mode::Hot],
+        "the lane spilled instead of holding"
+    );
+    assert_eq!(rig.sub.delivered().len(), 4);
     rig.stop().await;
 }

@@ -86,11 +86,16 @@ use store::{Sender, SpillStore};
 const SPILL_BATCH: usize = 2_000;
 /// Bytes of bodies written to the spill log in one statement at most (a larger body is
 /// written alone): PostgreSQL takes at most 1 GB in one message and in one array value,
-/// and the driver builds the statement in memory, twice, while it is sent.
-const SPILL_BATCH_BYTES: usize = 64 << 20;
+/// and the driver builds the statement in memory, twice, while it is sent, so this is
+/// what a spilling lane's memory grows by (8 MiB: a few hundred events of 8 kB a write).
+const SPILL_BATCH_BYTES: usize = 8 << 20;
 /// Bytes of bodies a chunk-mode lane holds in memory at most (beside `max_buffered`); past
 /// them, written chunks wait in the log and are loaded when there is room again.
-const MIRROR_BYTES: usize = 64 << 20;
+const MIRROR_BYTES: usize = 32 << 20;
+/// Bytes of bodies of the events a lane holds pending in memory at most, beside
+/// `max_buffered` events: past them the lane is full (one larger event is still taken).
+/// An event bound for many lanes is held once but counts in each.
+const PENDING_BYTES: usize = 16 << 20;
 /// Spilled events fetched and attempted per round (each the oldest of its key).
 const SPILL_ROUND: usize = 1_000;
 /// How often a lane checks the age of its oldest event, and the longest a task sleeps
@@ -206,6 +211,8 @@ struct Inner {
     restored: Mark,
     /// Accepted events not yet delivered, dead or durably spilled, with arrival time.
     pending: BTreeMap<Pos, Instant>,
+    /// Bytes of the bodies of `pending` (see `Inner::done`).
+    pending_bytes: usize,
     /// Per-key FIFOs: the hot queues, and in spill mode the events parked behind a key's
     /// in-flight hot delivery.
     queues: HashMap<String, KeyQueue>,
@@ -454,7 +461,8 @@ impl Lane {
                 if inner.skips(event.pos) {
                     return true;
                 }
-                let full = inner.pending.len() >= self.cfg.max_buffered;
+                let full = inner.pending.len() >= self.cfg.max_buffered
+                    || (inner.pending_bytes >= PENDING_BYTES && !inner.pending.is_empty());
                 if !full {
                     self.accept(inner, event);
                     if let Some(since) = held {
@@ -516,6 +524,7 @@ impl Lane {
             self.wake_age.notify_one();
         }
         inner.pending.insert(event.pos, Instant::now());
+        inner.pending_bytes += event.body.len();
         match inner.enqueue(event) {
             Enqueued::Buffered => {
                 drop(inner);

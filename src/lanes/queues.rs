@@ -42,6 +42,7 @@ impl Inner {
             next_expected: mark.low,
             restored: mark,
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             queues: HashMap::new(),
             carried: HashMap::new(),
             chunk_carried: HashMap::new(),
@@ -53,6 +54,13 @@ impl Inner {
             chunked: false,
             mirror: Mirror::default(),
             unexploded: None,
+        }
+    }
+
+    /// `event` is no longer pending: delivered, dead or durably spilled.
+    pub(super) fn done(&mut self, event: &Event) {
+        if self.pending.remove(&event.pos).is_some() {
+            self.pending_bytes = self.pending_bytes.saturating_sub(event.body.len());
         }
     }
 
@@ -141,9 +149,7 @@ impl Inner {
             self.queues.entry(key.clone()).or_default().busy = false;
         }
         match outcome {
-            HotOutcome::Done => {
-                self.pending.remove(&event.pos);
-            }
+            HotOutcome::Done => self.done(event),
             // Stopped or cancelled while hot: it waits first in its queues again, with
             // its attempts, the rest of its wait and its history (and stays pending, so
             // it is replayed after a restart).

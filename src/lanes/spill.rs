@@ -71,7 +71,7 @@ impl Lane {
                     }
                     let mut inner = self.lock();
                     for (event, ..) in &batch {
-                        inner.pending.remove(&event.pos);
+                        inner.done(event);
                     }
                     inner.spill_buf.drain(..batch.len());
                     inner.writing = false;

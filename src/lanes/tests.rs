@@ -334,8 +334,9 @@ fn a_mark_lists_at_most_its_bound_of_pending_events() {
     assert!((1..n).all(|i| !mark.done(at(i))));
 }
 
-/// A spill write takes up to 2,000 events and 64 MiB of bodies, and a larger body
-/// alone: PostgreSQL refuses a statement over 1 GB (five 250 MB rows made one).
+/// A spill write takes up to 2,000 events and 8 MiB of bodies, and a larger body
+/// alone: PostgreSQL refuses a statement over 1 GB (five 250 MB rows made one), and the
+/// write's size is what a spilling lane's memory grows by.
 #[test]
 fn spill_writes_are_bounded_in_events_and_bytes() {
     const MIB: usize = 1 << 20;
@@ -345,7 +346,9 @@ fn spill_writes_are_bounded_in_events_and_bytes() {
     assert_eq!(len(&[600; 10]), 10);
     assert_eq!(len(&[250 * MIB; 5]), 1);
     assert_eq!(len(&[1, 250 * MIB, 1]), 1);
-    assert_eq!(len(&[30 * MIB, 30 * MIB, 10 * MIB]), 2);
-    assert_eq!(len(&[32 * MIB, 32 * MIB, 1]), 2);
+    assert_eq!(len(&[3 * MIB, 3 * MIB, 3 * MIB]), 2);
+    assert_eq!(len(&[4 * MIB, 4 * MIB, 1]), 2);
+    // 8 kB events: 1,024 to a write.
+    assert_eq!(len(&[8 << 10; 5_000]), 1_024);
     assert_eq!(len(&[2 * SPILL_BATCH_BYTES]), 1);
 }

@@ -133,7 +133,7 @@ const ANALYZE_AFTER_ROWS_MAX: u64 = 1_000_000;
 const LARGE_IO: usize = 16 << 20;
 
 /// Bodies read in one round of `due_heads` at most (one larger head is read alone).
-const ROUND_BYTES: i64 = 64 << 20;
+const ROUND_BYTES: i64 = 32 << 20;
 
 impl State {
     /// Connects, creates the schema and runs migrations.
