@@ -31,6 +31,12 @@ pub struct Progress {
     /// When stream time last moved (a transaction or a tick arrived), on this host's
     /// monotonic clock: milliseconds since the process started.
     pub stream_time_moved_ms: AtomicU64,
+    /// What the lanes' chunk mirrors hold, in bytes (bodies and bookkeeping), over all
+    /// lanes: a budget they share (see `lanes::MIRRORS_HELD`).
+    pub mirrors_held: std::sync::Arc<AtomicUsize>,
+    /// Events pending in all lanes together (an event bound for many lanes counts in
+    /// each): a budget they share (see `lanes::PENDING_TOTAL`).
+    pub pending_total: std::sync::Arc<AtomicUsize>,
 }
 
 impl Progress {

@@ -240,6 +240,7 @@ impl Lane {
         } else if !m.behind
             || m.size() >= self.cfg.max_buffered
             || m.bytes >= MIRROR_BYTES
+            || (m.held > 0 && m.over_budget())
             || self.is_stopped()
         {
             Some(false)

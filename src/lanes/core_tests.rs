@@ -405,3 +405,39 @@ async fn a_lane_is_full_by_bytes_too() {
     assert_eq!(rig.sub.delivered().len(), 4);
     rig.stop().await;
 }
+
+/// When all lanes together hold `PENDING_TOTAL` events, a lane that holds
+/// `CROWDED_SHARE` of them is full (however far below `max_buffered`): fifty lanes fanning
+/// out one burst do not hold fifty times `max_buffered`.
+#[tokio::test(start_paused = true)]
+async fn a_lane_is_full_when_all_lanes_hold_their_budget() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rig = Rig::start("max_in_flight = 1", Duration::from_secs(1), |_, _| Answer::Ok);
+    // The other lanes of the process hold the rest of the budget.
+    let others = super::PENDING_TOTAL - super::CROWDED_SHARE;
+    rig.lane
+        .progress
+        .pending_total
+        .fetch_add(others, Ordering::SeqCst);
+    for n in 1..=super::CROWDED_SHARE as u64 {
+        rig.push(n, &format!("k{n}")).await;
+    }
+    let taken = AtomicBool::new(false);
+    let next = async {
+        rig.push(5_000, "k5000").await;
+        taken.store(true, Ordering::SeqCst);
+    };
+    let check = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!taken.load(Ordering::SeqCst), "a crowded lane took another event");
+        // A delivery (1 s) makes room.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(taken.load(Ordering::SeqCst), "no room after a delivery");
+    };
+    tokio::join!(next, check);
+    rig.lane
+        .progress
+        .pending_total
+        .fetch_sub(others, Ordering::SeqCst);
+    rig.stop().await;
+}

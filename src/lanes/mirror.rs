@@ -4,7 +4,32 @@
 
 use super::*;
 
+/// What an event held in a mirror costs, in bytes: its body, its strings and about what
+/// the mirror's bookkeeping takes per event.
+fn held_size(e: &Event) -> usize {
+    e.body.len() + e.id.len() + e.key.len() + e.event_type.len() + 200
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.shared.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
 impl Mirror {
+    /// An empty mirror in the same budget (what this one held is given back when it is
+    /// dropped).
+    pub(super) fn emptied(&self) -> Mirror {
+        let mut m = Mirror::default();
+        m.shared = self.shared.clone();
+        m
+    }
+
+    /// Whether all lanes' mirrors together hold `MIRRORS_HELD` or more.
+    pub(super) fn over_budget(&self) -> bool {
+        self.shared.load(Ordering::Relaxed) >= MIRRORS_HELD
+    }
+
     /// Takes in a written chunk: its events with the attempts they already had and when
     /// the next may start (a backoff or a Retry-After begun in hot mode).
     pub(super) fn add(&mut self, chunk: i64, events: Vec<(EventRef, u32, Option<Instant>)>) {
@@ -12,6 +37,9 @@ impl Mirror {
         self.loaded = chunk;
         self.events += events.len();
         self.bytes += events.iter().map(|(e, ..)| e.body.len()).sum::<usize>();
+        let held: usize = events.iter().map(|(e, ..)| held_size(e)).sum();
+        self.held += held;
+        self.shared.fetch_add(held, Ordering::Relaxed);
         for (event, attempts, not_before) in events {
             // An event under two keys is held under both: its own entry holds its attempts
             // and wait, the other only holds that key back.
@@ -166,6 +194,9 @@ impl Mirror {
         }
         self.events -= 1;
         self.bytes -= held.event.body.len();
+        let size = held_size(&held.event);
+        self.held -= size;
+        self.shared.fetch_sub(size, Ordering::Relaxed);
         let open = self.open.get_mut(&held.chunk)?;
         open.0 -= 1;
         open.1.push(held.event.pos);

@@ -92,6 +92,17 @@ const SPILL_BATCH_BYTES: usize = 8 << 20;
 /// Bytes of bodies a chunk-mode lane holds in memory at most (beside `max_buffered`); past
 /// them, written chunks wait in the log and are loaded when there is room again.
 const MIRROR_BYTES: usize = 32 << 20;
+/// What all lanes' chunk mirrors hold at most, in bytes of bodies and bookkeeping
+/// (`held_size`), so many spilling lanes do not each hold their own `MIRROR_BYTES`: past
+/// it, a lane that holds something loads no more until others have delivered theirs.
+const MIRRORS_HELD: usize = 128 << 20;
+/// Events pending in all lanes together past which a lane holding `CROWDED_SHARE` or
+/// more is full: fifty lanes fanning one burst out hold 50,000 events between them, not
+/// 50 x `max_buffered` (each lane's queues and positions are its own, about 400 bytes an
+/// event). A few lanes never reach it.
+const PENDING_TOTAL: usize = 50_000;
+/// What a lane may always hold, however full the others are.
+const CROWDED_SHARE: usize = 1_000;
 /// Bytes of bodies of the events a lane holds pending in memory at most, beside
 /// `max_buffered` events: past them the lane is full (one larger event is still taken).
 /// An event bound for many lanes is held once but counts in each.
@@ -213,6 +224,8 @@ struct Inner {
     pending: BTreeMap<Pos, Instant>,
     /// Bytes of the bodies of `pending` (see `Inner::done`).
     pending_bytes: usize,
+    /// Events pending in every lane (`Progress::pending_total`), this one's included.
+    pending_total: Arc<std::sync::atomic::AtomicUsize>,
     /// Per-key FIFOs: the hot queues, and in spill mode the events parked behind a key's
     /// in-flight hot delivery.
     queues: HashMap<String, KeyQueue>,
@@ -256,6 +269,9 @@ struct Held {
 /// with its chunk. Every chunk up to `loaded` is in memory or deleted (all delivered).
 #[derive(Default)]
 struct Mirror {
+    /// What every lane's mirror holds (`Progress::mirrors_held`), and this one's share.
+    shared: Arc<std::sync::atomic::AtomicUsize>,
+    held: usize,
     keys: HashMap<String, VecDeque<Held>>,
     /// Keys whose first event waits for an attempt (none in flight) and is due.
     ready: VecDeque<String>,
@@ -377,13 +393,14 @@ impl Lane {
         mark: Mark,
         spilled: bool,
     ) -> Arc<Lane> {
+        let inner = Inner::new(if spilled { Mode::Spill } else { Mode::Hot }, mark, &progress);
         Arc::new(Lane {
             name: cfg.name.clone(),
             cfg: cfg.clone(),
             target,
             state,
             progress,
-            inner: Mutex::new(Inner::new(if spilled { Mode::Spill } else { Mode::Hot }, mark)),
+            inner: Mutex::new(inner),
             wake_workers: Notify::new(),
             wake_writer: Notify::new(),
             wake_server: Notify::new(),
@@ -462,7 +479,9 @@ impl Lane {
                     return true;
                 }
                 let full = inner.pending.len() >= self.cfg.max_buffered
-                    || (inner.pending_bytes >= PENDING_BYTES && !inner.pending.is_empty());
+                    || (inner.pending_bytes >= PENDING_BYTES && !inner.pending.is_empty())
+                    || (inner.pending.len() >= CROWDED_SHARE
+                        && inner.pending_total.load(Ordering::Relaxed) >= PENDING_TOTAL);
                 if !full {
                     self.accept(inner, event);
                     if let Some(since) = held {
@@ -523,7 +542,9 @@ impl Lane {
             // The age watch sleeps while nothing is pending.
             self.wake_age.notify_one();
         }
-        inner.pending.insert(event.pos, Instant::now());
+        if inner.pending.insert(event.pos, Instant::now()).is_none() {
+            inner.pending_total.fetch_add(1, Ordering::Relaxed);
+        }
         inner.pending_bytes += event.body.len();
         match inner.enqueue(event) {
             Enqueued::Buffered => {
@@ -570,7 +591,7 @@ impl Lane {
         if inner.mode == Mode::Hot {
             // The log is empty in hot mode: this episode writes chunks.
             inner.chunked = true;
-            inner.mirror = Mirror::default();
+            inner.mirror = inner.mirror.emptied();
         }
         inner.mode = Mode::Spill;
         // Queued events of idle keys go to the write buffer in position order; those of

@@ -36,13 +36,16 @@ pub(super) fn next_hot(inner: &mut Inner) -> Option<EventRef> {
 }
 
 impl Inner {
-    pub(super) fn new(mode: Mode, mark: Mark) -> Inner {
+    pub(super) fn new(mode: Mode, mark: Mark, progress: &Progress) -> Inner {
+        let mut mirror = Mirror::default();
+        mirror.shared = progress.mirrors_held.clone();
         Inner {
             mode,
             next_expected: mark.low,
             restored: mark,
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            pending_total: progress.pending_total.clone(),
             queues: HashMap::new(),
             carried: HashMap::new(),
             chunk_carried: HashMap::new(),
@@ -52,7 +55,7 @@ impl Inner {
             writing: false,
             writes: 0,
             chunked: false,
-            mirror: Mirror::default(),
+            mirror,
             unexploded: None,
         }
     }
@@ -61,6 +64,7 @@ impl Inner {
     pub(super) fn done(&mut self, event: &Event) {
         if self.pending.remove(&event.pos).is_some() {
             self.pending_bytes = self.pending_bytes.saturating_sub(event.body.len());
+            self.pending_total.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -258,5 +262,14 @@ impl Inner {
             },
             None => Buffered::fresh(event),
         }
+    }
+}
+
+impl Drop for Inner {
+    /// A lane that ends (a restart in-process) gives its pending events back to the
+    /// budget all lanes share.
+    fn drop(&mut self) {
+        self.pending_total
+            .fetch_sub(self.pending.len(), Ordering::Relaxed);
     }
 }

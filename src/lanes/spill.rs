@@ -87,6 +87,7 @@ impl Lane {
                             && !stopped
                             && m.size() < self.cfg.max_buffered
                             && (m.bytes == 0 || m.bytes + bytes <= MIRROR_BYTES)
+                            && (m.held == 0 || !m.over_budget())
                         {
                             // A wait begun in hot mode (a Retry-After) is kept.
                             let now = Instant::now();
@@ -155,7 +156,7 @@ impl Lane {
                 history: Vec::new(),
             });
         }
-        inner.mirror = Mirror::default();
+        inner.mirror = inner.mirror.emptied();
         self.metrics.down.store(false, Ordering::Relaxed);
         tracing::warn!(subscriber = %self.name, reason = why, "spilled chunks become rows, served with retries");
     }
@@ -352,7 +353,7 @@ impl Lane {
                     Mode::Draining if settled && inner.spill_buf.is_empty() => {
                         inner.mode = Mode::Hot;
                         inner.chunked = false;
-                        inner.mirror = Mirror::default();
+                        inner.mirror = inner.mirror.emptied();
                         self.metrics.down.store(false, Ordering::Relaxed);
                         drop(inner);
                         self.state.note_drained();

@@ -23,7 +23,7 @@ fn ev(n: u64, key: &str, prev: Option<&str>) -> EventRef {
 }
 
 fn hot(events: &[&EventRef]) -> Inner {
-    let mut inner = Inner::new(Mode::Hot, Mark::default());
+    let mut inner = Inner::new(Mode::Hot, Mark::default(), &Progress::default());
     for e in events {
         inner.pending.insert(e.pos, Instant::now());
         inner.enqueue((*e).clone());
@@ -249,7 +249,7 @@ fn at(n: u64) -> Pos {
 
 #[test]
 fn a_slow_event_holds_the_marks_low_end_but_not_what_is_known_done() {
-    let mut inner = Inner::new(Mode::Hot, Mark::default());
+    let mut inner = Inner::new(Mode::Hot, Mark::default(), &Progress::default());
     let events: Vec<EventRef> = (0..10).map(|n| ev(n, &format!("k{}", n % 5), None)).collect();
     for e in &events {
         take_in(&mut inner, e);
@@ -284,7 +284,7 @@ fn after_a_restart_only_events_the_mark_lists_or_never_reached_are_taken_again()
         high: at(10),
         pending: vec![at(2), at(7)],
     };
-    let mut inner = Inner::new(Mode::Hot, mark.clone());
+    let mut inner = Inner::new(Mode::Hot, mark.clone(), &Progress::default());
     // Before the replay reaches them, the listed events are still pending in the mark.
     assert_eq!(inner.mark(Pos::ZERO), mark);
     // The replay starts at the slot's confirmed LSN, at or before the low end.
@@ -298,7 +298,7 @@ fn after_a_restart_only_events_the_mark_lists_or_never_reached_are_taken_again()
     }
     assert_eq!(taken, vec![2, 7, 10, 11]);
     // Half-way through the replay, the mark still holds what the earlier one said.
-    let mut inner = Inner::new(Mode::Hot, mark.clone());
+    let mut inner = Inner::new(Mode::Hot, mark.clone(), &Progress::default());
     for e in &events[..5] {
         if !inner.skips(e.pos) {
             take_in(&mut inner, e);
@@ -310,7 +310,7 @@ fn after_a_restart_only_events_the_mark_lists_or_never_reached_are_taken_again()
     assert_eq!((now.low, now.high, now.pending), (at(7), at(10), vec![at(7)]));
     // A replay that passes a listed event without bringing it (its rule is gone) lets
     // it go: only events the lane takes are pending.
-    let mut inner = Inner::new(Mode::Hot, mark);
+    let mut inner = Inner::new(Mode::Hot, mark, &Progress::default());
     take_in(&mut inner, &events[2]);
     assert!(inner.skips(at(8)));
     assert_eq!(inner.mark(Pos::ZERO).pending, vec![at(2)]);
@@ -320,7 +320,7 @@ fn after_a_restart_only_events_the_mark_lists_or_never_reached_are_taken_again()
 
 #[test]
 fn a_mark_lists_at_most_its_bound_of_pending_events() {
-    let mut inner = Inner::new(Mode::Hot, Mark::default());
+    let mut inner = Inner::new(Mode::Hot, Mark::default(), &Progress::default());
     let n = MARK_PENDING_MAX as u64 + 500;
     for i in 0..n {
         take_in(&mut inner, &ev(i, "k", None));
@@ -351,4 +351,35 @@ fn spill_writes_are_bounded_in_events_and_bytes() {
     // 8 kB events: 1,024 to a write.
     assert_eq!(len(&[8 << 10; 5_000]), 1_024);
     assert_eq!(len(&[2 * SPILL_BATCH_BYTES]), 1);
+}
+
+/// Chunk mirrors count what they hold in one budget shared by every lane, and give it
+/// back when an event is delivered or a mirror is emptied (chunk mode ends).
+#[test]
+fn mirrors_share_one_budget_and_give_back_what_they_held() {
+    let progress = Progress::default();
+    let mirror = || {
+        let mut m = Mirror::default();
+        m.shared = progress.mirrors_held.clone();
+        m
+    };
+    let (mut a, mut b) = (mirror(), mirror());
+    let held = || progress.mirrors_held.load(std::sync::atomic::Ordering::Relaxed);
+    a.add(1, vec![(ev(1, "a", None), 0, None), (ev(2, "b", None), 0, None)]);
+    b.add(1, vec![(ev(3, "c", None), 0, None)]);
+    let one = held() / 3;
+    assert!(one > 200, "{one}");
+    assert_eq!(held(), 3 * one);
+    assert!(!a.over_budget());
+    // Delivered: given back.
+    a.next_ready();
+    a.delivered("a");
+    assert_eq!(held(), 2 * one);
+    // Emptied (and the old mirror dropped): given back, and the new one shares the budget.
+    a = a.emptied();
+    assert_eq!(held(), one);
+    a.add(2, vec![(ev(4, "d", None), 0, None)]);
+    assert_eq!(held(), 2 * one);
+    drop((a, b));
+    assert_eq!(held(), 0);
 }
