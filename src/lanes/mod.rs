@@ -107,6 +107,8 @@ const CROWDED_SHARE: usize = 1_000;
 /// `max_buffered` events: past them the lane is full (one larger event is still taken).
 /// An event bound for many lanes is held once but counts in each.
 const PENDING_BYTES: usize = 16 << 20;
+/// How long a spill write that would be less than half full waits for more events.
+const SPILL_GATHER: Duration = Duration::from_millis(20);
 /// Spilled events fetched and attempted per round (each the oldest of its key).
 const SPILL_ROUND: usize = 1_000;
 /// How often a lane checks the age of its oldest event, and the longest a task sleeps

@@ -21,8 +21,12 @@ pub(super) fn spill_batch_len(bodies: impl Iterator<Item = usize>) -> usize {
 }
 
 impl Lane {
-    /// Writes buffered events to the spill log in batches, oldest first.
+    /// Writes buffered events to the spill log in batches, oldest first. A write that
+    /// would be less than half full waits `SPILL_GATHER` for more first: each write is a
+    /// statement the state database (often the source) runs, and a failing lane beside a
+    /// healthy one wrote chunks of 200 events at 35,000 events/s.
     pub(super) async fn spill_writer(self: Arc<Self>, cancel: CancellationToken) {
+        let mut gathered = false;
         loop {
             let mut woken = pin!(self.wake_writer.notified());
             woken.as_mut().enable();
@@ -46,6 +50,16 @@ impl Lane {
                 }
                 continue;
             }
+            let bytes: usize = batch.iter().map(|(e, ..)| e.body.len()).sum();
+            if !gathered && batch.len() < SPILL_BATCH / 2 && bytes < SPILL_BATCH_BYTES / 2 {
+                gathered = true;
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(SPILL_GATHER) => {}
+                }
+                continue;
+            }
+            gathered = false;
             let io = self.log_io.lock().await;
             let chunked = self.lock().chunked;
             let written = if chunked {
