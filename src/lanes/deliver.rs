@@ -266,10 +266,9 @@ impl Target {
         }
     }
 
-    /// The exact request `send` would make at Unix time `ts` for one event: request line,
-    /// headers (signed) and body in the subscriber's format. An error when the event
-    /// cannot be shaped for this subscriber.
-    /// With `batch`, the request of a batch of this one event.
+    /// The exact request `send` would make at Unix time `ts` for one event (with `batch`,
+    /// a batch of it alone): request line, headers (signed) and body in the subscriber's
+    /// format. An error when the event cannot be shaped for this subscriber.
     pub fn request(&self, id: &str, body: &[u8], ts: i64) -> Result<Vec<u8>, String> {
         let (mut head, body) = match &self.batcher {
             None => self.core.request_parts(id, body, ts)?,

@@ -108,6 +108,14 @@ impl Limiter {
 mod tests {
     use super::*;
 
+    /// Asserts `wait` lies in (`above_ms`, `at_most_ms`].
+    fn assert_wait(wait: Duration, above_ms: u64, at_most_ms: u64) {
+        assert!(
+            wait > Duration::from_millis(above_ms) && wait <= Duration::from_millis(at_most_ms),
+            "{wait:?}"
+        );
+    }
+
     #[test]
     fn rates_parse_per_second_minute_and_hour() {
         assert_eq!(parse("50/s"), Ok(50.0));
@@ -127,10 +135,7 @@ mod tests {
             assert_eq!(l.try_take_n(t0, 1), Ok(()));
         }
         let wait = l.try_take_n(t0, 1).unwrap_err();
-        assert!(
-            wait > Duration::from_millis(99) && wait <= Duration::from_millis(100),
-            "{wait:?}"
-        );
+        assert_wait(wait, 99, 100);
         // A second later ten more, never more than the burst.
         let t1 = t0 + Duration::from_secs(5);
         for _ in 0..10 {
@@ -151,17 +156,11 @@ mod tests {
         assert_eq!(l.try_take_n(t0, 60), Ok(()));
         // 40 left: a batch of 50 waits for 10 more, 0.1 s.
         let wait = l.try_take_n(t0, 50).unwrap_err();
-        assert!(
-            wait > Duration::from_millis(99) && wait <= Duration::from_millis(100),
-            "{wait:?}"
-        );
+        assert_wait(wait, 99, 100);
         // More than the bucket holds goes once it is full, and the next waits for the debt.
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(l.try_take_n(t1, 300), Ok(()));
         let wait = l.try_take_n(t1, 1).unwrap_err();
-        assert!(
-            wait > Duration::from_millis(2000) && wait <= Duration::from_millis(2011),
-            "{wait:?}"
-        );
+        assert_wait(wait, 2000, 2011);
     }
 }

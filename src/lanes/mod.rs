@@ -480,10 +480,7 @@ impl Lane {
                 if inner.skips(event.pos) {
                     return true;
                 }
-                let full = inner.pending.len() >= self.cfg.max_buffered
-                    || (inner.pending_bytes >= PENDING_BYTES && !inner.pending.is_empty())
-                    || (inner.pending.len() >= CROWDED_SHARE
-                        && inner.pending_total.load(Ordering::Relaxed) >= PENDING_TOTAL);
+                let full = inner.full(self.cfg.max_buffered);
                 if !full {
                     self.accept(inner, event);
                     if let Some(since) = held {
@@ -544,10 +541,7 @@ impl Lane {
             // The age watch sleeps while nothing is pending.
             self.wake_age.notify_one();
         }
-        if inner.pending.insert(event.pos, Instant::now()).is_none() {
-            inner.pending_total.fetch_add(1, Ordering::Relaxed);
-        }
-        inner.pending_bytes += event.body.len();
+        inner.admit(&event);
         match inner.enqueue(event) {
             Enqueued::Buffered => {
                 drop(inner);

@@ -60,6 +60,24 @@ impl Inner {
         }
     }
 
+    /// `event` is pending from now on (counted in the lane's and all lanes' budgets).
+    pub(super) fn admit(&mut self, event: &Event) {
+        if self.pending.insert(event.pos, Instant::now()).is_none() {
+            self.pending_bytes += event.body.len();
+            self.pending_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the lane holds all it may: `max_buffered` events, `PENDING_BYTES` of
+    /// bodies (one larger event is still taken), or its share once all lanes together
+    /// hold `PENDING_TOTAL`.
+    pub(super) fn full(&self, max_buffered: usize) -> bool {
+        let n = self.pending.len();
+        n >= max_buffered
+            || (self.pending_bytes >= PENDING_BYTES && n > 0)
+            || (n >= CROWDED_SHARE && self.pending_total.load(Ordering::Relaxed) >= PENDING_TOTAL)
+    }
+
     /// `event` is no longer pending: delivered, dead or durably spilled.
     pub(super) fn done(&mut self, event: &Event) {
         if self.pending.remove(&event.pos).is_some() {
