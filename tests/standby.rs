@@ -55,11 +55,13 @@ fn writer(
 /// Tags each request "a" or "b" by the walhook process that sent it ("?" for neither).
 fn tag_senders(rx: &Receiver, a: &Walhook, b: &Walhook) {
     let (pa, pb) = (a.pid().as_raw() as u32, b.pid().as_raw() as u32);
-    rx.set_tagger(move |peer| match procnet::socket_owner(peer, &[pa, pb]) {
-        Some(p) if p == pa => "a".into(),
-        Some(_) => "b".into(),
-        None => "?".into(),
-    });
+    rx.set_tagger(
+        move |peer, own| match procnet::socket_owner(peer, own, &[pa, pb]) {
+            Some(p) if p == pa => "a".into(),
+            Some(_) => "b".into(),
+            None => "?".into(),
+        },
+    );
 }
 
 /// Checks the handover in what the receiver saw arrive (answered or not): every request

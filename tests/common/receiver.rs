@@ -72,9 +72,12 @@ struct Inner {
     /// Events of this `product_id` (in `data.key`) get a 500; 0 for none.
     poison: AtomicI64,
     tagger: Mutex<Option<Tagger>>,
+    /// The receiver's own address.
+    addr: std::net::SocketAddr,
 }
 
-type Tagger = Arc<dyn Fn(std::net::SocketAddr) -> String + Send + Sync>;
+/// Called with the request's peer address and the receiver's own.
+type Tagger = Arc<dyn Fn(std::net::SocketAddr, std::net::SocketAddr) -> String + Send + Sync>;
 
 pub struct Receiver {
     inner: Arc<Inner>,
@@ -95,6 +98,7 @@ impl Receiver {
             fail_per_mille: AtomicU64::new(0),
             poison: AtomicI64::new(0),
             tagger: Mutex::new(None),
+            addr,
         });
         let app = Router::new()
             .route("/", any(handle))
@@ -129,8 +133,12 @@ impl Receiver {
     }
 
     /// Names the sender of every request from here on, when it arrives (e.g. which
-    /// process owns the connection).
-    pub fn set_tagger(&self, tagger: impl Fn(std::net::SocketAddr) -> String + Send + Sync + 'static) {
+    /// process owns the connection), from its peer address and the receiver's own. It
+    /// may block: it runs off the receiver's async threads.
+    pub fn set_tagger(
+        &self,
+        tagger: impl Fn(std::net::SocketAddr, std::net::SocketAddr) -> String + Send + Sync + 'static,
+    ) {
         *self.inner.tagger.lock().unwrap() = Some(Arc::new(tagger));
     }
 
@@ -245,7 +253,13 @@ async fn handle(
     }
     let arrived = Instant::now();
     let tagger = inner.tagger.lock().unwrap().clone();
-    let tag = tagger.map(|t| t(peer)).unwrap_or_default();
+    let tag = match tagger {
+        Some(t) => {
+            let own = inner.addr;
+            tokio::task::spawn_blocking(move || t(peer, own)).await.unwrap()
+        }
+        None => String::new(),
+    };
     inner.arrivals.lock().unwrap().push(Arrival {
         arrived,
         id: headers
