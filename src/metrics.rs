@@ -17,6 +17,7 @@ pub const SUBSCRIBER_STOPPED: &str = "walhook_subscriber_stopped";
 pub const LANE_BACKLOG: &str = "walhook_lane_backlog_events";
 pub const SPILL_ROWS: &str = "walhook_spill_rows_written_total";
 pub const LANE_HELD: &str = "walhook_lane_held_seconds_total";
+pub const LANE_SPILL_HELD: &str = "walhook_lane_spill_held_seconds_total";
 pub const REPLICATION_LAG: &str = "walhook_replication_lag_bytes";
 pub const REPLICATION_LAG_SECONDS: &str = "walhook_replication_lag_seconds";
 pub const RETAINED_WAL: &str = "walhook_slot_retained_wal_bytes";
@@ -74,6 +75,8 @@ pub struct LaneMetrics {
     pub spill_rows: Counter,
     /// Time the reader waited for room in this (full, healthy) lane.
     pub held_micros: Counter,
+    /// Time the reader waited for this spilling lane's writes to the state database.
+    pub spill_held_micros: Counter,
     /// The subscriber seems down: probed one attempt at a time.
     pub down: std::sync::atomic::AtomicBool,
     /// The subscriber is paused or disabled: nothing is sent to it.
@@ -211,6 +214,25 @@ fn labelled(
     for (value, n) in counts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {n}", label(value));
     }
+}
+
+/// A metric with a line per lane: its head, then `value` of each lane.
+fn per_lane(
+    out: &mut String,
+    lanes: &[LaneSample<'_>],
+    (name, kind): (&str, &str),
+    help: &str,
+    value: impl Fn(&LaneSample<'_>) -> String,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for l in lanes {
+        let _ = writeln!(out, "{name}{{subscriber=\"{}\"}} {}", l.name, value(l));
+    }
+}
+
+/// A counter of microseconds, in seconds.
+fn seconds(micros: &Counter) -> String {
+    format!("{:.6}", micros.get() as f64 / 1e6)
 }
 
 pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
@@ -403,81 +425,54 @@ pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
             l.metrics.sum_micros.get() as f64 / 1e6
         );
     }
-    head(
+    per_lane(
         &mut out,
-        LANE_SPILLING,
-        "gauge",
+        lanes,
+        (LANE_SPILLING, "gauge"),
         "1 while the lane serves from the spill log.",
+        |l| u8::from(l.spilling).to_string(),
     );
-    for l in lanes {
-        let _ = writeln!(
-            out,
-            "{LANE_SPILLING}{{subscriber=\"{}\"}} {}",
-            l.name,
-            u8::from(l.spilling)
-        );
-    }
-    head(
+    per_lane(
         &mut out,
-        LANE_DOWN,
-        "gauge",
+        lanes,
+        (LANE_DOWN, "gauge"),
         "1 while the subscriber seems down: its backlog stays spilled and one attempt at a time probes it.",
+        |l| u8::from(l.metrics.down.load(Ordering::Relaxed)).to_string(),
     );
-    for l in lanes {
-        let down = l.metrics.down.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(out, "{LANE_DOWN}{{subscriber=\"{}\"}} {}", l.name, u8::from(down));
-    }
-    head(
+    per_lane(
         &mut out,
-        SUBSCRIBER_STOPPED,
-        "gauge",
+        lanes,
+        (SUBSCRIBER_STOPPED, "gauge"),
         "1 while the subscriber is paused or disabled: its events wait in the spill log.",
+        |l| u8::from(l.metrics.stopped.load(Ordering::Relaxed)).to_string(),
     );
-    for l in lanes {
-        let stopped = l.metrics.stopped.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{SUBSCRIBER_STOPPED}{{subscriber=\"{}\"}} {}",
-            l.name,
-            u8::from(stopped)
-        );
-    }
-    head(
+    per_lane(
         &mut out,
-        LANE_BACKLOG,
-        "gauge",
+        lanes,
+        (LANE_BACKLOG, "gauge"),
         "Events of the lane held in memory, not yet delivered or spilled.",
+        |l| l.backlog.to_string(),
     );
-    for l in lanes {
-        let _ = writeln!(out, "{LANE_BACKLOG}{{subscriber=\"{}\"}} {}", l.name, l.backlog);
-    }
-    head(
+    per_lane(
         &mut out,
-        SPILL_ROWS,
-        "counter",
+        lanes,
+        (SPILL_ROWS, "counter"),
         "Events written to the spill log.",
+        |l| l.metrics.spill_rows.get().to_string(),
     );
-    for l in lanes {
-        let _ = writeln!(
-            out,
-            "{SPILL_ROWS}{{subscriber=\"{}\"}} {}",
-            l.name,
-            l.metrics.spill_rows.get()
-        );
-    }
-    head(
+    per_lane(
         &mut out,
-        LANE_HELD,
-        "counter",
+        lanes,
+        (LANE_HELD, "counter"),
         "Time the reader waited for room in the lane while it was full but keeping up.",
+        |l| seconds(&l.metrics.held_micros),
     );
-    for l in lanes {
-        let _ = writeln!(
-            out,
-            "{LANE_HELD}{{subscriber=\"{}\"}} {:.6}",
-            l.name,
-            l.metrics.held_micros.get() as f64 / 1e6
-        );
-    }
+    per_lane(
+        &mut out,
+        lanes,
+        (LANE_SPILL_HELD, "counter"),
+        "Time the reader waited for the lane's writes to the spill log (every other lane waited too).",
+        |l| seconds(&l.metrics.spill_held_micros),
+    );
     out
 }

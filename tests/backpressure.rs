@@ -44,6 +44,49 @@ async fn chunks(db: &tokio_postgres::Client) -> i64 {
     count(db, "SELECT count(*) FROM walhook.spill_chunks").await
 }
 
+/// Chunks are stored lz4-compressed on a server built with lz4, never with pglz (its
+/// CPU cost is what a failing subscriber's spill would make the state database pay).
+async fn chunks_compressed(db: &tokio_postgres::Client) {
+    let lz4: bool = db
+        .query_one(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_column_compression(bodies) = 'lz4'),
+                    count(*) FILTER (WHERE pg_column_compression(bodies) = 'pglz'),
+                    count(*) FILTER (WHERE pg_column_compression(ids) = 'pglz'),
+                    sum(pg_column_size(bodies))::bigint,
+                    (SELECT sum(octet_length(b)) FROM walhook.spill_chunks, unnest(bodies) b)::bigint
+             FROM walhook.spill_chunks",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (lz4_chunks, pglz_bodies, pglz_ids) =
+        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2));
+    let (stored, raw) = (row.get::<_, i64>(3), row.get::<_, i64>(4));
+    println!("chunk bodies: {raw} bytes stored in {stored} ({lz4_chunks} chunks lz4-compressed)");
+    assert_eq!(
+        (pglz_bodies, pglz_ids),
+        (0, 0),
+        "no chunk column is compressed with pglz"
+    );
+    if lz4 {
+        assert!(lz4_chunks > 0, "chunk bodies are lz4-compressed");
+        assert!(
+            stored * 2 < raw,
+            "lz4 at least halves the bodies: {raw} bytes stored in {stored}"
+        );
+    } else {
+        println!("this server has no lz4: chunk bodies stay uncompressed");
+    }
+}
+
 /// Events received, duplicates counted once.
 fn distinct(got: &[Received]) -> usize {
     got.iter()
@@ -291,6 +334,13 @@ async fn a_down_subscriber_keeps_its_backlog_in_chunks_and_is_probed() {
     );
     assert!(chunks(&db).await > 0, "the backlog stays in chunks");
     assert_eq!(spill_rows(&db).await, 0, "no chunk became rows");
+    chunks_compressed(&db).await;
+    // With room for 100 events, the reader waited for the lane's chunk writes.
+    let waited = w
+        .metric("walhook_lane_spill_held_seconds_total{subscriber=\"shop\"}")
+        .await
+        .expect("the spill wait is exported");
+    assert!(waited > 0.0, "the reader waited {waited} s for chunk writes");
     assert_eq!(
         w.metric("walhook_lane_down{subscriber=\"shop\"}").await,
         Some(1.0)

@@ -471,7 +471,9 @@ impl Lane {
                 body: event.body.clone(),
             }),
         };
-        let mut held: Option<Instant> = None;
+        // Since when the reader waits, and whether for a spill write (else for room in
+        // a full, healthy lane).
+        let mut held: Option<(Instant, bool)> = None;
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
@@ -483,8 +485,12 @@ impl Lane {
                 let full = inner.full(self.cfg.max_buffered);
                 if !full {
                     self.accept(inner, event);
-                    if let Some(since) = held {
-                        self.metrics.held_micros.add(since.elapsed().as_micros() as u64);
+                    if let Some((since, spilling)) = held {
+                        let waited = since.elapsed().as_micros() as u64;
+                        match spilling {
+                            true => self.metrics.spill_held_micros.add(waited),
+                            false => self.metrics.held_micros.add(waited),
+                        }
                     }
                     return true;
                 }
@@ -493,7 +499,7 @@ impl Lane {
             if hold {
                 match self.spill_reason(others_busy) {
                     None => {
-                        held.get_or_insert_with(Instant::now);
+                        held.get_or_insert_with(|| (Instant::now(), false));
                     }
                     Some(why) => {
                         let mut inner = self.lock();
@@ -510,6 +516,7 @@ impl Lane {
                     continue;
                 }
                 drop(inner);
+                held.get_or_insert_with(|| (Instant::now(), true));
                 self.wake_writer.notify_one();
             }
             tokio::select! {

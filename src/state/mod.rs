@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/008_backfills.sql"),
     include_str!("../../sql/009_backfill_documents.sql"),
     include_str!("../../sql/010_dead_letter_pages.sql"),
+    include_str!("../../sql/011_chunk_compression.sql"),
 ];
 
 /// A state database error. Each keeps PostgreSQL's message, SQLSTATE and detail (see
