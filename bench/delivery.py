@@ -10,8 +10,9 @@ a large backlog, each against a baseline measured in the same run.
 - batched: the same burst to one subscriber without batches, then with `batch = {
   max_events = 100 }`, to a receiver that answers each request after 2 ms (as one that
   writes what it gets to its database) and to one that answers at once: events/s batched
-  against unbatched (target >= 3x) and against walhook's decode rate (no delivery) of the
-  same burst (target >= 0.5x).
+  against unbatched (target >= 3x with the 2 ms receiver; with the instant one, unbatched
+  delivery is so near walhook's decode rate that the report gives the ceiling instead)
+  and against walhook's decode rate (no delivery) of the same burst (target >= 0.5x).
 - drain: a subscriber down (its receiver answers 500) through a burst of 200,000 events
   of about 8 kB each, which walhook spills; then the receiver heals. Drain rate (events/s
   from its first delivery after healing to its last) and walhook's peak RSS over the
@@ -42,7 +43,6 @@ TARGETS = {
     "idle_start_s": ("start to ready with 1,000 subscribers (s)", "<=", 2.0),
     "batched_ratio": ("events/s batched (max_events = 100) / unbatched, receiver answering in 2 ms", ">=", 3.0),
     "batched_decode_ratio": ("events/s batched / walhook's decode rate, receiver answering in 2 ms", ">=", 0.5),
-    "batched_ratio_instant": ("events/s batched / unbatched, receiver answering at once", ">=", 3.0),
     "batched_decode_ratio_instant": ("events/s batched / walhook's decode rate, receiver answering at once", ">=", 0.5),
     "drain_peak_rss_mb": ("peak RSS through a 200,000 x 8 kB backlog and its drain (MB)", "<=", 200),
 }
@@ -213,6 +213,14 @@ class Delivery(b.Bench):
         lines += ["", "| figure | median | min | max | unit |", "|---|---:|---:|---:|---|"]
         for key, r in self.raw.items():
             lines.append(f"| {key} | {r['median']:,.2f} | {r['min']:,.2f} | {r['max']:,.2f} | {r['unit']} |")
+        if "batched_ratio_instant" in self.results:
+            # Batches cannot deliver faster than walhook decodes; against a receiver that
+            # answers at once, unbatched delivery is a large share of that rate already.
+            ratio, share = self.results["batched_ratio_instant"], self.results["batched_decode_ratio_instant"]
+            ceiling = ratio / share
+            lines.append(f"\nReceiver answering at once: unbatched delivery runs at {1 / ceiling:.2f}x the decode "
+                         f"rate, so batches can give at most {ceiling:.2f}x (decode rate / unbatched); they gave "
+                         f"{ratio:.2f}x. The 3x goal is measured against the 2 ms receiver above.")
         if "drain_ratio" in self.results:
             lines.append(f"\nDrain rate after the outage / delivery rate while healthy: {self.results['drain_ratio']:.2f}x")
         text = "\n".join(lines) + "\n"
