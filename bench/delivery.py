@@ -116,8 +116,8 @@ class Delivery(b.Bench):
             self.pg.sql(f"SET synchronous_commit = off; CALL burst({changes // 100}, {run + 700})")
             end = self.pg.lsn()
             t = time.monotonic()
-            proc, _ = self.start_walhook(slot, [("sink", "http://127.0.0.1:9", ["*"])], no_delivery=True)
-            self.wait("walhook to decode the burst", lambda: self.pg.confirmed(slot) >= end, 600)
+            proc, admin = self.start_walhook(slot, [("sink", "http://127.0.0.1:9", ["*"])], no_delivery=True)
+            self.wait("walhook to decode the burst", lambda: self.confirmed_by(admin) >= end, 600)
             decode.append(changes / (time.monotonic() - t))
             proc.stop()
             self.reset_walhook(slot)
@@ -148,7 +148,7 @@ class Delivery(b.Bench):
             self.pg.sql(f"CALL fill_docs({n}, 0)")
             end = self.pg.lsn()
             if down:
-                self.wait("the burst spilled", lambda: self.pg.confirmed(slot) >= end, 1800)
+                self.wait("the burst spilled", lambda: self.confirmed_by(admin) >= end, 1800)
                 spilled = time.time() - start
                 b.log(f"  run {run + 1}: {n:,} events spilled in {spilled:.1f}s, RSS so far {proc.peak_rss_mb():.0f} MB")
                 b.http_json(url + "/reset", method="POST")

@@ -43,7 +43,7 @@ impl Lane {
                 let m = &mut inner.mirror;
                 let now = Instant::now();
                 let next_due = m.promote(now);
-                let full = m.behind && (m.size() >= self.cfg.max_buffered || m.bytes >= MIRROR_BYTES);
+                let full = m.behind && (m.size() >= self.cfg.max_buffered || m.held >= MIRROR_BYTES);
                 if chunked
                     && full
                     && m.outage.is_none()
@@ -239,7 +239,7 @@ impl Lane {
             Some(true)
         } else if !m.behind
             || m.size() >= self.cfg.max_buffered
-            || m.bytes >= MIRROR_BYTES
+            || m.held >= MIRROR_BYTES
             || (m.held > 0 && m.over_budget())
             || self.is_stopped()
         {

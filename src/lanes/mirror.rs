@@ -6,7 +6,7 @@ use super::*;
 
 /// What an event held in a mirror costs, in bytes: its body, its strings and about what
 /// the mirror's bookkeeping takes per event.
-fn held_size(e: &Event) -> usize {
+pub(super) fn held_size(e: &Event) -> usize {
     e.body.len() + e.id.len() + e.key.len() + e.event_type.len() + 200
 }
 
@@ -36,7 +36,6 @@ impl Mirror {
         self.open.insert(chunk, (events.len(), Vec::new()));
         self.loaded = chunk;
         self.events += events.len();
-        self.bytes += events.iter().map(|(e, ..)| e.body.len()).sum::<usize>();
         let held: usize = events.iter().map(|(e, ..)| held_size(e)).sum();
         self.held += held;
         self.shared.fetch_add(held, Ordering::Relaxed);
@@ -193,7 +192,6 @@ impl Mirror {
             self.in_flight.remove(k);
         }
         self.events -= 1;
-        self.bytes -= held.event.body.len();
         let size = held_size(&held.event);
         self.held -= size;
         self.shared.fetch_sub(size, Ordering::Relaxed);

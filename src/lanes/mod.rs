@@ -89,8 +89,9 @@ const SPILL_BATCH: usize = 2_000;
 /// and the driver builds the statement in memory, twice, while it is sent, so this is
 /// what a spilling lane's memory grows by (8 MiB: a few hundred events of 8 kB a write).
 const SPILL_BATCH_BYTES: usize = 8 << 20;
-/// Bytes of bodies a chunk-mode lane holds in memory at most (beside `max_buffered`); past
-/// them, written chunks wait in the log and are loaded when there is room again.
+/// Bytes a chunk-mode lane's mirror holds at most, bodies and bookkeeping (`held_size`),
+/// beside `max_buffered`; past them, written chunks wait in the log and are loaded when
+/// there is room again.
 const MIRROR_BYTES: usize = 32 << 20;
 /// What all lanes' chunk mirrors hold at most, in bytes of bodies and bookkeeping
 /// (`held_size`), so many spilling lanes do not each hold their own `MIRROR_BYTES`: past
@@ -286,8 +287,6 @@ struct Mirror {
     /// A chunk was written that is not in memory yet.
     behind: bool,
     events: usize,
-    /// Bytes of the bodies of `events`.
-    bytes: usize,
     /// Chunks all delivered whose delete has not committed yet, with their positions (so
     /// a switch to rows meanwhile still leaves them out).
     done: BTreeMap<i64, Vec<Pos>>,

@@ -95,13 +95,12 @@ impl Lane {
                         // waits in the log; loaded from the log later otherwise.
                         let stopped = self.is_stopped();
                         let m = &mut inner.mirror;
-                        let bytes: usize = batch.iter().map(|(e, ..)| e.body.len()).sum();
+                        let size: usize = batch.iter().map(|(e, ..)| mirror::held_size(e)).sum();
                         // A stopped subscriber's events wait in the log, not in memory.
                         if !m.behind
                             && !stopped
                             && m.size() < self.cfg.max_buffered
-                            && (m.bytes == 0 || m.bytes + bytes <= MIRROR_BYTES)
-                            && (m.held == 0 || !m.over_budget())
+                            && (m.held == 0 || (m.held + size <= MIRROR_BYTES && !m.over_budget()))
                         {
                             // A wait begun in hot mode (a Retry-After) is kept.
                             let now = Instant::now();
