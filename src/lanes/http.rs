@@ -281,6 +281,9 @@ impl Client {
 
     fn put_idle(&self, mut conn: Conn) {
         conn.since = Instant::now();
+        // A large answer grew the buffer: an idle connection keeps only the usual size
+        // (a lane keeps up to `max_in_flight` of them, fifty lanes 800).
+        conn.buf.shrink_to(CONN_BUF);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.opts.max_idle {
             idle.push(conn);
@@ -338,7 +341,7 @@ impl Client {
         };
         Ok(Conn {
             stream,
-            buf: Vec::with_capacity(4096),
+            buf: Vec::with_capacity(CONN_BUF),
             since: Instant::now(),
         })
     }
@@ -371,10 +374,17 @@ struct Conn {
     since: Instant,
 }
 
+/// A connection's read buffer, as made and as kept while idle.
+const CONN_BUF: usize = 4096;
+
 impl Conn {
     /// Reads more bytes into the buffer; 0 at the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
-        self.buf.reserve(8192);
+        // Room for a usual answer's next read, not more: a fresh buffer's 4 KiB holds a
+        // whole 204 or 200 with a short body.
+        if self.buf.capacity() - self.buf.len() < CONN_BUF / 4 {
+            self.buf.reserve(CONN_BUF);
+        }
         self.stream.read_buf(&mut self.buf).await
     }
 }

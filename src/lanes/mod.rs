@@ -96,7 +96,7 @@ const MIRROR_BYTES: usize = 32 << 20;
 /// What all lanes' chunk mirrors hold at most, in bytes of bodies and bookkeeping
 /// (`held_size`), so many spilling lanes do not each hold their own `MIRROR_BYTES`: past
 /// it, a lane that holds something loads no more until others have delivered theirs.
-const MIRRORS_HELD: usize = 128 << 20;
+const MIRRORS_HELD: usize = 64 << 20;
 /// Events pending in all lanes together past which a lane holding `CROWDED_SHARE` or
 /// more is full: fifty lanes fanning one burst out hold 50,000 events between them, not
 /// 50 x `max_buffered` (each lane's queues and positions are its own, about 400 bytes an

@@ -20,8 +20,10 @@ impl State {
             .any(|e| e.prev_key.is_some())
             .then(|| events.iter().map(|e| e.prev_key.as_deref()).collect());
         let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
+        let bytes = bodies.iter().map(|b| b.len()).sum();
+        let _io = self.io_permit(bytes).await;
         let row = self
-            .client_for(bodies.iter().map(|b| b.len()).sum())
+            .client_for(bytes)
             .await?
             .query_one(
                 "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys)
@@ -48,6 +50,7 @@ impl State {
         subscriber: &str,
         after: i64,
     ) -> Result<Option<(i64, Vec<Event>)>, StateError> {
+        let _io = self.io_permit(super::CHUNK_READ_BYTES).await;
         let client = self.client().await?;
         let rows = client
             .query(

@@ -117,6 +117,8 @@ pub struct State {
     /// Refresh them once this many new rows arrived; doubles after every refresh.
     analyze_after: AtomicU64,
     analyzing: AtomicBool,
+    /// Bytes of bodies moving to or from the state database now, as permits (`IO_BUDGET`).
+    io: tokio::sync::Semaphore,
 }
 
 /// Refresh the spill log's planner statistics after this many new rows, so a log that
@@ -134,7 +136,16 @@ const ANALYZE_AFTER_ROWS_MAX: u64 = 1_000_000;
 const LARGE_IO: usize = 16 << 20;
 
 /// Bodies read in one round of `due_heads` at most (one larger head is read alone).
-const ROUND_BYTES: i64 = 32 << 20;
+const ROUND_BYTES: i64 = 16 << 20;
+
+/// Bytes of bodies moving to or from the state database at once, over every lane: a
+/// statement is encoded whole, then copied to be sent, and lanes spilling at once queue
+/// theirs on one connection, so fifty lanes fanning out a burst wrote 50 chunks of up to
+/// 8 MiB at a time. A statement waits for its bodies' share (all of it, when larger).
+const IO_BUDGET: usize = 32 << 20;
+/// What a chunk read is taken to move: a chunk holds at most 8 MiB of bodies (the lanes'
+/// spill writes), unless one event is larger.
+const CHUNK_READ_BYTES: usize = 8 << 20;
 
 impl State {
     /// Connects, creates the schema and runs migrations.
@@ -148,6 +159,7 @@ impl State {
             unanalyzed: AtomicU64::new(0),
             analyze_after: AtomicU64::new(ANALYZE_AFTER_ROWS),
             analyzing: AtomicBool::new(false),
+            io: tokio::sync::Semaphore::new(IO_BUDGET),
         })
     }
 
@@ -162,6 +174,17 @@ impl State {
             tracing::info!("reconnected to the state database");
         }
         Ok(w.clone())
+    }
+
+    /// Waits until `bytes` of bodies may move to or from the state database (see
+    /// `IO_BUDGET`); they may for as long as the permit is held.
+    async fn io_permit(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
+        let n = bytes.clamp(1, IO_BUDGET) as u32;
+        // The semaphore is never closed.
+        self.io
+            .acquire_many(n)
+            .await
+            .expect("the state I/O budget is never closed")
     }
 
     /// The shared connection, or for a statement carrying `bytes` bytes of bodies past
@@ -278,7 +301,9 @@ impl State {
         let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
         let delays: Vec<i64> = events.iter().map(|e| e.retry_after.as_millis() as i64).collect();
         let histories: Vec<String> = events.iter().map(|e| history_json(e.history)).collect();
-        self.client_for(bodies.iter().map(|b| b.len()).sum())
+        let bytes = bodies.iter().map(|b| b.len()).sum();
+        let _io = self.io_permit(bytes).await;
+        self.client_for(bytes)
             .await?
             .execute(
                 "INSERT INTO walhook.spill
@@ -331,6 +356,7 @@ impl State {
     /// Up to `limit` spilled events that are due now and are the oldest of their key, in
     /// position order, with at most `ROUND_BYTES` of bodies (but at least one event).
     pub async fn due_heads(&self, subscriber: &str, limit: i64) -> Result<Vec<Spilled>, StateError> {
+        let _io = self.io_permit(ROUND_BYTES as usize).await;
         let client = self.client().await?;
         let rows = client
             .query(
