@@ -284,8 +284,13 @@ async fn lead(args: LeadArgs) -> Result<(), RunError> {
         env: &crate::lanes::deliver::process_env,
     };
     let stops = state.stops().await?;
+    let names: Vec<&str> = config.subscribers.iter().map(|s| s.name.as_str()).collect();
+    let spilled = match no_delivery {
+        true => Default::default(),
+        false => state.spilled_lanes(&names).await?,
+    };
     for (i, sub) in config.subscribers.iter().enumerate().filter(|_| !no_delivery) {
-        let (backlog, _) = state.backlog(&sub.name).await?;
+        let backlog = spilled.contains(&sub.name);
         let mark = marks.get(&sub.name).cloned().unwrap_or_default();
         let lane = Lane::new(sub, i, &ctx, state.clone(), progress.clone(), mark, backlog)
             .map_err(RunError::Compile)?;

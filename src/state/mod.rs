@@ -412,6 +412,25 @@ impl State {
 
     /// Whether a lane's spill log has rows or chunks, and the time until the earliest is
     /// due. Both are index lookups (`spill_due`, the chunks' key), however long the log.
+    /// Which of `subscribers` have events in their spill log (rows or chunks), in one
+    /// round trip (an index probe each): a start with 1,000 subscribers asked 1,000 times.
+    pub async fn spilled_lanes(
+        &self,
+        subscribers: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT s FROM unnest($2::text[]) AS s
+                 WHERE EXISTS (SELECT 1 FROM walhook.spill WHERE slot = $1 AND subscriber = s)
+                    OR EXISTS (SELECT 1 FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = s)",
+                &[&self.slot, &subscribers],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     pub async fn backlog(&self, subscriber: &str) -> Result<(bool, Option<Duration>), StateError> {
         let row = self
             .client()
