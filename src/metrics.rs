@@ -210,7 +210,7 @@ fn labelled(
     key: &str,
     counts: &std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    head(out, name, kind, help);
     for (value, n) in counts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {n}", label(value));
     }
@@ -224,7 +224,7 @@ fn per_lane(
     help: &str,
     value: impl Fn(&LaneSample<'_>) -> String,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    head(out, name, kind, help);
     for l in lanes {
         let _ = writeln!(out, "{name}{{subscriber=\"{}\"}} {}", l.name, value(l));
     }
@@ -235,11 +235,13 @@ fn seconds(micros: &Counter) -> String {
     format!("{:.6}", micros.get() as f64 / 1e6)
 }
 
+/// A metric's `# HELP` and `# TYPE` lines.
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 pub fn render(m: &Metrics, lanes: &[LaneSample<'_>]) -> String {
     let mut out = String::new();
-    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     head(
         &mut out,
         CHANGES_DECODED,

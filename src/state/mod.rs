@@ -410,8 +410,6 @@ impl State {
         Ok(heads)
     }
 
-    /// Whether a lane's spill log has rows or chunks, and the time until the earliest is
-    /// due. Both are index lookups (`spill_due`, the chunks' key), however long the log.
     /// Which of `subscribers` have events in their spill log (rows or chunks), in one
     /// round trip (an index probe each): a start with 1,000 subscribers asked 1,000 times.
     pub async fn spilled_lanes(
@@ -431,6 +429,8 @@ impl State {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// Whether a lane's spill log has rows or chunks, and the time until the earliest is
+    /// due. Both are index lookups (`spill_due`, the chunks' key), however long the log.
     pub async fn backlog(&self, subscriber: &str) -> Result<(bool, Option<Duration>), StateError> {
         let row = self
             .client()
