@@ -634,7 +634,7 @@ class Bench:
             proc, admin = self.start_walhook("bench_l", [("s", url, ["*"])])
             self.pg.sql(f"CALL steady({self.args.steady_seconds})")
             self.wait("the steady stream", lambda: http_json(url + "/stats")["count"] >= self.args.steady_seconds * 1000, 60)
-            lat = http_json(url + "/stats")["latency_us"]
+            lat = http_json(url + "/latency")
             p50.append(lat["p50"] / 1000)
             p99.append(lat["p99"] / 1000)
             mx.append(lat["max"] / 1000)
