@@ -60,7 +60,7 @@ pub mod target;
 use queues::next_hot;
 use settle::Settled;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -72,6 +72,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The lanes' maps by event key and position: looked up several times per event, so with
+/// a fast hash (seeded per process) rather than SipHash.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 use crate::config::{EventOrder, Subscriber, SubscriberKind};
 use crate::event::{Event, EventRef, Mark, Pos};

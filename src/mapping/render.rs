@@ -214,10 +214,10 @@ pub(super) fn key_json(rule: &Rule, c: &Change<'_>, numbers: Numbers) -> String 
     .unwrap_or_default()
 }
 
-/// The ordering key the row had before an update, as `render` forms keys, when the old
-/// image carries every key column (an update that changed key columns always carries
-/// them: the replica identity, or the whole old row).
-fn prev_key(rule: &Rule, c: &Change<'_>) -> Option<String> {
+/// The JSON of the ordering key the row had before an update, when the old image carries
+/// every key column (an update that changed key columns always carries them: the replica
+/// identity, or the whole old row).
+fn prev_key_json(rule: &Rule, c: &Change<'_>) -> Option<String> {
     if c.op != Op::Update {
         return None;
     }
@@ -236,7 +236,29 @@ fn prev_key(rule: &Rule, c: &Change<'_>) -> Option<String> {
         stringify: &[],
         inexact: &[],
     };
-    Some(format!("{}|{}", rule.table, serde_json::to_string(&key).ok()?))
+    serde_json::to_string(&key).ok()
+}
+
+/// An ordering key: the rule's table and the key's JSON, `table|json`.
+fn table_key(table: &str, json: &str) -> String {
+    let mut out = String::with_capacity(table.len() + 1 + json.len());
+    out.push_str(table);
+    out.push('|');
+    out.push_str(json);
+    out
+}
+
+/// The id of a change's event: `evt_{commit LSN:016x}_{change index:x}_{rule tag:08x}`.
+fn change_id(lsn: u64, index: u32, tag: u32) -> String {
+    use crate::event::{push_hex, HEX_LOWER};
+    let mut id = String::with_capacity(4 + 16 + 1 + 8 + 1 + 8);
+    id.push_str("evt_");
+    push_hex(&mut id, lsn, 16, HEX_LOWER);
+    id.push('_');
+    push_hex(&mut id, u64::from(index), 1, HEX_LOWER);
+    id.push('_');
+    push_hex(&mut id, u64::from(tag), 8, HEX_LOWER);
+    id
 }
 
 /// The columns whose numbers are written as strings for subscribers wanting `numbers`.
@@ -393,7 +415,8 @@ pub(super) fn render(
         .collect();
     let lsn = format_lsn(tx.commit_lsn);
     // The ordering key is the same whatever the format, so a lane's order never depends on it.
-    let key = format!("{}|{}", rule.table, key_json(rule, c, Numbers::Exact));
+    let exact_key = key_json(rule, c, Numbers::Exact);
+    let key = table_key(&rule.table, &exact_key);
     let (pos, id) = match c.op {
         // A read goes out at its chunk's high watermark, and its id is a function of the
         // row: a row read again (after a resume) and not changed meanwhile keeps its id.
@@ -415,16 +438,24 @@ pub(super) fn render(
         }
         _ => (
             Pos::new(tx.commit_lsn, c.index, rule.index),
-            format!("evt_{:016x}_{:x}_{:08x}", tx.commit_lsn, c.index, named.tag),
+            change_id(tx.commit_lsn, c.index, named.tag),
         ),
     };
-    let prev_key = prev_key(rule, c).filter(|p| *p != key);
+    // Formed only when it differs (a table with full replica identity has the old key in
+    // every update).
+    let prev_key = prev_key_json(rule, c)
+        .filter(|p| *p != exact_key)
+        .map(|p| table_key(&rule.table, &p));
     let size_hint = body_size_hint(rule, c, full_old);
     let mut out = Vec::with_capacity(named.routes.len());
     for (numbers, routes) in &named.routes {
         let stringify = stringified(c, *numbers);
         let inexact = inexact_json(c, *numbers);
-        let key_raw = RawValue::from_string(key_json(rule, c, *numbers)).map_err(|e| format!("key: {e}"))?;
+        let key_json = match numbers {
+            Numbers::Exact => exact_key.clone(),
+            _ => key_json(rule, c, *numbers),
+        };
+        let key_raw = RawValue::from_string(key_json).map_err(|e| format!("key: {e}"))?;
         let body = Body {
             kind: &named.name,
             timestamp: &tx.commit_time,
