@@ -89,10 +89,8 @@ use store::{Sender, SpillStore};
 /// Events written to the spill log in one statement at most.
 const SPILL_BATCH: usize = 2_000;
 /// Bytes of bodies written to the spill log in one statement at most (a larger body is
-/// written alone): PostgreSQL takes at most 1 GB in one message and in one array value,
-/// and the driver builds the statement in memory, twice, while it is sent, so this is
-/// what a spilling lane's memory grows by (8 MiB: a few hundred events of 8 kB a write).
-const SPILL_BATCH_BYTES: usize = 8 << 20;
+/// written alone): a chunk's size, which chunk reads count on.
+const SPILL_BATCH_BYTES: usize = crate::state::CHUNK_BYTES;
 /// Bytes a chunk-mode lane's mirror holds at most, bodies and bookkeeping (`held_size`),
 /// beside `max_buffered`; past them, written chunks wait in the log and are loaded when
 /// there is room again.

@@ -50,7 +50,7 @@ impl State {
         subscriber: &str,
         after: i64,
     ) -> Result<Option<(i64, Vec<Event>)>, StateError> {
-        let _io = self.io_permit(super::CHUNK_READ_BYTES).await;
+        let _io = self.io_permit(super::CHUNK_BYTES).await;
         let client = self.client().await?;
         let rows = client
             .query(

@@ -135,17 +135,22 @@ const ANALYZE_AFTER_ROWS_MAX: u64 = 1_000_000;
 /// its connection lives.
 const LARGE_IO: usize = 16 << 20;
 
-/// Bodies read in one round of `due_heads` at most (one larger head is read alone).
-const ROUND_BYTES: i64 = 16 << 20;
+/// Bodies read in one round of `due_heads` at most (one larger head is read alone), and
+/// at least when the I/O budget is short (a round then waits for that much).
+const ROUND_BYTES: usize = 16 << 20;
+const ROUND_BYTES_LEAST: usize = 1 << 20;
 
 /// Bytes of bodies moving to or from the state database at once, over every lane: a
 /// statement is encoded whole, then copied to be sent, and lanes spilling at once queue
 /// theirs on one connection, so fifty lanes fanning out a burst wrote 50 chunks of up to
 /// 8 MiB at a time. A statement waits for its bodies' share (all of it, when larger).
 const IO_BUDGET: usize = 32 << 20;
-/// What a chunk read is taken to move: a chunk holds at most 8 MiB of bodies (the lanes'
-/// spill writes), unless one event is larger.
-const CHUNK_READ_BYTES: usize = 8 << 20;
+/// Bytes of bodies a chunk holds at most, unless one event is larger: the lanes write
+/// their spill log in statements of this size, and a chunk read is taken to move this
+/// much. PostgreSQL takes at most 1 GB in one message and in one array value, and the
+/// driver builds a statement in memory, twice, while it is sent, so this is what a
+/// spilling lane's memory grows by (8 MiB: a few hundred events of 8 kB a write).
+pub const CHUNK_BYTES: usize = 8 << 20;
 
 impl State {
     /// Connects, creates the schema and runs migrations.
@@ -185,6 +190,14 @@ impl State {
             .acquire_many(n)
             .await
             .expect("the state I/O budget is never closed")
+    }
+
+    /// A share of the I/O budget for a read that can be made smaller: up to `most` bytes,
+    /// or what is free now when that is less, but at least `least` (waiting for that).
+    /// Returns the permit and its bytes, which the read must stay within.
+    async fn io_share(&self, most: usize, least: usize) -> (tokio::sync::SemaphorePermit<'_>, usize) {
+        let bytes = self.io.available_permits().clamp(least, most);
+        (self.io_permit(bytes).await, bytes)
     }
 
     /// The shared connection, or for a statement carrying `bytes` bytes of bodies past
@@ -354,15 +367,17 @@ impl State {
     }
 
     /// Up to `limit` spilled events that are due now and are the oldest of their key, in
-    /// position order, with at most `ROUND_BYTES` of bodies (but at least one event).
+    /// position order, with at most `ROUND_BYTES` of bodies, fewer when other reads and
+    /// writes hold the I/O budget (but at least one event).
     pub async fn due_heads(&self, subscriber: &str, limit: i64) -> Result<Vec<Spilled>, StateError> {
-        let _io = self.io_permit(ROUND_BYTES as usize).await;
+        let (_io, round) = self.io_share(ROUND_BYTES, ROUND_BYTES_LEAST).await;
+        let round = i64::try_from(round).unwrap_or(i64::MAX);
         let client = self.client().await?;
         let rows = client
             .query(
                 // The oldest row of its key; for a row that moved its row to another key
                 // (`prev_key`), also of that key; and no older row that moved a row
-                // from or to one of its keys. At most `ROUND_BYTES` of bodies (and the
+                // from or to one of its keys. At most `round` bytes of bodies (and the
                 // first head whatever its size).
                 "SELECT lsn, seq, event_id, event_type, ordering_key, body, attempts, prev_key FROM (
                    SELECT h.*, sum(octet_length(h.body)) OVER (ORDER BY h.lsn, h.seq) - octet_length(h.body) AS before
@@ -386,7 +401,7 @@ impl State {
                      LIMIT $3) h) w
                  WHERE before < $4
                  ORDER BY lsn, seq",
-                &[&self.slot, &subscriber, &limit, &ROUND_BYTES],
+                &[&self.slot, &subscriber, &limit, &round],
             )
             .await?;
         let heads: Vec<Spilled> = rows
