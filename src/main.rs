@@ -3,6 +3,9 @@
 use clap::Parser;
 use walhook::cli::{Cli, LogFormat};
 
+// `--features sysalloc` keeps the system allocator, for heap profilers that hook malloc
+// (heaptrack, valgrind); see bench/README.md.
+#[cfg(not(feature = "sysalloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
