@@ -237,10 +237,8 @@ class Proc:
     def __init__(self, args, log_path, env=None):
         self.log_path = log_path
         self.f = open(log_path, "ab")
-        # SIGINT as by default: a shell runs a background job with it ignored, and
-        # children inherit that, so pg_recvlogical would not stop on it.
         self.p = subprocess.Popen(args, stdout=self.f, stderr=subprocess.STDOUT, env=env,
-                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                  preexec_fn=default_sigint)
 
     def status_mb(self, field):
         """A size field of /proc/PID/status (VmHWM, VmRSS) in MB; 0 once it has exited."""
@@ -275,6 +273,13 @@ class Proc:
                 self.p.kill()
                 self.p.wait()
         self.f.close()
+
+
+def default_sigint():
+    """For `preexec_fn`: SIGINT as by default in the child. A shell runs a background job
+    with SIGINT ignored and children inherit that, so pgbench and pg_recvlogical would not
+    stop on it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def http_json(url, method="GET"):

@@ -127,9 +127,8 @@ class Sync(b.Bench):
             self.pinned(self.db_cpus) + [str(self.pg.bin / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
              "-c", "4", "-j", "2", "-T", "3600", "-P", "1", "-f", str(script), "bench"],
             stdout=subprocess.DEVNULL, stderr=err, cwd=self.work,
-            # A shell runs a background job with SIGINT ignored, and children inherit
-            # that: pgbench must stop on the SIGINT below however this bench was started.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            # pgbench must stop on the SIGINT below however this bench was started.
+            preexec_fn=b.default_sigint)
         return p, err
 
     def pgbench_stop(self, started, tag):
@@ -159,12 +158,11 @@ class Sync(b.Bench):
                        check=True, stdout=subprocess.DEVNULL)
 
         def status():
-            time.sleep(0.5)
             req = urllib.request.Request(f"http://{admin}/backfills", headers={"Authorization": f"Bearer {TOKEN}"})
             with urllib.request.urlopen(req, timeout=10) as r:
                 return json.loads(r.read())["backfills"][0]
 
-        self.wait("the backfill", lambda: status()["status"] == "done", 1800)
+        self.wait("the backfill", lambda: status()["status"] == "done", 1800, every=0.5)
         bf = self.backfill_list(path)[0]
         self.wait("its rows delivered", lambda: b.http_json(url + "/stats")["count"] - before >= bf["rows_done"], 600)
         assert b.http_json(url + "/stats")["bad_signatures"] == 0

@@ -451,11 +451,11 @@ pub(super) fn render(
     for (numbers, routes) in &named.routes {
         let stringify = stringified(c, *numbers);
         let inexact = inexact_json(c, *numbers);
-        let key_json = match numbers {
+        let json = match numbers {
             Numbers::Exact => exact_key.clone(),
             _ => key_json(rule, c, *numbers),
         };
-        let key_raw = RawValue::from_string(key_json).map_err(|e| format!("key: {e}"))?;
+        let key_raw = RawValue::from_string(json).map_err(|e| format!("key: {e}"))?;
         let body = Body {
             kind: &named.name,
             timestamp: &tx.commit_time,

@@ -243,12 +243,12 @@ async fn serve(app: Arc<App>, mut stream: TcpStream) {
                 return;
             }
         }
-        let response = if method_get && (path == "/stats" || path == "/latency") {
-            let body = if path == "/stats" {
-                stats(&app)
-            } else {
-                latency(&app)
-            };
+        let report = match (method_get, path.as_str()) {
+            (true, "/stats") => Some(stats(&app)),
+            (true, "/latency") => Some(latency(&app)),
+            _ => None,
+        };
+        let response = if let Some(body) = report {
             format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
