@@ -67,3 +67,171 @@ async fn rows_made_from_chunks_get_their_attempts_back() {
     let ids: Vec<&str> = heads.iter().map(|h| h.id.as_str()).collect();
     assert_eq!(ids, ["evt_2"]);
 }
+
+/// Chunks written by walhook before state schema 12 (seven arrays) and frames read back
+/// alike, are counted alike, and become rows alike, leaving out what was delivered; a
+/// damaged frame is an error that names the chunk, never a panic or a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_of_both_forms_read_back_and_become_rows() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("state", "SELECT 1").await;
+    let state = State::connect(&url, "s").await.unwrap();
+    let db = pg.client("state").await;
+    // As walhook wrote a chunk before: one array per field.
+    db.execute(
+        "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys)
+         VALUES ('s', 'sub', '{5,5}', '{1,2}', '{old_1,old_2}', '{t,t}', '{a,b}',
+                 ARRAY['\\x7b7d'::bytea, '\\x00ff'::bytea], '{NULL,z}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut moved = event(3, "c");
+    moved.prev_key = Some("d".into());
+    moved.body = bytes::Bytes::from(vec![0u8, 159, 146, 150]);
+    let plain = event(4, "c");
+    let framed = state.spill_chunk("sub", &[&moved, &plain]).await.unwrap();
+
+    let (old, events) = state.chunk_after("sub", 0).await.unwrap().unwrap();
+    let seen: Vec<(&str, &str, Option<&str>, &[u8])> = events
+        .iter()
+        .map(|e| (e.id.as_str(), e.key.as_str(), e.prev_key.as_deref(), &e.body[..]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("old_1", "a", None, &b"{}"[..]),
+            ("old_2", "b", Some("z"), &[0, 255][..])
+        ]
+    );
+    let (next, events) = state.chunk_after("sub", old).await.unwrap().unwrap();
+    assert_eq!(next, framed);
+    let seen: Vec<(Pos, &str, Option<&str>, &[u8])> = events
+        .iter()
+        .map(|e| (e.pos, e.id.as_str(), e.prev_key.as_deref(), &e.body[..]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (moved.pos, "evt_3", Some("d"), &moved.body[..]),
+            (plain.pos, "evt_4", None, &b"{}"[..])
+        ]
+    );
+    assert!(state.chunk_after("sub", framed).await.unwrap().is_none());
+    assert_eq!(state.backlogs().await.unwrap()["sub"], (4, 0));
+
+    // Both become rows, without the event delivered from memory: the older chunk alone
+    // (its size is unknown), then the frame.
+    let delivered = [Pos { lsn: 5, seq: 2 }];
+    assert_eq!(state.explode_chunks("sub", &delivered, 10).await.unwrap(), (1, 1));
+    assert_eq!(state.explode_chunks("sub", &delivered, 10).await.unwrap(), (2, 1));
+    assert_eq!(state.explode_chunks("sub", &[], 10).await.unwrap(), (0, 0));
+    let rows: Vec<(String, String, Option<String>, Vec<u8>)> = db
+        .query(
+            "SELECT event_id, ordering_key, prev_key, body FROM walhook.spill ORDER BY lsn, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["old_1", "evt_3", "evt_4"]);
+    assert_eq!(rows[1].2.as_deref(), Some("d"));
+    assert_eq!(rows[1].3, moved.body.to_vec());
+    assert_eq!(state.backlogs().await.unwrap()["sub"], (3, 0));
+
+    // One statement takes about a chunk's worth of bodies: three chunks of 5 MiB go one
+    // at a time.
+    let big: Vec<Event> = (0..3)
+        .map(|i| {
+            let mut e = event(100 + i, "big");
+            e.body = bytes::Bytes::from(vec![b'x'; 5 << 20]);
+            e
+        })
+        .collect();
+    for e in &big {
+        state.spill_chunk("big", &[e]).await.unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(state.explode_chunks("big", &[], 10).await.unwrap(), (1, 1));
+    }
+    assert_eq!(state.explode_chunks("big", &[], 10).await.unwrap(), (0, 0));
+
+    // A chunk of one event over 16 MiB is written as arrays (a frame would be one more
+    // copy of it in memory), and reads back the same.
+    let mut huge = event(200, "huge");
+    huge.body = bytes::Bytes::from(vec![b'y'; 17 << 20]);
+    let chunk = state.spill_chunk("huge", &[&huge]).await.unwrap();
+    let arrays: bool = db
+        .query_one(
+            "SELECT frame IS NULL AND lsns IS NOT NULL FROM walhook.spill_chunks WHERE chunk = $1",
+            &[&chunk],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(arrays, "the large chunk is stored as arrays");
+    let (_, events) = state.chunk_after("huge", 0).await.unwrap().unwrap();
+    assert_eq!((events.len(), &events[0].body), (1, &huge.body));
+    assert_eq!(state.backlogs().await.unwrap()["huge"], (1, 0));
+    assert_eq!(state.explode_chunks("huge", &[], 10).await.unwrap(), (1, 1));
+
+    // A damaged frame: an error naming the chunk, and the chunk stays.
+    let bad: i64 = db
+        .query_one(
+            "INSERT INTO walhook.spill_chunks (slot, subscriber, frame, events, bytes)
+             VALUES ('s', 'bad', '\\x01010a000000ffff', 1, 10) RETURNING chunk",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let err = state.chunk_after("bad", 0).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("chunk {bad} of subscriber \"bad\"")),
+        "{err}"
+    );
+    assert!(err.contains("deleting the row drops them"), "{err}");
+    let err = state
+        .explode_chunks("bad", &[], 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("chunk {bad}")), "{err}");
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM walhook.spill_chunks WHERE subscriber = 'bad'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
+}
+
+/// A state database a newer walhook migrated is refused with the fix, not misread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_state_schema_is_refused() {
+    let pg = PgCluster::start().await;
+    let url = pg.create_db("state", "SELECT 1").await;
+    drop(State::connect(&url, "s").await.unwrap());
+    let db = pg.client("state").await;
+    db.execute(
+        "INSERT INTO walhook.schema_migrations (version) VALUES (999)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let err = State::connect(&url, "s")
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("version 999, newer than this walhook knows"),
+        "{err}"
+    );
+    assert!(err.contains("run that version (or newer)"), "{err}");
+}

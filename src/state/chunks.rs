@@ -1,33 +1,68 @@
 //! Chunk mode's part of the spill log: chunks written, loaded and deleted in write
 //! order, turned into rows when chunk mode ends, and the attempts their events had
-//! failed restored onto those rows.
+//! failed restored onto those rows. A chunk is one frame (`frame.rs`), or seven arrays:
+//! chunks written by walhook before state schema version 12, and chunks of one event of
+//! more than `LARGE_IO`.
 
-use super::{history_json, Restored, State, StateError};
+use std::collections::HashSet;
+
+use super::{frame, history_json, Restored, State, StateError};
 use crate::event::{Event, Pos};
+
+/// The chunk columns a read takes: the frame, or the arrays of an older chunk.
+const CHUNK_COLUMNS: &str = "chunk, frame, lsns, seqs, ids, types, keys, bodies, prev_keys";
 
 impl State {
     /// Writes events as one chunk; returns its number (chunks are numbered in the order
-    /// they are written).
+    /// they are written). A chunk of more than `LARGE_IO` of bodies (one large event) is
+    /// written as arrays, as before frames: a frame would be one more copy of it in memory
+    /// beside the statement the driver builds twice.
     pub async fn spill_chunk(&self, subscriber: &str, events: &[&Event]) -> Result<i64, StateError> {
+        let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+        let _io = self.io_permit(bytes).await;
+        if bytes > super::LARGE_IO {
+            return self.spill_chunk_arrays(subscriber, events, bytes).await;
+        }
+        let frame = frame::encode(events).map_err(|e| StateError::Frame(e.to_string()))?;
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO walhook.spill_chunks (slot, subscriber, frame, events, bytes)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING chunk",
+                &[
+                    &self.slot,
+                    &subscriber,
+                    &frame,
+                    &(events.len() as i32),
+                    &(bytes as i64),
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// `spill_chunk` as one array per field, compressed by the server.
+    async fn spill_chunk_arrays(
+        &self,
+        subscriber: &str,
+        events: &[&Event],
+        bytes: usize,
+    ) -> Result<i64, StateError> {
         let lsns: Vec<i64> = events.iter().map(|e| e.pos.lsn as i64).collect();
         let seqs: Vec<i64> = events.iter().map(|e| e.pos.seq as i64).collect();
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
-        // NULL unless some event of the chunk moved its row to another key.
-        let prev_keys: Option<Vec<Option<&str>>> = events
-            .iter()
-            .any(|e| e.prev_key.is_some())
-            .then(|| events.iter().map(|e| e.prev_key.as_deref()).collect());
+        let prev_keys: Vec<Option<&str>> = events.iter().map(|e| e.prev_key.as_deref()).collect();
         let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
-        let bytes = bodies.iter().map(|b| b.len()).sum();
-        let _io = self.io_permit(bytes).await;
         let row = self
             .client_for(bytes)
             .await?
             .query_one(
-                "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING chunk",
+                "INSERT INTO walhook.spill_chunks
+                   (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys, events, bytes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING chunk",
                 &[
                     &self.slot,
                     &subscriber,
@@ -38,6 +73,8 @@ impl State {
                     &keys,
                     &bodies,
                     &prev_keys,
+                    &(events.len() as i32),
+                    &(bytes as i64),
                 ],
             )
             .await?;
@@ -54,46 +91,19 @@ impl State {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT chunk, lsns, seqs, ids, types, keys, bodies, prev_keys FROM walhook.spill_chunks
-                 WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1",
+                &format!(
+                    "SELECT {CHUNK_COLUMNS} FROM walhook.spill_chunks
+                     WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1"
+                ),
                 &[&self.slot, &subscriber, &after],
             )
             .await?;
-        let Some(r) = rows.first() else {
+        let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let lsns: Vec<i64> = r.get(1);
-        let seqs: Vec<i64> = r.get(2);
-        let ids: Vec<String> = r.get(3);
-        let types: Vec<String> = r.get(4);
-        let keys: Vec<String> = r.get(5);
-        let bodies: Vec<Vec<u8>> = r.get(6);
-        let mut prev_keys = r
-            .get::<_, Option<Vec<Option<String>>>>(7)
-            .unwrap_or_default()
-            .into_iter();
-        let chunk = r.get(0);
+        let (chunk, events, stored) = read_chunk(subscriber, row)?;
         drop(rows);
-        self.after_read(&client, bodies.iter().map(Vec::len).sum()).await;
-        let events = lsns
-            .into_iter()
-            .zip(seqs)
-            .zip(ids)
-            .zip(types)
-            .zip(keys)
-            .zip(bodies)
-            .map(|(((((lsn, seq), id), event_type), key), body)| Event {
-                pos: Pos {
-                    lsn: lsn as u64,
-                    seq: seq as u64,
-                },
-                id,
-                event_type,
-                key,
-                prev_key: prev_keys.next().flatten(),
-                body: bytes::Bytes::from(body),
-            })
-            .collect();
+        self.after_read(&client, stored).await;
         Ok(Some((chunk, events)))
     }
 
@@ -112,38 +122,94 @@ impl State {
         Ok(())
     }
 
-    /// Turns the oldest `chunks` chunks of a lane into rows of the spill log, leaving out
-    /// the events in `delivered`, in one statement. Returns the rows written and the
-    /// chunks turned (0: none left).
+    /// Turns the oldest chunks of a lane (at most `chunks`, and about `CHUNK_BYTES` of
+    /// bodies, but always one) into rows of the spill log, leaving out the events in
+    /// `delivered`. The rows are written by the statement that deletes their chunks, and
+    /// only for the chunks it deleted. Returns the rows written and the chunks turned (0:
+    /// none left).
     pub async fn explode_chunks(
         &self,
         subscriber: &str,
         delivered: &[Pos],
         chunks: i64,
     ) -> Result<(u64, u64), StateError> {
-        let lsns: Vec<i64> = delivered.iter().map(|p| p.lsn as i64).collect();
-        let seqs: Vec<i64> = delivered.iter().map(|p| p.seq as i64).collect();
+        let _io = self.io_permit(super::CHUNK_BYTES).await;
+        let client = self.client().await?;
+        // Older chunks say nothing of their size: each is taken alone.
+        let read = client
+            .query(
+                &format!(
+                    "SELECT {CHUNK_COLUMNS} FROM walhook.spill_chunks
+                     WHERE slot = $1 AND subscriber = $2 AND chunk IN (
+                       SELECT chunk FROM (
+                         SELECT chunk, coalesce(bytes, $4) AS b, sum(coalesce(bytes, $4)) OVER (ORDER BY chunk) AS upto
+                         FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2
+                         ORDER BY chunk LIMIT $3) c
+                       WHERE upto <= $4 OR upto = b)
+                     ORDER BY chunk"
+                ),
+                &[&self.slot, &subscriber, &chunks, &(super::CHUNK_BYTES as i64)],
+            )
+            .await?;
+        if read.is_empty() {
+            return Ok((0, 0));
+        }
+        let done: HashSet<Pos> = delivered.iter().copied().collect();
+        let mut numbers = Vec::with_capacity(read.len());
+        let mut rows: Vec<(i64, Event)> = Vec::new();
+        let mut stored = 0;
+        for row in &read {
+            let (chunk, events, size) = read_chunk(subscriber, row)?;
+            numbers.push(chunk);
+            stored += size;
+            rows.extend(
+                events
+                    .into_iter()
+                    .filter(|e| !done.contains(&e.pos))
+                    .map(|e| (chunk, e)),
+            );
+        }
+        drop(read);
+        self.after_read(&client, stored).await;
+        let of: Vec<i64> = rows.iter().map(|(c, _)| *c).collect();
+        let lsns: Vec<i64> = rows.iter().map(|(_, e)| e.pos.lsn as i64).collect();
+        let seqs: Vec<i64> = rows.iter().map(|(_, e)| e.pos.seq as i64).collect();
+        let ids: Vec<&str> = rows.iter().map(|(_, e)| e.id.as_str()).collect();
+        let types: Vec<&str> = rows.iter().map(|(_, e)| e.event_type.as_str()).collect();
+        let keys: Vec<&str> = rows.iter().map(|(_, e)| e.key.as_str()).collect();
+        let bodies: Vec<&[u8]> = rows.iter().map(|(_, e)| &e.body[..]).collect();
+        let prev_keys: Vec<Option<&str>> = rows.iter().map(|(_, e)| e.prev_key.as_deref()).collect();
+        let bytes = bodies.iter().map(|b| b.len()).sum();
         let row = self
-            .client()
+            .client_for(bytes)
             .await?
             .query_one(
                 "WITH gone AS (
-                   DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk IN (
-                     SELECT chunk FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2
-                     ORDER BY chunk LIMIT $5)
-                   RETURNING *),
-                 done AS (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS d(l, q)),
+                   DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk = ANY($3)
+                   RETURNING chunk),
                  rows AS (
                    INSERT INTO walhook.spill
                      (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, prev_key)
-                   SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b, u.p
-                   FROM gone g,
-                        unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies, g.prev_keys) AS u(l, q, i, t, k, b, p)
-                   WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.l = u.l AND done.q = u.q)
+                   SELECT $1, $2, u.l, u.q, u.i, u.t, u.k, u.b, u.p
+                   FROM unnest($4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[],
+                               $10::bytea[], $11::text[]) AS u(c, l, q, i, t, k, b, p)
+                   WHERE u.c IN (SELECT chunk FROM gone)
                    ON CONFLICT DO NOTHING
                    RETURNING 1)
                  SELECT (SELECT count(*) FROM rows), (SELECT count(*) FROM gone)",
-                &[&self.slot, &subscriber, &lsns, &seqs, &chunks],
+                &[
+                    &self.slot,
+                    &subscriber,
+                    &numbers,
+                    &of,
+                    &lsns,
+                    &seqs,
+                    &ids,
+                    &types,
+                    &keys,
+                    &bodies,
+                    &prev_keys,
+                ],
             )
             .await?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
@@ -175,4 +241,68 @@ impl State {
             .await?;
         Ok(())
     }
+}
+
+/// A chunk row (`CHUNK_COLUMNS`) as its number, its events in write order, and the bytes
+/// it took to read.
+fn read_chunk(subscriber: &str, row: &tokio_postgres::Row) -> Result<(i64, Vec<Event>, usize), StateError> {
+    let chunk: i64 = row.try_get(0)?;
+    let damaged = |why: String| StateError::Damaged {
+        subscriber: subscriber.to_string(),
+        chunk,
+        why,
+    };
+    if let Some(frame) = row.try_get::<_, Option<&[u8]>>(1)? {
+        let events = frame::decode(frame).map_err(|e| damaged(e.to_string()))?;
+        return Ok((chunk, events, frame.len()));
+    }
+    let lsns: Option<Vec<i64>> = row.try_get(2)?;
+    let seqs: Option<Vec<i64>> = row.try_get(3)?;
+    let ids: Option<Vec<String>> = row.try_get(4)?;
+    let types: Option<Vec<String>> = row.try_get(5)?;
+    let keys: Option<Vec<String>> = row.try_get(6)?;
+    let bodies: Option<Vec<Vec<u8>>> = row.try_get(7)?;
+    let prev_keys: Option<Vec<Option<String>>> = row.try_get(8)?;
+    let (Some(lsns), Some(seqs), Some(ids), Some(types), Some(keys), Some(bodies)) =
+        (lsns, seqs, ids, types, keys, bodies)
+    else {
+        return Err(damaged("it has neither a frame nor all of its arrays".into()));
+    };
+    let n = lsns.len();
+    let prev_keys = prev_keys.unwrap_or_else(|| vec![None; n]);
+    if [
+        seqs.len(),
+        ids.len(),
+        types.len(),
+        keys.len(),
+        bodies.len(),
+        prev_keys.len(),
+    ] != [n; 6]
+    {
+        return Err(damaged("its arrays differ in length".into()));
+    }
+    let stored = bodies.iter().map(Vec::len).sum();
+    let events = lsns
+        .into_iter()
+        .zip(seqs)
+        .zip(ids)
+        .zip(types)
+        .zip(keys)
+        .zip(bodies)
+        .zip(prev_keys)
+        .map(
+            |((((((lsn, seq), id), event_type), key), body), prev_key)| Event {
+                pos: Pos {
+                    lsn: lsn as u64,
+                    seq: seq as u64,
+                },
+                id,
+                event_type,
+                key,
+                prev_key,
+                body: bytes::Bytes::from(body),
+            },
+        )
+        .collect();
+    Ok((chunk, events, stored))
 }

@@ -144,7 +144,7 @@ impl State {
                  FROM (SELECT subscriber, false AS dead, count(*) AS n FROM walhook.spill
                        WHERE slot = $1 GROUP BY 1
                        UNION ALL
-                       SELECT subscriber, false, sum(cardinality(lsns)) FROM walhook.spill_chunks
+                       SELECT subscriber, false, sum(coalesce(events, cardinality(lsns))) FROM walhook.spill_chunks
                        WHERE slot = $1 GROUP BY 1
                        UNION ALL
                        SELECT subscriber, true, count(*) FROM walhook.dead_letters

@@ -22,6 +22,7 @@ pub mod backfills;
 pub mod check;
 mod chunks;
 pub mod deliveries;
+mod frame;
 pub mod lease;
 pub mod subscribers;
 
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/009_backfill_documents.sql"),
     include_str!("../../sql/010_dead_letter_pages.sql"),
     include_str!("../../sql/011_chunk_compression.sql"),
+    include_str!("../../sql/012_chunk_frames.sql"),
 ];
 
 /// A state database error. Each keeps PostgreSQL's message, SQLSTATE and detail (see
@@ -52,6 +54,16 @@ pub enum StateError {
     Url(String),
     #[error("this walhook lost the slot's lease and stopped; a standby takes over: list what is left and ask the one that leads")]
     Fenced,
+    #[error("the state schema is at version {current}, newer than this walhook knows ({known}): a newer walhook ran on this state database; run that version (or newer) instead")]
+    Newer { current: i32, known: i32 },
+    #[error("cannot spill these events as a chunk: {0}")]
+    Frame(String),
+    #[error("chunk {chunk} of subscriber {subscriber:?} in walhook.spill_chunks cannot be read: {why}; its events wait until a walhook that can read it runs (the version that wrote it, or newer); deleting the row drops them")]
+    Damaged {
+        subscriber: String,
+        chunk: i64,
+        why: String,
+    },
 }
 
 impl From<tokio_postgres::Error> for StateError {
@@ -666,6 +678,11 @@ async fn migrate(client: &Client) -> Result<(), StateError> {
             .query_one("SELECT coalesce(max(version), 0) FROM walhook.schema_migrations", &[])
             .await?;
         let current: i32 = row.get(0);
+        let known = MIGRATIONS.len() as i32;
+        if current > known {
+            // Its chunks, marks or columns may be in forms this walhook would misread.
+            return Err(StateError::Newer { current, known });
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let version = i as i32 + 1;
             if version <= current {
