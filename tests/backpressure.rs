@@ -50,7 +50,7 @@ async fn chunks(db: &tokio_postgres::Client) -> i64 {
 async fn chunks_compressed(db: &tokio_postgres::Client) {
     let row = db
         .query_one(
-            "SELECT count(*), count(frame), count(lsns),
+            "SELECT count(*), count(frame), count(bodies),
                     count(*) FILTER (WHERE pg_column_compression(frame) IS NOT NULL),
                     coalesce(sum(octet_length(frame)), 0)::bigint, coalesce(sum(bytes), 0)::bigint,
                     coalesce(sum(events), 0)::bigint

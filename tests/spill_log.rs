@@ -68,6 +68,24 @@ async fn rows_made_from_chunks_get_their_attempts_back() {
     assert_eq!(ids, ["evt_2"]);
 }
 
+/// The statement walhook ran to turn chunks into rows before state schema 12.
+const OLD_EXPLODE: &str = "WITH gone AS (
+   DELETE FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk IN (
+     SELECT chunk FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2
+     ORDER BY chunk LIMIT $5)
+   RETURNING *),
+ done AS (SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS d(l, q)),
+ rows AS (
+   INSERT INTO walhook.spill
+     (slot, subscriber, lsn, seq, event_id, event_type, ordering_key, body, prev_key)
+   SELECT g.slot, g.subscriber, u.l, u.q, u.i, u.t, u.k, u.b, u.p
+   FROM gone g,
+        unnest(g.lsns, g.seqs, g.ids, g.types, g.keys, g.bodies, g.prev_keys) AS u(l, q, i, t, k, b, p)
+   WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.l = u.l AND done.q = u.q)
+   ON CONFLICT DO NOTHING
+   RETURNING 1)
+ SELECT (SELECT count(*) FROM rows), (SELECT count(*) FROM gone)";
+
 /// Chunks written by walhook before state schema 12 (seven arrays) and frames read back
 /// alike, are counted alike, and become rows alike, leaving out what was delivered; a
 /// damaged frame is an error that names the chunk, never a panic or a loss.
@@ -91,6 +109,34 @@ async fn chunks_of_both_forms_read_back_and_become_rows() {
     moved.body = bytes::Bytes::from(vec![0u8, 159, 146, 150]);
     let plain = event(4, "c");
     let framed = state.spill_chunk("sub", &[&moved, &plain]).await.unwrap();
+
+    // A walhook of an earlier version fails on a frame instead of deleting it as a chunk
+    // of no events: its statement that turned chunks into rows, and its read of `lsns`.
+    let err = db
+        .execute(
+            OLD_EXPLODE,
+            &[&"s", &"sub", &Vec::<i64>::new(), &Vec::<i64>::new(), &10i64],
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("not-null"), "{err:?}");
+    let old_read = db
+        .query_one(
+            "SELECT lsns FROM walhook.spill_chunks WHERE chunk = $1",
+            &[&framed],
+        )
+        .await
+        .unwrap();
+    assert!(old_read.try_get::<_, Vec<i64>>(0).is_err());
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM walhook.spill_chunks WHERE subscriber = 'sub'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2, "no chunk was deleted");
 
     let (old, events) = state.chunk_after("sub", 0).await.unwrap().unwrap();
     let seen: Vec<(&str, &str, Option<&str>, &[u8])> = events
@@ -120,11 +166,9 @@ async fn chunks_of_both_forms_read_back_and_become_rows() {
     assert!(state.chunk_after("sub", framed).await.unwrap().is_none());
     assert_eq!(state.backlogs().await.unwrap()["sub"], (4, 0));
 
-    // Both become rows, without the event delivered from memory: the older chunk alone
-    // (its size is unknown), then the frame.
+    // Both become rows in one call, without the event delivered from memory.
     let delivered = [Pos { lsn: 5, seq: 2 }];
-    assert_eq!(state.explode_chunks("sub", &delivered, 10).await.unwrap(), (1, 1));
-    assert_eq!(state.explode_chunks("sub", &delivered, 10).await.unwrap(), (2, 1));
+    assert_eq!(state.explode_chunks("sub", &delivered, 10).await.unwrap(), (3, 2));
     assert_eq!(state.explode_chunks("sub", &[], 10).await.unwrap(), (0, 0));
     let rows: Vec<(String, String, Option<String>, Vec<u8>)> = db
         .query(
@@ -178,11 +222,21 @@ async fn chunks_of_both_forms_read_back_and_become_rows() {
     assert_eq!(state.backlogs().await.unwrap()["huge"], (1, 0));
     assert_eq!(state.explode_chunks("huge", &[], 10).await.unwrap(), (1, 1));
 
+    // A row is a frame or arrays, never both.
+    let err = db
+        .execute(
+            "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, frame) VALUES ('s', 'x', '{1}', '\\x00')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("spill_chunks_one_form"), "{err:?}");
+
     // A damaged frame: an error naming the chunk, and the chunk stays.
     let bad: i64 = db
         .query_one(
-            "INSERT INTO walhook.spill_chunks (slot, subscriber, frame, events, bytes)
-             VALUES ('s', 'bad', '\\x01010a000000ffff', 1, 10) RETURNING chunk",
+            "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, frame, events, bytes)
+             VALUES ('s', 'bad', '{NULL}', '\\x01010a000000ffff', 1, 10) RETURNING chunk",
             &[],
         )
         .await

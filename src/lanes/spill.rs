@@ -329,6 +329,10 @@ impl Lane {
                 match served {
                     Ok(true) => continue,
                     Ok(false) => self.after_idle_round(writes).await,
+                    Err(e @ crate::state::StateError::Damaged { .. }) => {
+                        tracing::error!(subscriber = %self.name, error = %e, "spill log cannot be read; retrying");
+                        STATE_RETRY
+                    }
                     Err(e) => {
                         tracing::warn!(subscriber = %self.name, error = %e, "spill log unreachable; retrying");
                         STATE_RETRY

@@ -14,22 +14,23 @@ const CHUNK_COLUMNS: &str = "chunk, frame, lsns, seqs, ids, types, keys, bodies,
 
 impl State {
     /// Writes events as one chunk; returns its number (chunks are numbered in the order
-    /// they are written). A chunk of more than `LARGE_IO` of bodies (one large event) is
-    /// written as arrays, as before frames: a frame would be one more copy of it in memory
-    /// beside the statement the driver builds twice.
+    /// they are written). A chunk too large for a frame (one event of more than 16 MiB)
+    /// is written as arrays, as before frames: a frame would be one more copy of it in
+    /// memory beside the statement the driver builds twice.
     pub async fn spill_chunk(&self, subscriber: &str, events: &[&Event]) -> Result<i64, StateError> {
         let bytes: usize = events.iter().map(|e| e.body.len()).sum();
         let _io = self.io_permit(bytes).await;
-        if bytes > super::LARGE_IO {
+        if frame::payload_len(events) > frame::MAX_RAW {
             return self.spill_chunk_arrays(subscriber, events, bytes).await;
         }
         let frame = frame::encode(events).map_err(|e| StateError::Frame(e.to_string()))?;
+        // lsns = '{NULL}': see sql/012_chunk_frames.sql.
         let row = self
             .client()
             .await?
             .query_one(
-                "INSERT INTO walhook.spill_chunks (slot, subscriber, frame, events, bytes)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING chunk",
+                "INSERT INTO walhook.spill_chunks (slot, subscriber, lsns, frame, events, bytes)
+                 VALUES ($1, $2, '{NULL}', $3, $4, $5) RETURNING chunk",
                 &[
                     &self.slot,
                     &subscriber,
@@ -87,24 +88,62 @@ impl State {
         subscriber: &str,
         after: i64,
     ) -> Result<Option<(i64, Vec<Event>)>, StateError> {
-        let _io = self.io_permit(super::CHUNK_BYTES).await;
+        let read = self.read_chunks(subscriber, after, 1, 0).await?;
+        Ok(read.and_then(|(mut chunks, _io)| chunks.pop()))
+    }
+
+    /// The oldest chunks written after chunk `after`, at most `limit` of them and `cap`
+    /// bytes of bodies, but at least one, read whole; none when there are none. Returns
+    /// them with the share of the I/O budget taken for what they hold.
+    async fn read_chunks(
+        &self,
+        subscriber: &str,
+        after: i64,
+        limit: i64,
+        cap: usize,
+    ) -> Result<Option<(Vec<(i64, Vec<Event>)>, tokio::sync::SemaphorePermit<'_>)>, StateError> {
         let client = self.client().await?;
+        // Chunks written before state schema 12 say nothing of their size: their bodies
+        // are measured (only while such chunks are left).
+        let sizes = client
+            .query(
+                "SELECT chunk, b FROM (
+                   SELECT chunk, b, sum(b) OVER (ORDER BY chunk) AS upto, row_number() OVER (ORDER BY chunk) AS n
+                   FROM (SELECT chunk,
+                                coalesce(bytes, (SELECT sum(octet_length(x)) FROM unnest(bodies) x), 0) AS b
+                         FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2 AND chunk > $3
+                         ORDER BY chunk LIMIT $4) c) s
+                 WHERE upto <= $5::bigint OR n = 1
+                 ORDER BY chunk",
+                &[&self.slot, &subscriber, &after, &limit, &(cap as i64)],
+            )
+            .await?;
+        if sizes.is_empty() {
+            return Ok(None);
+        }
+        let numbers: Vec<i64> = sizes.iter().map(|r| r.get(0)).collect();
+        let bytes: i64 = sizes.iter().map(|r| r.get::<_, i64>(1)).sum();
+        drop(sizes);
+        let io = self.io_permit(bytes as usize).await;
         let rows = client
             .query(
                 &format!(
                     "SELECT {CHUNK_COLUMNS} FROM walhook.spill_chunks
-                     WHERE slot = $1 AND subscriber = $2 AND chunk > $3 ORDER BY chunk LIMIT 1"
+                     WHERE slot = $1 AND subscriber = $2 AND chunk = ANY($3) ORDER BY chunk"
                 ),
-                &[&self.slot, &subscriber, &after],
+                &[&self.slot, &subscriber, &numbers],
             )
             .await?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let (chunk, events, stored) = read_chunk(subscriber, row)?;
+        let mut read = Vec::with_capacity(rows.len());
+        let mut stored = 0;
+        for row in &rows {
+            let (chunk, events, size) = read_chunk(subscriber, row)?;
+            read.push((chunk, events));
+            stored += size;
+        }
         drop(rows);
         self.after_read(&client, stored).await;
-        Ok(Some((chunk, events)))
+        Ok(Some((read, io)))
     }
 
     /// Deletes chunks whose events are all delivered.
@@ -133,44 +172,19 @@ impl State {
         delivered: &[Pos],
         chunks: i64,
     ) -> Result<(u64, u64), StateError> {
-        let _io = self.io_permit(super::CHUNK_BYTES).await;
-        let client = self.client().await?;
-        // Older chunks say nothing of their size: each is taken alone.
-        let read = client
-            .query(
-                &format!(
-                    "SELECT {CHUNK_COLUMNS} FROM walhook.spill_chunks
-                     WHERE slot = $1 AND subscriber = $2 AND chunk IN (
-                       SELECT chunk FROM (
-                         SELECT chunk, coalesce(bytes, $4) AS b, sum(coalesce(bytes, $4)) OVER (ORDER BY chunk) AS upto
-                         FROM walhook.spill_chunks WHERE slot = $1 AND subscriber = $2
-                         ORDER BY chunk LIMIT $3) c
-                       WHERE upto <= $4 OR upto = b)
-                     ORDER BY chunk"
-                ),
-                &[&self.slot, &subscriber, &chunks, &(super::CHUNK_BYTES as i64)],
-            )
-            .await?;
-        if read.is_empty() {
+        let Some((read, _io)) = self
+            .read_chunks(subscriber, 0, chunks, super::CHUNK_BYTES)
+            .await?
+        else {
             return Ok((0, 0));
-        }
+        };
         let done: HashSet<Pos> = delivered.iter().copied().collect();
-        let mut numbers = Vec::with_capacity(read.len());
-        let mut rows: Vec<(i64, Event)> = Vec::new();
-        let mut stored = 0;
-        for row in &read {
-            let (chunk, events, size) = read_chunk(subscriber, row)?;
-            numbers.push(chunk);
-            stored += size;
-            rows.extend(
-                events
-                    .into_iter()
-                    .filter(|e| !done.contains(&e.pos))
-                    .map(|e| (chunk, e)),
-            );
-        }
-        drop(read);
-        self.after_read(&client, stored).await;
+        let numbers: Vec<i64> = read.iter().map(|(chunk, _)| *chunk).collect();
+        let rows: Vec<(i64, Event)> = read
+            .into_iter()
+            .flat_map(|(chunk, events)| events.into_iter().map(move |e| (chunk, e)))
+            .filter(|(_, e)| !done.contains(&e.pos))
+            .collect();
         let of: Vec<i64> = rows.iter().map(|(c, _)| *c).collect();
         let lsns: Vec<i64> = rows.iter().map(|(_, e)| e.pos.lsn as i64).collect();
         let seqs: Vec<i64> = rows.iter().map(|(_, e)| e.pos.seq as i64).collect();

@@ -57,25 +57,39 @@ pub enum FrameError {
     Trailing(usize),
     #[error("an event's {0} is not UTF-8")]
     Utf8(&'static str),
-    #[error("an event of {0} bytes is too large for a frame")]
+    #[error("{0} bytes of events are too many for a frame")]
     TooLarge(usize),
 }
 
-/// Encodes events as a frame.
+/// The largest payload a frame holds: chunks of more (one large event) are written as
+/// arrays (`State::spill_chunk`), and a frame that claims more is damaged, so decoding
+/// never allocates more than this.
+pub const MAX_RAW: usize = 16 << 20;
+
+/// The bytes of the payload a frame of these events holds, uncompressed.
+pub fn payload_len(events: &[&Event]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            MIN_EVENT
+                + e.id.len()
+                + e.event_type.len()
+                + e.key.len()
+                + e.prev_key.as_ref().map_or(0, String::len)
+                + e.body.len()
+        })
+        .sum::<usize>()
+        + 4
+}
+
+/// Encodes events as a frame; at most `MAX_RAW` bytes of payload.
 pub fn encode(events: &[&Event]) -> Result<Vec<u8>, FrameError> {
-    let mut raw = 4;
-    for e in events {
-        for len in [e.id.len(), e.event_type.len(), e.key.len(), e.body.len()]
-            .into_iter()
-            .chain(e.prev_key.as_ref().map(String::len))
-        {
-            check_len(len)?;
-            raw += len;
-        }
-        raw += MIN_EVENT;
+    let raw = payload_len(events);
+    if raw > MAX_RAW {
+        return Err(FrameError::TooLarge(raw));
     }
-    check_len(events.len())?;
-    let raw_len = u32::try_from(raw).map_err(|_| FrameError::TooLarge(raw))?;
+    // Every length is below MAX_RAW, so none is taken for NONE.
+    let raw_len = raw as u32;
     // Room for incompressible events (blocks stored as they are, 4 bytes each more);
     // what is not written is never touched.
     let mut out = Vec::with_capacity(HEADER + 32 + raw + raw / (64 << 10) * 4 + 4);
@@ -125,7 +139,7 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Event>, FrameError> {
     }
     let claimed = u32::from_le_bytes([frame[2], frame[3], frame[4], frame[5]]) as usize;
     let stored = &frame[HEADER..];
-    if claimed > stored.len().saturating_mul(LZ4_MAX_RATIO) {
+    if claimed > MAX_RAW || claimed > stored.len().saturating_mul(LZ4_MAX_RATIO) {
         return Err(FrameError::Size {
             claimed,
             stored: stored.len(),
@@ -176,14 +190,6 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Event>, FrameError> {
     match raw.len() - r.at {
         0 => Ok(events),
         left => Err(FrameError::Trailing(left)),
-    }
-}
-
-/// A length a frame can hold (`NONE` marks a missing previous key).
-fn check_len(len: usize) -> Result<(), FrameError> {
-    match u32::try_from(len) {
-        Ok(n) if n != NONE => Ok(()),
-        _ => Err(FrameError::TooLarge(len)),
     }
 }
 
@@ -364,6 +370,13 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 10]);
         assert!(matches!(decode(&huge), Err(FrameError::Size { .. })));
+        // More than a frame ever holds, however long the frame.
+        let mut over = vec![VERSION, LZ4_FRAME];
+        over.extend_from_slice(&(MAX_RAW as u32 + 1).to_le_bytes());
+        over.extend_from_slice(&vec![0; 1 << 20]);
+        assert!(matches!(decode(&over), Err(FrameError::Size { .. })));
+        let large = event(1, 0, "k", None, &vec![b'x'; MAX_RAW]);
+        assert!(matches!(encode(&[&large]), Err(FrameError::TooLarge(_))));
         // Four billion events in 4 bytes.
         let many = frame_of(&(u32::MAX - 1).to_le_bytes());
         assert_eq!(decode(&many).unwrap_err(), FrameError::Truncated(4));

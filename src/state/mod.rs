@@ -158,10 +158,10 @@ const ROUND_BYTES_LEAST: usize = 1 << 20;
 /// 8 MiB at a time. A statement waits for its bodies' share (all of it, when larger).
 const IO_BUDGET: usize = 32 << 20;
 /// Bytes of bodies a chunk holds at most, unless one event is larger: the lanes write
-/// their spill log in statements of this size, and a chunk read is taken to move this
-/// much. PostgreSQL takes at most 1 GB in one message and in one array value, and the
-/// driver builds a statement in memory, twice, while it is sent, so this is what a
-/// spilling lane's memory grows by (8 MiB: a few hundred events of 8 kB a write).
+/// their spill log in statements of this size, and turning chunks into rows takes this
+/// much at a time. PostgreSQL takes at most 1 GB in one message and in one array value,
+/// and the driver builds a statement in memory, twice, while it is sent, so this is what
+/// a spilling lane's memory grows by (8 MiB: a few hundred events of 8 kB a write).
 pub const CHUNK_BYTES: usize = 8 << 20;
 
 impl State {
