@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::{frame, history_json, Restored, State, StateError};
+use super::{frame, history_json, Columns, Restored, State, StateError};
 use crate::event::{Event, Pos};
 
 /// The chunk columns a read takes: the frame, or the arrays of an older chunk.
@@ -21,7 +21,7 @@ impl State {
         let bytes: usize = events.iter().map(|e| e.body.len()).sum();
         let _io = self.io_permit(bytes).await;
         if frame::payload_len(events) > frame::MAX_RAW {
-            return self.spill_chunk_arrays(subscriber, events, bytes).await;
+            return self.spill_chunk_arrays(subscriber, events).await;
         }
         let frame = frame::encode(events).map_err(|e| StateError::Frame(e.to_string()))?;
         // lsns = '{NULL}': see sql/012_chunk_frames.sql.
@@ -44,21 +44,10 @@ impl State {
     }
 
     /// `spill_chunk` as one array per field, compressed by the server.
-    async fn spill_chunk_arrays(
-        &self,
-        subscriber: &str,
-        events: &[&Event],
-        bytes: usize,
-    ) -> Result<i64, StateError> {
-        let lsns: Vec<i64> = events.iter().map(|e| e.pos.lsn as i64).collect();
-        let seqs: Vec<i64> = events.iter().map(|e| e.pos.seq as i64).collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
-        let prev_keys: Vec<Option<&str>> = events.iter().map(|e| e.prev_key.as_deref()).collect();
-        let bodies: Vec<&[u8]> = events.iter().map(|e| &e.body[..]).collect();
+    async fn spill_chunk_arrays(&self, subscriber: &str, events: &[&Event]) -> Result<i64, StateError> {
+        let c = Columns::of(events.iter().copied());
         let row = self
-            .client_for(bytes)
+            .client_for(c.bytes)
             .await?
             .query_one(
                 "INSERT INTO walhook.spill_chunks
@@ -67,15 +56,15 @@ impl State {
                 &[
                     &self.slot,
                     &subscriber,
-                    &lsns,
-                    &seqs,
-                    &ids,
-                    &types,
-                    &keys,
-                    &bodies,
-                    &prev_keys,
+                    &c.lsns,
+                    &c.seqs,
+                    &c.ids,
+                    &c.types,
+                    &c.keys,
+                    &c.bodies,
+                    &c.prev_keys,
                     &(events.len() as i32),
-                    &(bytes as i64),
+                    &(c.bytes as i64),
                 ],
             )
             .await?;
@@ -185,17 +174,10 @@ impl State {
             .flat_map(|(chunk, events)| events.into_iter().map(move |e| (chunk, e)))
             .filter(|(_, e)| !done.contains(&e.pos))
             .collect();
-        let of: Vec<i64> = rows.iter().map(|(c, _)| *c).collect();
-        let lsns: Vec<i64> = rows.iter().map(|(_, e)| e.pos.lsn as i64).collect();
-        let seqs: Vec<i64> = rows.iter().map(|(_, e)| e.pos.seq as i64).collect();
-        let ids: Vec<&str> = rows.iter().map(|(_, e)| e.id.as_str()).collect();
-        let types: Vec<&str> = rows.iter().map(|(_, e)| e.event_type.as_str()).collect();
-        let keys: Vec<&str> = rows.iter().map(|(_, e)| e.key.as_str()).collect();
-        let bodies: Vec<&[u8]> = rows.iter().map(|(_, e)| &e.body[..]).collect();
-        let prev_keys: Vec<Option<&str>> = rows.iter().map(|(_, e)| e.prev_key.as_deref()).collect();
-        let bytes = bodies.iter().map(|b| b.len()).sum();
+        let of: Vec<i64> = rows.iter().map(|(chunk, _)| *chunk).collect();
+        let c = Columns::of(rows.iter().map(|(_, e)| e));
         let row = self
-            .client_for(bytes)
+            .client_for(c.bytes)
             .await?
             .query_one(
                 "WITH gone AS (
@@ -216,13 +198,13 @@ impl State {
                     &subscriber,
                     &numbers,
                     &of,
-                    &lsns,
-                    &seqs,
-                    &ids,
-                    &types,
-                    &keys,
-                    &bodies,
-                    &prev_keys,
+                    &c.lsns,
+                    &c.seqs,
+                    &c.ids,
+                    &c.types,
+                    &c.keys,
+                    &c.bodies,
+                    &c.prev_keys,
                 ],
             )
             .await?;

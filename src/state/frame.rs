@@ -100,28 +100,24 @@ pub fn encode(events: &[&Event]) -> Result<Vec<u8>, FrameError> {
         .block_mode(BlockMode::Linked)
         .content_size(Some(raw as u64));
     let mut z = FrameEncoder::with_frame_info(info, out);
-    let lz4 = |e: std::io::Error| FrameError::Lz4(e.to_string());
-    z.write_all(&(events.len() as u32).to_le_bytes()).map_err(lz4)?;
+    let mut put = |parts: &[&[u8]]| {
+        parts
+            .iter()
+            .try_for_each(|p| z.write_all(p))
+            .map_err(|e| FrameError::Lz4(e.to_string()))
+    };
+    put(&[&(events.len() as u32).to_le_bytes()])?;
     for e in events {
-        let mut fixed = [0u8; 20];
-        fixed[..8].copy_from_slice(&e.pos.lsn.to_le_bytes());
-        fixed[8..16].copy_from_slice(&e.pos.seq.to_le_bytes());
-        fixed[16..].copy_from_slice(&(e.id.len() as u32).to_le_bytes());
-        z.write_all(&fixed).map_err(lz4)?;
-        z.write_all(e.id.as_bytes()).map_err(lz4)?;
-        for field in [e.event_type.as_bytes(), e.key.as_bytes()] {
-            z.write_all(&(field.len() as u32).to_le_bytes()).map_err(lz4)?;
-            z.write_all(field).map_err(lz4)?;
-        }
+        let len = |s: &str| (s.len() as u32).to_le_bytes();
+        put(&[&e.pos.lsn.to_le_bytes(), &e.pos.seq.to_le_bytes()])?;
+        put(&[&len(&e.id), e.id.as_bytes()])?;
+        put(&[&len(&e.event_type), e.event_type.as_bytes()])?;
+        put(&[&len(&e.key), e.key.as_bytes()])?;
         match &e.prev_key {
-            Some(p) => {
-                z.write_all(&(p.len() as u32).to_le_bytes()).map_err(lz4)?;
-                z.write_all(p.as_bytes()).map_err(lz4)?;
-            }
-            None => z.write_all(&NONE.to_le_bytes()).map_err(lz4)?,
+            Some(p) => put(&[&len(p), p.as_bytes()])?,
+            None => put(&[&NONE.to_le_bytes()])?,
         }
-        z.write_all(&(e.body.len() as u32).to_le_bytes()).map_err(lz4)?;
-        z.write_all(&e.body).map_err(lz4)?;
+        put(&[&(e.body.len() as u32).to_le_bytes(), &e.body])?;
     }
     z.finish().map_err(|e| FrameError::Lz4(e.to_string()))
 }

@@ -316,17 +316,11 @@ impl State {
         if events.is_empty() {
             return Ok(());
         }
-        let lsns: Vec<i64> = events.iter().map(|e| e.event.pos.lsn as i64).collect();
-        let seqs: Vec<i64> = events.iter().map(|e| e.event.pos.seq as i64).collect();
-        let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event.event_type.as_str()).collect();
-        let keys: Vec<&str> = events.iter().map(|e| e.event.key.as_str()).collect();
-        let prev_keys: Vec<Option<&str>> = events.iter().map(|e| e.event.prev_key.as_deref()).collect();
-        let bodies: Vec<&[u8]> = events.iter().map(|e| &e.event.body[..]).collect();
+        let c = Columns::of(events.iter().map(|e| e.event));
         let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
         let delays: Vec<i64> = events.iter().map(|e| e.retry_after.as_millis() as i64).collect();
         let histories: Vec<String> = events.iter().map(|e| history_json(e.history)).collect();
-        let bytes = bodies.iter().map(|b| b.len()).sum();
+        let bytes = c.bytes;
         let _io = self.io_permit(bytes).await;
         self.client_for(bytes)
             .await?
@@ -339,8 +333,8 @@ impl State {
                              $9::int[], $10::bigint[], $11::text[], $12::text[]) AS u(l, q, i, t, k, b, a, d, h, p)
                  ON CONFLICT DO NOTHING",
                 &[
-                    &self.slot, &subscriber, &lsns, &seqs, &ids, &types, &keys, &bodies, &attempts, &delays,
-                    &histories, &prev_keys,
+                    &self.slot, &subscriber, &c.lsns, &c.seqs, &c.ids, &c.types, &c.keys, &c.bodies, &attempts,
+                    &delays, &histories, &c.prev_keys,
                 ],
             )
             .await?;
@@ -600,6 +594,46 @@ pub struct Restored {
     pub attempts: i32,
     pub retry_after: Duration,
     pub history: Vec<AttemptLog>,
+}
+
+/// Events as one array per field, the parameters of statements that write many events
+/// at once (`unnest` on the server), and the bytes of their bodies.
+struct Columns<'a> {
+    lsns: Vec<i64>,
+    seqs: Vec<i64>,
+    ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    prev_keys: Vec<Option<&'a str>>,
+    bodies: Vec<&'a [u8]>,
+    bytes: usize,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: impl ExactSizeIterator<Item = &'a Event>) -> Self {
+        let n = events.len();
+        let mut c = Columns {
+            lsns: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            prev_keys: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            bytes: 0,
+        };
+        for e in events {
+            c.lsns.push(e.pos.lsn as i64);
+            c.seqs.push(e.pos.seq as i64);
+            c.ids.push(&e.id);
+            c.types.push(&e.event_type);
+            c.keys.push(&e.key);
+            c.prev_keys.push(e.prev_key.as_deref());
+            c.bodies.push(&e.body);
+            c.bytes += e.body.len();
+        }
+        c
+    }
 }
 
 pub struct SpillRow<'a> {
