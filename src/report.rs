@@ -288,8 +288,21 @@ impl Report {
         for line in header.lines() {
             let _ = writeln!(out, "-- {line}");
         }
-        if groups.iter().all(|(_, _, s)| s.is_empty()) {
+        // Problems no statement here fixes (a server that refused the connection, a
+        // config mistake): the script must not read as "all is well".
+        let unfixed: Vec<&Finding> = self
+            .findings
+            .iter()
+            .filter(|f| f.is_problem() && f.fix.as_ref().is_none_or(|x| x.sql.is_empty()))
+            .collect();
+        if groups.iter().all(|(_, _, s)| s.is_empty()) && unfixed.is_empty() {
             out.push_str("-- nothing to fix in the database\n");
+        }
+        if !unfixed.is_empty() {
+            out.push_str("\n-- not fixed by this script (walhook check says more once they are):\n");
+            for f in unfixed {
+                let _ = writeln!(out, "--   {}", f.line().replace('\n', " "));
+            }
         }
         for (_, who, statements) in groups.iter().filter(|(_, _, s)| !s.is_empty()) {
             let _ = writeln!(out, "\n-- {}", who.said());

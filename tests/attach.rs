@@ -275,3 +275,139 @@ async fn a_schema_made_for_walhook_is_all_it_needs() {
     rx.wait_for(Duration::from_secs(30), "the price change", |r| !r.is_empty())
         .await;
 }
+
+/// Tables an application made without walhook in mind: one without a primary key that a
+/// rule only reads inserts of, one without a key that a rule gives no key, one in a
+/// schema walhook's role may not use, and a state schema another role made. Nothing
+/// walhook sets up may make the application's writes fail; `check` names each problem
+/// (the same ones `run` refuses) and its script fixes them; a script that cannot fix what
+/// is wrong says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_an_application_made_are_never_broken_and_check_names_every_fix() {
+    let pg = PgCluster::start().await;
+    let url = app_database(&pg, true).await;
+    psql(
+        &pg,
+        "medusa",
+        "CREATE TABLE audit_log (entity text, action text);\n\
+         CREATE SCHEMA saleor;\n\
+         CREATE TABLE saleor.warehouse_stock (id uuid PRIMARY KEY, quantity int NOT NULL);\n\
+         INSERT INTO saleor.warehouse_stock VALUES ('6a1f0c5e-8d3b-4c1a-9f7e-2b5d4e3c1a00', 3);\n",
+    );
+    psql(&pg, "postgres", "CREATE SCHEMA walhook;\n");
+    let rx = Receiver::start().await;
+    // Inserts of inventory_level only (which has no primary key): PostgreSQL publishes
+    // them without a replica identity, but a publication that also publishes updates
+    // and deletes makes the application's UPDATEs and DELETEs of it fail.
+    let config = |url: &str, audit_key: &str| {
+        format!(
+            "[source]\nurl = \"{url}\"\n\n\
+             [[events]]\ntable = \"inventory_level\"\nkey = [\"inventory_item_id\", \"location_id\"]\non = [\"insert\"]\n\n\
+             [[events]]\ntable = \"audit_log\"\non = [\"insert\"]\n{audit_key}\n\
+             [[events]]\ntable = \"saleor.warehouse_stock\"\nname = \"stock.changed\"\non = [\"update\"]\n\n{}\n",
+            subscriber("shop", &rx.url(), "\"*\"", "")
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    let app_writes = || async {
+        let app = connect(&pg.url("shop").replace("postgres@", "medusa@")).await;
+        app.batch_execute(
+            "UPDATE inventory_level SET stocked_quantity = stocked_quantity + 1;
+             UPDATE audit_log SET action = 'seen'; DELETE FROM audit_log WHERE false;",
+        )
+        .await
+    };
+
+    // Run by a superuser, which may create the publication: it refuses, creates nothing,
+    // and the application's writes go on.
+    std::fs::write(&path, config(&pg.url("shop"), "key = [\"entity\"]")).unwrap();
+    let (code, _, err) = walhook_output(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    let refused = line(
+        &err,
+        "publication walhook",
+        "public.inventory_level has no replica identity",
+    );
+    assert!(
+        refused.contains("UPDATEs and DELETEs of it would fail") && refused.contains("REPLICA IDENTITY FULL"),
+        "{refused}"
+    );
+    let admin = pg.client("shop").await;
+    let publications: i64 = admin
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publications, 0, "run set nothing up");
+    app_writes().await.expect("the application's writes");
+
+    // As walhook's own role: every problem, each with its fix.
+    std::fs::write(&path, config(&url, "")).unwrap();
+    let path = path.to_str().unwrap();
+    let (code, out, err) = walhook_output(&["check", "--config", path]);
+    assert_eq!(
+        code, 2,
+        "a rule without a key on a table without one is a config mistake:\n{out}\n{err}"
+    );
+    line(&out, "events[1].key", "public.audit_log has no primary key");
+    line(
+        &out,
+        "publication walhook",
+        "public.audit_log has no replica identity",
+    );
+    let schema = line(&out, "table saleor.warehouse_stock", "no USAGE on schema");
+    assert!(
+        schema.contains("GRANT USAGE ON SCHEMA \"saleor\" TO \"walhook\";"),
+        "{schema}"
+    );
+    let state = line(&out, "state database", "belong to role postgres");
+    assert!(
+        state.contains("ALTER SCHEMA \"walhook\" OWNER TO \"walhook\";"),
+        "{state}"
+    );
+
+    // The script gives the tables an identity before the publication holds them.
+    let (_, script, _) = walhook_output(&["check", "--sql", "--config", path]);
+    let at = |s: &str| script.find(s).unwrap_or_else(|| panic!("no {s:?} in:\n{script}"));
+    assert!(
+        at("ALTER TABLE \"public\".\"inventory_level\" REPLICA IDENTITY FULL;") < at("CREATE PUBLICATION")
+    );
+    assert!(at("ALTER TABLE \"public\".\"audit_log\" REPLICA IDENTITY FULL;") < at("CREATE PUBLICATION"));
+    assert!(
+        script.contains("not fixed by this script"),
+        "the key is the config's: {script}"
+    );
+    line(&script, "--   problem", "events[1].key");
+    run_script(&pg, &script);
+    app_writes()
+        .await
+        .expect("the application's writes, after the script");
+
+    // With the key given, all is well; the publication holds the schema's table, which
+    // check reads without USAGE trouble, and run delivers.
+    std::fs::write(path, config(&url, "key = [\"entity\"]")).unwrap();
+    let (code, out, err) = walhook_output(&["check", "--config", path]);
+    assert_eq!(code, 0, "after the script:\n{out}\n{err}");
+    let walhook = Walhook::start(&config(&url, "key = [\"entity\"]"));
+    walhook.wait_ready().await;
+    let app = connect(&pg.url("shop").replace("postgres@", "medusa@")).await;
+    app.batch_execute("UPDATE saleor.warehouse_stock SET quantity = 2")
+        .await
+        .unwrap();
+    let got = rx
+        .wait_for(Duration::from_secs(30), "the stock change", |r| !r.is_empty())
+        .await;
+    assert_eq!(got[0].json()["type"], "stock.changed");
+    app_writes()
+        .await
+        .expect("the application's writes, with walhook running");
+
+    // A role the server does not know: the script says it fixes nothing, not that all is well.
+    let stranger = config(&url.replace("walhook@", "nobody@"), "key = [\"entity\"]");
+    std::fs::write(path, stranger).unwrap();
+    let (code, script, _) = walhook_output(&["check", "--sql", "--config", path]);
+    assert_eq!(code, 3, "{script}");
+    assert!(!script.contains("nothing to fix"), "{script}");
+    line(&script, "--   problem", "\"nobody\" does not exist");
+}

@@ -79,23 +79,27 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
                 ),
             ));
         }
+        // What the WAL must carry: a soft delete or a restore is an update.
+        let ops: Vec<Op> = rules
+            .iter()
+            .flat_map(|&i| {
+                let r = &config.events[i];
+                let soft = r.soft_delete.as_ref().map(|_| Op::Update);
+                r.on.iter()
+                    .map(|&op| if op == Op::Restore { Op::Update } else { op })
+                    .chain(soft)
+            })
+            .collect();
+        // A rule that listens to updates or deletes has said so already (rule_problems).
+        let writes = ops.iter().any(|op| matches!(op, Op::Update | Op::Delete));
         captured.insert(
             table.clone(),
             Captured {
                 owner: facts.owner.clone(),
-                // What the WAL must carry: a soft delete or a restore is an update.
-                ops: rules
-                    .iter()
-                    .flat_map(|&i| {
-                        let r = &config.events[i];
-                        let soft = r.soft_delete.as_ref().map(|_| Op::Update);
-                        r.on.iter()
-                            .map(|&op| if op == Op::Restore { Op::Update } else { op })
-                            .chain(soft)
-                    })
-                    .collect(),
+                ops,
                 full: facts.identity.logged.is_none(),
                 needs_full: rules.iter().any(|&i| reads_old(&config.events[i])),
+                unidentified: (facts.identity.none() && !writes).then(|| facts.identity.full_sql(table)),
             },
         );
         // Every operation of a row must carry its ordering key, or a row's delete would
@@ -106,6 +110,18 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
             let r = &config.events[j];
             r.key.is_none() && r.on.iter().any(|op| matches!(op, Op::Update | Op::Delete))
         });
+        // Without a key of its own, a rule orders by the default key; `run` refuses one
+        // on a table that has none (mapping::Mapper), so this check does too.
+        if default_key.is_empty() && facts.pk.is_empty() {
+            for &j in rules.iter().filter(|&&j| config.events[j].key.is_none()) {
+                problems.push(Finding::config(
+                    format!("events[{j}].key"),
+                    format!(
+                        "table {table} has no primary key; set events[{j}].key to the columns that identify a row"
+                    ),
+                ));
+            }
+        }
         if let (Some(j), true) = (keyless, default_key.is_empty() && !facts.pk.is_empty()) {
             problems.push(
                 Finding::problem(
@@ -199,7 +215,8 @@ async fn table_facts(
         .query_opt(
             "SELECT c.oid, c.relreplident::text, c.relkind::text, c.relispartition,
                     pg_get_userbyid(c.relowner)::text, c.relpersistence::text,
-                    has_table_privilege(c.oid, 'SELECT')
+                    has_table_privilege(c.oid, 'SELECT'), has_schema_privilege(n.oid, 'USAGE'),
+                    pg_get_userbyid(n.nspowner)::text
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&table.schema, &table.name],
@@ -220,6 +237,8 @@ async fn table_facts(
     let owner: String = row.get(4);
     let persistence: String = row.get(5);
     let readable: bool = row.get(6);
+    let usage: bool = row.get(7);
+    let schema_owner: String = row.get(8);
     if relkind != "r" && relkind != "p" {
         problems.push(problem(format!(
             "{} named in {first}.table is not a table (relkind '{relkind}'); only tables can be published",
@@ -241,9 +260,14 @@ async fn table_facts(
             ("temporary", None)
         };
         let mut finding = problem(format!(
-            "{} is an {what} table: its changes are not written to the WAL, so logical replication              cannot see them{}",
+            "{} is an {what} table: its changes are not written to the WAL, so logical replication \
+             cannot see them{}",
             table.quoted(),
-            if fix.is_some() { "; make it logged" } else { "; capture a permanent table" }
+            if fix.is_some() {
+                "; make it logged"
+            } else {
+                "; capture a permanent table"
+            }
         ));
         if let Some(sql) = fix {
             let (runner, sql) = who(sql);
@@ -252,28 +276,27 @@ async fn table_facts(
         problems.push(finding);
         return Ok(None);
     }
-    if !readable {
-        let (runner, sql) = who(format!(
-            "GRANT SELECT ON {} TO {};",
-            table.quoted(),
-            quote_ident(&server.role)
-        ));
+    if !readable || !usage {
+        let (runner, sql) = read_grants(server, table, (&owner, readable), (&schema_owner, usage));
+        let role = if usage {
+            format!("role {}", server.role)
+        } else {
+            format!(
+                "role {} (no USAGE on schema {})",
+                server.role,
+                quote_ident(&table.schema)
+            )
+        };
         problems.push(match backfilled {
             Some(i) => Finding::problem(
                 subject.clone(),
-                format!(
-                    "role {} may not read it, and subscribers[{i}].initial_backfill reads it",
-                    server.role
-                ),
+                format!("{role} may not read it, and subscribers[{i}].initial_backfill reads it"),
             )
             .at(format!("subscribers[{i}].initial_backfill"))
             .with_fix(runner, sql),
             None => Finding::warning(
                 subject.clone(),
-                format!(
-                    "role {} may not read it: streaming works without, but `walhook explain` and backfills read it",
-                    server.role
-                ),
+                format!("{role} may not read it: streaming works without, but `walhook explain` and backfills read it"),
             )
             .with_fix(runner, sql),
         });
@@ -314,6 +337,34 @@ async fn table_facts(
         identity,
         columns,
     }))
+}
+
+/// What lets walhook's role read `table`: SELECT on it (from its owner) and USAGE on its
+/// schema (from the schema's owner), each given unless `has`; one runner for both when
+/// one role owns both, else a superuser.
+fn read_grants(
+    server: &Server,
+    table: &TableName,
+    (owner, select): (&str, bool),
+    (schema_owner, usage): (&str, bool),
+) -> (Who, Vec<String>) {
+    let role = quote_ident(&server.role);
+    let mut sql = Vec::new();
+    if !usage {
+        sql.push(format!(
+            "GRANT USAGE ON SCHEMA {} TO {role};",
+            quote_ident(&table.schema)
+        ));
+    }
+    if !select {
+        sql.push(format!("GRANT SELECT ON {} TO {role};", table.quoted()));
+    }
+    let who = if usage || schema_owner == owner {
+        TableFacts::runner(server, owner, table)
+    } else {
+        Who::Superuser
+    };
+    (who, sql)
 }
 
 /// The problems of rule `i` on `table`: columns it names that the table lacks, old
@@ -367,8 +418,7 @@ fn rule_problems(
             .on
             .iter()
             .any(|op| matches!(op, Op::Update | Op::Delete | Op::Restore));
-    let no_identity = identity.nothing || identity.logged.as_ref().is_some_and(Vec::is_empty);
-    if writes && no_identity {
+    if writes && identity.none() {
         problems.push(full(problem(
             format!("events[{i}].on"),
             format!(
@@ -507,6 +557,13 @@ struct Identity {
 }
 
 impl Identity {
+    /// Its changes carry no old row at all: PostgreSQL refuses to publish its updates and
+    /// deletes (and the application's UPDATEs and DELETEs, once a publication that
+    /// publishes them holds it).
+    fn none(&self) -> bool {
+        self.nothing || self.logged.as_ref().is_some_and(Vec::is_empty)
+    }
+
     /// The statements that make every old row whole, one each.
     fn full_sql(&self, table: &TableName) -> Vec<String> {
         let each = if self.not_full.is_empty() {

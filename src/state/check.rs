@@ -25,7 +25,11 @@ pub async fn inspect(url: &str, client: Option<&Client>) -> Vec<Finding> {
     };
     match look(client).await {
         Ok(found) => found,
-        Err(e) => vec![Finding::problem(subject, format!("cannot be inspected: {e}")).at("state.url")],
+        Err(e) => vec![Finding::problem(
+            subject,
+            format!("cannot be inspected: {}", crate::pg::describe(&e)),
+        )
+        .at("state.url")],
     }
 }
 
@@ -33,18 +37,26 @@ async fn look(client: &Client) -> Result<Vec<Finding>, tokio_postgres::Error> {
     let subject = "state database";
     let row = client
         .query_one(
+            // From the catalog by name: `to_regclass` needs USAGE on the schema, which a
+            // role other than its owner may lack.
             "SELECT current_user::text, current_database()::text, pg_is_in_recovery(),
-                    to_regnamespace('walhook') IS NOT NULL,
+                    n.oid IS NOT NULL,
                     has_database_privilege(current_database(), 'CREATE'),
-                    CASE WHEN to_regnamespace('walhook') IS NULL THEN false
-                         ELSE has_schema_privilege('walhook', 'CREATE') END,
-                    to_regclass('walhook.schema_migrations') IS NOT NULL",
+                    CASE WHEN n.oid IS NULL THEN false
+                         ELSE has_schema_privilege(n.oid, 'USAGE') AND has_schema_privilege(n.oid, 'CREATE') END,
+                    EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'schema_migrations'),
+                    pg_get_userbyid(n.nspowner)::text,
+                    n.oid IS NULL OR pg_has_role(n.nspowner, 'USAGE'),
+                    ARRAY(SELECT format('%I.%I', 'walhook', c.relname) FROM pg_class c
+                          WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p') ORDER BY c.relname)
+             FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = 'walhook'",
             &[],
         )
         .await?;
     let (role, database): (String, String) = (row.get(0), row.get(1));
     let (standby, schema, create_db, create_schema, versioned): (bool, bool, bool, bool, bool) =
         (row.get(2), row.get(3), row.get(4), row.get(5), row.get(6));
+    let (owner, owned, tables): (Option<String>, bool, Vec<String>) = (row.get(7), row.get(8), row.get(9));
     let mut out = Vec::new();
     if standby {
         out.push(
@@ -57,6 +69,25 @@ async fn look(client: &Client) -> Result<Vec<Finding>, tokio_postgres::Error> {
         return Ok(out);
     }
     let known = MIGRATIONS.len() as i32;
+    // Migrations alter walhook's tables, which only their owner may do.
+    if let Some(owner) = owner.filter(|_| !owned) {
+        let role = quote_ident(&role);
+        let mut sql = vec![format!("ALTER SCHEMA \"walhook\" OWNER TO {role};")];
+        sql.extend(tables.iter().map(|t| format!("ALTER TABLE {t} OWNER TO {role};")));
+        out.push(
+            Finding::problem(
+                subject,
+                format!(
+                    "{database}: schema \"walhook\" and its tables belong to role {owner} (which walhook ran \
+                     as before), not to {role}: walhook reads, writes and migrates them, so it runs as \
+                     their owner. Run walhook as {owner}, or give them to {role}"
+                ),
+            )
+            .at("state.url")
+            .with_fix(Who::Superuser, sql),
+        );
+        return Ok(out);
+    }
     if !schema {
         out.push(if create_db {
             Finding::ok(

@@ -44,6 +44,8 @@ pub(super) async fn sources(
                 ops: Vec::new(),
                 full: facts.identity.logged.is_none(),
                 needs_full: false,
+                // A document's source without one is a problem of its own (below).
+                unidentified: None,
             });
             for op in [Op::Insert, Op::Update, Op::Delete] {
                 if !entry.ops.contains(&op) {
@@ -122,14 +124,18 @@ async fn source_problems(
             .at(format!("{path}.key")),
         ));
     }
-    let readable: bool = client
+    let row = client
         .query_one(
-            "SELECT has_table_privilege($1::text::regclass, 'SELECT')",
-            &[&table.quoted()],
+            "SELECT has_table_privilege(c.oid, 'SELECT'), has_schema_privilege(c.relnamespace, 'USAGE'),
+                    pg_get_userbyid(n.nspowner)::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&facts.oid],
         )
-        .await?
-        .get(0);
-    if !readable {
+        .await?;
+    let (select, usage): (bool, bool) = (row.get(0), row.get(1));
+    if !select || !usage {
+        let schema_owner: String = row.get(2);
+        let (who, sql) = read_grants(server, table, (&facts.owner, select), (&schema_owner, usage));
         problems.push(
             Finding::problem(
                 subject,
@@ -139,14 +145,7 @@ async fn source_problems(
                 ),
             )
             .at(format!("{path}.table"))
-            .with_fix(
-                facts.who(server, table),
-                vec![format!(
-                    "GRANT SELECT ON {} TO {};",
-                    table.quoted(),
-                    quote_ident(&server.role)
-                )],
-            ),
+            .with_fix(who, sql),
         );
     }
     Ok(())

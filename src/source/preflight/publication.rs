@@ -23,6 +23,9 @@ pub struct Captured {
     pub full: bool,
     /// A rule on it reads old rows, so it needs REPLICA IDENTITY FULL.
     pub needs_full: bool,
+    /// It has no replica identity (no primary key, or `REPLICA IDENTITY NOTHING`): the
+    /// statements that give it one.
+    pub unidentified: Option<Vec<String>>,
 }
 
 /// The publication: it exists or this role may create it, it holds every captured
@@ -50,6 +53,8 @@ pub async fn publication(
         )
         .await?;
     let Some(row) = row else {
+        // The publication walhook (or the fix) creates publishes every operation.
+        unidentified(server, tables, &[], &subject, out);
         let sql = create_publication(name, &names, partitioned, server.major());
         let may = server.superuser
             || (server.create_in_database && tables.values().all(|t| t.owner == server.role));
@@ -115,13 +120,21 @@ pub async fn publication(
             );
         }
     }
+    let missing = if all_tables {
+        Vec::new()
+    } else {
+        missing_tables(client, name, &names).await?
+    };
+    if published[1].1 || published[2].1 {
+        let held: Vec<&TableName> = names.iter().copied().filter(|t| !missing.contains(t)).collect();
+        unidentified(server, tables, &held, &subject, out);
+    }
     if all_tables {
         out.push(Finding::ok(
             subject.clone(),
             "publishes every table (FOR ALL TABLES)",
         ));
     } else {
-        let missing = missing_tables(client, name, &names).await?;
         if missing.is_empty() {
             out.push(Finding::ok(
                 subject.clone(),
@@ -175,6 +188,51 @@ pub async fn publication(
         generated_columns(client, name, &owner, server, fixes_itself, tables, &subject, out).await?;
     }
     Ok(())
+}
+
+/// A table without a replica identity, in a publication that publishes updates or
+/// deletes, makes the application's UPDATEs and DELETEs of it fail ("cannot update table
+/// ... because it does not have a replica identity and publishes updates"), whatever the
+/// rules on it listen to. Such a table is a problem: its fix gives it one, before any
+/// statement puts it in the publication. `held`: the tables the publication holds now.
+fn unidentified(
+    server: &Server,
+    tables: &BTreeMap<TableName, Captured>,
+    held: &[&TableName],
+    subject: &str,
+    out: &mut Vec<Finding>,
+) {
+    for (table, captured) in tables {
+        let Some(fix) = &captured.unidentified else {
+            continue;
+        };
+        let when = if held.contains(&table) {
+            "fail now"
+        } else {
+            "would fail once it holds the table"
+        };
+        let who = if server.superuser || captured.owner == server.role {
+            Who::Walhook {
+                role: server.role.clone(),
+            }
+        } else {
+            server.owner(&captured.owner, vec![table.to_string()])
+        };
+        out.push(
+            Finding::problem(
+                subject,
+                format!(
+                    "publishes updates and deletes, and {table} has no replica identity (no primary key): \
+                     the application's UPDATEs and DELETEs of it {when} (\"cannot update table ... because \
+                     it does not have a replica identity and publishes updates\"). Give it one (or add a \
+                     primary key, or capture it through a publication with publish = 'insert')"
+                ),
+            )
+            .at("source.publication")
+            .with_fix(who, fix.clone())
+            .first(),
+        );
+    }
 }
 
 /// Whether `publication` publishes stored generated columns (PostgreSQL 18; the catalog
@@ -310,9 +368,12 @@ async fn filters(
         let all: Vec<String> = client
             .query(
                 // Generated columns are left out of `attnames` unless published.
-                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1::text) AND attnum > 0 \
+                // By name, not `to_regclass`: that needs USAGE on the table's schema.
+                "SELECT attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND attnum > 0 \
                  AND NOT attisdropped AND attgenerated = ''",
-                &[&table.quoted()],
+                &[&table.schema, &table.name],
             )
             .await?
             .iter()
@@ -416,7 +477,8 @@ fn add_table(name: &str, table: &TableName) -> String {
 /// The tables among `tables` the publication does not publish. A table counts as
 /// published when it, a partitioned table it is a partition of, or one of its
 /// partitions is listed (without publish_via_partition_root the list names a
-/// partitioned table's partitions).
+/// partitioned table's partitions). Tables are looked up by name in the catalog, not with
+/// `::regclass`, which needs USAGE on their schema.
 pub async fn missing_tables(
     client: &Client,
     publication: &str,
@@ -428,14 +490,17 @@ pub async fn missing_tables(
         &client
             .query(
                 "SELECT u.s, u.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(s, n, i)
+             LEFT JOIN LATERAL (
+               SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = u.s AND c.relname = u.n) t ON true
              WHERE NOT EXISTS (
                SELECT 1 FROM pg_publication_tables pt
                JOIN pg_namespace pn ON pn.nspname = pt.schemaname
                JOIN pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = pt.tablename
                WHERE pt.pubname = $1 AND pc.oid IN (
-                 SELECT format('%I.%I', u.s, u.n)::regclass
-                 UNION ALL SELECT relid FROM pg_partition_ancestors(format('%I.%I', u.s, u.n)::regclass)
-                 UNION ALL SELECT relid FROM pg_partition_tree(format('%I.%I', u.s, u.n)::regclass)))
+                 SELECT t.oid
+                 UNION ALL SELECT relid FROM pg_partition_ancestors(t.oid)
+                 UNION ALL SELECT relid FROM pg_partition_tree(t.oid)))
              ORDER BY u.i",
                 &[&publication, &schemas, &names],
             )
