@@ -19,6 +19,7 @@ use serde_json::Value as Json;
 use super::{ColValue, Row};
 use crate::config::Op;
 
+mod arith;
 mod bounds;
 
 /// The variables an expression may use.
@@ -35,6 +36,8 @@ pub struct Condition {
     /// The same expression as a plan evaluated without CEL, when it is in the plan's
     /// subset (most are); CEL answers what the plan leaves open.
     plan: Option<super::plan::Plan>,
+    /// The expression with its arithmetic rewritten (`arith`), when it has any.
+    arith: Option<IdedExpr>,
 }
 
 /// Which variables an expression reads, so evaluation builds only those.
@@ -124,12 +127,15 @@ impl Condition {
                 .collect()
         });
         let plan = super::plan::Plan::compile(program.expression());
+        let mut rewritten = program.expression().clone();
+        let arith = arith::rewrite(&mut rewritten).then_some(rewritten);
         Ok(Condition {
             program,
             env,
             uses,
             reads,
             plan,
+            arith,
         })
     }
 
@@ -209,7 +215,14 @@ impl Condition {
             meta.insert(Key::from("xid"), Value::Int(i64::from(f.xid)));
             ctx.add_variable_from_value("meta", Value::Map(Map { map: Arc::new(meta) }));
         }
-        match self.program.execute(&ctx) {
+        let result = match &self.arith {
+            Some(expr) => {
+                arith::register(&mut ctx)?;
+                Value::resolve(expr, &ctx)
+            }
+            None => self.program.execute(&ctx),
+        };
+        match result {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "the expression gave {} instead of true or false",
@@ -481,6 +494,27 @@ mod tests {
             commit_time: "2026-11-22T10:00:00.123456Z",
             commit_lsn: 0x16B3748,
             xid: 731,
+        }
+    }
+
+    /// Numeric columns are ints when whole and doubles when not: arithmetic over them
+    /// gives the same answer either way.
+    #[test]
+    fn arithmetic_over_whole_and_fractional_numbers_works() {
+        let c = Condition::compile(
+            "new.stocked - new.reserved <= 0 && (op == 'insert' || old.stocked - old.reserved > 0)",
+        )
+        .unwrap();
+        let num = |s: &str| serde_json::from_str::<Json>(s).unwrap();
+        let two = row(&[("stocked", num("2")), ("reserved", num("0.5"))]);
+        let half = row(&[("stocked", num("0.5")), ("reserved", num("0.5"))]);
+        assert!(c.eval(&facts(Op::Update, Some(&half), Some(&two), None)).unwrap());
+        assert!(!c.eval(&facts(Op::Update, Some(&two), Some(&half), None)).unwrap());
+        let c = Condition::compile("new.amount * 2 > 201").unwrap();
+        let amount = |v: &str| row(&[("amount", num(v))]);
+        for (v, fires) in [("100.5", false), ("100.75", true), ("101", true), ("100", false)] {
+            let r = amount(v);
+            assert_eq!(c.eval(&facts(Op::Insert, Some(&r), None, None)), Ok(fires), "{v}");
         }
     }
 
