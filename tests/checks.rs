@@ -100,15 +100,33 @@ async fn check_and_run_report_every_mistake() {
         .get(0);
     assert_eq!((slots, publications), (0, 0), "a refused config set something up");
 
-    // The file alone: only the mistake it holds by itself.
+    // The file alone: the mistakes it holds by itself (a private address needs no
+    // lookup), not what only the catalog knows.
     let (code, out, err) = walhook_output(&["check", "--offline", "--config", path]);
     let err = format!("{out}{err}");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("events[1].when"), "{err}");
     assert!(
-        !err.contains("events[2].columns") && !err.contains("10.1.2.3"),
+        err.contains("subscribers[1].allow_private_targets = true"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("events[2].columns"),
         "--offline looked beyond the file: {err}"
     );
+    // A name that does not resolve is named even where private targets are allowed.
+    let text = std::fs::read_to_string(path).unwrap().replace(
+        "url = \"http://10.1.2.3/hooks\"",
+        "url = \"http://no-such-host.invalid/hooks\"\nallow_private_targets = true",
+    );
+    std::fs::write(path, text).unwrap();
+    let (_, out, err) = walhook_output(&["check", "--config", path]);
+    let unresolved = format!("{out}{err}");
+    let line = unresolved
+        .lines()
+        .find(|l| l.contains("subscribers[1].url"))
+        .unwrap_or_else(|| panic!("{unresolved}"));
+    assert!(line.contains("cannot resolve no-such-host.invalid"), "{line}");
 }
 
 /// Only the catalog's mistake: `walhook check` names it and exits with code 3 (the source

@@ -83,10 +83,17 @@ async fn check(path: &Path, opts: CheckOpts) -> i32 {
         }
         0 => println!("{origin}: ok"),
         2 => eprintln!("walhook: invalid config {origin}: {counted}"),
-        _ => eprintln!(
-            "walhook: {origin}: the source is not ready for this config: {counted} \
-             (walhook check --sql prints the fixes as one script)"
-        ),
+        // Point at the script only when it has something to run.
+        _ if report
+            .problems()
+            .any(|f| f.fix.as_ref().is_some_and(|x| !x.sql.is_empty())) =>
+        {
+            eprintln!(
+                "walhook: {origin}: the source is not ready for this config: {counted} \
+                 (walhook check --sql prints the fixes as one script)"
+            )
+        }
+        _ => eprintln!("walhook: {origin}: the source is not ready for this config: {counted}"),
     }
     code
 }

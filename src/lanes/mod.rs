@@ -155,10 +155,12 @@ pub fn check(config: &crate::config::Config) -> Vec<crate::config::Problem> {
                 delivery: &config.delivery,
                 env: &deliver::process_env,
             };
-            match sub.kind {
+            let mut problems = match sub.kind {
                 SubscriberKind::Http => Target::new(sub, i, &ctx).err().unwrap_or_default(),
                 SubscriberKind::Nats => nats::NatsTarget::new(sub, i).err().unwrap_or_default(),
-            }
+            };
+            problems.extend(target::private_address(sub, i));
+            problems
         })
         .collect()
 }

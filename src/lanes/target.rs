@@ -70,13 +70,13 @@ impl Targets {
     }
 }
 
-/// Resolves every subscriber URL (a URL that does not parse is the config's own
-/// problem, see `lanes::check`).
+/// Resolves every subscriber URL's host name (a URL that does not parse, and one whose
+/// host is an address, are the config's own problems: see `private_address`).
 pub async fn check_targets(config: &Config) -> Targets {
     let mut found = Targets::default();
     for (i, sub) in config.subscribers.iter().enumerate() {
         // A NATS server is the operator's own infrastructure, not a receiver's URL.
-        if sub.allow_private_targets || sub.kind == crate::config::SubscriberKind::Nats {
+        if sub.kind == crate::config::SubscriberKind::Nats {
             continue;
         }
         let Ok(url) = url::Url::parse(&sub.url) else {
@@ -85,9 +85,12 @@ pub async fn check_targets(config: &Config) -> Targets {
         let Some(host) = url.host_str() else { continue };
         let port = url.port_or_known_default().unwrap_or(443);
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<IpAddr>().is_ok() {
+            continue;
+        }
         let path = format!("subscribers[{i}].url");
         // Through a proxy, the proxy resolves names (this host may not even have DNS for
-        // them): only a target given as an address is checked here.
+        // them).
         let proxied = super::http::egress::choose(
             sub.proxy.as_deref(),
             config.delivery.proxy.as_deref(),
@@ -97,32 +100,52 @@ pub async fn check_targets(config: &Config) -> Targets {
             port,
         )
         .is_some();
-        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) if proxied => continue,
-            Err(_) => match tokio::net::lookup_host((host, port)).await {
-                Ok(a) => a.map(|a| a.ip()).collect(),
-                Err(e) => {
-                    found.unresolved.push(Problem::new(
-                        path,
-                        format!("cannot resolve {host}: {e} (check the host name, or DNS from this machine)"),
-                    ));
-                    continue;
-                }
-            },
+        if proxied {
+            continue;
+        }
+        // A name that does not resolve is a typo whether or not private targets are
+        // allowed (in-cluster receivers are the ones that allow them).
+        let addrs: Vec<IpAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.map(|a| a.ip()).collect(),
+            Err(e) => {
+                found.unresolved.push(Problem::new(
+                    path,
+                    format!("cannot resolve {host}: {e} (check the host name, or DNS from this machine)"),
+                ));
+                continue;
+            }
         };
+        if sub.allow_private_targets {
+            continue;
+        }
         if let Some(ip) = addrs.into_iter().find(|ip| is_private(*ip)) {
-            found.refused.push(Problem::new(
-                path,
-                format!(
-                    "{} resolves to {ip}, a loopback, private or link-local address; \
-                     walhook refuses such targets unless you set subscribers[{i}].allow_private_targets = true",
-                    sub.url
-                ),
-            ));
+            found.refused.push(refusal(sub, i, ip));
         }
     }
     found
+}
+
+/// A subscriber whose URL's host is a private address, refused without looking anything
+/// up (so `walhook check --offline` finds it too).
+pub fn private_address(sub: &crate::config::Subscriber, i: usize) -> Option<Problem> {
+    if sub.allow_private_targets || sub.kind == crate::config::SubscriberKind::Nats {
+        return None;
+    }
+    let url = url::Url::parse(&sub.url).ok()?;
+    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']');
+    let ip = host.parse::<IpAddr>().ok().filter(|ip| is_private(*ip))?;
+    Some(refusal(sub, i, ip))
+}
+
+fn refusal(sub: &crate::config::Subscriber, i: usize, ip: IpAddr) -> Problem {
+    Problem::new(
+        format!("subscribers[{i}].url"),
+        format!(
+            "{} resolves to {ip}, a loopback, private or link-local address; \
+             walhook refuses such targets unless you set subscribers[{i}].allow_private_targets = true",
+            sub.url
+        ),
+    )
 }
 
 #[cfg(test)]
