@@ -118,7 +118,8 @@ pub fn explain(
         return Some(format!(
             "publication {publication:?} was dropped while the slot streamed it{said}. The slot \
              cannot decode the changes written after the drop, not even once the publication \
-             exists again (decoding reads the catalog as it was at each change). Fix: CREATE \
+             exists again (decoding reads the catalog as it was at each change). Fix: as the \
+             tables' owner (or a superuser; `walhook check --sql` names the role), CREATE \
              PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true); then {ways}",
             quote_ident(publication),
             rule_tables(config)
