@@ -361,7 +361,7 @@ async fn tables_an_application_made_are_never_broken_and_check_names_every_fix()
         schema.contains("GRANT USAGE ON SCHEMA \"saleor\" TO \"walhook\";"),
         "{schema}"
     );
-    let state = line(&out, "state database", "belong to role postgres");
+    let state = line(&out, "state database", "belongs to role postgres");
     assert!(
         state.contains("ALTER SCHEMA \"walhook\" OWNER TO \"walhook\";"),
         "{state}"
@@ -410,4 +410,61 @@ async fn tables_an_application_made_are_never_broken_and_check_names_every_fix()
     assert_eq!(code, 3, "{script}");
     assert!(!script.contains("nothing to fix"), "{script}");
     line(&script, "--   problem", "\"nobody\" does not exist");
+}
+
+/// A publication made by hand that publishes inserts only, holding a table without a key:
+/// the rules need updates and deletes, so the script publishes them in one statement (one
+/// per operation undid each other), and gives that table an identity first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_made_by_hand_is_fixed_in_one_statement_after_the_identity() {
+    let pg = PgCluster::start().await;
+    let url = app_database(&pg, true).await;
+    psql(
+        &pg,
+        "postgres",
+        "ALTER ROLE walhook WITH REPLICATION;\nGRANT CREATE ON DATABASE shop TO walhook;\n",
+    );
+    psql(
+        &pg,
+        "medusa",
+        "CREATE TABLE audit_log (entity text, action text);\n\
+         INSERT INTO audit_log VALUES ('price_01', 'created');\n\
+         CREATE PUBLICATION walhook FOR TABLE audit_log, price WITH (publish = 'insert');\n",
+    );
+    let rx = Receiver::start().await;
+    let config = format!(
+        "[source]\nurl = \"{url}\"\n\n\
+         [[events]]\ntable = \"price\"\non = [\"update\", \"delete\"]\n\n\
+         [[events]]\ntable = \"audit_log\"\nkey = [\"entity\"]\non = [\"insert\"]\n\n{}\n",
+        subscriber("shop", &rx.url(), "\"*\"", "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(&path, &config).unwrap();
+    let path = path.to_str().unwrap();
+
+    let (code, out, err) = walhook_output(&["check", "--config", path]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    for op in ["updates", "deletes"] {
+        let missing = line(&out, "publication walhook", &format!("does not publish {op}"));
+        assert!(missing.contains("the owner of publication walhook"), "{missing}");
+    }
+    line(
+        &out,
+        "public.audit_log has no replica identity",
+        "would fail once it publishes updates or deletes",
+    );
+    let (_, script, _) = walhook_output(&["check", "--sql", "--config", path]);
+    let set = "ALTER PUBLICATION \"walhook\" SET (publish = 'insert, update, delete');";
+    assert_eq!(script.matches("SET (publish =").count(), 1, "{script}");
+    let at = |s: &str| script.find(s).unwrap_or_else(|| panic!("no {s:?} in:\n{script}"));
+    assert!(at("ALTER TABLE \"public\".\"audit_log\" REPLICA IDENTITY FULL;") < at(set));
+    run_script(&pg, &script);
+
+    let app = connect(&pg.url("shop").replace("postgres@", "medusa@")).await;
+    app.batch_execute("UPDATE audit_log SET action = 'seen'; DELETE FROM audit_log")
+        .await
+        .expect("the application's writes, after the script");
+    let (code, out, err) = walhook_output(&["check", "--config", path]);
+    assert_eq!(code, 0, "after the script:\n{out}\n{err}");
 }

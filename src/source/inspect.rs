@@ -67,6 +67,7 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
         if !problems[before..].iter().any(Finding::is_problem) {
             let identity = match &facts.identity.logged {
                 None => "logs whole old rows (REPLICA IDENTITY FULL)".to_string(),
+                Some(cols) if cols.is_empty() => "logs no old values (no replica identity)".to_string(),
                 Some(cols) => format!("logs the old values of {}", cols.join(", ")),
             };
             let rules: Vec<String> = rules.iter().map(|i| format!("events[{i}]")).collect();

@@ -77,11 +77,19 @@ async fn look(client: &Client) -> Result<Vec<Finding>, tokio_postgres::Error> {
         out.push(
             Finding::problem(
                 subject,
-                format!(
-                    "{database}: schema \"walhook\" and its tables belong to role {owner} (which walhook ran \
-                     as before), not to {role}: walhook reads, writes and migrates them, so it runs as \
-                     their owner. Run walhook as {owner}, or give them to {role}"
-                ),
+                if tables.is_empty() {
+                    format!(
+                        "{database}: schema \"walhook\" belongs to role {owner}, not to {role}: walhook \
+                         creates, writes and migrates its tables there, so it runs as the schema's owner. \
+                         Run walhook as {owner}, or give the schema to {role}"
+                    )
+                } else {
+                    format!(
+                        "{database}: schema \"walhook\" and its tables belong to role {owner} (which walhook \
+                         ran as before), not to {role}: walhook reads, writes and migrates them, so it runs \
+                         as their owner. Run walhook as {owner}, or give them to {role}"
+                    )
+                },
             )
             .at("state.url")
             .with_fix(Who::Superuser, sql),

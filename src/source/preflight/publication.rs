@@ -54,7 +54,7 @@ pub async fn publication(
         .await?;
     let Some(row) = row else {
         // The publication walhook (or the fix) creates publishes every operation.
-        unidentified(server, tables, &[], &subject, out);
+        unidentified(server, tables, (&[], true), &subject, out);
         let sql = create_publication(name, &names, partitioned, server.major());
         let may = server.superuser
             || (server.create_in_database && tables.values().all(|t| t.owner == server.role));
@@ -88,18 +88,29 @@ pub async fn publication(
         .into_iter()
         .zip([row.get(2), row.get(3), row.get(4), row.get(5)])
         .collect();
-    for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate] {
-        let listening: Vec<String> = tables
+    // What it must publish: what it does, and every operation a rule listens to. One
+    // statement sets all of it (one per missing operation would undo each other).
+    let listening = |op: Op| -> Vec<String> {
+        tables
             .iter()
             .filter(|(_, c)| c.ops.contains(&op))
             .map(|(t, _)| t.to_string())
-            .collect();
+            .collect()
+    };
+    let wanted: Vec<(&str, bool)> = published
+        .iter()
+        .zip([Op::Insert, Op::Update, Op::Delete, Op::Truncate])
+        .map(|(&(o, yes), op)| (o, yes || !listening(op).is_empty()))
+        .collect();
+    let set: Vec<&str> = wanted.iter().filter(|(_, yes)| *yes).map(|(o, _)| *o).collect();
+    let set_publish = format!(
+        "ALTER PUBLICATION {} SET (publish = {});",
+        quote_ident(name),
+        literal(&set.join(", "))
+    );
+    for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate] {
+        let listening = listening(op);
         if published.contains(&(op.as_str(), false)) && !listening.is_empty() {
-            let set: Vec<&str> = published
-                .iter()
-                .filter(|(o, yes)| *yes || *o == op.as_str())
-                .map(|(o, _)| *o)
-                .collect();
             out.push(
                 Finding::problem(
                     subject.clone(),
@@ -110,12 +121,8 @@ pub async fn publication(
                     ),
                 )
                 .with_fix(
-                    server.owner(&owner, Vec::new()),
-                    vec![format!(
-                        "ALTER PUBLICATION {} SET (publish = {});",
-                        quote_ident(name),
-                        literal(&set.join(", "))
-                    )],
+                    server.owner(&owner, vec![format!("publication {name}")]),
+                    vec![set_publish.clone()],
                 ),
             );
         }
@@ -125,9 +132,16 @@ pub async fn publication(
     } else {
         missing_tables(client, name, &names).await?
     };
-    if published[1].1 || published[2].1 {
+    // Updates or deletes published now, or once the fix above publishes them.
+    if wanted[1].1 || wanted[2].1 {
         let held: Vec<&TableName> = names.iter().copied().filter(|t| !missing.contains(t)).collect();
-        unidentified(server, tables, &held, &subject, out);
+        unidentified(
+            server,
+            tables,
+            (&held, published[1].1 || published[2].1),
+            &subject,
+            out,
+        );
     }
     if all_tables {
         out.push(Finding::ok(
@@ -194,11 +208,12 @@ pub async fn publication(
 /// deletes, makes the application's UPDATEs and DELETEs of it fail ("cannot update table
 /// ... because it does not have a replica identity and publishes updates"), whatever the
 /// rules on it listen to. Such a table is a problem: its fix gives it one, before any
-/// statement puts it in the publication. `held`: the tables the publication holds now.
+/// statement puts it in the publication. `held`: the tables the publication holds now;
+/// `writes_now`: it publishes updates or deletes now.
 fn unidentified(
     server: &Server,
     tables: &BTreeMap<TableName, Captured>,
-    held: &[&TableName],
+    (held, writes_now): (&[&TableName], bool),
     subject: &str,
     out: &mut Vec<Finding>,
 ) {
@@ -206,10 +221,10 @@ fn unidentified(
         let Some(fix) = &captured.unidentified else {
             continue;
         };
-        let when = if held.contains(&table) {
-            "fail now"
-        } else {
-            "would fail once it holds the table"
+        let when = match (held.contains(&table), writes_now) {
+            (true, true) => "fail now",
+            (true, false) => "would fail once it publishes updates or deletes, as the rules need",
+            (false, _) => "would fail once it holds the table",
         };
         let who = if server.superuser || captured.owner == server.role {
             Who::Walhook {
@@ -222,7 +237,7 @@ fn unidentified(
             Finding::problem(
                 subject,
                 format!(
-                    "publishes updates and deletes, and {table} has no replica identity (no primary key): \
+                    "publishes updates or deletes (or is to), and {table} has no replica identity (no primary key): \
                      the application's UPDATEs and DELETEs of it {when} (\"cannot update table ... because \
                      it does not have a replica identity and publishes updates\"). Give it one (or add a \
                      primary key, or capture it through a publication with publish = 'insert')"
