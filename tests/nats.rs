@@ -188,3 +188,67 @@ async fn every_event_reaches_jetstream_once_in_key_order_across_a_sigkill() {
         assert_eq!(qtys, want, "key {key}: every qty, in order");
     }
 }
+
+/// `walhook check --ping` asks JetStream whether a stream captures the ping's subject and
+/// publishes nothing (a check must not write into a production stream); `walhook ping`
+/// publishes it, and the stream stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_ping_probes_the_stream_and_ping_publishes() {
+    let nats = NatsServer::start().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let config_for = |subject: &str| {
+        format!(
+            "[source]\nurl = \"postgres://walhook@127.0.0.1:1/shop\"\n[[events]]\ntable = \"stock\"\nkey = [\"product_id\"]\n{}",
+            subscriber(
+                "bus",
+                &nats.url(),
+                "\"*\"",
+                &format!("kind = \"nats\"\nsubject = \"{subject}\"")
+            )
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walhook.toml");
+    let path = path.to_str().unwrap();
+
+    // No stream yet: a warning that says what to do.
+    std::fs::write(path, config_for("pim.{{ type }}")).unwrap();
+    let (_, out, _) = walhook_output(&["check", "--ping", "--config", path]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("subscriber bus"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with("warning") && line.contains("no JetStream stream captures pim.walhook.ping"),
+        "{line}"
+    );
+
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "PIM".into(),
+            subjects: vec!["pim.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, out, _) = walhook_output(&["check", "--ping", "--config", path]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("subscriber bus"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with("ok")
+            && line.contains("JetStream stream PIM captures pim.walhook.ping; nothing published"),
+        "{line}"
+    );
+    assert_eq!(stream.info().await.unwrap().state.messages, 0, "check published");
+
+    let (code, out, err) = walhook_output(&["ping", "--config", path, "--subscriber", "bus"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        1,
+        "ping did not publish"
+    );
+}

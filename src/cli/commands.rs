@@ -46,11 +46,13 @@ async fn check(path: &Path, opts: CheckOpts) -> i32 {
     if opts.ping {
         for sub in &checked.config.subscribers {
             let subject = format!("subscriber {}", sub.name);
-            report.push(match super::explain::ping(&checked.config, &sub.name).await {
-                Ok((said, true)) => Finding::ok(subject, format!("walhook.ping {said}")),
-                Ok((said, false)) => Finding::warning(subject, format!("walhook.ping {said}")),
-                Err(e) => Finding::warning(subject, format!("walhook.ping not sent: {e}")),
-            });
+            report.push(
+                match super::explain::ping(&checked.config, &sub.name, false).await {
+                    Ok((said, true)) => Finding::ok(subject, format!("walhook.ping {said}")),
+                    Ok((said, false)) => Finding::warning(subject, format!("walhook.ping {said}")),
+                    Err(e) => Finding::warning(subject, format!("walhook.ping not sent: {e}")),
+                },
+            );
         }
     }
     let code = report.exit_code();
@@ -194,7 +196,7 @@ pub async fn run(command: Command) -> i32 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match super::explain::ping(&config, &subscriber).await {
+            match super::explain::ping(&config, &subscriber, true).await {
                 Ok((report, delivered)) => {
                     println!("{report}");
                     if delivered {

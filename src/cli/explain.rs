@@ -381,7 +381,10 @@ async fn catalog_column_names(
 
 /// Sends one signed `walhook.ping` event to subscriber `name`. Returns the report and
 /// whether it was delivered (a 2xx answer).
-pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunError> {
+///
+/// With `publish` false (`walhook check --ping`), a NATS subscriber is only asked whether
+/// a stream captures the ping's subject: a check must not write into a production stream.
+pub async fn ping(config: &Config, name: &str, publish: bool) -> Result<(String, bool), RunError> {
     let Some((i, sub)) = config
         .subscribers
         .iter()
@@ -402,6 +405,14 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
             crate::config::fmt_problems(&problems).replace("subscribers[0]", &format!("subscribers[{i}]")),
         ));
     }
+    let (id, body) = ping_event(&sub.name);
+    if sub.kind == crate::config::SubscriberKind::Nats && !publish {
+        let nats = crate::lanes::nats::NatsTarget::new(sub, i).map_err(RunError::Compile)?;
+        return Ok(match nats.probe(&id, body.as_bytes()).await {
+            Ok(said) => (format!("{name} ({}): {said}; nothing published", sub.url), true),
+            Err(why) => (format!("{name} ({}): {why}", sub.url), false),
+        });
+    }
     let database = crate::pg::database_name(&config.source.url);
     let target: Box<dyn crate::lanes::store::Sender> = match sub.kind {
         crate::config::SubscriberKind::Http => {
@@ -411,18 +422,6 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
             Box::new(crate::lanes::nats::NatsTarget::new(sub, i).map_err(RunError::Compile)?)
         }
     };
-    let now = SystemTime::now();
-    let micros = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    let id = format!("ping_{micros:x}");
-    let body = serde_json::json!({
-        "type": "walhook.ping",
-        "timestamp": humantime::format_rfc3339_micros(now).to_string(),
-        "data": {"subscriber": sub.name},
-    })
-    .to_string();
     let (outcome, took) = target.send(&id, body.as_bytes()).await;
     let ms = took.as_secs_f64() * 1000.0;
     Ok(match outcome {
@@ -441,6 +440,21 @@ pub async fn ping(config: &Config, name: &str) -> Result<(String, bool), RunErro
             false,
         ),
     })
+}
+
+/// A ping's id and body.
+fn ping_event(subscriber: &str) -> (String, String) {
+    let now = SystemTime::now();
+    let micros = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let body = serde_json::json!({
+        "type": "walhook.ping",
+        "timestamp": humantime::format_rfc3339_micros(now).to_string(),
+        "data": {"subscriber": subscriber},
+    });
+    (format!("ping_{micros:x}"), body.to_string())
 }
 
 #[cfg(test)]

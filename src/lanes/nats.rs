@@ -137,6 +137,21 @@ impl NatsTarget {
         Ok((client, js))
     }
 
+    /// Whether a JetStream stream captures the subject event `id` would be published to,
+    /// publishing nothing (`walhook check --ping`: consumers of the stream never see a
+    /// ping): the stream's name, or what is wrong.
+    pub async fn probe(&self, id: &str, body: &[u8]) -> Result<String, String> {
+        let subject = self.subject(id, body)?;
+        let (_, js) = self.js.get_or_try_init(|| self.connect()).await?;
+        match tokio::time::timeout(self.timeout, js.stream_by_subject(subject.as_str())).await {
+            Ok(Ok(stream)) => Ok(format!("JetStream stream {stream} captures {subject}")),
+            Ok(Err(e)) => Err(format!(
+                "no JetStream stream captures {subject} ({e}): every publish would fail; add the subject to a stream"
+            )),
+            Err(_) => Err(format!("no answer from JetStream within {:?}", self.timeout)),
+        }
+    }
+
     /// Publishes event `id` once and waits for the stream's ack.
     pub async fn send(&self, id: &str, body: &[u8]) -> (Attempt, Duration) {
         if let Some(limiter) = &self.limiter {
