@@ -197,28 +197,30 @@ async fn check_ping_probes_the_stream_and_ping_publishes() {
     let nats = NatsServer::start().await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let config_for = |subject: &str| {
-        format!(
-            "[source]\nurl = \"postgres://walhook@127.0.0.1:1/shop\"\n[[events]]\ntable = \"stock\"\nkey = [\"product_id\"]\n{}",
-            subscriber(
-                "bus",
-                &nats.url(),
-                "\"*\"",
-                &format!("kind = \"nats\"\nsubject = \"{subject}\"")
-            )
+    let config = format!(
+        "[source]\nurl = \"postgres://walhook@127.0.0.1:1/shop\"\n[[events]]\ntable = \"stock\"\nkey = [\"product_id\"]\n{}",
+        subscriber(
+            "bus",
+            &nats.url(),
+            "\"*\"",
+            "kind = \"nats\"\nsubject = \"pim.{{ type }}\""
         )
-    };
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("walhook.toml");
     let path = path.to_str().unwrap();
+    std::fs::write(path, config).unwrap();
+    // What `check --ping` says of the subscriber.
+    let check_ping = || {
+        let (_, out, _) = walhook_output(&["check", "--ping", "--config", path]);
+        out.lines()
+            .find(|l| l.contains("subscriber bus"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
 
     // No stream yet: a warning that says what to do.
-    std::fs::write(path, config_for("pim.{{ type }}")).unwrap();
-    let (_, out, _) = walhook_output(&["check", "--ping", "--config", path]);
-    let line = out
-        .lines()
-        .find(|l| l.contains("subscriber bus"))
-        .unwrap_or_else(|| panic!("{out}"));
+    let line = check_ping();
     assert!(
         line.starts_with("warning") && line.contains("no JetStream stream captures pim.walhook.ping"),
         "{line}"
@@ -232,11 +234,7 @@ async fn check_ping_probes_the_stream_and_ping_publishes() {
         })
         .await
         .unwrap();
-    let (_, out, _) = walhook_output(&["check", "--ping", "--config", path]);
-    let line = out
-        .lines()
-        .find(|l| l.contains("subscriber bus"))
-        .unwrap_or_else(|| panic!("{out}"));
+    let line = check_ping();
     assert!(
         line.starts_with("ok")
             && line.contains("JetStream stream PIM captures pim.walhook.ping; nothing published"),

@@ -82,9 +82,8 @@ pub async fn check_targets(config: &Config) -> Targets {
         let Ok(url) = url::Url::parse(&sub.url) else {
             continue;
         };
-        let Some(host) = url.host_str() else { continue };
+        let Some(host) = host(&url) else { continue };
         let port = url.port_or_known_default().unwrap_or(443);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.parse::<IpAddr>().is_ok() {
             continue;
         }
@@ -132,9 +131,13 @@ pub fn private_address(sub: &crate::config::Subscriber, i: usize) -> Option<Prob
         return None;
     }
     let url = url::Url::parse(&sub.url).ok()?;
-    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']');
-    let ip = host.parse::<IpAddr>().ok().filter(|ip| is_private(*ip))?;
+    let ip = host(&url)?.parse::<IpAddr>().ok().filter(|ip| is_private(*ip))?;
     Some(refusal(sub, i, ip))
+}
+
+/// A URL's host as a name or an address (an IPv6 address without its brackets).
+fn host(url: &url::Url) -> Option<&str> {
+    Some(url.host_str()?.trim_start_matches('[').trim_end_matches(']'))
 }
 
 fn refusal(sub: &crate::config::Subscriber, i: usize, ip: IpAddr) -> Problem {

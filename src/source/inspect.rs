@@ -100,7 +100,8 @@ pub async fn inspect(client: &Client, config: &Config) -> Result<Inspection, Set
                 ops,
                 full: facts.identity.logged.is_none(),
                 needs_full: rules.iter().any(|&i| reads_old(&config.events[i])),
-                unidentified: (facts.identity.none() && !writes).then(|| facts.identity.full_sql(table)),
+                unidentified: (facts.identity.none() && !writes)
+                    .then(|| (facts.who(&server, table), facts.identity.full_sql(table))),
             },
         );
         // Every operation of a row must carry its ordering key, or a row's delete would

@@ -6,6 +6,8 @@
 
 use std::collections::HashSet;
 
+use tokio_postgres::types::ToSql;
+
 use super::{frame, history_json, Columns, Restored, State, StateError};
 use crate::event::{Event, Pos};
 
@@ -54,18 +56,11 @@ impl State {
                    (slot, subscriber, lsns, seqs, ids, types, keys, bodies, prev_keys, events, bytes)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING chunk",
                 &[
-                    &self.slot,
-                    &subscriber,
-                    &c.lsns,
-                    &c.seqs,
-                    &c.ids,
-                    &c.types,
-                    &c.keys,
-                    &c.bodies,
-                    &c.prev_keys,
-                    &(events.len() as i32),
-                    &(c.bytes as i64),
-                ],
+                    &[&self.slot as &(dyn ToSql + Sync), &subscriber][..],
+                    &c.params(),
+                    &[&(events.len() as i32), &(c.bytes as i64)],
+                ]
+                .concat(),
             )
             .await?;
         Ok(row.get(0))
@@ -194,18 +189,10 @@ impl State {
                    RETURNING 1)
                  SELECT (SELECT count(*) FROM rows), (SELECT count(*) FROM gone)",
                 &[
-                    &self.slot,
-                    &subscriber,
-                    &numbers,
-                    &of,
-                    &c.lsns,
-                    &c.seqs,
-                    &c.ids,
-                    &c.types,
-                    &c.keys,
-                    &c.bodies,
-                    &c.prev_keys,
-                ],
+                    &[&self.slot as &(dyn ToSql + Sync), &subscriber, &numbers, &of][..],
+                    &c.params(),
+                ]
+                .concat(),
             )
             .await?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))

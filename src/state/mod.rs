@@ -610,6 +610,20 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// lsns, seqs, ids, types, keys, bodies and prev_keys, in that order: the arrays a
+    /// chunk's row holds, as its statements take them.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.lsns,
+            &self.seqs,
+            &self.ids,
+            &self.types,
+            &self.keys,
+            &self.bodies,
+            &self.prev_keys,
+        ]
+    }
+
     fn of(events: impl ExactSizeIterator<Item = &'a Event>) -> Self {
         let n = events.len();
         let mut c = Columns {

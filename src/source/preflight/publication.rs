@@ -23,9 +23,9 @@ pub struct Captured {
     pub full: bool,
     /// A rule on it reads old rows, so it needs REPLICA IDENTITY FULL.
     pub needs_full: bool,
-    /// It has no replica identity (no primary key, or `REPLICA IDENTITY NOTHING`): the
-    /// statements that give it one.
-    pub unidentified: Option<Vec<String>>,
+    /// It has no replica identity (no primary key, or `REPLICA IDENTITY NOTHING`): who
+    /// may give it one, and the statements that do.
+    pub unidentified: Option<(Who, Vec<String>)>,
 }
 
 /// The publication: it exists or this role may create it, it holds every captured
@@ -54,7 +54,7 @@ pub async fn publication(
         .await?;
     let Some(row) = row else {
         // The publication walhook (or the fix) creates publishes every operation.
-        unidentified(server, tables, (&[], true), &subject, out);
+        unidentified(tables, (&[], true), &subject, out);
         let sql = create_publication(name, &names, partitioned, server.major());
         let may = server.superuser
             || (server.create_in_database && tables.values().all(|t| t.owner == server.role));
@@ -135,13 +135,7 @@ pub async fn publication(
     // Updates or deletes published now, or once the fix above publishes them.
     if wanted[1].1 || wanted[2].1 {
         let held: Vec<&TableName> = names.iter().copied().filter(|t| !missing.contains(t)).collect();
-        unidentified(
-            server,
-            tables,
-            (&held, published[1].1 || published[2].1),
-            &subject,
-            out,
-        );
+        unidentified(tables, (&held, published[1].1 || published[2].1), &subject, out);
     }
     if all_tables {
         out.push(Finding::ok(
@@ -211,27 +205,19 @@ pub async fn publication(
 /// statement puts it in the publication. `held`: the tables the publication holds now;
 /// `writes_now`: it publishes updates or deletes now.
 fn unidentified(
-    server: &Server,
     tables: &BTreeMap<TableName, Captured>,
     (held, writes_now): (&[&TableName], bool),
     subject: &str,
     out: &mut Vec<Finding>,
 ) {
     for (table, captured) in tables {
-        let Some(fix) = &captured.unidentified else {
+        let Some((who, fix)) = &captured.unidentified else {
             continue;
         };
         let when = match (held.contains(&table), writes_now) {
             (true, true) => "fail now",
             (true, false) => "would fail once it publishes updates or deletes, as the rules need",
             (false, _) => "would fail once it holds the table",
-        };
-        let who = if server.superuser || captured.owner == server.role {
-            Who::Walhook {
-                role: server.role.clone(),
-            }
-        } else {
-            server.owner(&captured.owner, vec![table.to_string()])
         };
         out.push(
             Finding::problem(
@@ -244,7 +230,7 @@ fn unidentified(
                 ),
             )
             .at("source.publication")
-            .with_fix(who, fix.clone())
+            .with_fix(who.clone(), fix.clone())
             .first(),
         );
     }
